@@ -1,0 +1,123 @@
+"""The in-memory checkpoint every stage speaks: ordered names -> lazy tensors, plus metadata.
+
+A :class:`TensorRef` knows its shape and dtype before any data is read; ``load()`` reads
+(and, for mapped tensors, transforms) the data on demand, so writers can stream tensor by
+tensor. Only numpy crosses module borders; bfloat16 is ``ml_dtypes.bfloat16``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import ml_dtypes
+import numpy as np
+
+from .errors import FormatError
+
+LAYOUT_TORCH = "torch"
+LAYOUT_KERAS = "keras"
+
+#: Canonical dtype names -> numpy dtypes. Every reader and writer goes through this table.
+DTYPES: dict[str, np.dtype] = {
+    "float64": np.dtype(np.float64),
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "int64": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "int16": np.dtype(np.int16),
+    "int8": np.dtype(np.int8),
+    "uint8": np.dtype(np.uint8),
+    "bool": np.dtype(np.bool_),
+    "complex64": np.dtype(np.complex64),
+    "complex128": np.dtype(np.complex128),
+}
+
+
+def dtype_name(dtype: Any) -> str:
+    """Canonical name of a numpy dtype (``"bfloat16"`` included); FormatError if unsupported."""
+    dt = np.dtype(dtype)
+    for name, known in DTYPES.items():
+        if dt == known:
+            return name
+    raise FormatError(f"unsupported dtype {dt}")
+
+
+@dataclass
+class TensorRef:
+    """A named tensor whose data is read only when :meth:`load` is called."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    loader: Callable[[], np.ndarray] = field(repr=False)
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray) -> "TensorRef":
+        array = np.asarray(array)
+        return cls(name, tuple(array.shape), dtype_name(array.dtype), lambda: array)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+
+    def load(self) -> np.ndarray:
+        """Read the data; raises FormatError if it does not match the declared shape/dtype."""
+        array = np.asarray(self.loader())
+        if tuple(array.shape) != tuple(self.shape) or dtype_name(array.dtype) != self.dtype:
+            raise FormatError(
+                f"data is {array.dtype}{list(array.shape)}, header says {self.dtype}{list(self.shape)}",
+                tensor=self.name)
+        return array
+
+
+@dataclass
+class Checkpoint:
+    """Ordered ``name -> TensorRef`` plus what is known about the model.
+
+    Names: in the ``torch`` layout, state-dict keys (``encoder.conv.weight``); in the ``keras``
+    layout, ``<layer name>/<weight path>`` (``encoder.conv/kernel``; a Bidirectional's weights are
+    ``M/forward/kernel`` ...).
+
+    ``meta`` keys used across stages (all optional, JSON-serialisable):
+      - ``"keras_layers"``: list of ``{"name", "class_name" (or None), "weights": [weight paths]}``
+        in Keras order, for keras-layout checkpoints.
+      - ``"module_kinds"``: ``{module path: kind}`` for torch-layout checkpoints, where known.
+      - ``"carried"``: names of tensors with no counterpart in this layout, kept verbatim.
+      - ``"transcoder"``: the metadata our writers store so the reverse conversion is exact.
+      - ``"keras_config"``: a Keras model config dict when the file had one.
+    """
+
+    tensors: dict[str, TensorRef]
+    layout: str
+    source: str | None = None
+    format: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def __iter__(self) -> Iterator[TensorRef]:
+        return iter(self.tensors.values())
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, name: str) -> TensorRef:
+        return self.tensors[name]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Register a callback (e.g. closing a file handle) for :meth:`close`."""
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        while self._closers:
+            self._closers.pop()()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

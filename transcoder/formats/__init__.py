@@ -1,0 +1,113 @@
+"""The format registry: which reader and writer handle which file.
+
+A format is chosen by file name (longest matching suffix, so ``.weights.h5`` wins over
+``.h5``) and its content is checked against the format's magic bytes before any parsing.
+Third-party packages add formats through the ``transcoder.formats`` entry-point group: each
+entry point is a zero-argument callable returning a :class:`Format`.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Callable
+
+from ..checkpoint import Checkpoint
+from ..errors import FormatError, UsageError
+
+ENTRY_POINT_GROUP = "transcoder.formats"
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a user can tell a reader: ``key`` picks the state dict inside a training checkpoint."""
+
+    key: str | None = None
+
+
+Reader = Callable[[Path, ReadOptions], Checkpoint]
+Writer = Callable[[Checkpoint, Path], None]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One file format. ``module`` is imported lazily, so unused formats cost nothing."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    layout: str                       # layout the writer expects: "torch" or "keras"
+    module: str                       # module holding ``read`` and/or ``write``
+    magics: tuple[bytes, ...] = ()    # accepted leading bytes; empty = no check
+    description: str = ""
+    can_read: bool = True
+    can_write: bool = True
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def _load(self, attr: str) -> Callable:
+        return getattr(importlib.import_module(self.module), attr)
+
+    def read(self, path: Path, options: ReadOptions | None = None) -> Checkpoint:
+        if not self.can_read:
+            raise UsageError(f"{self.description or self.name} files cannot be read", path=path)
+        check_magic(self, path)
+        return self._load("read")(path, options or ReadOptions())
+
+    def write(self, ckpt: Checkpoint, path: Path) -> None:
+        if not self.can_write:
+            raise UsageError(f"writing {self.description or self.name} is not supported", path=path)
+        self._load("write")(ckpt, path)
+
+
+ZIP = b"PK\x03\x04"
+HDF5 = b"\x89HDF\r\n\x1a\n"
+PICKLE = b"\x80"
+
+BUILTIN_FORMATS: tuple[Format, ...] = (
+    Format("pt", (".pt", ".pth", ".bin", ".ckpt"), "torch", "transcoder.formats.pt",
+           (ZIP, PICKLE), "PyTorch checkpoint (torch.save zip, legacy pickle, TorchScript)"),
+    Format("safetensors", (".safetensors", ".safetensors.index.json"), "torch",
+           "transcoder.formats.safetensors_format", (), "safetensors (single file or sharded index)"),
+    Format("keras_weights_h5", (".weights.h5",), "keras", "transcoder.formats.keras_h5",
+           (HDF5,), "Keras 3 weights file (.weights.h5)"),
+    Format("keras_h5", (".h5", ".hdf5"), "keras", "transcoder.formats.keras_h5",
+           (HDF5,), "Keras legacy HDF5 (weights-only or full model)"),
+    Format("keras_zip", (".keras",), "keras", "transcoder.formats.keras_zip",
+           (ZIP,), "Keras 3 model archive (.keras)"),
+)
+
+
+def all_formats() -> list[Format]:
+    """Built-in formats followed by plugins from the entry-point group."""
+    formats = list(BUILTIN_FORMATS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        formats.append(ep.load()())
+    return formats
+
+
+def for_path(path: Path | str) -> Format:
+    """The format a file name implies; UsageError naming the supported suffixes otherwise."""
+    name = Path(path).name.lower()
+    matches = [(len(s), f) for f in all_formats() for s in f.suffixes if name.endswith(s)]
+    if not matches:
+        known = ", ".join(s for f in all_formats() for s in f.suffixes)
+        raise UsageError(f"unknown file type (supported: {known})", path=path)
+    return max(matches, key=lambda m: m[0])[1]
+
+
+def check_magic(fmt: Format, path: Path) -> None:
+    """FormatError unless the file starts with one of the format's magic byte strings."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        raise FormatError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise FormatError("is a directory, not a checkpoint file", path=path) from None
+    except OSError as exc:
+        raise FormatError(f"cannot read: {exc.strerror}", path=path) from None
+    if not head:
+        raise FormatError("file is empty", path=path)
+    if fmt.magics and not any(head.startswith(m) for m in fmt.magics):
+        raise FormatError(f"not a valid {fmt.description or fmt.name} file (unexpected leading bytes)",
+                          path=path)
