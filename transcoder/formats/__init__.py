@@ -8,7 +8,7 @@ entry point is a zero-argument callable returning a :class:`Format`.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
@@ -41,8 +41,9 @@ class Format:
     magics: tuple[bytes, ...] = ()    # accepted leading bytes; empty = no check
     description: str = ""
     can_read: bool = True
-    can_write: bool = True
-    extra: dict = field(default_factory=dict, compare=False)
+    write_refusal: str = ""           # non-empty: writing is refused with this message
+    reader: str = "read"              # attribute names in ``module``
+    writer: str = "write"
 
     def _load(self, attr: str) -> Callable:
         return getattr(importlib.import_module(self.module), attr)
@@ -51,17 +52,23 @@ class Format:
         if not self.can_read:
             raise UsageError(f"{self.description or self.name} files cannot be read", path=path)
         check_magic(self, path)
-        return self._load("read")(path, options or ReadOptions())
+        return self._load(self.reader)(path, options or ReadOptions())
+
+    def check_writable(self, path: Path) -> None:
+        if self.write_refusal:
+            raise UsageError(self.write_refusal, path=path)
 
     def write(self, ckpt: Checkpoint, path: Path) -> None:
-        if not self.can_write:
-            raise UsageError(f"writing {self.description or self.name} is not supported", path=path)
-        self._load("write")(ckpt, path)
+        self.check_writable(path)
+        self._load(self.writer)(ckpt, path)
 
 
 ZIP = b"PK\x03\x04"
 HDF5 = b"\x89HDF\r\n\x1a\n"
 PICKLE = b"\x80"
+
+NEEDS_ARCH = ("writing a Keras 3 {} file needs the Keras architecture, which this version cannot "
+              "take yet; write a legacy .h5 instead (loads with model.load_weights(path, by_name=True))")
 
 BUILTIN_FORMATS: tuple[Format, ...] = (
     Format("pt", (".pt", ".pth", ".bin", ".ckpt"), "torch", "transcoder.formats.pt",
@@ -69,11 +76,11 @@ BUILTIN_FORMATS: tuple[Format, ...] = (
     Format("safetensors", (".safetensors", ".safetensors.index.json"), "torch",
            "transcoder.formats.safetensors_format", (), "safetensors (single file or sharded index)"),
     Format("keras_weights_h5", (".weights.h5",), "keras", "transcoder.formats.keras_h5",
-           (HDF5,), "Keras 3 weights file (.weights.h5)"),
+           (HDF5,), "Keras 3 weights file (.weights.h5)", write_refusal=NEEDS_ARCH.format(".weights.h5")),
     Format("keras_h5", (".h5", ".hdf5"), "keras", "transcoder.formats.keras_h5",
            (HDF5,), "Keras legacy HDF5 (weights-only or full model)"),
     Format("keras_zip", (".keras",), "keras", "transcoder.formats.keras_zip",
-           (ZIP,), "Keras 3 model archive (.keras)"),
+           (ZIP,), "Keras 3 model archive (.keras)", write_refusal=NEEDS_ARCH.format(".keras")),
 )
 
 

@@ -1,0 +1,109 @@
+"""The pipeline: read -> plan -> write, with atomic outputs.
+
+``transcode(src, dst)`` is the whole one-file conversion; ``prepare`` stops after planning
+(for ``--dry-run`` and ``inspect``). Outputs go to a temporary file beside the target and
+are renamed into place only when complete, so a failure leaves nothing behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import formats
+from .checkpoint import Checkpoint
+from .errors import OutputExistsError, TranscoderError, UsageError
+from .rules import Plan, UserRules, load_user_rules, make_plan
+
+
+@dataclass
+class Prepared:
+    """A source read and planned for a target layout; close it when done."""
+
+    source: Checkpoint
+    plan: Plan
+    target_format: formats.Format
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def prepare(src: Path, dst: Path, *, key: str | None = None, rules: Path | UserRules | None = None
+            ) -> Prepared:
+    """Read ``src`` and plan its conversion to the format ``dst``'s name implies."""
+    src, dst = Path(src), Path(dst)
+    target = formats.for_path(dst)
+    user = rules if isinstance(rules, UserRules) else load_user_rules(rules)
+    ckpt = read(src, key=key)
+    try:
+        plan = make_plan(ckpt, target.layout, user)
+    except TranscoderError as exc:
+        ckpt.close()
+        raise exc.with_context(path=src) from None
+    return Prepared(ckpt, plan, target)
+
+
+def read(src: Path, *, key: str | None = None) -> Checkpoint:
+    """Read any supported checkpoint; errors name the file."""
+    src = Path(src)
+    try:
+        return formats.for_path(src).read(src, formats.ReadOptions(key=key))
+    except TranscoderError as exc:
+        raise exc.with_context(path=src) from None
+
+
+def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str | None = None,
+              rules: Path | UserRules | None = None) -> Plan:
+    """Convert one checkpoint; returns the plan that was carried out."""
+    src, dst = Path(src), Path(dst)
+    refuse_same_file(src, dst)
+    if dst.exists() and not force:
+        raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
+    formats.for_path(dst).check_writable(dst)
+    prepared = prepare(src, dst, key=key, rules=rules)
+    try:
+        target = prepared.plan.apply(prepared.source)
+        with atomic_output(dst, force=force) as tmp:
+            try:
+                prepared.target_format.write(target, tmp)
+            except TranscoderError as exc:
+                raise exc.with_context(path=src) from None
+    finally:
+        prepared.close()
+    return prepared.plan
+
+
+def refuse_same_file(src: Path, dst: Path) -> None:
+    same = src.resolve() == dst.resolve()
+    if not same and src.exists() and dst.exists():
+        same = os.path.samefile(src, dst)
+    if same:
+        raise UsageError("source and destination are the same file", path=dst)
+
+
+@contextmanager
+def atomic_output(dst: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``dst``; rename it onto ``dst`` only on success."""
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
+    if not dst.parent.is_dir():
+        raise UsageError("destination folder does not exist", path=dst.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,124 @@
+"""safetensors: read lazily through ``safe_open`` (single files and sharded indexes); write streaming.
+
+The writer streams tensor by tensor because ``safetensors.numpy.save_file`` needs every
+tensor in memory at once; the file it writes follows the published format (8-byte header
+length, JSON header, raw little-endian data) and is read back by the library in the tests.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+from ..checkpoint import LAYOUT_TORCH, Checkpoint, TensorRef
+from ..errors import FormatError
+from . import ReadOptions
+
+#: safetensors dtype codes <-> our canonical dtype names.
+CODES: dict[str, str] = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "C64": "complex64",
+}
+NAMES: dict[str, str] = {v: k for k, v in CODES.items()}
+MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
+
+
+def read(path: Path, options: ReadOptions) -> Checkpoint:
+    """A safetensors file, or a ``*.safetensors.index.json`` naming shards beside it."""
+    if path.name.endswith(".index.json"):
+        return _read_index(path)
+    ckpt = Checkpoint({}, LAYOUT_TORCH, source=str(path), format="safetensors")
+    _add_file(ckpt, path)
+    return ckpt
+
+
+def _read_index(path: Path) -> Checkpoint:
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"not a safetensors index ({exc})", path=path) from None
+    ckpt = Checkpoint({}, LAYOUT_TORCH, source=str(path), format="safetensors")
+    for shard in dict.fromkeys(weight_map.values()):  # shard order of first appearance
+        shard_path = path.parent / shard
+        if Path(shard).name != shard:
+            raise FormatError(f"shard name {shard!r} points outside the index's folder", path=path)
+        _add_file(ckpt, shard_path)
+    missing = sorted(set(weight_map) - set(ckpt.tensors))
+    if missing:
+        raise FormatError(f"index lists tensors its shards do not hold: {', '.join(missing[:5])}",
+                          path=path)
+    return ckpt
+
+
+def _header(path: Path) -> dict:
+    """The JSON header (for file order and metadata); FormatError if it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if size > MAX_HEADER:
+                raise FormatError("header length is implausible; not a safetensors file", path=path)
+            header = json.loads(fh.read(size))
+    except (OSError, struct.error, ValueError) as exc:
+        raise FormatError(f"not a safetensors file ({type(exc).__name__})", path=path) from None
+    if not isinstance(header, dict):
+        raise FormatError("not a safetensors file (header is not a JSON object)", path=path)
+    return header
+
+
+def _add_file(ckpt: Checkpoint, path: Path) -> None:
+    header = _header(path)
+    try:
+        handle = safe_open(str(path), framework="numpy")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"corrupt safetensors file ({exc})", path=path) from None
+    ckpt.on_close(lambda: handle.__exit__(None, None, None))
+    meta = header.pop("__metadata__", None) or {}
+    if "transcoder" in meta:
+        ckpt.meta.setdefault("transcoder", json.loads(meta["transcoder"]))
+    ordered = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    for name, info in ordered:
+        if info["dtype"] not in CODES:
+            raise FormatError(f"unsupported dtype {info['dtype']}", path=path, tensor=name)
+        if name in ckpt.tensors:
+            raise FormatError("tensor appears in two shards", path=path, tensor=name)
+        ckpt.tensors[name] = TensorRef(name, tuple(info["shape"]), CODES[info["dtype"]],
+                                       _loader(handle, name, path))
+
+
+def _loader(handle, name: str, path: Path):
+    def load() -> np.ndarray:
+        try:
+            return handle.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise FormatError(f"cannot read tensor ({exc})", path=path, tensor=name) from None
+    return load
+
+
+def write(ckpt: Checkpoint, path: Path) -> None:
+    """Stream every tensor (in checkpoint order) into one safetensors file."""
+    header, offset = {}, 0
+    for ref in ckpt:
+        if ref.dtype not in NAMES:
+            raise FormatError(f"safetensors cannot hold dtype {ref.dtype}", tensor=ref.name)
+        header[ref.name] = {"dtype": NAMES[ref.dtype], "shape": list(ref.shape),
+                            "data_offsets": [offset, offset + ref.nbytes]}
+        offset += ref.nbytes
+    header["__metadata__"] = _metadata(ckpt)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)) + blob)
+        for ref in ckpt:
+            array = np.ascontiguousarray(ref.load())  # native order: little-endian on every supported CPU
+            fh.write(memoryview(array.reshape(-1).view(np.uint8)))
+
+
+def _metadata(ckpt: Checkpoint) -> dict[str, str]:
+    meta = {"format": "pt"}
+    if ckpt.meta.get("transcoder"):
+        meta["transcoder"] = json.dumps(ckpt.meta["transcoder"], separators=(",", ":"))
+    return meta

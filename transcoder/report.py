@@ -1,0 +1,91 @@
+"""Rows and tables for plans, checkpoints and the rule table.
+
+On a terminal the tables are drawn with rich; piped, every row is one tab-separated line
+with full names, never wrapped or cut, so ``grep`` and ``cut`` work on it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Iterable, TextIO
+
+from .checkpoint import Checkpoint
+from .rules import COPY, TO_KERAS, Plan
+from .rules.table import RULES
+
+PLAN_COLUMNS = ("source", "shape", "dtype", "rule", "op", "target", "target shape")
+RULE_COLUMNS = ("rule", "torch kinds", "keras", "torch tensor", "keras weight", "op", "note")
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def plan_rows(plan: Plan, src: Checkpoint, target: Checkpoint) -> list[dict]:
+    """One row per source tensor: what it becomes and by which rule."""
+    rows = []
+    for step in plan.steps:
+        sources = step.torch if plan.direction == TO_KERAS else step.keras
+        targets = step.keras if plan.direction == TO_KERAS else step.torch
+        for name in sources:
+            ref = src[name]
+            rows.append({"source": name, "shape": list(ref.shape), "dtype": ref.dtype,
+                         "rule": step.rule, "op": step.op.describe(), "target": ", ".join(targets),
+                         "target shape": [list(target[t].shape) for t in targets]})
+    kept = plan.carried if plan.direction != COPY else list(src.tensors)
+    for name in kept:
+        ref = src[name]
+        rows.append({"source": name, "shape": list(ref.shape), "dtype": ref.dtype,
+                     "rule": "carried" if plan.direction != COPY else "copy", "op": "keep",
+                     "target": name, "target shape": [list(ref.shape)]})
+    return rows
+
+
+def rule_rows() -> list[dict]:
+    rows = []
+    for rule in RULES:
+        for i, param in enumerate(rule.params):
+            rows.append({"rule": rule.name, "torch kinds": list(rule.torch_kinds),
+                         "keras": rule.keras_kind, "torch tensor": param.torch,
+                         "keras weight": param.keras, "op": param.op.describe(),
+                         "note": "" if i else rule.note})
+        for name in rule.carried:
+            rows.append({"rule": rule.name, "torch kinds": list(rule.torch_kinds),
+                         "keras": rule.keras_kind, "torch tensor": name, "keras weight": "",
+                         "op": "carried", "note": "kept verbatim for the way back"})
+    return rows
+
+
+def _cell(value) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return ", ".join(_shape(v) for v in value)
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return _shape(value)
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def print_rows(rows: list[dict], columns: Iterable[str], *, as_json: bool = False,
+               title: str | None = None, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    columns = list(columns)
+    if as_json:
+        json.dump(rows, out, indent=1)
+        out.write("\n")
+    elif out.isatty():
+        _rich_table(rows, columns, title, out)
+    else:
+        out.write("# " + "\t".join(columns) + "\n")
+        for row in rows:
+            out.write("\t".join(_cell(row[c]) for c in columns) + "\n")
+
+
+def _rich_table(rows: list[dict], columns: list[str], title: str | None, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    Console(file=out).print(table)

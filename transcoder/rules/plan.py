@@ -1,0 +1,318 @@
+"""Plans: the list of steps that turns a checkpoint of one layout into the other.
+
+A :class:`Step` ties PyTorch tensor names to Keras weight names through one operation. A
+:class:`Plan` is made without reading tensor data (shapes and dtypes suffice), can be printed
+(``--dry-run``, ``inspect``), and produces the target checkpoint lazily (:meth:`Plan.apply`),
+so writers stream tensor by tensor. Plans written to Keras files are stored in the file
+(``meta["transcoder"]``), so the way back replays the exact inverse.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
+from ..errors import MappingError, TranscoderError, UnsupportedError
+from .infer import infer_keras_kind, infer_torch_kind
+from .ops import Identity, Op, Reshape, op_from_spec
+from .table import LayerRule, rule_for_keras_kind, rule_for_torch_kind
+from .user import CARRY, UserRules
+
+TO_KERAS, TO_TORCH, COPY = "to_keras", "to_torch", "copy"
+META_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Step:
+    torch: tuple[str, ...]
+    keras: tuple[str, ...]
+    op: Op
+    rule: str       # rule family, "--rules" or "stored"
+    layer: str      # Keras layer the weights belong to
+
+    def spec(self) -> dict:
+        return {"torch": list(self.torch), "keras": list(self.keras), "op": self.op.spec(),
+                "rule": self.rule, "layer": self.layer}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Step":
+        try:
+            return cls(tuple(spec["torch"]), tuple(spec["keras"]), op_from_spec(spec["op"]),
+                       spec["rule"], spec["layer"])
+        except (KeyError, TypeError) as exc:
+            raise MappingError(f"stored conversion metadata is malformed ({exc})") from None
+
+
+@dataclass
+class KerasLayer:
+    name: str
+    class_name: str | None
+    weights: list[str] = field(default_factory=list)
+    rule: str = ""
+    reason: str = ""
+
+    def as_meta(self) -> dict:
+        return {"name": self.name, "class_name": self.class_name, "weights": list(self.weights)}
+
+
+@dataclass
+class Plan:
+    direction: str
+    steps: list[Step] = field(default_factory=list)
+    layers: dict[str, KerasLayer] = field(default_factory=OrderedDict)
+    carried: list[str] = field(default_factory=list)
+    torch_order: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, step: Step, class_name: str | None = None, reason: str = "") -> None:
+        layer = self.layers.setdefault(step.layer, KerasLayer(step.layer, class_name, [], step.rule,
+                                                              reason))
+        prefix = step.layer + "/"
+        layer.weights.extend(k[len(prefix):] for k in step.keras)
+        self.steps.append(step)
+
+    def apply(self, src: Checkpoint) -> Checkpoint:
+        """The target checkpoint, lazily: each tensor is computed when a writer loads it."""
+        return _APPLY[self.direction](self, src)
+
+
+# ---------------------------------------------------------------- PyTorch -> Keras
+
+def plan_to_keras(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
+    user = user or UserRules()
+    plan = Plan(TO_KERAS, torch_order=list(ckpt.tensors))
+    kinds = ckpt.meta.get("module_kinds", {})
+    for path, params in group_modules(ckpt.tensors).items():
+        params = _take_user_tensors(plan, params, user)
+        if params:
+            _plan_module(plan, path, params, kinds.get(path), user)
+    _check_unique(plan)
+    return plan
+
+
+def group_modules(tensors: dict[str, TensorRef]) -> "OrderedDict[str, dict[str, TensorRef]]":
+    """``{module path: {param name: tensor}}`` in first-appearance order."""
+    modules: OrderedDict[str, dict[str, TensorRef]] = OrderedDict()
+    for name, ref in tensors.items():
+        path, _, param = name.rpartition(".")
+        modules.setdefault(path, {})[param] = ref
+    return modules
+
+
+def _take_user_tensors(plan: Plan, params: dict[str, TensorRef], user: UserRules) -> dict:
+    rest = {}
+    for pname, ref in params.items():
+        tmap = user.tensor_map(ref.name)
+        if tmap is None:
+            rest[pname] = ref
+        else:
+            plan.add(Step((ref.name,), (tmap.keras,), tmap.op, "--rules", tmap.layer),
+                     reason="[[tensor]] in --rules")
+    return rest
+
+
+def _plan_module(plan: Plan, path: str, params: dict[str, TensorRef], known_kind: str | None,
+                 user: UserRules) -> None:
+    hint = user.layer_hint(path)
+    if hint is not None:
+        kind, reason, options = hint.kind, f"--rules match {hint.match!r}", hint.options
+    elif known_kind and rule_for_torch_kind(known_kind):
+        kind, reason, options = known_kind, "module type from the file", {}
+    else:
+        found = infer_torch_kind(path, params)
+        kind, reason, options = found.kind, found.reason, {}
+    rule = rule_for_torch_kind(kind) if kind and kind != CARRY else None
+    if rule is None:
+        plan.carried.extend(ref.name for ref in params.values())
+        return
+    _plan_rule(plan, path, params, rule, reason, options)
+
+
+def _plan_rule(plan: Plan, path: str, params: dict[str, TensorRef], rule: LayerRule, reason: str,
+               options: dict) -> None:
+    expand = getattr(rule, "expand", None)
+    if expand is not None:  # rule families with more than one Keras layer per module (recurrent)
+        expand(plan, path, params, options, reason)
+        return
+    for param in rule.params:
+        ref = params.get(param.torch)
+        if ref is None:
+            if param.required:
+                raise MappingError(f"a {rule.name} needs a '{param.torch}' tensor beside this one",
+                                   tensor=next(iter(params.values())).name)
+            continue
+        op = _param_op(rule, param.op, ref, options)
+        step = Step((ref.name,), (f"{path}/{param.keras}",), op, rule.name, path)
+        _check_shapes(step, [ref.shape])
+        plan.add(step, rule.keras_kind, reason)
+    leftover = [ref.name for name, ref in params.items() if rule.param(name) is None]
+    plan.carried.extend(leftover)
+    unexpected = [n for n in leftover if n.rpartition(".")[2] not in rule.carried]
+    if unexpected:
+        plan.notes.append(f"{path}: kept verbatim, no Keras weight in a {rule.name}: "
+                          f"{', '.join(unexpected)}")
+
+
+def _param_op(rule: LayerRule, op: Op, ref: TensorRef, options: dict) -> Op:
+    shape = options.get("keras_shape")
+    if shape is None:
+        return op
+    if not isinstance(op, Identity):
+        raise MappingError(f"keras_shape is only for rules that copy ({rule.name} permutes)",
+                           tensor=ref.name)
+    return Reshape(tuple(shape), tuple(ref.shape))
+
+
+def _check_shapes(step: Step, shapes: list) -> list:
+    try:
+        return step.op.forward_shapes(shapes)
+    except TranscoderError as exc:
+        raise exc.with_context(tensor=step.torch[0]) from None
+    except ValueError as exc:  # e.g. a reshape to a size that does not fit
+        raise MappingError(str(exc), tensor=step.torch[0]) from None
+
+
+def _check_unique(plan: Plan) -> None:
+    seen: dict[str, str] = {}
+    for step in plan.steps:
+        for name in step.keras:
+            if name in seen:
+                raise MappingError(f"two tensors map to Keras weight {name!r}: {seen[name]} and "
+                                   f"{step.torch[0]}", hint="fix the --rules entries")
+            seen[name] = step.torch[0]
+
+
+def _apply_to_keras(plan: Plan, src: Checkpoint) -> Checkpoint:
+    out = Checkpoint(OrderedDict(), LAYOUT_KERAS, source=src.source, format=src.format)
+    for step in plan.steps:
+        refs = [src[n] for n in step.torch]
+        shapes = _check_shapes(step, [r.shape for r in refs])
+        for i, (name, shape) in enumerate(zip(step.keras, shapes)):
+            out.tensors[name] = TensorRef(name, tuple(shape), refs[0].dtype,
+                                          _lazy(step.op.forward, refs, i, name))
+    for name in plan.carried:
+        out.tensors[name] = src[name]
+    out.meta.update(keras_layers=[layer.as_meta() for layer in plan.layers.values()],
+                    carried=list(plan.carried), transcoder=stored_meta(plan, src))
+    return out
+
+
+def stored_meta(plan: Plan, src: Checkpoint) -> dict:
+    """What our Keras writers keep so that the way back is exact."""
+    return {"version": META_VERSION, "steps": [s.spec() for s in plan.steps],
+            "torch_order": plan.torch_order, "carried": list(plan.carried),
+            "source_format": src.format, "state_dict_key": src.meta.get("state_dict_key")}
+
+
+def _lazy(fn, refs: list[TensorRef], index: int, name: str):
+    def load():
+        try:
+            return fn([r.load() for r in refs])[index]
+        except TranscoderError as exc:
+            raise exc.with_context(tensor=name) from None
+    return load
+
+
+# ---------------------------------------------------------------- Keras -> PyTorch
+
+def plan_to_torch(ckpt: Checkpoint) -> Plan:
+    stored = ckpt.meta.get("transcoder") or {}
+    if stored.get("steps"):
+        return _replay(ckpt, stored)
+    plan = Plan(TO_TORCH)
+    for layer, weights in _keras_layers(ckpt):
+        _plan_keras_layer(plan, layer, weights)
+    plan.carried = list(ckpt.meta.get("carried", []))
+    plan.torch_order = [n for s in plan.steps for n in s.torch] + plan.carried
+    return plan
+
+
+def _replay(ckpt: Checkpoint, stored: dict) -> Plan:
+    if stored.get("version", 0) > META_VERSION:
+        raise UnsupportedError(f"written by a newer transcoder (metadata version {stored['version']})",
+                               path=ckpt.source, hint="upgrade transcoder")
+    plan = Plan(TO_TORCH, carried=list(stored.get("carried", [])),
+                torch_order=list(stored.get("torch_order", [])))
+    for spec in stored["steps"]:
+        plan.add(Step.from_spec(spec), reason="stored by transcoder")
+    missing = [k for s in plan.steps for k in s.keras if k not in ckpt.tensors]
+    missing += [n for n in plan.carried if n not in ckpt.tensors]
+    if missing:
+        raise MappingError(f"the file lacks tensors its own conversion record lists: "
+                           f"{', '.join(missing[:5])}", path=ckpt.source)
+    return plan
+
+
+def _keras_layers(ckpt: Checkpoint):
+    """``(layer meta, {weight path: tensor})`` per Keras layer, in file order."""
+    layers = ckpt.meta.get("keras_layers")
+    carried = set(ckpt.meta.get("carried", []))
+    if layers is None:
+        grouped: OrderedDict[str, list[str]] = OrderedDict()
+        for name in ckpt.tensors:
+            if name not in carried:
+                layer, _, weight = name.partition("/")
+                grouped.setdefault(layer, []).append(weight)
+        layers = [{"name": k, "class_name": None, "weights": v} for k, v in grouped.items()]
+    for layer in layers:
+        weights = {w: ckpt[f"{layer['name']}/{w}"] for w in layer["weights"]}
+        yield layer, weights
+
+
+def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef]) -> None:
+    name, class_name = layer["name"], layer.get("class_name")
+    rule = rule_for_keras_kind(class_name) if class_name else None
+    reason = f"Keras class {class_name}"
+    if rule is None:
+        found = infer_keras_kind(name, weights)
+        rule = rule_for_keras_kind(found.kind) if found.kind else None
+        reason = found.reason
+    if rule is None:
+        raise UnsupportedError(f"no rule maps Keras layer {name!r} ({class_name or reason})",
+                               hint="see `transcode rules`")
+    by_keras = {p.keras: p for p in rule.params}
+    unknown = [w for w in weights if w not in by_keras]
+    if unknown:
+        raise UnsupportedError(f"Keras layer {name!r} ({rule.keras_kind}) has weights the "
+                               f"{rule.name} rule does not know: {', '.join(unknown)}")
+    for param in rule.params:
+        if param.keras in weights:
+            plan.add(Step((f"{name}.{param.torch}",), (f"{name}/{param.keras}",), param.op,
+                          rule.name, name), rule.keras_kind, reason)
+
+
+def _apply_to_torch(plan: Plan, src: Checkpoint) -> Checkpoint:
+    out = Checkpoint(OrderedDict(), LAYOUT_TORCH, source=src.source, format=src.format)
+    made: dict[str, TensorRef] = {}
+    for step in plan.steps:
+        refs = [src[n] for n in step.keras]
+        shapes = step.op.inverse_shapes([r.shape for r in refs])
+        for i, (name, shape) in enumerate(zip(step.torch, shapes)):
+            made[name] = TensorRef(name, tuple(shape), refs[0].dtype,
+                                   _lazy(step.op.inverse, refs, i, name))
+    for name in plan.carried:
+        made[name] = src[name]
+    order = [n for n in plan.torch_order if n in made] + [n for n in made if n not in plan.torch_order]
+    out.tensors.update((n, made[n]) for n in order)
+    return out
+
+
+# ---------------------------------------------------------------- same layout
+
+def plan_copy(ckpt: Checkpoint) -> Plan:
+    return Plan(COPY, torch_order=list(ckpt.tensors))
+
+
+def _apply_copy(plan: Plan, src: Checkpoint) -> Checkpoint:
+    return Checkpoint(OrderedDict(src.tensors), src.layout, src.source, src.format, dict(src.meta))
+
+
+_APPLY = {TO_KERAS: _apply_to_keras, TO_TORCH: _apply_to_torch, COPY: _apply_copy}
+
+
+def make_plan(ckpt: Checkpoint, target_layout: str, user: UserRules | None = None) -> Plan:
+    if ckpt.layout == target_layout:
+        return plan_copy(ckpt)
+    if target_layout == LAYOUT_KERAS:
+        return plan_to_keras(ckpt, user)
+    return plan_to_torch(ckpt)
