@@ -75,8 +75,9 @@ RULES: list[LayerRule] = [
     _norm("BatchNorm", ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"),
           "BatchNormalization", "set Keras epsilon=1e-5 and momentum=1-torch momentum", stats=True),
     _norm("LayerNorm", ("LayerNorm",), "LayerNormalization", "set Keras epsilon=1e-5"),
-    _norm("RMSNorm", ("RMSNorm",), "LayerNormalization",
-          "Keras LayerNormalization(rms_scaling=True, center=False); set epsilon"),
+    LayerRule("RMSNorm", ("RMSNorm",), "RMSNormalization", (Param("weight", "scale"),),
+              note="Keras RMSNormalization(epsilon=...); not LayerNormalization(rms_scaling=True), "
+                   "which scales by the variance"),
     _norm("GroupNorm", ("GroupNorm",), "GroupNormalization", "set Keras epsilon=1e-5"),
     _norm("InstanceNorm", ("InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"),
           "GroupNormalization", "affine weights only; Keras GroupNormalization(groups=-1, epsilon=1e-5)"),
