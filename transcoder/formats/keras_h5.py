@@ -1,0 +1,276 @@
+"""Keras HDF5 files with h5py only: legacy weights-only / full-model ``.h5`` and Keras 3 ``.weights.h5``.
+
+Which layout a file has is read from its content (DESIGN.md section 4):
+``layer_names`` in the root attributes = legacy weights-only; a ``model_weights`` group = legacy
+full model; a ``layers`` or ``vars`` group = Keras 3 ``.weights.h5`` (see :mod:`.keras_v3`).
+
+Legacy files name every weight through the layer group's ``weight_names`` attribute
+(``conv/kernel`` in Keras 3, ``conv/kernel:0`` in tf.keras 2, ``seq/conv/kernel`` for a layer
+built inside a Sequential, ``bi/forward_lstm/lstm_cell/kernel`` for a Bidirectional LSTM);
+:func:`short_weight_path` turns those into the short Keras weight paths of the checkpoint
+convention (``kernel``, ``forward/kernel``).
+
+:func:`write` writes the legacy weights-only layout, which Keras 3 and tf.keras 2 load with
+``model.load_weights(path, by_name=True)``. Tensors with no Keras counterpart go to a
+``transcoder_carried`` group that Keras never reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
+from ..errors import FormatError, MappingError, UnsupportedError, UsageError
+from . import ReadOptions
+from . import h5safety as h5s
+from . import keras_v3
+
+#: What the written files claim. Loaders special-case only keras_version "1" and backend "theano".
+KERAS_VERSION = "3.15.1"
+BACKEND = "tensorflow"
+
+CARRIED_GROUP = "transcoder_carried"
+TOP_LEVEL_GROUP = "top_level_model_weights"
+RESERVED_NAMES = frozenset({CARRIED_GROUP})
+CLASS_ATTR = "transcoder_class_name"
+
+#: Sub-layer components Keras puts between an RNN layer and its weights (``lstm/lstm_cell/kernel``).
+RNN_CELL = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm|peephole_lstm)_cell(_\d+)?$")
+DIRECTION = re.compile(r"^(forward|backward)_.+$")
+VARIABLE_SUFFIX = re.compile(r":\d+$")
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+def read(path: Path, options: ReadOptions) -> Checkpoint:
+    """Read any Keras HDF5 layout (lazily: data is read on ``TensorRef.load()``)."""
+    f = h5s.open_file(path, path)
+    try:
+        ckpt = _read_open(f, path)
+    except BaseException:
+        f.close()
+        raise
+    ckpt.on_close(f.close)
+    return ckpt
+
+
+def _read_open(f: h5py.File, path: Path) -> Checkpoint:
+    size = os.path.getsize(path)
+    with h5s.h5_errors(path):
+        if h5s.attr_strings(f, "layer_names") is not None:
+            return read_legacy(f, f, path, size, "keras_h5")
+        if h5s.has(f, "model_weights"):
+            return read_legacy(f, h5s.group(f, "model_weights", path), path, size, "keras_h5")
+        if h5s.has(f, "layers") or h5s.has(f, "vars"):
+            layers, tensors = keras_v3.read_tree(f, path, size)
+            return Checkpoint(tensors, LAYOUT_KERAS, str(path), "keras_weights_h5",
+                              {"keras_layers": layers})
+    raise FormatError("not a Keras weights file (no layer_names attribute, model_weights, "
+                      "layers or vars group)", path=path)
+
+
+def model_classes(config: Any) -> dict[str, str]:
+    """Layer name -> Keras class name from a legacy ``model_config`` (top-level layers)."""
+    entries = keras_v3.config_layers(config) or []
+    return {keras_v3.config_name(e): e.get("class_name") for e in entries
+            if keras_v3.config_name(e) and isinstance(e.get("class_name"), str)}
+
+
+def short_weight_path(weight_name: str, layer: str, bidirectional: bool = False) -> str:
+    """``seq/lstm/lstm_cell/kernel:0`` in layer ``lstm`` -> ``kernel``.
+
+    Drops the ``:0`` suffix, everything up to the last component equal to the layer name (the
+    name scope the layer was built in), RNN cell components, and for a Bidirectional maps
+    ``forward_<x>``/``backward_<x>`` to ``forward``/``backward``.
+    """
+    parts = VARIABLE_SUFFIX.sub("", weight_name).split("/")
+    cut = max((i for i, p in enumerate(parts[:-1]) if p == layer), default=-1)
+    parts = [p for p in parts[cut + 1:-1] if not RNN_CELL.match(p)] + parts[-1:]
+    if bidirectional and len(parts) > 1 and DIRECTION.match(parts[0]):
+        parts[0] = parts[0].split("_", 1)[0]
+    return "/".join(parts)
+
+
+def _is_bidirectional(class_name: str | None, weight_names: list[str], layer: str) -> bool:
+    """From the class if known, else only if both ``forward_<x>`` and ``backward_<x>`` occur."""
+    if class_name is not None:
+        return class_name == "Bidirectional"
+    shorts = [short_weight_path(w, layer).split("/") for w in weight_names]
+    firsts = {DIRECTION.sub(r"\1", p[0]) for p in shorts if len(p) > 1 and DIRECTION.match(p[0])}
+    return firsts == {"forward", "backward"}
+
+
+def _layer_names(root: h5py.Group) -> list[str]:
+    names = h5s.attr_strings(root, "layer_names") or []
+    if h5s.has(root, TOP_LEVEL_GROUP) and TOP_LEVEL_GROUP not in names:
+        names.append(TOP_LEVEL_GROUP)
+    return names
+
+
+def read_legacy(f: h5py.File, root: h5py.Group, path: Path, size: int, fmt: str) -> Checkpoint:
+    """Legacy layouts: iterate ``layer_names`` and resolve each weight through ``weight_names``."""
+    config = h5s.attr_json(f, "model_config", path)
+    classes = model_classes(config)
+    layers: list[dict] = []
+    tensors: dict[str, TensorRef] = {}
+    for name in _layer_names(root):
+        grp = h5s.group(root, name, path)
+        weight_names = h5s.attr_strings(grp, "weight_names") or []
+        if not weight_names:
+            continue
+        cls = classes.get(name) or h5s.attr_text(grp, CLASS_ATTR)
+        bidi = _is_bidirectional(cls, weight_names, name)
+        shorts = [short_weight_path(w, name, bidi) for w in weight_names]
+        for weight_name, short in zip(weight_names, shorts):
+            tensor = f"{name}/{short}"
+            if tensor in tensors:
+                raise FormatError("two weights of the layer map to this name", path=path, tensor=tensor)
+            ds = h5s.resolve(grp, weight_name, path)
+            tensors[tensor] = h5s.tensor_ref(tensor, ds, size, path)
+        layers.append({"name": name, "class_name": cls, "weights": shorts})
+    meta: dict[str, Any] = {"keras_layers": layers}
+    if config is not None:
+        meta["keras_config"] = config
+    _read_ours(f, tensors, meta, path, size)
+    return Checkpoint(tensors, LAYOUT_KERAS, str(path), fmt, meta)
+
+
+def _read_ours(f: h5py.File, tensors: dict[str, TensorRef], meta: dict, path: Path,
+               size: int) -> None:
+    """Our own additions: the ``transcoder`` attribute and the carried tensors."""
+    ours = h5s.attr_json(f, "transcoder", path)
+    if ours is not None:
+        meta["transcoder"] = ours
+    if not h5s.has(f, CARRIED_GROUP):
+        return
+    carried = []
+    items = sorted(h5s.children(h5s.group(f, CARRIED_GROUP, path), path),
+                   key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1)
+    for key, ds in items:
+        name = h5s.attr_text(ds, "name")
+        if name is None or not key.isdigit():
+            raise FormatError(f"carried tensor {CARRIED_GROUP}/{key} has no name", path=path)
+        if name in tensors:
+            raise FormatError("carried tensor duplicates a Keras weight", path=path, tensor=name)
+        tensors[name] = h5s.tensor_ref(name, ds, size, path)
+        carried.append(name)
+    meta["carried"] = carried
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+def write(ckpt: Checkpoint, path: Path) -> None:
+    """Write a legacy weights-only ``.h5`` (one tensor in memory at a time, atomic rename)."""
+    path = Path(path)
+    if path.name.lower().endswith(".weights.h5"):
+        raise UsageError("writing a Keras 3 .weights.h5 needs the Keras architecture: pass "
+                         "--keras-model (or write a legacy .h5)", path=path)
+    layers = layers_to_write(ckpt)
+    carried = carried_to_write(ckpt, layers)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write_root(f, [e["name"] for e in layers], ckpt.meta)
+            for entry in layers:
+                _write_layer(f, entry, ckpt, path)
+            _write_carried(f, carried, ckpt, path)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write: {exc.strerror or exc}", path=path) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def layers_to_write(ckpt: Checkpoint) -> list[dict]:
+    """``meta["keras_layers"]`` checked against the tensors (or derived from the names)."""
+    carried = set(ckpt.meta.get("carried") or [])
+    layers = ckpt.meta.get("keras_layers")
+    if layers is None:
+        layers = _layers_from_names([n for n in ckpt.tensors if n not in carried])
+    seen: set[str] = set()
+    for entry in layers:
+        _check_layer(entry, seen, ckpt)
+    return layers
+
+
+def _layers_from_names(names: list[str]) -> list[dict]:
+    layers: dict[str, dict] = {}
+    for name in names:
+        layer, sep, weight = name.partition("/")
+        if not sep:
+            raise MappingError("a keras-layout tensor name must be <layer>/<weight>", tensor=name)
+        layers.setdefault(layer, {"name": layer, "class_name": None, "weights": []})
+        layers[layer]["weights"].append(weight)
+    return list(layers.values())
+
+
+def _check_layer(entry: dict, seen: set[str], ckpt: Checkpoint) -> None:
+    name = entry.get("name")
+    if not isinstance(name, str) or not name or "/" in name or name in (".", "..") \
+            or name in RESERVED_NAMES:
+        raise UnsupportedError(f"a Keras layer cannot be named {name!r} in an .h5 file")
+    if name in seen:
+        raise MappingError(f"two Keras layers are named {name!r}")
+    seen.add(name)
+    for weight in entry.get("weights", []):
+        if not weight or any(p in ("", ".", "..") for p in weight.split("/")):
+            raise MappingError(f"invalid Keras weight path {weight!r}", tensor=f"{name}/{weight}")
+        if f"{name}/{weight}" not in ckpt.tensors:
+            raise MappingError("listed in keras_layers but not in the checkpoint",
+                               tensor=f"{name}/{weight}")
+
+
+def carried_to_write(ckpt: Checkpoint, layers: list[dict]) -> list[str]:
+    """The carried tensor names; MappingError for a tensor that would be silently dropped."""
+    carried = list(ckpt.meta.get("carried") or [])
+    covered = {f"{e['name']}/{w}" for e in layers for w in e.get("weights", [])} | set(carried)
+    for name in carried:
+        if name not in ckpt.tensors:
+            raise MappingError("listed as carried but not in the checkpoint", tensor=name)
+    lost = [n for n in ckpt.tensors if n not in covered]
+    if lost:
+        raise MappingError(f"{len(lost)} tensor(s) are neither a Keras weight nor carried",
+                           tensor=lost[0])
+    return carried
+
+
+def _write_root(f: h5py.File, names: list[str], meta: dict) -> None:
+    h5s.write_strings_attr(f, "layer_names", [n for n in names if n != TOP_LEVEL_GROUP])
+    f.attrs["backend"] = BACKEND.encode("utf8")
+    f.attrs["keras_version"] = KERAS_VERSION.encode("utf8")
+    if meta.get("transcoder") is not None:
+        f.attrs["transcoder"] = json.dumps(meta["transcoder"])
+
+
+def _write_layer(f: h5py.File, entry: dict, ckpt: Checkpoint, path: Path) -> None:
+    grp = f.create_group(entry["name"])
+    weight_names = [f"{entry['name']}/{w}" for w in entry.get("weights", [])]
+    h5s.write_strings_attr(grp, "weight_names", weight_names)
+    if entry.get("class_name"):
+        grp.attrs[CLASS_ATTR] = entry["class_name"]
+    for weight_name in weight_names:
+        _write_tensor(grp, weight_name, ckpt.tensors[weight_name], path)
+
+
+def _write_tensor(grp: h5py.Group, rel: str, ref: TensorRef, path: Path) -> h5py.Dataset:
+    array = ref.load()
+    try:
+        return h5s.write_array(grp, rel, array)
+    except (ValueError, TypeError) as exc:
+        raise MappingError(f"cannot store tensor in HDF5 ({exc})", path=path,
+                           tensor=ref.name) from None
+
+
+def _write_carried(f: h5py.File, carried: list[str], ckpt: Checkpoint, path: Path) -> None:
+    if not carried:
+        return
+    grp = f.create_group(CARRIED_GROUP)
+    for i, name in enumerate(carried):
+        ds = _write_tensor(grp, str(i), ckpt.tensors[name], path)
+        ds.attrs["name"] = name

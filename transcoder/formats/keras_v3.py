@@ -1,0 +1,350 @@
+"""The Keras 3 ``saving_lib`` weights layout, read with h5py only (no Keras import).
+
+Keras 3 (``model.save_weights("x.weights.h5")`` and ``model.weights.h5`` inside ``.keras``)
+stores each layer at ``layers/<snake_case class>[_N]/vars/0, 1, ...``; ``_N`` counts layers of
+the same class in ``model.layers`` order. Sub-layers nest: an RNN's weights are in
+``<layer>/cell/vars``, a Bidirectional's in ``forward_layer/cell/vars`` and
+``backward_layer/cell/vars``, a MultiHeadAttention's in ``query_dense/vars`` ... and a nested
+model's in ``<model>/layers/...``. Since Keras 3.6 every ``vars`` group has a ``name`` attribute
+(the layer name). The variables themselves are unnamed, so short weight names come from
+:data:`VARS_LAYOUT`; where the count does not fit, weights are named by index ("0", "1").
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+
+from ..checkpoint import TensorRef
+from ..errors import FormatError
+from . import h5safety as h5s
+
+KERNEL_BIAS = ("kernel", "bias")
+RNN = (("cell/vars", ("kernel", "recurrent_kernel", "bias")),)
+CONV = (("vars", KERNEL_BIAS),)
+
+
+def _prefixed(prefix: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{prefix}/{n}" for n in names)
+
+
+#: Keras class -> its ``vars`` groups (relative to the layer group) in Keras weight order, each
+#: with the short weight paths of its variables (the names a legacy ``.h5`` gives them).
+VARS_LAYOUT: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "Dense": CONV,
+    "EinsumDense": CONV,
+    "Conv1D": CONV,
+    "Conv2D": CONV,
+    "Conv3D": CONV,
+    "Conv1DTranspose": CONV,
+    "Conv2DTranspose": CONV,
+    "Conv3DTranspose": CONV,
+    "DepthwiseConv1D": CONV,
+    "DepthwiseConv2D": CONV,
+    "SeparableConv1D": (("vars", ("depthwise_kernel", "pointwise_kernel", "bias")),),
+    "SeparableConv2D": (("vars", ("depthwise_kernel", "pointwise_kernel", "bias")),),
+    "BatchNormalization": (("vars", ("gamma", "beta", "moving_mean", "moving_variance")),),
+    "LayerNormalization": (("vars", ("gamma", "beta")),),
+    "GroupNormalization": (("vars", ("gamma", "beta")),),
+    "RMSNormalization": (("vars", ("scale",)),),
+    "Embedding": (("vars", ("embeddings",)),),
+    "PReLU": (("vars", ("alpha",)),),
+    "LSTM": RNN,
+    "GRU": RNN,
+    "SimpleRNN": RNN,
+    "ConvLSTM1D": RNN,
+    "ConvLSTM2D": RNN,
+    "ConvLSTM3D": RNN,
+    "Bidirectional": (
+        ("forward_layer/cell/vars", _prefixed("forward", RNN[0][1])),
+        ("backward_layer/cell/vars", _prefixed("backward", RNN[0][1])),
+    ),
+    "MultiHeadAttention": (
+        ("query_dense/vars", _prefixed("query", KERNEL_BIAS)),
+        ("key_dense/vars", _prefixed("key", KERNEL_BIAS)),
+        ("value_dense/vars", _prefixed("value", KERNEL_BIAS)),
+        ("output_dense/vars", _prefixed("attention_output", KERNEL_BIAS)),
+    ),
+}
+
+#: Config switches that remove a weight when false/None: key -> last component of the weight path.
+OPTIONAL_WEIGHTS: dict[str, str] = {
+    "use_bias": "bias",
+    "bias_axes": "bias",    # EinsumDense
+    "center": "beta",
+    "scale": "gamma",
+}
+
+#: Layer classes whose config nests the wrapped layer's config under this key.
+WRAPPED_CONFIG: dict[str, str] = {"Bidirectional": "layer"}
+
+#: Classes without weights of their own that still appear as groups.
+OTHER_CLASSES = ("Sequential", "Functional", "InputLayer", "TimeDistributed")
+
+#: Root groups of a weights file that are not layers.
+ROOT_SKIP = frozenset({"vars", "optimizer"})
+
+
+def to_snake_case(name: str) -> str:
+    """Keras' own ``naming.to_snake_case`` (Conv2DTranspose -> conv2d_transpose, PReLU -> p_re_lu)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+#: snake_case path component -> Keras class name.
+CLASS_BY_SNAKE: dict[str, str] = {to_snake_case(c): c for c in (*VARS_LAYOUT, *OTHER_CLASSES)}
+
+
+def class_from_key(key: str) -> str | None:
+    """``conv1d_3`` -> ``Conv1D``; None for an unknown component."""
+    return CLASS_BY_SNAKE.get(key) or CLASS_BY_SNAKE.get(re.sub(r"_\d+$", "", key))
+
+
+@dataclass
+class _Ctx:
+    """What every step needs: the file label for errors and the byte budget for bomb checks."""
+
+    path: object
+    file_size: int
+
+
+@dataclass
+class Found:
+    """A layer group paired with its name, class and (if known) its config entry."""
+
+    name: str
+    class_name: str | None
+    group: h5py.Group
+    config: dict | None
+
+
+# -- config pairing ----------------------------------------------------------------------------
+
+def config_name(entry: dict) -> str | None:
+    """The layer name of a config entry (``config.name``, else the entry's ``name``)."""
+    inner = entry.get("config")
+    name = inner.get("name") if isinstance(inner, dict) else None
+    return name if isinstance(name, str) else entry.get("name")
+
+
+def config_layers(config: Any) -> list[dict] | None:
+    """The ``layers`` list of a Sequential/Functional config (old Keras: a bare list)."""
+    if not isinstance(config, dict):
+        return None
+    inner = config.get("config")
+    layers = inner if isinstance(inner, list) else (inner or {}).get("layers") \
+        if isinstance(inner, (dict, type(None))) else None
+    return [e for e in layers if isinstance(e, dict)] if isinstance(layers, list) else None
+
+
+def pair_config(entries: list[dict]) -> dict[str, dict]:
+    """Path component -> config entry, numbered the way saving_lib does (dense, dense_1, ...)."""
+    used: dict[str, int] = {}
+    paired: dict[str, dict] = {}
+    for entry in entries:
+        snake = to_snake_case(str(entry.get("class_name", "")))
+        if snake in used:
+            used[snake] += 1
+            paired[f"{snake}_{used[snake]}"] = entry
+        else:
+            used[snake] = 0
+            paired[snake] = entry
+    return paired
+
+
+# -- finding layers ------------------------------------------------------------------------------
+
+def _vars_name(grp: h5py.Group, ctx: _Ctx) -> str | None:
+    if not h5s.has(grp, "vars"):
+        return None
+    return h5s.attr_text(h5s.group(grp, "vars", ctx.path), "name")
+
+
+def _is_layer(grp: h5py.Group, key: str) -> bool:
+    return h5s.has(grp, "vars") or class_from_key(key) is not None
+
+
+def _found(grp: h5py.Group, key: str, prefix: str, entry: dict | None, ctx: _Ctx) -> Found:
+    stored = _vars_name(grp, ctx)
+    if entry is None:
+        return Found(stored or prefix + key, class_from_key(key), grp, None)
+    name = config_name(entry)
+    if stored is not None and name != stored:
+        raise FormatError(f"config.json names layer {grp.name} {name!r} but the weights file "
+                          f"says {stored!r}", path=ctx.path)
+    return Found(name or stored or key, entry.get("class_name"), grp, entry)
+
+
+def container_layers(grp: h5py.Group, ctx: _Ctx, entries: list[dict] | None = None,
+                     prefix: str = "", depth: int = 0) -> list[Found]:
+    """Layers in a container group (``layers``, or a list attribute of a subclassed model)."""
+    if depth > h5s.MAX_DEPTH:
+        raise FormatError(f"HDF5 groups nested deeper than {h5s.MAX_DEPTH} at {grp.name}",
+                          path=ctx.path)
+    paired = pair_config(entries or [])
+    keys = [k for k in paired if h5s.has(grp, k)]
+    keys += natural_sorted(k for k in grp.keys() if k not in paired)
+    found: list[Found] = []
+    for key in keys:
+        if depth == 0 and grp.name == "/" and key in ROOT_SKIP:
+            continue
+        node = h5s.child(grp, key, ctx.path)
+        if not isinstance(node, h5py.Group):
+            raise FormatError(f"unexpected dataset {node.name} among layers", path=ctx.path)
+        if key in paired or _is_layer(node, key):
+            found.append(_found(node, key, prefix, paired.get(key), ctx))
+        else:
+            found += container_layers(node, ctx, None, f"{prefix}{key}.", depth + 1)
+    return found
+
+
+def natural_sorted(keys: Any) -> list[str]:
+    """``dense, dense_1, dense_2, ..., dense_10`` (not the HDF5 alphabetical order)."""
+    def key(k: str) -> tuple:
+        m = re.match(r"^(.*?)(?:_(\d+))?$", k)
+        return (m.group(1), int(m.group(2) or -1), k)
+    return sorted(keys, key=key)
+
+
+def model_layers(root: h5py.Group, ctx: _Ctx, config: Any) -> list[Found]:
+    """Top-level layers: paired with the model config when it lists layers, else by walking."""
+    entries = config_layers(config)
+    if entries is not None and h5s.has(root, "layers"):
+        return container_layers(h5s.group(root, "layers", ctx.path), ctx, entries)
+    return container_layers(root, ctx)
+
+
+# -- weights of one layer --------------------------------------------------------------------------
+
+def _var_key(item: tuple[str, Any]) -> tuple:
+    key = item[0]
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
+def own_vars(grp: h5py.Group, ctx: _Ctx) -> list[tuple[str, Any]]:
+    """``[(key, dataset)]`` of the group's own ``vars``, numeric keys in numeric order."""
+    if not h5s.has(grp, "vars"):
+        return []
+    node = h5s.group(grp, "vars", ctx.path)
+    return sorted(h5s.children(node, ctx.path), key=_var_key)
+
+
+def vars_groups(grp: h5py.Group, ctx: _Ctx, rel: str = "", depth: int = 0) -> dict[str, list]:
+    """``relative path of a vars group -> [(key, dataset)]`` for every non-empty ``vars`` below."""
+    if depth > h5s.MAX_DEPTH:
+        raise FormatError(f"HDF5 groups nested deeper than {h5s.MAX_DEPTH} at {grp.name}",
+                          path=ctx.path)
+    out: dict[str, list] = {}
+    items = own_vars(grp, ctx)
+    if items:
+        out[f"{rel}vars"] = items
+    for key, node in h5s.children(grp, ctx.path):
+        if key not in ("vars", "layers") and isinstance(node, h5py.Group):
+            out.update(vars_groups(node, ctx, f"{rel}{key}/", depth + 1))
+    return out
+
+
+def _layer_config(found: Found) -> dict:
+    cfg = (found.config or {}).get("config")
+    cfg = cfg if isinstance(cfg, dict) else {}
+    wrapped = WRAPPED_CONFIG.get(found.class_name or "")
+    inner = cfg.get(wrapped) if wrapped else None
+    if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+        return inner["config"]
+    return cfg
+
+
+def expected_layout(found: Found) -> list[tuple[str, tuple[str, ...]]]:
+    """The table layout of a class, minus weights its config switches off (``use_bias=False``)."""
+    cfg = _layer_config(found)
+    dropped = {w for key, w in OPTIONAL_WEIGHTS.items() if key in cfg and not cfg[key]}
+    return [(rel, tuple(n for n in names if n.rsplit("/", 1)[-1] not in dropped))
+            for rel, names in VARS_LAYOUT[found.class_name or ""]]
+
+
+def _by_index(prefix: str, items: list) -> list[tuple[str, Any]]:
+    return [(f"{prefix}{key}", ds) for key, ds in items]
+
+
+def _index_prefix(rel: str, names: tuple[str, ...] = ()) -> str:
+    """``query/`` for the MultiHeadAttention query group, ``cell/`` for an unknown ``cell/vars``."""
+    if names and "/" in names[0]:
+        return names[0].rsplit("/", 1)[0] + "/"
+    stem = rel[: -len("vars")].rstrip("/")
+    return f"{stem}/" if stem else ""
+
+
+def table_weights(found: Found, ctx: _Ctx) -> list[tuple[str, Any]]:
+    """Weights of a class in :data:`VARS_LAYOUT`; by index where the count does not fit."""
+    groups = vars_groups(found.group, ctx)
+    out: list[tuple[str, Any]] = []
+    for rel, names in expected_layout(found):
+        items = groups.pop(rel, [])
+        if len(items) == len(names):
+            out += [(n, ds) for n, (_, ds) in zip(names, items)]
+        else:
+            out += _by_index(_index_prefix(rel, names), items)
+    for rel in sorted(groups):
+        out += _by_index(_index_prefix(rel), groups[rel])
+    return out
+
+
+def sub_layers(found: Found, ctx: _Ctx, depth: int) -> list[Found]:
+    """Layers inside a layer group: a nested model's ``layers``, wrapped layers, list attributes."""
+    subs: list[Found] = []
+    for key in natural_sorted(found.group.keys()):
+        node = h5s.child(found.group, key, ctx.path)
+        if key == "vars" or not isinstance(node, h5py.Group):
+            continue
+        if key == "layers":
+            subs += container_layers(node, ctx, config_layers(found.config), "", depth + 1)
+        elif _is_layer(node, key):
+            subs.append(_found(node, key, "", None, ctx))
+        else:
+            subs += container_layers(node, ctx, None, f"{key}.", depth + 1)
+    return subs
+
+
+def generic_weights(found: Found, ctx: _Ctx, depth: int) -> list[tuple[str, Any]]:
+    """Own ``vars`` by index, then each sub-layer's weights under ``<sub-layer name>/``."""
+    out = _by_index("", own_vars(found.group, ctx))
+    for sub in sub_layers(found, ctx, depth):
+        out += [(f"{sub.name}/{w}", ds) for w, ds in layer_weights(sub, ctx, depth + 1)]
+    return out
+
+
+def layer_weights(found: Found, ctx: _Ctx, depth: int = 0) -> list[tuple[str, Any]]:
+    """``[(short weight path, dataset)]`` of one layer, in Keras weight order."""
+    if depth > h5s.MAX_DEPTH:
+        raise FormatError(f"layers nested deeper than {h5s.MAX_DEPTH}", path=ctx.path)
+    if found.class_name in VARS_LAYOUT:
+        return table_weights(found, ctx)
+    return generic_weights(found, ctx, depth)
+
+
+# -- the whole file ------------------------------------------------------------------------------
+
+def read_tree(root: h5py.Group, path: object, file_size: int,
+              config: Any = None) -> tuple[list[dict], dict[str, TensorRef]]:
+    """``meta["keras_layers"]`` entries and the lazy tensors of a saving_lib weights file."""
+    ctx = _Ctx(path, file_size)
+    entries: list[dict] = []
+    tensors: dict[str, TensorRef] = {}
+    with h5s.h5_errors(path):
+        for found in model_layers(root, ctx, config):
+            weights = layer_weights(found, ctx)
+            if not weights:
+                continue
+            if any(e["name"] == found.name for e in entries):
+                raise FormatError(f"two layers are named {found.name!r}", path=path)
+            for short, ds in weights:
+                name = f"{found.name}/{short}"
+                if name in tensors:
+                    raise FormatError("two weights have the same name", path=path, tensor=name)
+                tensors[name] = h5s.tensor_ref(name, ds, file_size, path)
+            entries.append({"name": found.name, "class_name": found.class_name,
+                            "weights": [w for w, _ in weights], "h5_path": found.group.name})
+    return entries, tensors

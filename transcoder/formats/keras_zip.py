@@ -1,0 +1,194 @@
+"""Keras 3 ``.keras`` archives (a zip of ``config.json``, ``metadata.json``, ``model.weights.h5``).
+
+Read with zipfile + h5py only: ``config.json`` is parsed as JSON (never deserialized through
+Keras) to give layers their real names and class names; the weights are read lazily from
+``model.weights.h5``. A stored (uncompressed) member is opened in place through a window on
+the archive, so nothing is extracted; a compressed one is streamed to a temporary file that
+is deleted on close. Members with path traversal or absurd sizes are refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import struct
+import tempfile
+import weakref
+import zipfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import h5py
+
+from ..checkpoint import LAYOUT_KERAS, Checkpoint
+from ..errors import FormatError, UnsafeFileError, UsageError
+from . import ReadOptions
+from . import h5safety as h5s
+from . import keras_v3
+
+WEIGHTS = "model.weights.h5"
+CONFIG = "config.json"
+METADATA = "metadata.json"
+#: JSON members larger than this are not a model config.
+MAX_JSON_BYTES = 64 << 20
+#: No member is larger than this, whatever the archive says.
+MAX_MEMBER_BYTES = 1 << 40
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+LOCAL_MAGIC = b"PK\x03\x04"
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
+              NotImplementedError)
+
+
+class MemberWindow(io.RawIOBase):
+    """A read-only, seekable view of bytes ``[start, start + size)`` of a file (a stored member)."""
+
+    def __init__(self, path: Path, start: int, size: int) -> None:
+        super().__init__()
+        self._fh = open(path, "rb")
+        self._start, self._size, self._pos = start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        count = max(0, min(len(buffer), self._size - self._pos))
+        self._fh.seek(self._start + self._pos)
+        data = self._fh.read(count)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def read(path: Path, options: ReadOptions) -> Checkpoint:
+    """Read a ``.keras`` archive lazily; layer names and classes come from ``config.json``."""
+    with _zip_errors(path):
+        with zipfile.ZipFile(path) as zf:
+            check_members(zf, path)
+            config = _read_json(zf, CONFIG, path, required=True)
+            source, size = _open_weights(zf, path)
+    f = _open_h5(source, path)
+    try:
+        layers, tensors = keras_v3.read_tree(f, path, size, config)
+    except BaseException:
+        _close_both(f, source)
+        raise
+    ckpt = Checkpoint(tensors, LAYOUT_KERAS, str(path), "keras_zip",
+                      {"keras_layers": layers, "keras_config": config})
+    # HDF5 must close before the file object it reads through, also if the checkpoint is
+    # never closed (at interpreter exit the other order crashes h5py).
+    ckpt.on_close(weakref.finalize(ckpt, _close_both, f, source))
+    return ckpt
+
+
+def write(ckpt: Checkpoint, path: Path) -> None:
+    """Refused for now: a ``.keras`` file holds the model architecture, which a checkpoint lacks."""
+    raise UsageError("writing a .keras archive needs the model architecture: pass --keras-model "
+                     "or --model (or write a legacy .h5)", path=path)
+
+
+@contextlib.contextmanager
+def _zip_errors(path: Path) -> Iterator[None]:
+    """zipfile/OS errors -> one-line FormatError naming the archive."""
+    try:
+        yield
+    except ZIP_ERRORS as exc:
+        raise FormatError(f"corrupt or unreadable .keras archive ({exc})", path=path) from None
+
+
+def check_members(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse path traversal, encryption and sizes no real archive member has."""
+    for info in zf.infolist():
+        name = info.filename
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+            raise UnsafeFileError(f"refusing archive member with an unsafe path {name!r}", path=path)
+        if info.flag_bits & 0x1:
+            raise FormatError(f"archive member {name} is encrypted", path=path)
+        too_big = info.file_size > MAX_MEMBER_BYTES or (
+            info.file_size != info.compress_size if info.compress_type == zipfile.ZIP_STORED
+            else info.file_size > h5s.MAX_COMPRESSION_RATIO * info.compress_size + h5s.BOMB_FLOOR_BYTES)
+        if too_big:
+            raise UnsafeFileError(f"archive member {name} declares {info.file_size} bytes from "
+                                  f"{info.compress_size} stored: refusing a possible zip bomb",
+                                  path=path)
+
+
+def _read_json(zf: zipfile.ZipFile, member: str, path: Path, required: bool) -> Any:
+    if member not in zf.namelist():
+        if required:
+            raise FormatError(f"not a Keras archive: no {member}", path=path)
+        return None
+    if zf.getinfo(member).file_size > MAX_JSON_BYTES:
+        raise UnsafeFileError(f"{member} is larger than {MAX_JSON_BYTES} bytes", path=path)
+    try:
+        return json.loads(zf.read(member))
+    except (ValueError, UnicodeDecodeError):
+        raise FormatError(f"{member} is not valid JSON", path=path) from None
+
+
+def _open_weights(zf: zipfile.ZipFile, path: Path) -> tuple[IO[bytes], int]:
+    """A seekable file object over ``model.weights.h5`` and its size."""
+    if WEIGHTS not in zf.namelist():
+        raise FormatError(f"no {WEIGHTS} in the archive (members: {', '.join(zf.namelist())})",
+                          path=path)
+    info = zf.getinfo(WEIGHTS)
+    if info.compress_type == zipfile.ZIP_STORED:
+        return MemberWindow(path, _data_offset(path, info), info.file_size), info.file_size
+    return _extract(zf, info), info.file_size
+
+
+def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where a member's bytes start: after its local header (whose lengths can differ)."""
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        header = fh.read(LOCAL_HEADER.size)
+        end = fh.seek(0, io.SEEK_END)
+    if len(header) != LOCAL_HEADER.size or header[:4] != LOCAL_MAGIC:
+        raise FormatError(f"bad local header for {info.filename}", path=path)
+    fields = LOCAL_HEADER.unpack(header)
+    start = info.header_offset + LOCAL_HEADER.size + fields[9] + fields[10]
+    if start + info.file_size > end:
+        raise FormatError(f"{info.filename} runs past the end of the archive (truncated?)", path=path)
+    return start
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> IO[bytes]:
+    """Stream a compressed member to an anonymous temporary file (gone when closed)."""
+    tmp = tempfile.TemporaryFile(prefix="transcoder-", suffix=".h5")
+    try:
+        with zf.open(info) as member:
+            shutil.copyfileobj(member, tmp, 1 << 20)
+    except BaseException:
+        tmp.close()
+        raise
+    tmp.seek(0)
+    return tmp
+
+
+def _open_h5(source: IO[bytes], path: Path) -> h5py.File:
+    try:
+        return h5s.open_file(source, path)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _close_both(f: h5py.File, source: IO[bytes]) -> None:
+    f.close()
+    source.close()
