@@ -1,0 +1,143 @@
+"""The manifest: one JSON line per conversion attempt, in ``DST_DIR/transcode-manifest.jsonl``.
+
+Each line records ``source`` (relative to SRC_DIR), its ``size``, ``mtime_ns`` and ``sha256``;
+the ``output`` (relative to DST_DIR) with ``output_size``, ``output_mtime_ns`` and
+``output_sha256``; ``status`` (``done`` or ``failed``), ``error``, ``seconds``, and ``options``
+(what else decides the output: ``--to``, ``--key``, the ``--rules`` file's hash).
+
+Lines are appended and flushed to disk one by one, so a run killed at any moment leaves at
+worst a truncated last line, which is ignored; for a source, the last line wins. A run
+rewrites the file compactly (one line per source, atomically) when it starts and when it
+ends. One run at a time: the destination folder is locked while a run uses it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import UsageError
+from .task import DONE, Fingerprint, sha256_files, stat_files
+
+NAME = "transcode-manifest.jsonl"
+FIELDS = ("source", "size", "mtime_ns", "sha256", "output", "output_size", "output_mtime_ns",
+          "output_sha256", "status", "error", "seconds", "options")
+
+
+class Manifest:
+    """The manifest of one destination folder, locked for the lifetime of the object."""
+
+    def __init__(self, dst_root: Path) -> None:
+        self.root = Path(dst_root)
+        self.path = self.root / NAME
+        self.entries: dict[tuple[str, str], dict] = {}
+        self.unreadable_lines = 0
+        self._lock = _lock_folder(self.root)
+        try:
+            self._load()
+            self._fh = None
+            self.compact()
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    def _load(self) -> None:
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                key = (entry["source"], entry["output"])
+            except (ValueError, TypeError, KeyError):
+                self.unreadable_lines += 1  # e.g. the last line of a run that was killed
+                continue
+            self.entries[key] = entry
+
+    def get(self, source: str, output: str) -> dict | None:
+        return self.entries.get((source, output))
+
+    def append(self, record: dict) -> dict:
+        """Record one attempt; on disk (flushed and fsynced) when this returns."""
+        entry = {k: record.get(k) for k in FIELDS}
+        self.entries[(entry["source"], entry["output"])] = entry
+        self._fh.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        return entry
+
+    def compact(self) -> None:
+        """Rewrite the file with the last entry per source, sorted (atomically: temp + rename)."""
+        if self._fh is not None:
+            self._fh.close()
+        fd, tmp = tempfile.mkstemp(prefix=f".{NAME}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                for key in sorted(self.entries):
+                    fh.write(json.dumps(self.entries[key], separators=(",", ":")) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        os.fsync(self._lock)  # the folder entry of the renamed file
+        self._fh = open(self.path, "a")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
+
+    def __enter__(self) -> "Manifest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock_folder(folder: Path) -> int:
+    """An exclusive lock on the folder itself; released when the process ends, even by kill -9."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, one run at a time is then up to the user
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError("another `transcode bulk` is writing to this folder", path=folder,
+                         hint="wait for it to finish") from None
+    return fd
+
+
+def trusted(entry: dict | None, src_root: Path, files: Iterable[str], dst_root: Path,
+            options: list) -> bool:
+    """True if ``entry`` says done and both its source and its output are still what it recorded.
+
+    Size and mtime are compared first; when only the mtime differs (a copy, a touch) the
+    SHA-256 decides, so an unchanged file is never redone for its date alone.
+    """
+    if not entry or entry.get("status") != DONE or entry.get("options") != options:
+        return False
+    try:
+        src = [src_root / f for f in files]
+        if not _same(stat_files(src), src, entry["size"], entry["mtime_ns"], entry["sha256"]):
+            return False
+        out = [dst_root / entry["output"]]
+        return _same(stat_files(out), out, entry["output_size"], entry["output_mtime_ns"],
+                     entry["output_sha256"])
+    except (OSError, KeyError):
+        return False
+
+
+def _same(now: Fingerprint, paths: list[Path], size: int, mtime_ns: int, sha256: str) -> bool:
+    if now.size != size:
+        return False
+    return now.mtime_ns == mtime_ns or sha256_files(paths) == sha256

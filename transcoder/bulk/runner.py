@@ -1,0 +1,172 @@
+"""``transcode bulk``: mirror a tree of checkpoints, resumably.
+
+1. scan SRC_DIR for checkpoints and plan each one's output (:mod:`.tree`);
+2. skip those the manifest lists as done whose source and output are unchanged (:mod:`.manifest`);
+3. remove temporary files a killed run left beside the outputs;
+4. run the rest on an engine (:mod:`.engines`), appending each result to the manifest as it
+   arrives, so a rerun after a crash redoes only what is not done and intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import UsageError
+from ..rules import load_user_rules
+from . import engines
+from .manifest import Manifest, trusted
+from .task import DONE, FAILED, Task
+from .tree import TARGETS, Source, scan
+
+
+@dataclass(frozen=True)
+class BulkOptions:
+    to: str
+    jobs: int | None = None          # None: the number of cores
+    pattern: str | None = None
+    force: bool = False              # redo even what the manifest lists as done and intact
+    key: str | None = None
+    rules: Path | None = None
+    fail_fast: bool = False
+    engine: str = "local"
+    address: str | None = None
+
+
+@dataclass
+class BulkReport:
+    manifest: Path
+    results: list[dict] = field(default_factory=list)   # attempted in this run, completion order
+    reused: list[dict] = field(default_factory=list)    # manifest entries trusted as done
+    ignored: list[str] = field(default_factory=list)    # files that are not checkpoints
+    not_run: int = 0                                     # cancelled by --fail-fast
+    seconds: float = 0.0
+
+    @property
+    def converted(self) -> list[dict]:
+        return [r for r in self.results if r["status"] == DONE]
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.results if r["status"] == FAILED]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every checkpoint is converted; else the worst failure's code (2: bad input)."""
+        codes = [r.get("exit_code", 2) for r in self.failed] + ([2] if self.not_run else [])
+        return max(codes, default=0)
+
+
+class Listener(Protocol):
+    """What a progress display needs (see :mod:`.display`)."""
+
+    def start(self, files: int, nbytes: int, reused: int) -> None: ...
+    def result(self, record: dict) -> None: ...
+    def finish(self, report: BulkReport) -> None: ...
+
+
+class _Silent:
+    def start(self, files: int, nbytes: int, reused: int) -> None: ...
+    def result(self, record: dict) -> None: ...
+    def finish(self, report: BulkReport) -> None: ...
+
+
+def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
+             listener: Listener | None = None) -> BulkReport:
+    """Convert every checkpoint under ``src_root`` into the mirrored tree under ``dst_root``."""
+    started = time.perf_counter()
+    listener = listener or _Silent()
+    src_root, dst_root = _check_roots(Path(src_root), Path(dst_root), options)
+    tree = scan(src_root, dst_root, options.to, options.pattern)
+    fingerprint = _options_fingerprint(options)
+    with Manifest(dst_root) as manifest:
+        report = BulkReport(manifest.path, ignored=tree.ignored)
+        todo = []
+        for src in tree.sources:
+            entry = manifest.get(src.path, src.output)
+            if src.error or options.force or not trusted(entry, src_root, src.files, dst_root,
+                                                         fingerprint):
+                todo.append(src)
+            else:
+                report.reused.append(entry)
+        remove_stale_temps(dst_root, [s.output for s in tree.sources])
+        sizes = {s.path: s.size for s in todo}
+
+        def on_result(record: dict) -> bool:
+            record.setdefault("size", sizes.get(record["source"]))
+            manifest.append(record)
+            report.results.append(record)
+            listener.result(record)
+            return not (options.fail_fast and record["status"] == FAILED)
+
+        listener.start(len(todo), sum(sizes.values()), len(report.reused))
+        refused = [_refusal(s, fingerprint) for s in todo if s.error]
+        if all([on_result(r) for r in refused]):
+            tasks = [_task(s, src_root, dst_root, options, fingerprint) for s in todo if not s.error]
+            engines.run(options.engine, tasks, on_result, jobs=options.jobs or os.cpu_count() or 1,
+                        address=options.address)
+        report.not_run = len(todo) - len(report.results)
+        manifest.compact()
+    report.seconds = time.perf_counter() - started
+    listener.finish(report)
+    return report
+
+
+def _check_roots(src_root: Path, dst_root: Path, options: BulkOptions) -> tuple[Path, Path]:
+    if options.to not in TARGETS:
+        raise UsageError(f"--to must be one of {', '.join(TARGETS)}, not {options.to!r}")
+    if options.engine not in engines.ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(engines.ENGINES)}, not {options.engine!r}")
+    if options.jobs is not None and options.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if not src_root.is_dir():
+        raise UsageError("not a folder", path=src_root)
+    src_root, dst_root = src_root.resolve(), dst_root.resolve()
+    if dst_root == src_root:
+        raise UsageError("DST_DIR must differ from SRC_DIR (outputs would be read as sources "
+                         "on the next run)", path=dst_root)
+    dst_root.mkdir(parents=True, exist_ok=True)
+    return src_root, dst_root
+
+
+def _options_fingerprint(options: BulkOptions) -> list:
+    """What besides the source decides an output; an entry made with other options is redone."""
+    rules_hash = None
+    if options.rules is not None:
+        load_user_rules(options.rules)  # a bad --rules file stops here, once, not per file
+        rules_hash = hashlib.sha256(Path(options.rules).read_bytes()).hexdigest()
+    return [options.to, options.key, rules_hash]
+
+
+def _task(src: Source, src_root: Path, dst_root: Path, options: BulkOptions, fingerprint: list
+          ) -> Task:
+    rules = str(Path(options.rules).resolve()) if options.rules is not None else None
+    return Task(str(src_root), str(dst_root), src.path, src.output, src.files, options.key, rules,
+                tuple(fingerprint))
+
+
+def _refusal(src: Source, fingerprint: list) -> dict:
+    return {"source": src.path, "output": src.output, "status": FAILED, "error": src.error,
+            "exit_code": 2, "seconds": 0.0, "options": fingerprint}
+
+
+def remove_stale_temps(dst_root: Path, outputs: list[str]) -> int:
+    """Delete ``.<output name>.*.tmp`` files (what an interrupted atomic write leaves behind)."""
+    by_folder: dict[Path, set[str]] = {}
+    for rel in outputs:
+        path = dst_root / rel
+        by_folder.setdefault(path.parent, set()).add(path.name)
+    removed = 0
+    for folder, names in by_folder.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.endswith(".tmp") and any(entry.startswith(f".{n}.") for n in names):
+                (folder / entry).unlink(missing_ok=True)
+                removed += 1
+    return removed

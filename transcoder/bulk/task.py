@@ -1,0 +1,118 @@
+"""The per-file task: convert one source, then fingerprint what was read and what was written.
+
+``run_task`` runs in a worker (a local process or a Ray worker), so it takes and returns only
+plain picklable data, and never raises for a bad file: a :class:`TranscoderError` becomes
+``status: "failed"`` with its one-line message, and so does an unexpected exception (as an
+internal error), so one bad file never stops the others.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..convert import transcode
+from ..errors import TranscoderError
+
+DONE, FAILED = "done", "failed"
+INTERNAL_ERROR_CODE = 3
+
+
+@dataclass(frozen=True)
+class Task:
+    src_root: str
+    dst_root: str
+    source: str                    # relative to src_root: the file transcode() reads
+    output: str                    # relative to dst_root
+    files: tuple[str, ...]         # relative to src_root: every file of the source (index + shards)
+    key: str | None = None
+    rules: str | None = None
+    options: tuple = ()            # what else decides the output (recorded in the manifest)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+
+
+def stat_files(paths: list[Path]) -> Fingerprint:
+    """Total size and newest mtime of a source's files (no hashing)."""
+    stats = [p.stat() for p in paths]
+    return Fingerprint(sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """SHA-256 of one file; for several (an index and its shards), of their names and digests."""
+    if len(paths) == 1:
+        return _sha256(paths[0])
+    lines = "".join(f"{_sha256(p)}  {p.name}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def fingerprint(paths: list[Path]) -> Fingerprint:
+    stat = stat_files(paths)
+    return Fingerprint(stat.size, stat.mtime_ns, sha256_files(paths))
+
+
+def run_task(task: Task) -> dict:
+    """Convert ``task.source`` to ``task.output``; returns the manifest record (plus ``exit_code``)."""
+    started = time.perf_counter()
+    src_root, dst_root = Path(task.src_root), Path(task.dst_root)
+    files = [src_root / f for f in task.files]
+    record: dict = {"source": task.source, "output": task.output, "status": FAILED, "error": None}
+    try:
+        before = _source_fingerprint(files, task.source)
+        record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)
+        dst = dst_root / task.output
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        transcode(src_root / task.source, dst, force=True, key=task.key, rules=task.rules)
+        if stat_files(files) != Fingerprint(before.size, before.mtime_ns):
+            raise TranscoderError("changed while it was being converted; run again",
+                                  path=src_root / task.source)
+        out = _durable_fingerprint(dst)
+        record.update(status=DONE, output_size=out.size, output_mtime_ns=out.mtime_ns,
+                      output_sha256=out.sha256)
+    except TranscoderError as exc:
+        record.update(error=str(exc), exit_code=exc.exit_code)
+    except Exception as exc:  # a bug must not stop the other files either; say it is one
+        record.update(error=f"{task.source}: internal error: {type(exc).__name__}: {exc}",
+                      exit_code=INTERNAL_ERROR_CODE)
+    record["options"] = list(task.options)
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def _source_fingerprint(files: list[Path], name: str) -> Fingerprint:
+    try:
+        return fingerprint(files)
+    except FileNotFoundError as exc:
+        raise TranscoderError("no such file", path=exc.filename or name) from None
+    except OSError as exc:
+        raise TranscoderError(f"cannot read: {exc.strerror}", path=exc.filename or name) from None
+
+
+def _durable_fingerprint(path: Path) -> Fingerprint:
+    """Flush the output (and its folder entry) to disk, then fingerprint it.
+
+    The manifest line that trusts this output is written only after this returns, so an entry
+    marked done never points at data still only in the page cache.
+    """
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+        stat = os.fstat(fh.fileno())
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return Fingerprint(stat.st_size, stat.st_mtime_ns, digest)
