@@ -114,7 +114,49 @@ def version_cmd() -> None:
     typer.echo(__version__)
 
 
-COMMANDS = {"convert", "inspect", "rules", "version"}
+@app.command("bulk")
+def bulk_cmd(
+    src_dir: Path = typer.Argument(..., help="Folder tree of checkpoints to convert."),
+    dst_dir: Path = typer.Argument(..., help="Folder for the mirrored tree and the manifest."),
+    to: str = typer.Option(..., "--to", help="Output format: h5, safetensors or pt."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Worker processes (default: the "
+                                                                   "number of cores)."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="Only files whose name (or, with "
+                                          "a /, relative path) matches this glob, e.g. '*.pt'."),
+    force: bool = typer.Option(False, "--force", help="Redo every file, even those the manifest "
+                               "lists as done and intact (outputs not listed so are always redone)."),
+    key: Optional[str] = KeyOpt,
+    rules: Optional[Path] = RulesOpt,
+    check: Optional[bool] = typer.Option(None, "--check/--no-check",
+                                         help="Run the forward check after converting each file."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed file."),
+    engine: str = typer.Option("local", "--engine", help="local (process pool) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address for "
+                                          "--engine ray (default: start a local Ray instance)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but failures."),
+) -> None:
+    """Convert every checkpoint under SRC_DIR into the same tree under DST_DIR, resumably.
+
+    Outputs keep their relative folder and file stem, with the new extension; other files are skipped.
+
+    DST_DIR/transcode-manifest.jsonl records each file: a rerun redoes only what is not done and intact.
+
+    Exit code 0 only if every checkpoint converted, 2 if some input was bad.
+    """
+    from .bulk import BulkOptions, run_bulk
+    from .bulk.display import Display
+
+    options = BulkOptions(to=to, jobs=jobs, pattern=pattern, force=force, key=key, rules=rules,
+                          fail_fast=fail_fast, engine=engine, address=address)
+    report = run_bulk(src_dir, dst_dir, options, Display(quiet=quiet))
+    if check:
+        _note("no forward check ran: this version has no forward check yet (the weights were "
+              "mapped by the rule table only)")
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+COMMANDS = {"convert", "inspect", "rules", "version", "bulk"}
 PASSTHROUGH = {"--help", "-h"}
 
 
