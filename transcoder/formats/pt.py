@@ -1,0 +1,456 @@
+"""PyTorch files, read and written without importing torch.
+
+Reading handles ``torch.save`` zip archives (any suffix), the legacy pickle format
+(``_use_new_zipfile_serialization=False``) and TorchScript archives. Pickles go through the
+restricted unpickler in :mod:`.torch_pickle` (nothing from the file is imported or run); the
+state dict is found by :mod:`.unwrap`; tensor data stays on disk until ``TensorRef.load()``,
+which reads just that tensor's bytes and checks them against the storage size first.
+
+Writing produces what ``torch.save(OrderedDict(...))`` produces: a zip archive (laid out by
+:mod:`.torch_zip`) that ``torch.load(path, weights_only=True)`` accepts, streamed tensor by
+tensor.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import sys
+import threading
+import zipfile
+import zlib
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
+from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError, UsageError
+from . import ReadOptions
+from .torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
+                           UnsupportedTensor, dump_state_dict, is_tensor, unpickle)
+from .torch_zip import TorchZipWriter
+from .unwrap import StateDict, find_state_dict, parse_script_classes, script_state_dict, strip_prefixes
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+ARCHIVE_PREFIX = "archive"
+CHUNK = 64 << 20          # bytes per write/read call when streaming
+MAX_SMALL_RECORD = 64 << 20  # code files, byteorder ...: refuse bigger (zip bombs)
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError,
+               NotImplementedError, RuntimeError, struct.error, OSError)
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where storages live
+# ---------------------------------------------------------------------------------------------
+
+def _read_at(fh: IO[bytes], lock: threading.Lock, offset: int, nbytes: int) -> bytearray:
+    """Exactly ``nbytes`` from ``offset``; FormatError if the file ends first."""
+    buf = bytearray(nbytes)
+    view, done = memoryview(buf), 0
+    with lock:
+        fh.seek(offset)
+        while done < nbytes:
+            got = fh.readinto(view[done:done + CHUNK])
+            if not got:
+                raise FormatError(f"file ends {nbytes - done} bytes early (truncated?)")
+            done += got
+    return buf
+
+
+class _ZipStorages:
+    """Storage records ``<prefix>/data/<key>`` of a zip archive."""
+
+    def __init__(self, path: Path, zf: zipfile.ZipFile, prefix: str) -> None:
+        self._zf, self._prefix = zf, prefix
+        self._fh = open(path, "rb")
+        self._size = self._fh.seek(0, io.SEEK_END)
+        self._lock = threading.Lock()
+        self._offsets: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._fh.close()
+        self._zf.close()
+
+    def _info(self, key: str) -> zipfile.ZipInfo:
+        try:
+            return self._zf.getinfo(f"{self._prefix}/data/{key}")
+        except KeyError:
+            raise FormatError(f"storage record data/{key} is missing from the archive") from None
+
+    def size(self, key: str) -> int:
+        return self._info(key).file_size
+
+    def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Where a stored member's bytes start: after its local header (read, not trusted)."""
+        if info.filename not in self._offsets:
+            header = _read_at(self._fh, self._lock, info.header_offset, _LOCAL_HEADER.size)
+            fields = _LOCAL_HEADER.unpack(header)
+            if fields[0] != 0x04034B50:
+                raise FormatError(f"corrupt zip: bad local header for {info.filename}")
+            start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+            if start + info.file_size > self._size:
+                raise FormatError(f"{info.filename} runs past the end of the file (truncated?)")
+            self._offsets[info.filename] = start
+        return self._offsets[info.filename]
+
+    def read(self, key: str, start: int, nbytes: int) -> bytearray:
+        info = self._info(key)
+        if info.flag_bits & 0x1:
+            raise FormatError(f"storage record data/{key} is encrypted")
+        if info.compress_type == zipfile.ZIP_STORED:
+            return _read_at(self._fh, self._lock, self._data_offset(info) + start, nbytes)
+        return self._read_compressed(info, start, nbytes)
+
+    def _read_compressed(self, info: zipfile.ZipInfo, start: int, nbytes: int) -> bytearray:
+        with self._lock, self._zf.open(info) as member:
+            while start > 0:
+                skipped = len(member.read(min(start, CHUNK)))
+                if not skipped:
+                    break
+                start -= skipped
+            data = bytearray(member.read(nbytes))
+        if len(data) != nbytes:
+            raise FormatError(f"{info.filename} holds fewer bytes than declared")
+        return data
+
+
+class _LegacyStorages:
+    """Raw storages after the pickles of a legacy (non-zip) file, found by their offsets."""
+
+    def __init__(self, fh: IO[bytes], offsets: dict[str, tuple[int, int]]) -> None:
+        self._fh, self._offsets = fh, offsets
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def size(self, key: str) -> int:
+        if key not in self._offsets:
+            raise FormatError(f"storage {key} is missing from the file")
+        return self._offsets[key][1]
+
+    def read(self, key: str, start: int, nbytes: int) -> bytearray:
+        return _read_at(self._fh, self._lock, self._offsets[key][0] + start, nbytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+# ---------------------------------------------------------------------------------------------
+
+def _span(desc: TensorDesc) -> tuple[int, int]:
+    """(first byte within the storage's own bytes, bytes needed) for a strided tensor."""
+    itemsize = DTYPES[desc.dtype].itemsize
+    if 0 in desc.shape:
+        return 0, 0
+    last = sum((size - 1) * step for size, step in zip(desc.shape, desc.stride))
+    return desc.offset * itemsize, (last + 1) * itemsize
+
+
+def _check_fits(name: str, desc: TensorDesc, record_size: int) -> None:
+    """FormatError unless the tensor lies inside both its declared storage and the stored bytes
+    (checked before anything is allocated: a huge shape over a tiny record is a shape bomb)."""
+    start, nbytes = _span(desc)
+    storage = desc.storage
+    if start + nbytes > storage.nbytes:
+        raise FormatError(f"tensor {desc.dtype}{list(desc.shape)} at offset {desc.offset} needs "
+                          f"{start + nbytes} bytes, its storage declares {storage.nbytes}",
+                          tensor=name)
+    if storage.byte_offset + start + nbytes > record_size:
+        raise FormatError(f"storage data/{storage.key} holds {record_size} bytes, the tensor "
+                          f"needs {storage.byte_offset + start + nbytes} (truncated file or "
+                          f"shape bomb)", tensor=name)
+
+
+def _byteswapped(flat: np.ndarray) -> np.ndarray:
+    """Big-endian storage bytes to native order (complex numbers swap each half)."""
+    dtype = flat.dtype
+    width = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+    if width == 1:
+        return flat
+    return flat.view(f"u{width}").byteswap().view(dtype)
+
+
+def _load(storages: Any, desc: TensorDesc, swap: bool) -> np.ndarray:
+    dtype = DTYPES[desc.dtype]
+    if 0 in desc.shape:
+        return np.zeros(desc.shape, dtype)
+    start, nbytes = _span(desc)
+    raw = storages.read(desc.storage.key, desc.storage.byte_offset + start, nbytes)
+    flat = np.frombuffer(raw, dtype=dtype)
+    if swap:
+        flat = _byteswapped(flat)
+    strides = tuple(step * dtype.itemsize for step in desc.stride)
+    view = np.lib.stride_tricks.as_strided(flat, shape=desc.shape, strides=strides)
+    return view if view.flags.c_contiguous and view.size == flat.size else view.copy()
+
+
+def _tensor_ref(name: str, desc: Any, storages: Any, swap: bool) -> TensorRef:
+    if isinstance(desc, UnsupportedTensor):
+        raise UnsupportedError(desc.reason, tensor=name)
+    if desc.dtype not in DTYPES:
+        raise UnsupportedError(f"dtype {desc.dtype} is not supported", tensor=name)
+    try:
+        record_size = storages.size(desc.storage.key)
+    except FormatError as exc:
+        raise exc.with_context(tensor=name)
+    _check_fits(name, desc, record_size)
+    return TensorRef(name, desc.shape, desc.dtype, partial(_load_named, storages, desc, swap, name))
+
+
+def _load_named(storages: Any, desc: TensorDesc, swap: bool, name: str) -> np.ndarray:
+    try:
+        return _load(storages, desc, swap)
+    except FormatError as exc:
+        raise exc.with_context(tensor=name)
+    except _ZIP_ERRORS as exc:
+        raise FormatError(f"cannot read tensor data: {exc}", tensor=name) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+def read(path: Path, options: ReadOptions) -> Checkpoint:
+    """A torch-layout Checkpoint of the state dict in a PyTorch file (lazy tensors)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise FormatError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    if not head:
+        raise FormatError("file is empty", path=path)
+    try:
+        return _read_zip(path, options) if head == b"PK\x03\x04" else _read_legacy(path, options)
+    except TranscoderError as exc:
+        raise exc.with_context(path=path)
+
+
+def _checkpoint(path: Path, state: StateDict, storages: Any, swap: bool,
+                meta: dict[str, Any]) -> Checkpoint:
+    tensors, removed = strip_prefixes(state.tensors)
+    refs = {name: _tensor_ref(name, desc, storages, swap) for name, desc in tensors.items()}
+    meta = dict(meta)
+    if state.module_kinds:
+        meta["module_kinds"] = _strip_kinds(state.module_kinds, removed)
+    if removed:
+        meta["stripped_prefixes"] = removed
+    if state.skipped:
+        meta["skipped"] = list(state.skipped)
+    return Checkpoint(refs, LAYOUT_TORCH, source=str(path), format="pt", meta=meta)
+
+
+def _strip_kinds(kinds: dict[str, str], removed: list[str]) -> dict[str, str]:
+    for prefix in removed:
+        kinds = {("" if path == prefix[:-1] else path[len(prefix):]): kind
+                 for path, kind in kinds.items() if path == prefix[:-1] or path.startswith(prefix)}
+    return kinds
+
+
+def _small_record(zf: zipfile.ZipFile, name: str) -> bytes:
+    info = zf.getinfo(name)
+    if info.file_size > MAX_SMALL_RECORD:
+        raise FormatError(f"{name} is implausibly large ({info.file_size} bytes)")
+    return zf.read(info)
+
+
+def _archive_prefix(zf: zipfile.ZipFile) -> str:
+    """The top folder holding ``data.pkl`` (torch names it after the file, or ``archive``)."""
+    names = zf.namelist()
+    first = names[0].split("/", 1)[0] if names else ""
+    if f"{first}/data.pkl" in names:
+        return first
+    found = [n[:-len("/data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(found) != 1:
+        if any(n.endswith("model.json") for n in names):
+            raise UnsupportedError("pre-1.4 TorchScript archives (model.json) are not supported")
+        raise FormatError("zip archive has no data.pkl: not a file written by torch.save")
+    return found[0]
+
+
+def _byteorder_swap(zf: zipfile.ZipFile, prefix: str) -> bool:
+    name = f"{prefix}/byteorder"
+    if name not in zf.namelist():
+        return False
+    order = _small_record(zf, name)
+    if order not in (b"little", b"big"):
+        raise FormatError(f"unknown byteorder record {order[:16]!r}")
+    return order.decode() != sys.byteorder
+
+
+def _script_code(zf: zipfile.ZipFile, prefix: str) -> dict[str, str]:
+    """TorchScript sources by module name (``__torch__.torch.nn.modules.conv``), as text."""
+    code: dict[str, str] = {}
+    root = f"{prefix}/code/"
+    for name in zf.namelist():
+        if name.startswith(root) and name.endswith(".py"):
+            module = name[len(root):-len(".py")].replace("/", ".")
+            code[module] = _small_record(zf, name).decode("utf-8", errors="replace")
+    return code
+
+
+def _read_zip(path: Path, options: ReadOptions) -> Checkpoint:
+    try:
+        zf = zipfile.ZipFile(path)
+    except _ZIP_ERRORS as exc:
+        raise FormatError(f"corrupt or truncated zip archive ({exc})") from None
+    try:
+        return _read_zip_members(path, zf, options)
+    except _ZIP_ERRORS as exc:
+        zf.close()
+        raise FormatError(f"corrupt zip archive ({type(exc).__name__}: {exc})") from None
+    except BaseException:
+        zf.close()
+        raise
+
+
+def _read_zip_members(path: Path, zf: zipfile.ZipFile, options: ReadOptions) -> Checkpoint:
+    prefix = _archive_prefix(zf)
+    root, _ = unpickle(io.BytesIO(zf.read(f"{prefix}/data.pkl")))
+    code = _script_code(zf, prefix)
+    if code:
+        if options.key:
+            raise UsageError("--key does not apply to TorchScript archives (they hold one module)")
+        state = script_state_dict(root, parse_script_classes(code), is_tensor)
+        key, container = None, "torchscript"
+    else:
+        key, state = find_state_dict(root, options.key, is_tensor)
+        container = "zip"
+    swap = _byteorder_swap(zf, prefix)
+    storages = _ZipStorages(path, zf, prefix)
+    try:
+        ckpt = _checkpoint(path, state, storages, swap,
+                           {"state_dict_key": key, "container": container})
+    except BaseException:
+        storages.close()
+        raise
+    ckpt.on_close(storages.close)
+    return ckpt
+
+
+def _read_legacy(path: Path, options: ReadOptions) -> Checkpoint:
+    fh = open(path, "rb")
+    try:
+        key, state, swap, offsets = _parse_legacy(fh, options)
+        storages = _LegacyStorages(fh, offsets)
+        ckpt = _checkpoint(path, state, storages, swap,
+                           {"state_dict_key": key, "container": "legacy"})
+    except BaseException:
+        fh.close()
+        raise
+    ckpt.on_close(storages.close)
+    return ckpt
+
+
+def _parse_legacy(fh: IO[bytes], options: ReadOptions) -> tuple:
+    """Magic, protocol, sys info, main pickle, storage keys; then the storages' offsets."""
+    try:
+        magic, _ = unpickle(fh)
+    except UnsafeFileError:
+        raise
+    except FormatError:
+        magic = None
+    if magic != LEGACY_MAGIC:
+        raise FormatError("not a PyTorch file (neither a zip archive nor a legacy torch pickle)")
+    protocol, _ = unpickle(fh)
+    if protocol != LEGACY_PROTOCOL:
+        raise UnsupportedError(f"legacy torch file protocol {protocol!r} is not supported")
+    sys_info, _ = unpickle(fh)
+    little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
+    root, storages = unpickle(fh)
+    keys, _ = unpickle(fh)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise FormatError("legacy storage key list is corrupt")
+    offsets = _legacy_offsets(fh, keys, storages, "little" if little else "big")
+    key, state = find_state_dict(root, options.key, is_tensor)
+    return key, state, (sys.byteorder == "little") != little, offsets
+
+
+def _legacy_offsets(fh: IO[bytes], keys: list[str], storages: dict[str, StorageRef],
+                    order: str) -> dict[str, tuple[int, int]]:
+    """Each storage is an 8-byte element count then the raw elements: skip through them."""
+    position = fh.tell()
+    end = fh.seek(0, io.SEEK_END)
+    offsets: dict[str, tuple[int, int]] = {}
+    for key in keys:
+        if key not in storages:
+            raise FormatError(f"legacy storage {key} is listed but never referenced")
+        fh.seek(position)
+        header = fh.read(8)
+        if len(header) != 8:
+            raise FormatError(f"file ends before storage {key} (truncated?)")
+        nbytes = int.from_bytes(header, order) * storages[key].itemsize
+        position += 8
+        if position + nbytes > end:
+            raise FormatError(f"storage {key} runs past the end of the file (truncated?)")
+        offsets[key] = (position, nbytes)
+        position += nbytes
+    return offsets
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+def _entries(ckpt: Checkpoint) -> list[StateDictEntry]:
+    entries = []
+    for index, (name, ref) in enumerate(ckpt.tensors.items()):
+        if ref.dtype not in DTYPE_STORAGES:
+            raise UnsupportedError(f"dtype {ref.dtype} cannot be written to a PyTorch file",
+                                   tensor=name)
+        entries.append(StateDictEntry(name, tuple(ref.shape), ref.dtype, str(index)))
+    return entries
+
+
+def _chunks(array: np.ndarray):
+    flat = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    for start in range(0, len(flat), CHUNK):
+        yield flat[start:start + CHUNK]
+
+
+def _serialization_id(digest: "hashlib._Hash") -> bytes:
+    return str(int.from_bytes(digest.digest()[:16], "big")).zfill(40).encode()
+
+
+def write(ckpt: Checkpoint, path: Path) -> None:
+    """Write a torch-layout checkpoint as ``torch.save`` would write its state dict.
+
+    Streams: one tensor is loaded, written and dropped at a time.
+    """
+    path = Path(path)
+    if ckpt.layout != LAYOUT_TORCH:
+        raise UsageError(f"a PyTorch file needs a torch-layout checkpoint, got {ckpt.layout!r}",
+                         path=path)
+    entries = _entries(ckpt)
+    try:
+        with open(path, "wb") as fh:
+            _write_archive(TorchZipWriter(fh, ARCHIVE_PREFIX), ckpt, entries)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise TranscoderError(f"cannot write: {exc.strerror or exc}", path=path) from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _write_archive(zw: TorchZipWriter, ckpt: Checkpoint, entries: list[StateDictEntry]) -> None:
+    """Records in torch.save's order: pickle, format info, byteorder, storages, version, id."""
+    zw.write_record("data.pkl", dump_state_dict(entries))
+    zw.write_record(".format_version", b"1")
+    zw.write_record(".storage_alignment", b"64")
+    zw.write_record("byteorder", sys.byteorder.encode())
+    digest = hashlib.sha256()
+    for entry in entries:
+        ref = ckpt.tensors[entry.name]
+        array = ref.load()
+        crc = zw.write_stream(f"data/{entry.key}", array.nbytes, _chunks(array))
+        digest.update(f"{entry.name}\0{array.nbytes}\0{crc}\0".encode())
+        del array
+    zw.write_record("version", b"3\n")
+    zw.write_record(".data/serialization_id", _serialization_id(digest))
+    zw.close()
