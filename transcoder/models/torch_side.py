@@ -1,0 +1,128 @@
+"""``--model SPEC``: the user's PyTorch module, the best evidence for layer kinds.
+
+SPEC is ``path/to/file.py:Name`` or ``package.module:Name``; ``Name`` is an ``nn.Module``
+subclass constructible without arguments, or a zero-argument callable returning a module.
+This runs the user's own model code (never code from a checkpoint). The checkpoint is loaded
+into the module strictly, and the module tree gives exact kinds and hyper-parameters.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..checkpoint import Checkpoint
+from ..errors import MappingError, UsageError
+
+SPEC_HELP = "give --model as path/to/file.py:ClassName or package.module:ClassName"
+
+#: module attribute -> option name, recorded per module where present.
+HYPER_PARAMETERS = ("num_heads", "num_layers", "bidirectional", "nonlinearity", "batch_first",
+                    "eps", "momentum", "num_groups", "groups", "hidden_size", "bias", "kdim", "vdim",
+                    "embed_dim", "padding_idx", "reset_after")
+
+
+def load_spec(spec: str):
+    """Import the module or file named by ``spec`` and build the model it names."""
+    import torch
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise UsageError(f"--model {spec!r} is not of the form FILE.py:Name or package.module:Name")
+    namespace = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
+    factory = getattr(namespace, name, None)
+    if factory is None:
+        raise UsageError(f"--model: {where} has no {name!r}", hint=SPEC_HELP)
+    try:
+        model = factory()
+    except TypeError as exc:
+        raise UsageError(f"--model: {name}() needs arguments ({exc})",
+                         hint="name a zero-argument factory function instead") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"--model: {name}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+@contextmanager
+def _on_path(folder: Path) -> Iterator[None]:
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def _import_file(path: Path):
+    if not path.is_file():
+        raise UsageError("--model file not found", path=path)
+    spec = importlib.util.spec_from_file_location(f"_transcoder_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    with _on_path(path.resolve().parent):
+        spec.loader.exec_module(module)
+    return module
+
+
+def _import_module(name: str):
+    try:
+        with _on_path(Path.cwd()):
+            return importlib.import_module(name)
+    except ImportError as exc:
+        raise UsageError(f"--model: cannot import {name} ({exc})", hint=SPEC_HELP) from None
+
+
+def module_kinds(model) -> dict[str, str]:
+    """``{module path: class name}`` for every module holding tensors of its own."""
+    return {path: type(m).__name__ for path, m in model.named_modules() if _owns_tensors(m)}
+
+
+def module_options(model) -> dict[str, dict[str, Any]]:
+    """Hyper-parameters the rules need (num_heads, num_layers, eps, ...), per module path."""
+    options = {}
+    for path, m in model.named_modules():
+        found = {k: getattr(m, k) for k in HYPER_PARAMETERS
+                 if isinstance(getattr(m, k, None), (int, float, bool, str))}
+        if found and _owns_tensors(m):
+            options[path] = found
+    return options
+
+
+def _owns_tensors(m) -> bool:
+    return any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
+
+
+def load_strict(model, ckpt: Checkpoint) -> None:
+    """Load the checkpoint into ``model``; MappingError listing missing and unexpected keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in ckpt.tensors]
+    unexpected = [k for k in ckpt.tensors if k not in expected]
+    wrong = [f"{k} {list(ckpt[k].shape)} vs {list(expected[k].shape)}" for k in expected
+             if k in ckpt.tensors and tuple(ckpt[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise MappingError("checkpoint does not fit --model: " + "; ".join(
+            f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected),
+                                 ("shape", wrong)) if items))
+    state = {k: to_torch(ckpt[k].load()) for k in expected}
+    model.load_state_dict(state, strict=True)
+
+
+def to_torch(array):
+    """A torch tensor with the array's exact bytes (bfloat16 through an int16 view)."""
+    import ml_dtypes
+    import numpy as np
+    import torch
+
+    array = np.array(array)  # writable copy
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def describe(model, ckpt: Checkpoint) -> None:
+    """Load strictly and record kinds and options in the checkpoint's metadata."""
+    load_strict(model, ckpt)
+    ckpt.meta["module_kinds"] = module_kinds(model)
+    ckpt.meta["module_options"] = module_options(model)
