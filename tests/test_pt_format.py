@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import enum
 import importlib
 import os
 import pickle
@@ -626,3 +628,78 @@ def test_storage_shorter_than_declared(tmp_path):
                  lambda name, data: data[:8] if name.endswith("data/0") else data)
     with pytest.raises(FormatError, match="holds 8 bytes"):
         read(tmp_path / "short.pt")
+
+
+def test_optimizer_state_under_any_key_is_ignored(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    torch.save({"weights_blob": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "o.pt")
+    with read(tmp_path / "o.pt") as ckpt:
+        assert ckpt.meta["state_dict_key"] == "weights_blob"
+
+
+def test_empty_checkpoint_round_trips(tmp_path):
+    pt.write(Checkpoint({}, "torch"), tmp_path / "empty.pt")
+    assert torch.load(tmp_path / "empty.pt", weights_only=True) == collections.OrderedDict()
+
+
+def test_reader_never_imports_torch(tmp_path):
+    import subprocess
+    torch.save({"w": torch.ones(3)}, tmp_path / "w.pt")
+    code = ("import sys; from pathlib import Path; from transcoder.formats import pt, ReadOptions\n"
+            f"c = pt.read(Path({str(tmp_path / 'w.pt')!r}), ReadOptions()); c['w'].load()\n"
+            f"pt.write(c, Path({str(tmp_path / 'o.pt')!r}))\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _Color(enum.Enum):
+    RED = 1
+
+
+_Pair = collections.namedtuple("_Pair", "a b")
+
+
+@dataclasses.dataclass
+class _Cfg:
+    x: int = 1
+    note: str = "hi"
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_assorted_python_objects_beside_the_weights(tmp_path, protocol):
+    import argparse
+    import pathlib
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.LayerNorm(3))
+    extra = {"bytes": b"\x00\xff", "set": {1, 2}, "frozen": frozenset({3}), "complex": 1 + 2j,
+             "slice": slice(1, 2), "array": np.arange(3), "enum": _Color.RED,
+             "bytearray": bytearray(b"xy"), "range": range(5), "ns": argparse.Namespace(a=1),
+             "path": pathlib.PurePosixPath("/x"), "dd": collections.defaultdict(list, {"k": [1]}),
+             "counter": collections.Counter("aab"), "np_scalar": np.float32(1.5),
+             "named": _Pair(1, 2), "size": torch.Size([2, 3]),
+             "dtype": torch.float16, "device": torch.device("cpu")}
+    torch.save({"model": net.state_dict(), "extra": extra, "cfg": _Cfg()},
+               tmp_path / "a.pt", pickle_protocol=protocol)
+    with read(tmp_path / "a.pt") as ckpt:
+        assert list(ckpt.tensors) == list(net.state_dict())
+
+
+def test_whole_data_parallel_module(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    torch.save(torch.nn.DataParallel(net), tmp_path / "dp.pt")
+    with read(tmp_path / "dp.pt") as ckpt:
+        assert list(ckpt.tensors) == list(net.state_dict())
+        assert ckpt.meta["stripped_prefixes"] == ["module."]
+        assert ckpt.meta["module_kinds"] == {"": "Sequential", "0": "Conv2d", "1": "BatchNorm2d"}
+
+
+def test_allocation_bombs_in_the_pickle_stay_inert(tmp_path):
+    # bytes(10**13) and set(range(10**15)) would exhaust memory if they were really called
+    (tmp_path / "b.pt").write_bytes(
+        b"\x80\x02cbuiltins\nbytes\n\x8a\x06\x00\xa0\x72\x4e\x18\x09\x85R"
+        b"cbuiltins\nset\ncbuiltins\nrange\n\x8a\x07\x00\x80\xc6\xa4\x7e\x8d\x03\x85R\x85R\x86.")
+    with pytest.raises(FormatError):
+        read(tmp_path / "b.pt")

@@ -274,10 +274,9 @@ def _archive_prefix(zf: zipfile.ZipFile) -> str:
 
 
 def _byteorder_swap(zf: zipfile.ZipFile, prefix: str) -> bool:
+    """Whether storages need swapping; archives without the record are little-endian."""
     name = f"{prefix}/byteorder"
-    if name not in zf.namelist():
-        return False
-    order = _small_record(zf, name)
+    order = _small_record(zf, name) if name in zf.namelist() else b"little"
     if order not in (b"little", b"big"):
         raise FormatError(f"unknown byteorder record {order[:16]!r}")
     return order.decode() != sys.byteorder

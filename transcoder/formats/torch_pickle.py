@@ -92,8 +92,7 @@ REFUSED_MODULES = frozenset({
     "copyreg", "tempfile", "signal", "threading", "_thread", "asyncio", "inspect", "gc", "ast",
     "pdb", "bdb", "timeit", "trace", "zipimport", "pkgutil", "site", "sysconfig", "platform",
     "ftplib", "http", "urllib", "smtplib", "telnetlib", "xmlrpc", "dill", "cloudpickle",
-    "torch",  # except the names handled in _torch_global
-})
+})  # torch.* has its own allow-list: _torch_global
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,9 +340,11 @@ STANDINS: dict[str, Any] = {
     "builtins.frozenset": frozenset,
     "builtins.slice": slice,
     "builtins.complex": complex,
-    "builtins.range": range,
     "builtins.bytearray": _bytearray,
-    "builtins.object": object,
+    # Types that appear as values (a defaultdict's factory, copyreg's base): inert placeholders,
+    # so that calling one from the pickle cannot build anything (bytes(10**12), set(range(...))).
+    **{f"builtins.{name}": placeholder_class("builtins", name) for name in (
+        "object", "list", "dict", "tuple", "int", "float", "str", "bool", "bytes", "range")},
     "_codecs.encode": _codecs_encode,
     "copyreg._reconstructor": _reconstructor,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
@@ -393,8 +394,8 @@ def _torch_global(module: str, name: str) -> Any:
     if module == "torch" and name in TORCH_QSCHEMES:
         return f"torch.{name}"
     if (module == "torch" and name == "Tensor") or (
-            module.startswith("torch.nn.") and name[:1].isupper()):
-        return placeholder_class(module, name)  # module classes of whole-model pickles
+            module.startswith(("torch.nn.", "torch.optim.")) and name.lstrip("_")[:1].isupper()):
+        return placeholder_class(module, name)  # classes of whole-model/optimizer pickles
     raise UnsafeFileError(f"the pickle names torch global {module}.{name}, which is not on the "
                           f"allow-list of tensor rebuild functions; refusing to load it")
 
@@ -410,8 +411,8 @@ def resolve_global(module: str, name: str) -> Any:
     if root == "torch":
         return _torch_global(module, name)
     if root in REFUSED_MODULES or module in REFUSED_MODULES:
-        raise UnsafeFileError(f"the pickle calls {qualified}, which can run code; refusing to "
-                              f"load it (nothing from the file was executed)")
+        raise UnsafeFileError(f"the pickle names {qualified}, which can run code; refusing to "
+                              f"load the file (nothing from it was executed)")
     return placeholder_class(module, name)
 
 

@@ -159,6 +159,11 @@ def module_state_dict(root: Placeholder, is_tensor: IsTensor) -> StateDict:
 # Finding it in a training checkpoint
 # ---------------------------------------------------------------------------------------------
 
+def _is_optimizer_state(obj: Any) -> bool:
+    """``optimizer.state_dict()`` wherever it is stored: ``state`` beside ``param_groups``."""
+    return isinstance(obj, Mapping) and "param_groups" in obj and "state" in obj
+
+
 def candidates(root: Any, is_tensor: IsTensor) -> list[tuple[str, StateDict]]:
     """Every state dict below ``root`` with its dotted path, optimizer subtrees skipped."""
     found: list[tuple[str, StateDict]] = []
@@ -169,7 +174,7 @@ def candidates(root: Any, is_tensor: IsTensor) -> list[tuple[str, StateDict]]:
             return
         seen.add(id(obj))
         for key, value in children(obj):
-            if key in IGNORED_KEYS or id(value) in seen:
+            if key in IGNORED_KEYS or id(value) in seen or _is_optimizer_state(value):
                 continue
             sub = f"{path}.{key}" if path else key
             state = as_state_dict(value, is_tensor)
