@@ -177,6 +177,10 @@ def test_rerun_redoes_exactly_what_is_missing_damaged_or_changed(tmp_path):
     os.utime(audio, ns=(time.time_ns(), time.time_ns() + 10**9))
     stale = dst / "vision" / ".cnn.h5.k3j2.tmp"                   # what a killed write leaves
     stale.write_bytes(b"half")
+    nested = dst / "vision" / "..cnn.h5.k3j2.tmp.0a1b.tmp"        # ... from a writer's own temp
+    nested.write_bytes(b"half")
+    mine = dst / "vision" / ".keep.tmp"                            # not an output's: kept
+    mine.write_bytes(b"user")
     with open(dst / MANIFEST, "a") as fh:                          # a line cut by a kill
         fh.write('{"source": "vision/cnn.pt", "sta')
 
@@ -184,7 +188,8 @@ def test_rerun_redoes_exactly_what_is_missing_damaged_or_changed(tmp_path):
     assert report.exit_code == 0
     assert sorted(r["source"] for r in report.results) == ["text/embed.pt", "top.safetensors",
                                                             "vision/cnn.pt"]
-    assert not stale.exists()
+    assert not stale.exists() and not nested.exists() and mine.exists()
+    mine.unlink()
     assert_tree_bit_exact(src, dst, sources)
     assert len(manifest_lines(dst)) == 5  # compacted: one line per source
 

@@ -154,7 +154,8 @@ def _refusal(src: Source, fingerprint: list) -> dict:
 
 
 def remove_stale_temps(dst_root: Path, outputs: list[str]) -> int:
-    """Delete ``.<output name>.*.tmp`` files (what an interrupted atomic write leaves behind)."""
+    """Delete ``.<output name>.*.tmp`` files (what an interrupted atomic write leaves behind),
+    nested ones too (``..<output name>.*.tmp.*.tmp``: a writer that is itself atomic)."""
     by_folder: dict[Path, set[str]] = {}
     for rel in outputs:
         path = dst_root / rel
@@ -166,7 +167,8 @@ def remove_stale_temps(dst_root: Path, outputs: list[str]) -> int:
         except OSError:
             continue
         for entry in entries:
-            if entry.endswith(".tmp") and any(entry.startswith(f".{n}.") for n in names):
+            bare = entry.lstrip(".")
+            if entry.endswith(".tmp") and bare != entry and any(bare.startswith(f"{n}.") for n in names):
                 (folder / entry).unlink(missing_ok=True)
                 removed += 1
     return removed
