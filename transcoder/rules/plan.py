@@ -15,7 +15,7 @@ from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import MappingError, TranscoderError, UnsupportedError
 from .infer import infer_keras_kind, infer_torch_kind
 from .ops import Identity, Op, Reshape, op_from_spec
-from .table import LayerRule, rule_for_keras_kind, rule_for_torch_kind
+from .table import NESTED, LayerRule, rule_for_keras_kind, rule_for_torch_kind
 from .user import CARRY, UserRules
 
 TO_KERAS, TO_TORCH, COPY = "to_keras", "to_torch", "copy"
@@ -67,8 +67,8 @@ class Plan:
     def add(self, step: Step, class_name: str | None = None, reason: str = "") -> None:
         layer = self.layers.setdefault(step.layer, KerasLayer(step.layer, class_name, [], step.rule,
                                                               reason))
-        prefix = step.layer + "/"
-        layer.weights.extend(k[len(prefix):] for k in step.keras)
+        prefix = step.layer + "/"  # other Keras-side names of a step are carried tensors
+        layer.weights.extend(k[len(prefix):] for k in step.keras if k.startswith(prefix))
         self.steps.append(step)
 
     def apply(self, src: Checkpoint) -> Checkpoint:
@@ -82,10 +82,11 @@ def plan_to_keras(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
     user = user or UserRules()
     plan = Plan(TO_KERAS, torch_order=list(ckpt.tensors))
     kinds = ckpt.meta.get("module_kinds", {})
-    for path, params in group_modules(ckpt.tensors).items():
+    options = ckpt.meta.get("module_options", {})  # hyper-parameters (num_heads ...), from --model
+    for path, params in absorb_children(group_modules(ckpt.tensors)).items():
         params = _take_user_tensors(plan, params, user)
         if params:
-            _plan_module(plan, path, params, kinds.get(path), user)
+            _plan_module(plan, path, params, kinds.get(path), user, options.get(path, {}))
     _check_unique(plan)
     return plan
 
@@ -96,6 +97,16 @@ def group_modules(tensors: dict[str, TensorRef]) -> "OrderedDict[str, dict[str, 
     for name, ref in tensors.items():
         path, _, param = name.rpartition(".")
         modules.setdefault(path, {})[param] = ref
+    return modules
+
+
+def absorb_children(modules: "OrderedDict[str, dict[str, TensorRef]]") -> "OrderedDict":
+    """Move child modules that belong to their parent's Keras layer (``table.NESTED``) into it,
+    as ``child.param`` (a MultiheadAttention's ``out_proj``)."""
+    for path, params in list(modules.items()):
+        child = next((NESTED[n] for n in params if n in NESTED), None)
+        inner = modules.pop(f"{path}.{child}", None) if child and path else None
+        params.update((f"{child}.{n}", ref) for n, ref in (inner or {}).items())
     return modules
 
 
@@ -112,15 +123,17 @@ def _take_user_tensors(plan: Plan, params: dict[str, TensorRef], user: UserRules
 
 
 def _plan_module(plan: Plan, path: str, params: dict[str, TensorRef], known_kind: str | None,
-                 user: UserRules) -> None:
+                 user: UserRules, known_options: dict | None = None) -> None:
     hint = user.layer_hint(path)
+    options = dict(known_options or {})
     if hint is not None:
-        kind, reason, options = hint.kind, f"--rules match {hint.match!r}", hint.options
+        kind, reason = hint.kind, f"--rules match {hint.match!r}"
+        options.update(hint.options)
     elif known_kind and rule_for_torch_kind(known_kind):
-        kind, reason, options = known_kind, "module type from the file", {}
+        kind, reason = known_kind, "module type from the file"
     else:
         found = infer_torch_kind(path, params)
-        kind, reason, options = found.kind, found.reason, {}
+        kind, reason = found.kind, found.reason
     rule = rule_for_torch_kind(kind) if kind and kind != CARRY else None
     if rule is None:
         plan.carried.extend(ref.name for ref in params.values())
@@ -240,7 +253,16 @@ def _replay(ckpt: Checkpoint, stored: dict) -> Plan:
     if missing:
         raise MappingError(f"the file lacks tensors its own conversion record lists: "
                            f"{', '.join(missing[:5])}", path=ckpt.source)
+    for step in plan.steps:
+        note_inverse(plan, step, [ckpt[k] for k in step.keras])
     return plan
+
+
+def note_inverse(plan: Plan, step: Step, refs: list[TensorRef]) -> None:
+    """Ops whose inverse depends on the data (LSTM bias pairs) say what it will do, as a note."""
+    note = getattr(step.op, "inverse_note", None)
+    message = note(refs, step) if note else None
+    plan.notes.extend([message] if message else [])
 
 
 def _keras_layers(ckpt: Checkpoint):
@@ -270,6 +292,10 @@ def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef]) ->
     if rule is None:
         raise UnsupportedError(f"no rule maps Keras layer {name!r} ({class_name or reason})",
                                hint="see `transcode rules`")
+    expand = getattr(rule, "expand_keras", None)
+    if expand is not None:  # recurrent and attention layers: several tensors per step
+        expand(plan, layer, weights, reason)
+        return
     by_keras = {p.keras: p for p in rule.params}
     unknown = [w for w in weights if w not in by_keras]
     if unknown:
@@ -290,8 +316,8 @@ def _apply_to_torch(plan: Plan, src: Checkpoint) -> Checkpoint:
         for i, (name, shape) in enumerate(zip(step.torch, shapes)):
             made[name] = TensorRef(name, tuple(shape), refs[0].dtype,
                                    _lazy(step.op.inverse, refs, i, name))
-    for name in plan.carried:
-        made[name] = src[name]
+    for name in plan.carried:  # a step may remake a carried tensor (LSTM bias pairs): it wins
+        made.setdefault(name, src[name])
     order = [n for n in plan.torch_order if n in made] + [n for n in made if n not in plan.torch_order]
     out.tensors.update((n, made[n]) for n in order)
     return out

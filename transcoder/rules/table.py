@@ -100,6 +100,10 @@ def register(rule: LayerRule) -> LayerRule:
     return rule
 
 
+#: A module holding a tensor named here takes in the child module named by the value: both
+#: form one Keras layer (a MultiheadAttention and its ``out_proj``). Filled by attention.py.
+NESTED: dict[str, str] = {}
+
 BY_NAME: dict[str, LayerRule] = {r.name: r for r in RULES}
 BY_TORCH_KIND: dict[str, LayerRule] = {k: r for r in reversed(RULES) for k in r.torch_kinds}
 BY_KERAS_KIND: dict[str, LayerRule] = {r.keras_kind: r for r in reversed(RULES)}
