@@ -31,6 +31,16 @@ HINTS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: gate blocks in weight_hh (G*H, H) / recurrent_kernel (H, G*H) -> PyTorch family, Keras class.
+RECURRENT_GATES: dict[int, tuple[str, str]] = {4: ("LSTM", "LSTM"), 3: ("GRU", "GRU"),
+                                               1: ("RNN", "SimpleRNN")}
+RECURRENT_NAME = re.compile(r"(weight|bias)_(ih|hh|hr)(_l\d+)?(_reverse)?")
+ATTENTION_NAMES = {"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                   "in_proj_bias", "bias_k", "bias_v", "out_proj.weight", "out_proj.bias"}
+ATTENTION_KERAS = {f"{p}/{w}" for p in ("query", "key", "value", "attention_output")
+                   for w in ("kernel", "bias")}
+
+
 @dataclass(frozen=True)
 class Inference:
     kind: str | None    # a rule family name, or None: no rule fits (the tensors are carried)
@@ -55,6 +65,10 @@ def infer_torch_kind(path: str, params: dict[str, TensorRef]) -> Inference:
         return Inference(None, "top-level tensor, not inside a module")
     if {"running_mean", "running_var"} <= names:
         return Inference("BatchNorm", "running statistics")
+    if names and all(RECURRENT_NAME.fullmatch(n) for n in names):
+        return _recurrent(params)
+    if names <= ATTENTION_NAMES and names & {"in_proj_weight", "q_proj_weight"}:
+        return Inference("MultiheadAttention", "in_proj/out_proj tensors of a MultiheadAttention")
     weight, bias = params.get("weight"), params.get("bias")
     if weight is None or not names <= {"weight", "bias"}:
         return Inference(None, "no rule matches these tensor names")
@@ -103,9 +117,42 @@ def _bias_free_vector(path: str, weight: TensorRef) -> Inference:
         "does not tell", tensor=weight.name, hint=RULES_HINT)
 
 
+def _recurrent(params: dict[str, TensorRef]) -> Inference:
+    """LSTM, GRU or RNN (layers or cells) from the gate multiple of ``weight_hh``."""
+    if any("_hr" in n for n in params):
+        return Inference("LSTM", "projection weights (weight_hr) exist only in an LSTM")
+    hh = params.get("weight_hh_l0", params.get("weight_hh"))
+    gates = _gates(hh.shape if hh is not None else (), rows_are_gates=True)
+    if gates not in RECURRENT_GATES:
+        return Inference(None, "recurrent tensor names without a weight_hh of shape (G*H, H)")
+    kind = RECURRENT_GATES[gates][0]
+    extra = " (tanh assumed: relu maps the same weights alike)" if kind == "RNN" else ""
+    return Inference(kind, f"recurrent names, weight_hh {list(hh.shape)} has {gates} gate(s){extra}")
+
+
+def _gates(shape: tuple, rows_are_gates: bool) -> int | None:
+    """G of a (G*H, H) recurrent weight (PyTorch) or a (H, G*H) recurrent kernel (Keras)."""
+    if len(shape) != 2:
+        return None
+    big, h = shape if rows_are_gates else shape[::-1]
+    return big // h if h and big % h == 0 else None
+
+
+def _keras_recurrent(weights: dict[str, TensorRef]) -> Inference:
+    rk = next(ref for w, ref in weights.items() if w.rsplit("/", 1)[-1] == "recurrent_kernel")
+    gates = _gates(rk.shape, rows_are_gates=False)
+    if gates not in RECURRENT_GATES:
+        return Inference(None, f"a recurrent_kernel of shape {list(rk.shape)} fits no gate count")
+    return Inference(RECURRENT_GATES[gates][1], f"recurrent_kernel {list(rk.shape)}: {gates} gate(s)")
+
+
 def infer_keras_kind(layer: str, weights: dict[str, TensorRef]) -> Inference:
     """The Keras class of a layer known only by its weight names and shapes."""
     names = set(weights)
+    if any(w.rsplit("/", 1)[-1] == "recurrent_kernel" for w in names):
+        return _keras_recurrent(weights)
+    if names and {"/".join(w.split("/")[-2:]) for w in names} <= ATTENTION_KERAS:
+        return Inference("MultiHeadAttention", "query/key/value/attention_output weights")
     kernel = weights.get("kernel")
     if kernel is not None and names <= {"kernel", "bias"}:
         ndim = len(kernel.shape)

@@ -1,0 +1,387 @@
+"""Recurrent layers: PyTorch LSTM, GRU, RNN (and their cells) <-> Keras LSTM, GRU, SimpleRNN.
+
+One PyTorch module becomes one Keras layer per stacked layer: ``M`` when it has one layer,
+``M.l0``, ``M.l1``, ... otherwise. A bidirectional layer becomes a Keras ``Bidirectional``
+whose weights are ``forward/kernel, forward/recurrent_kernel, forward/bias`` then the same
+under ``backward/`` (PyTorch's ``_reverse`` tensors). A cell (``LSTMCell`` ...) maps to the
+Keras layer of its kind, whose weights are the same three.
+
+Checked numerically against Keras 3.15 (tests/test_recurrent_attention.py):
+  - LSTM gates i,f,g,o = Keras i,f,c,o: kernel = weight_ih.T, recurrent_kernel = weight_hh.T,
+    bias = bias_ih + bias_hh. The pair is carried verbatim and restored on the way back when
+    it still sums, bit for bit, to the Keras bias. SimpleRNN likewise, with one gate.
+  - GRU gates r,z,n = Keras (reset_after=True) z,r,h: blocks reordered, then transposed; the
+    bias is (2, 3H) = [reorder(bias_ih); reorder(bias_hh)]. ``reset_after=False`` computes
+    something PyTorch cannot and is refused.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..checkpoint import TensorRef
+from ..errors import MappingError, UnsupportedError
+from .ops import Op, Permute, register_op
+from .plan import Plan, Step, _check_shapes, note_inverse
+from .table import LayerRule, Param, register
+
+T = Permute((1, 0))
+TORCH_NAME = re.compile(r"(weight|bias)_(ih|hh|hr)(?:_l(\d+))?(_reverse)?")
+KERAS_LAYER = re.compile(r"(.+)\.l(\d+)")
+#: PyTorch direction suffix <-> Keras Bidirectional sub-layer.
+DIRECTIONS: dict[str, str] = {"": "forward", "_reverse": "backward"}
+SUFFIXES: dict[str, str] = {"forward": "", "backward": "_reverse", "": ""}
+
+
+def _blocks(x: np.ndarray, order: tuple[int, ...], axis: int = 0) -> np.ndarray:
+    parts = np.split(x, len(order), axis=axis)
+    return np.concatenate([parts[i] for i in order], axis=axis)
+
+
+def _inverse_order(order: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argsort(order))
+
+
+def _gate_rows(shape: tuple, gates: int, what: str) -> None:
+    if not shape or shape[0] % gates:
+        raise MappingError(f"{what} of shape {list(shape)} does not split into {gates} gates")
+
+
+@register_op
+@dataclass(frozen=True)
+class GateReorder(Op):
+    """Keras block i = PyTorch gate block ``order[i]`` (axis 0), then a 2-d tensor is transposed."""
+
+    kind: ClassVar[str] = "gate_reorder"
+    order: tuple[int, ...] = ()
+
+    def forward(self, xs):
+        y = _blocks(xs[0], self.order)
+        return [np.ascontiguousarray(y.T) if y.ndim == 2 else y]
+
+    def inverse(self, ys):
+        y = np.ascontiguousarray(ys[0].T) if ys[0].ndim == 2 else ys[0]
+        return [_blocks(y, _inverse_order(self.order))]
+
+    def forward_shapes(self, shapes):
+        _gate_rows(shapes[0], len(self.order), "a recurrent weight")
+        return [tuple(shapes[0][::-1])]
+
+    def inverse_shapes(self, shapes):
+        _gate_rows(shapes[0][::-1], len(self.order), "a recurrent kernel")
+        return [tuple(shapes[0][::-1])]
+
+    def describe(self) -> str:
+        return f"gates{self.order}, transpose"
+
+    def spec(self) -> dict:
+        return {"op": self.kind, "order": list(self.order)}
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@register_op
+@dataclass(frozen=True)
+class SumBias(Op):
+    """Keras bias = bias_ih + bias_hh (in their dtype). With ``carry`` the pair also travels
+    verbatim as two more Keras-side tensors, and comes back when it still sums to the bias;
+    otherwise bias_ih = the Keras bias and bias_hh = zeros (the sum is what computes)."""
+
+    kind: ClassVar[str] = "sum_bias"
+    arity: ClassVar[tuple[int, int]] = (2, 3)  # (2, 1) without carry
+    carry: bool = True
+
+    def forward(self, xs):
+        return [xs[0] + xs[1]] + (list(xs) if self.carry else [])
+
+    def pair_holds(self, ys: list[np.ndarray]) -> bool:
+        same_dtype = ys[1].dtype == ys[2].dtype == ys[0].dtype if self.carry else False
+        return same_dtype and _same_bits(ys[1] + ys[2], ys[0])
+
+    def inverse(self, ys):
+        if self.pair_holds(ys):
+            return [ys[1], ys[2]]
+        return [ys[0], np.zeros_like(ys[0])]
+
+    def forward_shapes(self, shapes):
+        if shapes[0] != shapes[1] or len(shapes[0]) != 1:
+            raise MappingError(f"bias_ih {list(shapes[0])} and bias_hh {list(shapes[1])} must be "
+                               f"vectors of one length")
+        return [shapes[0]] * (3 if self.carry else 1)
+
+    def inverse_shapes(self, shapes):
+        return [shapes[0], shapes[0]]
+
+    def inverse_note(self, refs: list[TensorRef], step: Step) -> str | None:
+        """What the way back will do, for the plan's notes (reads the three small vectors)."""
+        if self.carry and self.pair_holds([r.load() for r in refs]):
+            return None
+        why = ("the carried pair no longer sums to it" if self.carry
+               else "Keras keeps only their sum")
+        return (f"{step.keras[0]}: {why}; PyTorch {step.torch[0]} gets the Keras bias and "
+                f"{step.torch[1]} zeros (same outputs)")
+
+    def describe(self) -> str:
+        return "sum (pair carried)" if self.carry else "sum"
+
+    def spec(self) -> dict:
+        return {"op": self.kind, "carry": self.carry}
+
+
+@register_op
+@dataclass(frozen=True)
+class StackBias(Op):
+    """Keras GRU(reset_after=True) bias (2, 3H) = [reorder(bias_ih); reorder(bias_hh)]."""
+
+    kind: ClassVar[str] = "stack_bias"
+    arity: ClassVar[tuple[int, int]] = (2, 1)
+    order: tuple[int, ...] = ()
+
+    def forward(self, xs):
+        return [np.stack([_blocks(x, self.order) for x in xs])]
+
+    def inverse(self, ys):
+        back = _inverse_order(self.order)
+        return [_blocks(ys[0][0], back), _blocks(ys[0][1], back)]
+
+    def forward_shapes(self, shapes):
+        if shapes[0] != shapes[1] or len(shapes[0]) != 1:
+            raise MappingError(f"bias_ih {list(shapes[0])} and bias_hh {list(shapes[1])} must be "
+                               f"vectors of one length")
+        _gate_rows(shapes[0], len(self.order), "a recurrent bias")
+        return [(2,) + tuple(shapes[0])]
+
+    def inverse_shapes(self, shapes):
+        if len(shapes[0]) != 2 or shapes[0][0] != 2:
+            raise MappingError(f"a GRU bias must be (2, 3H), not {list(shapes[0])}")
+        return [shapes[0][1:], shapes[0][1:]]
+
+    def describe(self) -> str:
+        return f"gates{self.order}, stack [ih; hh]"
+
+    def spec(self) -> dict:
+        return {"op": self.kind, "order": list(self.order)}
+
+
+@dataclass(frozen=True)
+class RecurrentRule(LayerRule):
+    """A recurrent family: ``params`` only describe it (``transcode rules``); ``expand`` and
+    ``expand_keras`` make the steps, one Keras layer per stacked layer."""
+
+    gates: int = 1
+    gate_order: tuple[int, ...] = ()   # empty: PyTorch and Keras order the gates alike
+    activation_note: bool = False      # the activation is not in the weights
+    reset_after: bool = False          # Keras must be GRU(reset_after=True): bias (2, G*H)
+
+    @property
+    def kernel_op(self) -> Op:
+        return _kernel_op(self.gate_order)
+
+    def bias_op(self, carry: bool) -> Op:
+        return _bias_op(self.gate_order, carry)
+
+    # ------------------------------------------------------------ PyTorch -> Keras
+
+    def expand(self, plan: Plan, path: str, params: dict[str, TensorRef], options: dict,
+               reason: str) -> None:
+        cells = _parse_torch(path, params, plan)
+        layers = sorted({k for k, _ in cells})
+        for k in layers:
+            name = path if len(layers) == 1 else f"{path}.l{k}"
+            bidirectional = (k, "_reverse") in cells
+            for suffix in [s for s in DIRECTIONS if (k, s) in cells]:
+                sub = f"{DIRECTIONS[suffix]}/" if bidirectional else ""
+                self._direction(plan, cells[(k, suffix)], f"{name}/{sub}", name,
+                                "Bidirectional" if bidirectional else self.keras_kind, reason)
+        if self.activation_note and "nonlinearity" not in options:
+            plan.notes.append(f"{path}: the activation is not in the weights (tanh and relu map "
+                              f"alike); give the Keras {self.keras_kind} the PyTorch nonlinearity "
+                              f"(tanh unless the module says relu)")
+
+    def _direction(self, plan: Plan, d: dict[str, TensorRef], prefix: str, layer: str,
+                   class_name: str, reason: str) -> None:
+        w_ih, w_hh = _need(d, "weight_ih", layer), _need(d, "weight_hh", layer)
+        self._check_weights(w_ih, w_hh)
+        steps = [Step((w_ih.name,), (prefix + "kernel",), self.kernel_op, self.name, layer),
+                 Step((w_hh.name,), (prefix + "recurrent_kernel",), self.kernel_op, self.name, layer)]
+        steps += self._bias_steps(plan, d, prefix, layer)
+        by_name = {ref.name: ref for ref in d.values()}
+        for step in steps:
+            _check_shapes(step, [by_name[n].shape for n in step.torch])
+            plan.add(step, class_name, reason)
+
+    def _check_weights(self, w_ih: TensorRef, w_hh: TensorRef) -> None:
+        h = w_hh.shape[-1] if w_hh.shape else 0
+        if len(w_hh.shape) != 2 or w_hh.shape[0] != self.gates * h:
+            raise MappingError(f"an {self.name} needs weight_hh of shape ({self.gates}*H, H), "
+                               f"not {list(w_hh.shape)}", tensor=w_hh.name)
+        if len(w_ih.shape) != 2 or w_ih.shape[0] != self.gates * h:
+            raise MappingError(f"an {self.name} with H={h} needs weight_ih of shape "
+                               f"({self.gates * h}, input), not {list(w_ih.shape)}", tensor=w_ih.name)
+
+    def _bias_steps(self, plan: Plan, d: dict[str, TensorRef], prefix: str, layer: str
+                    ) -> list[Step]:
+        b_ih, b_hh = d.get("bias_ih"), d.get("bias_hh")
+        if b_ih is None and b_hh is None:
+            return []  # bias=False: a Keras layer with use_bias=False
+        if b_ih is None or b_hh is None or b_ih.dtype != b_hh.dtype:
+            raise MappingError("bias_ih and bias_hh must come as a pair of one dtype",
+                               tensor=(b_ih or b_hh).name)
+        torch = (b_ih.name, b_hh.name)
+        op = self.bias_op(carry=True)
+        carried = torch if isinstance(op, SumBias) else ()
+        plan.carried.extend(carried)
+        return [Step(torch, (prefix + "bias",) + carried, op, self.name, layer)]
+
+    # ------------------------------------------------------------ Keras -> PyTorch
+
+    def expand_keras(self, plan: Plan, layer: dict, weights: dict[str, TensorRef],
+                     reason: str) -> None:
+        name = layer["name"]
+        found = KERAS_LAYER.fullmatch(name)
+        module, k = (found.group(1), found.group(2)) if found else (name, "0")
+        by_direction = _parse_keras(name, weights)
+        class_name = "Bidirectional" if "backward" in by_direction else self.keras_kind
+        for direction, d in by_direction.items():
+            for step in self._keras_steps(name, d, f"{module}.{{}}_l{k}{SUFFIXES[direction]}"):
+                plan.add(step, class_name, reason)
+                note_inverse(plan, step, [weights[n[len(name) + 1:]] for n in step.keras])
+        if self.reset_after and not any("bias" in d for d in by_direction.values()):
+            plan.notes.append(f"Keras layer {name!r}: a GRU without bias does not show reset_after "
+                              f"in its weights; mapped as reset_after=True (Keras' default), the "
+                              f"only GRU PyTorch has")
+
+    def _keras_steps(self, name: str, d: dict[str, tuple[str, TensorRef]], base: str
+                     ) -> list[Step]:
+        kernel, recurrent = _need_keras(d, "kernel", name), _need_keras(d, "recurrent_kernel", name)
+        self._check_keras(name, recurrent[1], d.get("bias"))
+        steps = [Step((base.format("weight_ih"),), (f"{name}/{kernel[0]}",), self.kernel_op,
+                      self.name, name),
+                 Step((base.format("weight_hh"),), (f"{name}/{recurrent[0]}",), self.kernel_op,
+                      self.name, name)]
+        if "bias" in d:
+            steps.append(Step((base.format("bias_ih"), base.format("bias_hh")),
+                              (f"{name}/{d['bias'][0]}",), self.bias_op(carry=False), self.name, name))
+        return steps
+
+    def _check_keras(self, name: str, recurrent: TensorRef, bias: tuple | None) -> None:
+        shape = recurrent.shape
+        if len(shape) != 2 or shape[1] != self.gates * shape[0]:
+            raise MappingError(f"Keras layer {name!r}: a {self.keras_kind} needs a recurrent_kernel "
+                               f"of shape (H, {self.gates}*H), not {list(shape)}", tensor=recurrent.name)
+        if self.reset_after and bias is not None and len(bias[1].shape) != 2:
+            raise UnsupportedError(
+                f"Keras layer {name!r} is a GRU with reset_after=False (bias {list(bias[1].shape)}): "
+                f"it computes what no PyTorch GRU can, so it is not converted",
+                tensor=bias[1].name, hint="train the Keras model with GRU(reset_after=True)")
+
+
+def _parse_torch(path: str, params: dict[str, TensorRef], plan: Plan
+                 ) -> dict[tuple[int, str], dict[str, TensorRef]]:
+    """``{(layer, "" or "_reverse"): {"weight_ih": ref, ...}}``; unknown tensors are carried."""
+    cells: dict[tuple[int, str], dict[str, TensorRef]] = {}
+    unknown, styles = [], set()
+    for pname, ref in params.items():
+        found = TORCH_NAME.fullmatch(pname)
+        if found is None:
+            unknown.append(ref.name)
+            continue
+        kind, gate, layer, reverse = found.groups()
+        if gate == "hr":
+            raise UnsupportedError("an LSTM with proj_size has no Keras counterpart", tensor=ref.name)
+        styles.add(layer is None)
+        cells.setdefault((int(layer or 0), reverse or ""), {})[f"{kind}_{gate}"] = ref
+    _check_layout(path, cells, styles, params)
+    if unknown:
+        plan.carried.extend(unknown)
+        plan.notes.append(f"{path}: kept verbatim, no Keras weight in a recurrent layer: "
+                          f"{', '.join(unknown)}")
+    return cells
+
+
+def _check_layout(path: str, cells: dict, styles: set, params: dict[str, TensorRef]) -> None:
+    first = next(iter(params.values())).name
+    if not cells:
+        raise MappingError(f"{path}: no recurrent weights (weight_ih_l0 ...)", tensor=first)
+    if len(styles) > 1:
+        raise MappingError(f"{path}: cell names (weight_ih) mixed with layer names (weight_ih_l0)",
+                           tensor=first)
+    layers = sorted({k for k, _ in cells})
+    if layers != list(range(len(layers))):
+        raise MappingError(f"{path}: recurrent layers {layers} are not 0..{len(layers) - 1}",
+                           tensor=first)
+    if any((k, "") not in cells for k, _ in cells):
+        raise MappingError(f"{path}: a _reverse direction without its forward one", tensor=first)
+    bidirectional = {k for k, s in cells if s}
+    if bidirectional and bidirectional != set(layers):
+        raise MappingError(f"{path}: only some layers have _reverse tensors", tensor=first)
+
+
+def _parse_keras(name: str, weights: dict[str, TensorRef]
+                 ) -> dict[str, dict[str, tuple[str, TensorRef]]]:
+    """``{direction: {leaf: (weight path, ref)}}``; direction ``forward``/``backward`` in a
+    Bidirectional (Keras' own paths say ``forward_lstm/lstm_cell/kernel``), else ``""``."""
+    out: dict[str, dict[str, tuple[str, TensorRef]]] = {}
+    for path, ref in weights.items():
+        parts = path.split("/")
+        direction = next((d for d in ("forward", "backward") if parts[0].startswith(d)), "")
+        direction = direction if len(parts) > 1 else ""
+        if parts[-1] not in ("kernel", "recurrent_kernel", "bias") or parts[-1] in out.get(direction, {}):
+            raise UnsupportedError(f"Keras layer {name!r}: unexpected recurrent weight {path!r}",
+                                   tensor=ref.name)
+        out.setdefault(direction, {})[parts[-1]] = (path, ref)
+    if "" in out and len(out) > 1 or ("backward" in out) != ("forward" in out):
+        raise UnsupportedError(f"Keras layer {name!r}: a Bidirectional needs forward and backward "
+                               f"weights and nothing else, found {sorted(weights)}")
+    return out
+
+
+def _need(d: dict[str, TensorRef], key: str, layer: str) -> TensorRef:
+    if key not in d:
+        some = next(iter(d.values()))
+        raise MappingError(f"{layer}: a recurrent layer needs {key} beside this tensor", tensor=some.name)
+    return d[key]
+
+
+def _need_keras(d: dict, key: str, layer: str) -> tuple[str, TensorRef]:
+    if key not in d:
+        raise MappingError(f"Keras layer {layer!r} lacks its {key}")
+    return d[key]
+
+
+def _kernel_op(order: tuple[int, ...]) -> Op:
+    return GateReorder(order) if order else T
+
+
+def _bias_op(order: tuple[int, ...], carry: bool) -> Op:
+    return StackBias(order) if order else SumBias(carry)
+
+
+def _rule(name: str, kinds: tuple[str, ...], keras: str, gates: int, order: tuple[int, ...],
+          note: str, activation_note: bool = False, reset_after: bool = False) -> RecurrentRule:
+    kernel = _kernel_op(order)
+    params = (Param("weight_ih_l{k}[_reverse]", "[forward/|backward/]kernel", kernel),
+              Param("weight_hh_l{k}[_reverse]", "[forward/|backward/]recurrent_kernel", kernel),
+              Param("bias_ih_l{k}, bias_hh_l{k}", "[forward/|backward/]bias", _bias_op(order, True),
+                    required=False))
+    carried = () if order else ("bias_ih_l{k}", "bias_hh_l{k}")
+    return RecurrentRule(name, kinds, keras, params, carried, note, gates=gates, gate_order=order,
+                         activation_note=activation_note, reset_after=reset_after)
+
+
+LAYOUT_NOTE = ("; n>1 layers -> Keras layers M.l0..; _reverse -> Bidirectional backward/; "
+               "cells map to the same Keras layer")
+LSTM = register(_rule("LSTM", ("LSTM", "LSTMCell"), "LSTM", 4, (),
+                      "gates i,f,g,o = Keras i,f,c,o; bias = bias_ih + bias_hh, the pair carried"
+                      + LAYOUT_NOTE))
+GRU = register(_rule("GRU", ("GRU", "GRUCell"), "GRU", 3, (1, 0, 2),
+                     "gates r,z,n -> Keras z,r,h; Keras GRU(reset_after=True) only" + LAYOUT_NOTE,
+                     reset_after=True))
+RNN = register(_rule("RNN", ("RNN", "RNNCell"), "SimpleRNN", 1, (),
+                     "bias = bias_ih + bias_hh, the pair carried; set the Keras activation (tanh/relu)"
+                     + LAYOUT_NOTE, activation_note=True))
