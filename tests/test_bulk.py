@@ -116,6 +116,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def errors(report) -> list[str]:
+    return [r["error"] for r in report.failed]
+
+
 def bulk(src: Path, dst: Path, **options) -> "object":
     options.setdefault("to", "h5")
     options.setdefault("jobs", 1)
@@ -160,14 +164,15 @@ def test_other_targets_are_bit_exact(tmp_path, to, ext):
     src, dst = tmp_path / "src", tmp_path / "dst"
     sources = make_tree(src)
     report = bulk(src, dst, to=to)
-    assert report.exit_code == 0, [r["error"] for r in report.failed]
+    assert report.exit_code == 0, errors(report)
     assert_tree_bit_exact(src, dst, sources, ext)
 
 
 def test_rerun_redoes_exactly_what_is_missing_damaged_or_changed(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     sources = make_tree(src)
-    assert bulk(src, dst).exit_code == 0
+    first = bulk(src, dst)
+    assert first.exit_code == 0, errors(first)
 
     with open(dst / "vision" / "cnn.h5", "r+b") as fh:            # damaged output
         fh.truncate(100)
@@ -185,7 +190,7 @@ def test_rerun_redoes_exactly_what_is_missing_damaged_or_changed(tmp_path):
         fh.write('{"source": "vision/cnn.pt", "sta')
 
     report = bulk(src, dst)
-    assert report.exit_code == 0
+    assert report.exit_code == 0, errors(report)
     assert sorted(r["source"] for r in report.results) == ["text/embed.pt", "top.safetensors",
                                                             "vision/cnn.pt"]
     assert not stale.exists() and not nested.exists() and mine.exists()
@@ -313,7 +318,7 @@ def test_kill_9_part_way_then_rerun_ends_complete_and_bit_exact(tmp_path):
     assert 8 <= done_at_kill < len(sources), "the kill should land part-way"
 
     report = bulk(src, dst, jobs=2)
-    assert report.exit_code == 0
+    assert report.exit_code == 0, errors(report)
     assert len(report.reused) >= done_at_kill and len(report.reused) + len(report.results) == 160
     assert_tree_bit_exact(src, dst, sources)
 
