@@ -1,0 +1,349 @@
+"""Rebuild a PyTorch module as an equivalent Keras 3 functional model, weights from the rules.
+
+``rebuild(module, example_inputs)`` traces ``module.forward`` with ``torch.fx`` and turns every
+call into Keras layers through the builder tables (``rebuild_ops``, ``rebuild_functions``,
+``rebuild_seq``). The weights come from our rule table: the module's state dict goes through
+``make_plan(..., "keras").apply(...)``, and each Keras layer is loaded from the converted
+checkpoint under its name (:func:`weights_from_checkpoint`), so a forward check of the rebuilt
+model tests the rule table itself.
+
+Conventions:
+  - Keras layer names are module paths (``encoder.conv1d_U``; a stacked RNN ``M.l0``, ``M.l1``);
+    helper layers are ``<path>.<what>`` (``conv.pad``, ``conv.channels_last``); function and
+    method calls take the trace's unique names (``relu``, ``add_1``, ``view``).
+  - Layouts: by default the model takes and returns tensors in the PyTorch layout (same shapes
+    as the module). Inside, spatial layers run channels last and a layout change is a
+    ``Permute`` layer only where an op needs it. ``channels_last=True`` takes and returns every
+    input and output of rank >= 3 with axis 1 moved last (N, ..., C): the image / sequence
+    convention of Keras deployments, with no transposes left at the borders of a conv stack.
+  - Shapes: sizes read in ``forward`` (``b, t, c = x.shape``) are evaluated at the example
+    shapes. The leading axis of every input is left dynamic (``None``) when the trace proves
+    it safe: the module is run again with those axes doubled and every tensor must grow along
+    at most one axis, with no size-derived number used except as a view/reshape target
+    (whose growing axis is then written -1). Otherwise every shape is fixed to the example.
+  - Unsupported calls raise :class:`UnsupportedError` naming the op and the module path.
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections import OrderedDict
+from typing import Any
+
+import keras
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch.fx.node import map_aggregate, map_arg
+
+from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
+from ..errors import MappingError, UnsupportedError
+from ..rules import make_plan
+from . import rebuild_functions, rebuild_ops, rebuild_seq  # noqa: F401  (fill the tables)
+from .rebuild_core import (FUNCTIONS, KERAS_DTYPES, METHODS, MODULES, Build, Graph, NeedStatic,
+                           Refused, Value, channels_last, identity)
+from .torch_side import module_kinds, module_options
+
+#: Calls whose size arguments may depend on the batch size: their target is the traced
+#: output shape with the growing axis written -1.
+RESHAPES = {"view", "reshape", torch.reshape}
+
+
+def rebuild(module: torch.nn.Module, example_inputs: tuple, *, channels_last: bool = False,
+            keras_ckpt: Checkpoint | None = None) -> keras.Model:
+    """A Keras functional model computing ``module``'s eval-mode forward on these inputs.
+
+    ``keras_ckpt``: the weights in the Keras layout (default: :func:`keras_checkpoint` of the
+    module, i.e. the rule table applied to its state dict).
+    """
+    example_inputs = tuple(example_inputs)
+    with _eval_mode(module), torch.no_grad():
+        gm = trace(module)
+        keras_ckpt = keras_checkpoint(module) if keras_ckpt is None else keras_ckpt
+        grow = _growth(gm, example_inputs)
+        try:
+            return _Rebuilder(gm, module, keras_ckpt, grow or {}, channels_last).build(example_inputs)
+        except NeedStatic:   # a builder needs a size the dynamic version leaves open
+            return _Rebuilder(gm, module, keras_ckpt, {}, channels_last).build(example_inputs)
+
+
+def keras_checkpoint(module: torch.nn.Module) -> Checkpoint:
+    """The module's state dict converted by the rule table to the Keras layout."""
+    tensors = OrderedDict((k, TensorRef.from_array(k, _numpy(v)))
+                          for k, v in module.state_dict().items())
+    ckpt = Checkpoint(tensors, LAYOUT_TORCH, source=type(module).__name__,
+                      meta={"module_kinds": module_kinds(module),
+                            "module_options": module_options(module)})
+    return make_plan(ckpt, LAYOUT_KERAS).apply(ckpt)
+
+
+def weights_from_checkpoint(keras_ckpt: Checkpoint, layer_name: str) -> list[np.ndarray]:
+    """The weights of Keras layer ``layer_name`` in Keras order ([] if it has none)."""
+    for layer in keras_ckpt.meta.get("keras_layers", []):
+        if layer["name"] == layer_name:
+            return [keras_ckpt[f"{layer_name}/{w}"].load() for w in layer["weights"]]
+    return []
+
+
+def supported() -> dict[str, list[str]]:
+    """What the rebuild covers: module classes, functions and Tensor methods."""
+    return {"modules": sorted(c.__name__ for c in MODULES),
+            "functions": sorted({_function_label(f) for f in FUNCTIONS}),
+            "methods": sorted(METHODS)}
+
+
+# ---------------------------------------------------------------- tracing
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, keeping every module with a builder as one call (a leaf)."""
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return type(m) in MODULES or super().is_leaf_module(m, qualname)
+
+
+def trace(module: torch.nn.Module) -> torch.fx.GraphModule:
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as exc:   # fx's errors are of many types; say what and where
+        raise UnsupportedError(f"torch.fx cannot trace {type(module).__name__}.forward: {exc}",
+                               hint="data-dependent control flow must be moved out of forward"
+                               ) from None
+    gm = torch.fx.GraphModule(module, graph, type(module).__name__)
+    _refuse_in_place(gm)
+    gm.graph.eliminate_dead_code()
+    return gm
+
+
+def _refuse_in_place(gm: torch.fx.GraphModule) -> None:
+    """An in-place call whose result goes unused would vanish from the graph: refuse it."""
+    for n in gm.graph.nodes:
+        in_place = (n.op == "call_method" and n.target.endswith("_") and not n.target.startswith("__")) \
+            or (n.kwargs.get("inplace") and not n.users)
+        if in_place:
+            raise UnsupportedError(f"in-place {_label(gm, n)} in {_where(n)}",
+                                   hint="use the out-of-place form")
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+# ---------------------------------------------------------------- dynamic batch
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the graph and keeps every node's result."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+
+    def results(self, inputs: tuple) -> dict:
+        self.run(*inputs)
+        return dict(self.env)
+
+
+def _leaves(value) -> list:
+    if isinstance(value, (tuple, list)):
+        return [leaf for v in value for leaf in _leaves(v)]
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    return [value]
+
+
+def _growth(gm: torch.fx.GraphModule, inputs: tuple) -> dict | None:
+    """``{node: axis}`` for tensors that grow with the inputs' leading axes, or None if the
+    model must keep the example shapes (see the module docstring)."""
+    if any(not isinstance(x, torch.Tensor) or x.dim() == 0 for x in inputs):
+        return None
+    run1 = _Recorder(gm).results(inputs)
+    try:
+        run2 = _Recorder(gm).results(tuple(torch.cat([x, x]) for x in inputs))
+    except Exception:   # the module fixes its batch size somewhere: keep the example shapes
+        return None
+    tensorish = {n: any(isinstance(v, torch.Tensor) for v in _leaves(run1[n])) for n in run1}
+    live, grow = set(), {}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or (tensorish[n] and any(a in live for a in n.all_input_nodes)):
+            live.add(n)
+        a, b = _leaves(run1[n]), _leaves(run2[n])
+        if len(a) != len(b):
+            return None
+        for x, y in zip(a, b):
+            if isinstance(x, torch.Tensor):
+                axes = [i for i in range(x.dim()) if x.dim() != y.dim() or x.shape[i] != y.shape[i]]
+                if len(axes) > 1 or (axes and n not in live):
+                    return None
+                grow.setdefault(n, axes[0] if axes else None)
+            elif _differs(x, y) and not all(_sizes_only(u, tensorish) for u in n.users):
+                return None
+    return grow
+
+
+def _differs(x, y) -> bool:
+    try:
+        return bool(x != y)
+    except Exception:
+        return True
+
+
+def _sizes_only(user: torch.fx.Node, tensorish: dict) -> bool:
+    return not tensorish.get(user, False) or user.target in RESHAPES
+
+
+# ---------------------------------------------------------------- building
+
+class _Rebuilder(torch.fx.Interpreter):
+    """Runs the traced graph in PyTorch and builds the Keras graph beside it, call by call."""
+
+    def __init__(self, gm: torch.fx.GraphModule, module: torch.nn.Module, keras_ckpt: Checkpoint,
+                 grow: dict, channels_last: bool) -> None:
+        super().__init__(gm)
+        reserved = {name for name, _ in module.named_modules() if name}
+        self.g = Graph(keras_ckpt, reserved)
+        self.state = set(module.state_dict())   # the weights (not non-persistent buffers)
+        self.grow, self.channels_last = grow, channels_last
+        self.kenv: dict[torch.fx.Node, Any] = {}
+        self.inputs: list = []
+
+    def build(self, example_inputs: tuple) -> keras.Model:
+        self.run(*example_inputs)
+        inputs = self.inputs[0] if len(self.inputs) == 1 else self.inputs
+        model = keras.Model(inputs, self.outputs, name=type(self.module).__name__)
+        for layer, source in self.g.weights.values():
+            arrays = weights_from_checkpoint(self.g.ckpt, source) if isinstance(source, str) \
+                else source
+            _set_weights(layer, arrays)
+        return model
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        self.kenv[n] = getattr(self, f"_keras_{n.op}")(n, result)
+        return result
+
+    # ------------------------------------------------------------ per node kind
+
+    def _keras_placeholder(self, n, result):
+        if not isinstance(result, torch.Tensor):
+            raise UnsupportedError(f"input {n.name!r} is a {type(result).__name__}, not a tensor")
+        rank = result.dim()
+        perm = channels_last(rank) if self.channels_last else identity(rank)
+        shape = [None if i == self.grow.get(n) else s for i, s in enumerate(result.shape)]
+        tensor = keras.Input(batch_shape=tuple(shape[p] for p in perm), name=n.name,
+                             dtype=KERAS_DTYPES[result.dtype])
+        self.inputs.append(tensor)
+        self.g.anchor = self.g.anchor if self.g.anchor is not None else tensor
+        return Value(n.name, {perm: tensor})
+
+    def _keras_get_attr(self, n, result):
+        if not isinstance(result, torch.Tensor):
+            return result
+        b = Build(self.g, n.target, label=f"attribute {n.target}", where=_where(n))
+        if n.target not in self.state:   # not a weight (a non-persistent buffer)
+            return b.constant(result, name=n.target)
+        if n.target not in self.g.ckpt.tensors:
+            raise b.unsupported("a parameter of a layer the rule table maps, used directly")
+        return b.constant(result, source=[self.g.ckpt[n.target].load()], name=n.target)
+
+    def _keras_call_module(self, n, result):
+        module = self.module.get_submodule(n.target)
+        builder = MODULES.get(type(module))
+        label = _label(self.module, n)
+        if builder is None:
+            raise UnsupportedError(f"no Keras rebuild for {label} (module {n.target})",
+                                   hint="see transcoder.models.supported()")
+        b = Build(self.g, n.target, label=label, where=n.target, path=n.target, module=module,
+                  result=result, grow=self.grow.get(n))
+        args, kwargs = self._args(n)
+        return builder(b, module, *args, **kwargs)
+
+    def _keras_call_function(self, n, result):
+        args, kwargs = self._args(n)
+        if not _has_value((args, kwargs)):
+            return result   # sizes and constants: evaluated at the traced shapes
+        builder = (METHODS if n.op == "call_method" else FUNCTIONS).get(n.target)
+        label = _label(self.module, n)
+        if builder is None:
+            raise UnsupportedError(f"no Keras rebuild for {label} (in {_where(n)})",
+                                   hint="see transcoder.models.supported()")
+        b = Build(self.g, self.g.unique(n.name), label=label, where=_where(n), result=result,
+                  grow=self.grow.get(n))
+        return builder(b, *args, **kwargs)
+
+    _keras_call_method = _keras_call_function
+
+    def _keras_output(self, n, result):
+        def output(x):
+            if isinstance(x, Value):
+                return Build(self.g, x.name, label="output", where="output").view(
+                    x, channels_last(x.rank) if self.channels_last else identity(x.rank))
+            if isinstance(x, Refused):
+                raise x.error
+            raise UnsupportedError(f"model output {x!r} does not depend on the inputs")
+        self.outputs = map_aggregate(map_arg(n.args[0], self.kenv.__getitem__), output)
+        return self.outputs
+
+    def _args(self, n):
+        args, kwargs = map_arg((n.args, n.kwargs), self.kenv.__getitem__)
+        for x in _leaves([args, list(kwargs.values())]):
+            if isinstance(x, Refused):
+                raise x.error
+        return args, kwargs
+
+
+def _has_value(args) -> bool:
+    return any(isinstance(x, Value) for x in _leaves([args]))
+
+
+def _set_weights(layer, arrays: list) -> None:
+    """Load ``arrays`` into ``layer``, checking the rule table gave what the layer holds. Unit
+    axes may differ (a PReLU's (C,) alpha in a (1, 1, C) weight); nothing else may."""
+    expected = [tuple(w.shape) for w in layer.weights]
+    got = [tuple(a.shape) for a in arrays]
+    fits = len(got) == len(expected) and all(
+        g == e or [d for d in g if d != 1] == [d for d in e if d != 1] for g, e in zip(got, expected))
+    if not fits:
+        raise MappingError(f"Keras layer {layer.name!r} ({type(layer).__name__}) holds weights "
+                           f"{expected}, the rule table gives {got}")
+    layer.set_weights([np.asarray(a).reshape(e) for a, e in zip(arrays, expected)])
+
+
+# ---------------------------------------------------------------- labels for messages
+
+def _function_label(fn) -> str:
+    for namespace, prefix in ((F, "F."), (torch.linalg, "torch.linalg."), (torch, "torch."),
+                              (operator, "operator.")):
+        name = getattr(fn, "__name__", "")
+        if getattr(namespace, name, None) is fn:
+            return prefix + name
+    return getattr(fn, "__qualname__", repr(fn))
+
+
+def _label(root: torch.nn.Module, n: torch.fx.Node) -> str:
+    if n.op == "call_module":
+        cls = type(root.get_submodule(n.target))
+        return f"{'nn.' if cls.__module__.startswith('torch.nn') else cls.__module__ + '.'}" \
+               f"{cls.__name__}"
+    if n.op == "call_method":
+        return f"Tensor.{n.target}"
+    return _function_label(n.target)
+
+
+def _where(n: torch.fx.Node) -> str:
+    stack = n.meta.get("nn_module_stack") or {}
+    path = next(reversed(stack.values()))[0] if stack else ""
+    return path or "the top-level forward"
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
