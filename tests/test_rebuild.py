@@ -1,4 +1,4 @@
-"""The Keras rebuild of PyTorch modules computes what PyTorch computes, with the rule table's weights.
+"""The Keras rebuild of a PyTorch module computes what PyTorch computes, with the rules' weights.
 
 Each model is rebuilt from one example batch, then compared with PyTorch on fresh random inputs
 (another batch size too, where the batch stays dynamic), saved as .keras, loaded back with
@@ -369,3 +369,32 @@ def test_supported_lists_the_tables():
     table = supported()
     assert {"Conv2d", "LSTM", "TransformerEncoderLayer"} <= set(table["modules"])
     assert "F.normalize" in table["functions"] and "view" in table["methods"]
+
+
+class Activations(nn.Module):
+    """Every activation module and function the tables map, on one input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acts = nn.ModuleList([
+            nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(0.1), nn.ELU(0.7), nn.GELU(), nn.GELU("tanh"),
+            nn.Sigmoid(), nn.Tanh(), nn.SiLU(), nn.Mish(), nn.Hardswish(), nn.Hardsigmoid(),
+            nn.SELU(), nn.Softsign(), nn.Softplus(), nn.Hardtanh(-0.5, 0.5), nn.Softmax(dim=1),
+            nn.LogSoftmax(dim=-1), nn.PReLU(), nn.PReLU(3), nn.Identity()])
+
+    def forward(self, x):
+        outs = [act(x) for act in self.acts]
+        outs += [F.relu6(x), F.hardswish(x), F.silu(x), torch.tanh(x), x.sigmoid(), F.mish(x),
+                 F.gelu(x, approximate="tanh"), F.leaky_relu(x), F.elu(x, 0.5), F.softplus(x),
+                 torch.clamp(x, min=-0.2), x.clamp(max=0.3), F.hardtanh(x), torch.exp(x / 4),
+                 torch.sqrt(x.abs() + 1), (x.abs() + 1).log(),
+                 torch.rsqrt(x.abs() + 1), torch.erf(x), -x, x.softmax(-1), F.log_softmax(x, 1)]
+        return torch.stack(outs, dim=1)
+
+
+def test_activations(tmp_path):
+    module = Activations()
+    with torch.no_grad():
+        module.acts[19].weight.copy_(torch.tensor([0.1, -0.3, 0.5]))
+    model = check(module, floats(3, 4, 5), tmp_path)
+    assert_weights_from_rules(module, model)

@@ -63,7 +63,8 @@ def rebuild(module: torch.nn.Module, example_inputs: tuple, *, channels_last: bo
         keras_ckpt = keras_checkpoint(module) if keras_ckpt is None else keras_ckpt
         grow = _growth(gm, example_inputs)
         try:
-            return _Rebuilder(gm, module, keras_ckpt, grow or {}, channels_last).build(example_inputs)
+            builder = _Rebuilder(gm, module, keras_ckpt, grow or {}, channels_last)
+            return builder.build(example_inputs)
         except NeedStatic:   # a builder needs a size the dynamic version leaves open
             return _Rebuilder(gm, module, keras_ckpt, {}, channels_last).build(example_inputs)
 
@@ -118,7 +119,8 @@ def trace(module: torch.nn.Module) -> torch.fx.GraphModule:
 def _refuse_in_place(gm: torch.fx.GraphModule) -> None:
     """An in-place call whose result goes unused would vanish from the graph: refuse it."""
     for n in gm.graph.nodes:
-        in_place = (n.op == "call_method" and n.target.endswith("_") and not n.target.startswith("__")) \
+        method = n.target if n.op == "call_method" else ""
+        in_place = (method.endswith("_") and not method.startswith("__")) \
             or (n.kwargs.get("inplace") and not n.users)
         if in_place:
             raise UnsupportedError(f"in-place {_label(gm, n)} in {_where(n)}",
@@ -235,8 +237,10 @@ class _Rebuilder(torch.fx.Interpreter):
         rank = result.dim()
         perm = channels_last(rank) if self.channels_last else identity(rank)
         shape = [None if i == self.grow.get(n) else s for i, s in enumerate(result.shape)]
-        tensor = keras.Input(batch_shape=tuple(shape[p] for p in perm), name=n.name,
+        name = self.g.unique(n.name)
+        tensor = keras.Input(batch_shape=tuple(shape[p] for p in perm), name=name,
                              dtype=KERAS_DTYPES[result.dtype])
+        self.g.reserved.add(name)
         self.inputs.append(tensor)
         self.g.anchor = self.g.anchor if self.g.anchor is not None else tensor
         return Value(n.name, {perm: tensor})
@@ -261,7 +265,8 @@ class _Rebuilder(torch.fx.Interpreter):
         b = Build(self.g, n.target, label=label, where=n.target, path=n.target, module=module,
                   result=result, grow=self.grow.get(n))
         args, kwargs = self._args(n)
-        return builder(b, module, *args, **kwargs)
+        with _keras_errors(b):
+            return builder(b, module, *args, **kwargs)
 
     def _keras_call_function(self, n, result):
         args, kwargs = self._args(n)
@@ -274,7 +279,8 @@ class _Rebuilder(torch.fx.Interpreter):
                                    hint="see transcoder.models.supported()")
         b = Build(self.g, self.g.unique(n.name), label=label, where=_where(n), result=result,
                   grow=self.grow.get(n))
-        return builder(b, *args, **kwargs)
+        with _keras_errors(b):
+            return builder(b, *args, **kwargs)
 
     _keras_call_method = _keras_call_function
 
@@ -297,6 +303,15 @@ class _Rebuilder(torch.fx.Interpreter):
         return args, kwargs
 
 
+@contextlib.contextmanager
+def _keras_errors(b: Build):
+    """Keras refusing a layer or a shape becomes one UnsupportedError naming the call."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise b.unsupported(f"Keras could not build it ({' '.join(str(exc).split())})") from exc
+
+
 def _has_value(args) -> bool:
     return any(isinstance(x, Value) for x in _leaves([args]))
 
@@ -306,8 +321,10 @@ def _set_weights(layer, arrays: list) -> None:
     axes may differ (a PReLU's (C,) alpha in a (1, 1, C) weight); nothing else may."""
     expected = [tuple(w.shape) for w in layer.weights]
     got = [tuple(a.shape) for a in arrays]
+    def squeezed(shape):
+        return [d for d in shape if d != 1]
     fits = len(got) == len(expected) and all(
-        g == e or [d for d in g if d != 1] == [d for d in e if d != 1] for g, e in zip(got, expected))
+        g == e or squeezed(g) == squeezed(e) for g, e in zip(got, expected))
     if not fits:
         raise MappingError(f"Keras layer {layer.name!r} ({type(layer).__name__}) holds weights "
                            f"{expected}, the rule table gives {got}")

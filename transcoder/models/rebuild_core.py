@@ -57,6 +57,12 @@ def methods(*names: str) -> Callable[[Builder], Builder]:
     return register
 
 
+def calls(targets: tuple, builder: Builder) -> None:
+    """Register ``builder`` for functions and ``Tensor`` method names (strings) alike."""
+    for target in targets:
+        (methods if isinstance(target, str) else functions)(target)(builder)
+
+
 # ---------------------------------------------------------------- layouts
 
 def identity(n: int) -> Perm:
@@ -173,7 +179,7 @@ class Build:
         exact = name or (self.path if suffix is None else None)
         if exact is not None and exact in self.g.layers:
             return self.g.layers[exact]
-        layer_name = exact or self.g.unique(self.name if suffix is None else f"{self.name}.{suffix}")
+        layer_name = exact or self.g.unique(f"{self.name}.{suffix}" if suffix else self.name)
         try:
             layer = cls(*args, name=layer_name, **kwargs)
         except (ValueError, TypeError) as exc:

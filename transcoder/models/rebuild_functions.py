@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from keras import layers as L
 
 from .keras_layers import Scalar, Slice, TensorOp
-from .rebuild_core import Build, Value, functions, identity, inverse, methods
+from .rebuild_core import (KERAS_DTYPES, Build, Value, calls, functions, identity, inverse,
+                           methods)
 from .rebuild_ops import adaptive_pool, flatten, gelu_layer, pad, pool, reshape, softmax, upsample
 
 NUMBER = (int, float, bool)
@@ -55,17 +56,16 @@ for _fns, _name in [((F.relu, torch.relu, "relu"), "relu"), ((F.relu6,), "relu6"
                     ((F.sigmoid, torch.sigmoid, "sigmoid"), "sigmoid"),
                     ((F.tanh, torch.tanh, "tanh"), "tanh"), ((F.silu,), "silu"),
                     ((F.hardswish,), "hard_silu"), ((F.hardsigmoid,), "hard_sigmoid"),
-                    ((F.mish,), "mish"), ((F.selu, torch.selu), "selu"), ((F.softsign,), "softsign")]:
-    for _fn in _fns:
-        (methods if isinstance(_fn, str) else functions)(_fn)(_keras_activation(_name))
+                    ((F.mish,), "mish"), ((F.selu, torch.selu), "selu"),
+                    ((F.softsign,), "softsign")]:
+    calls(_fns, _keras_activation(_name))
 
 for _fns, _name in [((torch.exp, "exp"), "exp"), ((torch.log, "log"), "log"),
                     ((torch.sqrt, "sqrt"), "sqrt"), ((torch.rsqrt, "rsqrt"), "rsqrt"),
                     ((torch.abs, "abs"), "abs"), ((torch.erf, "erf"), "erf"),
                     ((operator.neg, torch.neg, "neg"), "negative"), ((torch.sin, "sin"), "sin"),
                     ((torch.cos, "cos"), "cos"), ((torch.square, "square"), "square")]:
-    for _fn in _fns:
-        (methods if isinstance(_fn, str) else functions)(_fn)(_tensor_op(_name))
+    calls(_fns, _tensor_op(_name))
 
 
 @functions(F.gelu)
@@ -110,11 +110,14 @@ def same(b: Build, x, *args, **kwargs):
     return b.as_value(x)
 
 
-@methods("float", "to", "type_as")
-def to_float32(b: Build, x, *args, **kwargs):
-    if b.result.dtype != torch.float32 or b.as_value(x).dtype != "float32":
-        raise b.unsupported(f"a conversion to {b.result.dtype} (only float32 models)")
-    return b.as_value(x)
+@methods("float", "to", "type_as", "long", "int", "bool")
+def convert(b: Build, x, *args, **kwargs):
+    """A dtype change (a device change is nothing) to the traced result's dtype."""
+    x = b.as_value(x)
+    dtype = KERAS_DTYPES.get(b.result.dtype)
+    if dtype is None:
+        raise b.unsupported(f"a conversion to {b.result.dtype}")
+    return x if dtype == x.dtype else b.elementwise(b.new(TensorOp, "cast", {"dtype": dtype}), x)
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -144,13 +147,13 @@ def _binary(op: str):
 for _fns, _op in [((operator.add, torch.add, "add"), "add"),
                   ((operator.sub, torch.sub, torch.subtract, "sub", "subtract"), "subtract"),
                   ((operator.mul, torch.mul, torch.multiply, "mul", "multiply"), "multiply"),
-                  ((operator.truediv, torch.div, torch.true_divide, "div", "true_divide"), "divide"),
+                  ((operator.truediv, torch.div, torch.true_divide, "div", "true_divide"),
+                   "divide"),
                   ((operator.floordiv, torch.floor_divide), "floor_divide"),
                   ((operator.pow, torch.pow, "pow"), "power"),
                   ((operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"), "matmul"),
                   ((torch.maximum,), "maximum"), ((torch.minimum,), "minimum")]:
-    for _fn in _fns:
-        (methods if isinstance(_fn, str) else functions)(_fn)(_binary(_op))
+    calls(_fns, _binary(_op))
 
 
 # ---------------------------------------------------------------- reductions and norms
@@ -166,8 +169,7 @@ def _reduce(op: str):
 
 for _fns, _op in [((torch.mean, "mean"), "mean"), ((torch.sum, "sum"), "sum"),
                   ((torch.amax, "amax"), "max"), ((torch.amin, "amin"), "min")]:
-    for _fn in _fns:
-        (methods if isinstance(_fn, str) else functions)(_fn)(_reduce(_op))
+    calls(_fns, _reduce(_op))
 
 
 def _p(b: Build, p) -> float:
@@ -280,7 +282,8 @@ def getitem(b: Build, x, key):
         elif k is Ellipsis:
             items.append("...")
         else:
-            raise b.unsupported(f"indexing with {type(k).__name__} (only ints, slices, None, ...)")
+            what = "a tensor" if isinstance(k, (Value, torch.Tensor)) else type(k).__name__
+            raise b.unsupported(f"indexing with {what} (only ints, slices, None and ...)")
     return _slice(b, x, items)
 
 
