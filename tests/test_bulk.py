@@ -244,6 +244,10 @@ def test_pattern_and_colliding_outputs(tmp_path):
     report = bulk(src, dst, pattern="*.pt")
     assert sorted(r["source"] for r in report.converted) == ["text/embed.pt", "vision/cnn.pt"]
     assert bulk(src, tmp_path / "d2", pattern="vision/*").converted.__len__() == 2
+    inside = bulk(src, src / "converted")  # DST inside SRC: its outputs are not read as sources
+    assert inside.exit_code == 0 and len(inside.converted) == 5
+    assert len(bulk(src, src / "converted").reused) == 5
+    (src / "converted").rename(tmp_path / "converted")
 
     save(src / "text" / "embed.safetensors", state(9, "text"))  # embed.pt -> embed.h5 as well
     report = bulk(src, tmp_path / "d3")

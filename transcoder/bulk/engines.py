@@ -50,25 +50,41 @@ def run_local(tasks: list[Task], on_result: OnResult, *, jobs: int) -> None:
     """A process pool; spawned workers (no forked h5py state) that die with this process."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context,
-                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+                             initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_task, task): task for task in tasks}
         stopping = False
-        for future in as_completed(futures):
-            if future.cancelled():
-                continue
-            try:
-                record = future.result()
-            except BrokenProcessPool:
-                record = _lost(futures[future], "a worker process died (out of memory?)")
-            if not on_result(record) and not stopping:
-                stopping = True
-                for other in futures:
-                    other.cancel()
+        try:
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                try:
+                    record = future.result()
+                except BrokenProcessPool:
+                    record = _lost(futures[future], "a worker process died (out of memory?)")
+                if not on_result(record) and not stopping:
+                    stopping = True
+                    for other in futures:
+                        other.cancel()
+        except BaseException:  # Ctrl-C (workers ignore it): stop now, not after the queue
+            for other in futures:
+                other.cancel()
+            _terminate_workers(pool)
+            raise
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: on Linux, ask the kernel to kill this worker when its parent dies,
-    so a kill -9 of `transcode bulk` does not leave workers converting on their own."""
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Workers leave Ctrl-C to the parent, which stops them; and on Linux they ask the kernel
+    to kill them when the parent dies, so a kill -9 of `transcode bulk` stops them too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
