@@ -15,9 +15,10 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .convert import prepare, transcode
+from .convert import Architecture, prepare, transcode
 from .errors import TranscoderError
-from .report import PLAN_COLUMNS, RULE_COLUMNS, plan_rows, print_rows, rule_rows
+from .report import (PAIR_COLUMNS, PLAN_COLUMNS, RULE_COLUMNS, pairing_rows, plan_rows, print_rows,
+                     rule_rows)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Move weights between PyTorch and Keras; `transcode SRC DST` converts.")
@@ -26,6 +27,11 @@ KeyOpt = typer.Option(None, "--key", help="Dotted path of the state dict inside 
                                           "checkpoint, e.g. state_dict or ema.")
 RulesOpt = typer.Option(None, "--rules", exists=False, dir_okay=False,
                         help="TOML file stating layer kinds or tensor mappings (see README).")
+ModelOpt = typer.Option(None, "--model", help="PyTorch model: path/to/file.py:Name or "
+                                              "package.module:Name (exact layer kinds, num_heads...).")
+KerasModelOpt = typer.Option(None, "--keras-model", help="Keras model to pair with and save "
+                                                         "through: path/to/file.py:Name or "
+                                                         "package.module:Name.")
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -48,13 +54,19 @@ def convert_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     check: Optional[bool] = typer.Option(None, "--check/--no-check",
                                          help="Run the forward check after converting."),
+    model: Optional[str] = ModelOpt,
+    keras_model: Optional[str] = KerasModelOpt,
 ) -> None:
     """Convert SRC to DST (the default command: `transcode SRC DST`)."""
     started = time.perf_counter()
+    arch = Architecture(model, keras_model)
     if dry_run:
-        _dry_run(src, dst, key, rules)
+        _dry_run(src, dst, key, rules, arch)
         return
-    plan = transcode(src, dst, force=force, key=key, rules=rules)
+    prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch)
+    plan = prepared.plan
+    if prepared.pairs and not quiet:
+        print_rows(pairing_rows(prepared.pairs), PAIR_COLUMNS, title="layer pairing")
     mapped = sum(len(s.torch) for s in plan.steps)
     _say(quiet, f"wrote {dst}: {mapped} tensors mapped, {len(plan.carried)} carried "
                 f"({time.perf_counter() - started:.2f} s)")
@@ -65,12 +77,15 @@ def convert_cmd(
               "mapped by the rule table only)")
 
 
-def _dry_run(src: Path, dst: Path, key: Optional[str], rules: Optional[Path]) -> None:
-    prepared = prepare(src, dst, key=key, rules=rules)
+def _dry_run(src: Path, dst: Path, key: Optional[str], rules: Optional[Path],
+             arch: Architecture) -> None:
+    prepared = prepare(src, dst, key=key, rules=rules, arch=arch)
     try:
         target = prepared.plan.apply(prepared.source)
         print_rows(plan_rows(prepared.plan, prepared.source, target), PLAN_COLUMNS,
                    title=f"{src} -> {dst} (dry run: nothing written)")
+        if prepared.pairs:
+            print_rows(pairing_rows(prepared.pairs), PAIR_COLUMNS, title="layer pairing")
         for note in prepared.plan.notes:
             _note(note)
     finally:

@@ -11,39 +11,73 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import formats
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
 from .rules import Plan, UserRules, load_user_rules, make_plan
 
+if TYPE_CHECKING:
+    from .models.live import LiveModels
+
+
+@dataclass
+class Architecture:
+    """What the user told about the model: ``--model`` and/or ``--keras-model`` specs."""
+
+    model: str | None = None
+    keras_model: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.model or self.keras_model)
+
 
 @dataclass
 class Prepared:
-    """A source read and planned for a target layout; close it when done."""
+    """A source read and planned for a target; close it when done."""
 
     source: Checkpoint
     plan: Plan
     target_format: formats.Format
+    live: "LiveModels | None" = None  # set when an architecture was given (torch/keras loaded)
+
+    @property
+    def pairs(self) -> list:
+        return self.live.pairs if self.live else []
+
+    def write(self, tmp: Path, dst: Path) -> None:
+        """Write the converted checkpoint to ``tmp`` (later renamed to ``dst``)."""
+        target = self.plan.apply(self.source)
+        if self.live is not None and self.live.write(target, tmp, dst):
+            return
+        self.target_format.write(target, tmp)
 
     def close(self) -> None:
         self.source.close()
 
 
-def prepare(src: Path, dst: Path, *, key: str | None = None, rules: Path | UserRules | None = None
-            ) -> Prepared:
+def prepare(src: Path, dst: Path, *, key: str | None = None, rules: Path | UserRules | None = None,
+            arch: Architecture | None = None) -> Prepared:
     """Read ``src`` and plan its conversion to the format ``dst``'s name implies."""
     src, dst = Path(src), Path(dst)
     target = formats.for_path(dst)
     user = rules if isinstance(rules, UserRules) else load_user_rules(rules)
     ckpt = read(src, key=key)
+    live = None
     try:
+        if arch:
+            from .models.live import LiveModels  # imports torch / keras: only when asked for
+
+            live = LiveModels.load(arch)
+            ckpt = live.attach(ckpt, src)
         plan = make_plan(ckpt, target.layout, user)
+        if live is not None:
+            live.after_plan(plan, ckpt)
     except TranscoderError as exc:
         ckpt.close()
         raise exc.with_context(path=src) from None
-    return Prepared(ckpt, plan, target)
+    return Prepared(ckpt, plan, target, live)
 
 
 def read(src: Path, *, key: str | None = None) -> Checkpoint:
@@ -56,24 +90,24 @@ def read(src: Path, *, key: str | None = None) -> Checkpoint:
 
 
 def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str | None = None,
-              rules: Path | UserRules | None = None) -> Plan:
-    """Convert one checkpoint; returns the plan that was carried out."""
+              rules: Path | UserRules | None = None, arch: Architecture | None = None) -> Prepared:
+    """Convert one checkpoint; returns what was prepared (the plan, the layer pairing)."""
     src, dst = Path(src), Path(dst)
     refuse_same_file(src, dst)
     if dst.exists() and not force:
         raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
-    formats.for_path(dst).check_writable(dst)
-    prepared = prepare(src, dst, key=key, rules=rules)
+    if not (arch and arch.keras_model):
+        formats.for_path(dst).check_writable(dst)
+    prepared = prepare(src, dst, key=key, rules=rules, arch=arch)
     try:
-        target = prepared.plan.apply(prepared.source)
         with atomic_output(dst, force=force) as tmp:
             try:
-                prepared.target_format.write(target, tmp)
+                prepared.write(tmp, dst)
             except TranscoderError as exc:
                 raise exc.with_context(path=src) from None
     finally:
         prepared.close()
-    return prepared.plan
+    return prepared
 
 
 def refuse_same_file(src: Path, dst: Path) -> None:

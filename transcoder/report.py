@@ -14,6 +14,7 @@ from .rules import COPY, TO_KERAS, Plan
 from .rules.table import RULES
 
 PLAN_COLUMNS = ("source", "shape", "dtype", "rule", "op", "target", "target shape")
+PAIR_COLUMNS = ("pytorch", "kind", "keras", "keras class", "paired by", "weights")
 RULE_COLUMNS = ("rule", "torch kinds", "keras", "torch tensor", "keras weight", "op", "note")
 
 
@@ -39,6 +40,13 @@ def plan_rows(plan: Plan, src: Checkpoint, target: Checkpoint) -> list[dict]:
                      "rule": "carried" if plan.direction != COPY else "copy", "op": "keep",
                      "target": name, "target shape": [list(ref.shape)]})
     return rows
+
+
+def pairing_rows(pairs) -> list[dict]:
+    """One row per paired layer (PyTorch module path <-> Keras layer)."""
+    return [{"pytorch": p.ours.name, "kind": p.ours.class_name or "", "keras": p.theirs.name,
+             "keras class": p.theirs.class_name or "", "paired by": p.how,
+             "weights": len(p.ours.weights)} for p in pairs]
 
 
 def rule_rows() -> list[dict]:

@@ -7,17 +7,11 @@ into the module strictly, and the module tree gives exact kinds and hyper-parame
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import MappingError, UsageError
-
-SPEC_HELP = "give --model as path/to/file.py:ClassName or package.module:ClassName"
+from .spec import build_from_spec
 
 #: module attribute -> option name, recorded per module where present.
 HYPER_PARAMETERS = ("num_heads", "num_layers", "bidirectional", "nonlinearity", "batch_first",
@@ -29,48 +23,10 @@ def load_spec(spec: str):
     """Import the module or file named by ``spec`` and build the model it names."""
     import torch
 
-    where, sep, name = spec.rpartition(":")
-    if not sep or not where or not name.isidentifier():
-        raise UsageError(f"--model {spec!r} is not of the form FILE.py:Name or package.module:Name")
-    namespace = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
-    factory = getattr(namespace, name, None)
-    if factory is None:
-        raise UsageError(f"--model: {where} has no {name!r}", hint=SPEC_HELP)
-    try:
-        model = factory()
-    except TypeError as exc:
-        raise UsageError(f"--model: {name}() needs arguments ({exc})",
-                         hint="name a zero-argument factory function instead") from None
+    model = build_from_spec(spec, "--model")
     if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"--model: {name}() returned {type(model).__name__}, not a torch.nn.Module")
+        raise UsageError(f"--model {spec}: returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
-
-
-@contextmanager
-def _on_path(folder: Path) -> Iterator[None]:
-    sys.path.insert(0, str(folder))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(folder))
-
-
-def _import_file(path: Path):
-    if not path.is_file():
-        raise UsageError("--model file not found", path=path)
-    spec = importlib.util.spec_from_file_location(f"_transcoder_model_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    with _on_path(path.resolve().parent):
-        spec.loader.exec_module(module)
-    return module
-
-
-def _import_module(name: str):
-    try:
-        with _on_path(Path.cwd()):
-            return importlib.import_module(name)
-    except ImportError as exc:
-        raise UsageError(f"--model: cannot import {name} ({exc})", hint=SPEC_HELP) from None
 
 
 def module_kinds(model) -> dict[str, str]:

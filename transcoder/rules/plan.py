@@ -129,8 +129,8 @@ def _plan_module(plan: Plan, path: str, params: dict[str, TensorRef], known_kind
     if hint is not None:
         kind, reason = hint.kind, f"--rules match {hint.match!r}"
         options.update(hint.options)
-    elif known_kind and rule_for_torch_kind(known_kind):
-        kind, reason = known_kind, "module type from the file"
+    elif known_kind:  # from --model or a TorchScript archive: a kind without a rule is carried
+        kind, reason = known_kind, "module type known from the model"
     else:
         found = infer_torch_kind(path, params)
         kind, reason = found.kind, found.reason

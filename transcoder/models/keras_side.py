@@ -1,0 +1,209 @@
+"""``--keras-model SPEC``: the user's Keras model, paired layer by layer with ours.
+
+Pairing: by name first (our Keras layer names are PyTorch module paths), the rest by order;
+every pair must agree in kind, weight count and shapes, or the error names both sides. Writing
+goes through Keras' own savers so the file loads the way users load it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
+from ..errors import MappingError, UnsupportedError, UsageError
+from .spec import build_from_spec
+
+#: Keras classes whose weights map alike: a kind inferred from weights alone may name either.
+FAMILY: dict[str, str] = {
+    "Conv1D": "conv1", "Conv1DTranspose": "conv1", "Conv2D": "conv2", "Conv2DTranspose": "conv2",
+    "Conv3D": "conv3", "Conv3DTranspose": "conv3", "LayerNormalization": "affine-norm",
+    "GroupNormalization": "affine-norm",
+}
+
+
+@dataclass
+class LayerInfo:
+    """One weight-bearing Keras layer: ours (from a plan or file) or theirs (a live model)."""
+
+    name: str
+    class_name: str | None
+    weights: list[str]
+    shapes: list[tuple[int, ...]]
+    layer: Any = field(default=None, repr=False)  # the live Keras layer, for theirs
+
+    def compatible(self, other: "LayerInfo") -> bool:
+        kinds = {FAMILY.get(c, c) for c in (self.class_name, other.class_name) if c}
+        return len(kinds) <= 1 and self.shapes == other.shapes
+
+
+@dataclass
+class Pair:
+    ours: LayerInfo
+    theirs: LayerInfo
+    how: str  # "name" or "order"
+
+
+def load_spec(spec: str):
+    import keras
+
+    model = build_from_spec(spec, "--keras-model")
+    if not isinstance(model, keras.Model):
+        raise UsageError(f"--keras-model {spec}: returned {type(model).__name__}, not a keras.Model")
+    if not model.built:
+        raise UsageError(f"--keras-model {spec}: the model is not built",
+                         hint="give it a keras.Input or call it once before returning it")
+    return model
+
+
+def layers_of_checkpoint(ckpt: Checkpoint) -> list[LayerInfo]:
+    """Our layers, from a keras-layout checkpoint's ``meta["keras_layers"]``."""
+    return [LayerInfo(e["name"], e.get("class_name"), list(e["weights"]),
+                      [tuple(ckpt[f"{e['name']}/{w}"].shape) for w in e["weights"]])
+            for e in ckpt.meta.get("keras_layers", [])]
+
+
+def layers_of_model(model) -> list[LayerInfo]:
+    """Their weight-bearing layers in model order (nested models flattened)."""
+    from ..formats.keras_h5 import short_weight_path
+
+    found = []
+    for layer in _leaf_layers(model):
+        if layer.weights:
+            bidi = type(layer).__name__ == "Bidirectional"
+            found.append(LayerInfo(layer.name, type(layer).__name__,
+                                   [short_weight_path(w.path, layer.name, bidi) for w in layer.weights],
+                                   [tuple(w.shape) for w in layer.weights], layer))
+    return found
+
+
+def _leaf_layers(model):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def pair(ours: list[LayerInfo], theirs: list[LayerInfo]) -> list[Pair]:
+    """By name first; the rest in order, each with the next Keras layer of matching kind and
+    shapes. MappingError naming both sides on any mismatch; nothing is left unpaired."""
+    for t in theirs:
+        refusal = _refusal(t.layer)
+        if refusal:
+            raise UnsupportedError(f"Keras layer {t.name!r}: {refusal}")
+    by_name = {t.name: t for t in theirs}
+    pairs = {o.name: Pair(o, by_name[o.name], "name") for o in ours if o.name in by_name}
+    for p in pairs.values():
+        if not p.ours.compatible(p.theirs):
+            raise MappingError(f"{_describe(p.ours, 'PyTorch module')} does not fit "
+                               f"{_describe(p.theirs, 'Keras layer')} (same name)")
+    rest = [t for t in theirs if t.name not in {p.theirs.name for p in pairs.values()}]
+    for o in (o for o in ours if o.name not in pairs):
+        match = next((t for t in rest if o.compatible(t)), None)
+        if match is None:
+            raise MappingError(f"no Keras layer left fits {_describe(o, 'PyTorch module')}; "
+                               f"unpaired Keras layers: {', '.join(_describe(t) for t in rest[:4])}")
+        rest.remove(match)
+        pairs[o.name] = Pair(o, match, "order")
+    if rest:
+        raise MappingError(f"Keras layers with no PyTorch counterpart: "
+                           f"{', '.join(_describe(t) for t in rest[:4])}")
+    return [pairs[o.name] for o in ours]
+
+
+def _describe(info: LayerInfo, side: str = "") -> str:
+    shapes = ", ".join(str(list(s)) for s in info.shapes)
+    return f"{side} {info.name!r} ({info.class_name or 'unknown class'}, weights [{shapes}])".strip()
+
+
+def _refusal(layer) -> str | None:
+    inner = getattr(layer, "forward_layer", layer)
+    if type(inner).__name__ == "GRU" and getattr(inner, "reset_after", True) is False:
+        return ("GRU(reset_after=False) has no PyTorch equivalent (PyTorch applies the reset gate "
+                "after the recurrent matmul); build it with reset_after=True")
+    return None
+
+
+def fill(pairs: list[Pair], target: Checkpoint) -> None:
+    """Set each of their layers' weights from our target checkpoint (in Keras weight order)."""
+    for p in pairs:
+        arrays = [target[f"{p.ours.name}/{w}"].load() for w in p.ours.weights]
+        p.theirs.layer.set_weights(arrays)
+
+
+def renamed_to_theirs(pairs: list[Pair], target: Checkpoint, order: list[str]) -> Checkpoint:
+    """Our target checkpoint under their layer names, in their model's layer ``order`` (a
+    legacy .h5 also loads topologically, by position)."""
+    out = Checkpoint(OrderedDict(), LAYOUT_KERAS, target.source, target.format, dict(target.meta))
+    layers = []
+    for p in sorted(pairs, key=lambda p: order.index(p.theirs.name)):
+        for ours_w, theirs_w in zip(p.ours.weights, p.theirs.weights):
+            ref = target[f"{p.ours.name}/{ours_w}"]
+            name = f"{p.theirs.name}/{theirs_w}"
+            out.tensors[name] = TensorRef(name, ref.shape, ref.dtype, ref.loader)
+        layers.append({"name": p.theirs.name, "class_name": p.theirs.class_name,
+                       "weights": list(p.theirs.weights)})
+    for name in target.meta.get("carried", []):
+        out.tensors[name] = target[name]
+    out.meta["keras_layers"] = layers
+    out.meta.pop("transcoder", None)  # the stored plan names our layers, not theirs
+    return out
+
+
+def renamed_to_ours(pairs: list[Pair], source: Checkpoint) -> Checkpoint:
+    """A Keras checkpoint's tensors under our layer names (the reverse of the above)."""
+    out = Checkpoint(OrderedDict(), LAYOUT_KERAS, source.source, source.format, {})
+    for p in pairs:
+        for ours_w, theirs_w in zip(p.ours.weights, p.theirs.weights):
+            ref = source[f"{p.theirs.name}/{theirs_w}"]
+            name = f"{p.ours.name}/{ours_w}"
+            out.tensors[name] = TensorRef(name, ref.shape, ref.dtype, ref.loader)
+    out.meta["keras_layers"] = [{"name": p.ours.name, "class_name": p.ours.class_name,
+                                 "weights": list(p.ours.weights)} for p in pairs]
+    return out
+
+
+def checkpoint_from_model(model, source: str | None = None) -> Checkpoint:
+    """The model's current weights as a keras-layout checkpoint named by its layers."""
+    import numpy as np
+
+    from ..checkpoint import dtype_name
+
+    ckpt = Checkpoint(OrderedDict(), LAYOUT_KERAS, source=source, format="keras-model")
+    layers = layers_of_model(model)
+    for info in layers:
+        for weight, variable in zip(info.weights, info.layer.weights):
+            name = f"{info.name}/{weight}"
+            array = np.asarray(variable.numpy())
+            ckpt.tensors[name] = TensorRef(name, tuple(array.shape), dtype_name(array.dtype),
+                                           lambda a=array: a)
+    ckpt.meta["keras_layers"] = [{"name": i.name, "class_name": i.class_name,
+                                  "weights": list(i.weights)} for i in layers]
+    return ckpt
+
+
+def load_into(model, path: Path) -> None:
+    """``model.load_weights(path)`` with Keras' own loader; one-line errors."""
+    try:
+        model.load_weights(str(path))
+    except (ValueError, OSError, KeyError) as exc:
+        raise MappingError(f"Keras could not load these weights into --keras-model "
+                           f"({' '.join(str(exc).split())[:300]})", path=path) from None
+
+
+def save(model, path: Path, real_name: str) -> None:
+    """Write through Keras' savers, which insist on the file suffix: save under the real name in
+    a temporary folder beside ``path``, then move it to ``path``."""
+    with tempfile.TemporaryDirectory(prefix=".transcode-", dir=Path(path).parent) as folder:
+        inner = Path(folder) / real_name
+        if real_name.endswith(".weights.h5"):
+            model.save_weights(str(inner))
+        else:
+            model.save(str(inner))
+        os.replace(inner, path)

@@ -1,0 +1,115 @@
+"""Live models in the pipeline: ``--model`` (PyTorch) and ``--keras-model`` (Keras).
+
+- PyTorch source + ``--model``: the checkpoint loads strictly into the module, whose tree
+  gives exact layer kinds and hyper-parameters (num_heads, eps, ...).
+- Keras source + ``--keras-model``: Keras' own loader reads the file into the model (a Keras 3
+  ``.weights.h5`` is laid out by class, so only the model can name its layers).
+- Keras source + ``--model``: the module's own plan names the Keras layers; the file's layers
+  are paired with it (by name, else by order), so the output loads strictly into the module.
+- PyTorch -> Keras + ``--keras-model``: our layers are paired with the model's and the file is
+  written through Keras' savers (``.weights.h5``, ``.keras``) or, for a legacy ``.h5``, by our
+  writer under the model's layer names and order.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
+from ..formats import for_path
+from ..rules import TO_KERAS, TO_TORCH, Plan
+from ..rules.plan import plan_to_keras, stored_meta
+from . import keras_side, torch_side
+
+KERAS_SAVED = (".weights.h5", ".keras")
+
+
+@dataclass
+class LiveModels:
+    torch_model: Any = None
+    keras_model: Any = None
+    pairs: list = field(default_factory=list)
+
+    @classmethod
+    def load(cls, arch) -> "LiveModels":
+        return cls(torch_side.load_spec(arch.model) if arch.model else None,
+                   keras_side.load_spec(arch.keras_model) if arch.keras_model else None)
+
+    # -------------------------------------------------------------- before planning
+
+    def attach(self, ckpt: Checkpoint, src: Path) -> Checkpoint:
+        """Evidence from the live models into the source checkpoint (may replace it)."""
+        if ckpt.layout == LAYOUT_TORCH and self.torch_model is not None:
+            torch_side.describe(self.torch_model, ckpt)
+            return ckpt
+        if ckpt.layout != LAYOUT_KERAS:
+            return ckpt
+        if self.keras_model is not None:
+            keras_side.load_into(self.keras_model, src)
+            ckpt.close()
+            ckpt = keras_side.checkpoint_from_model(self.keras_model, str(src))
+        if self.torch_model is not None and not (ckpt.meta.get("transcoder") or {}).get("steps"):
+            ckpt = self._named_by_module(ckpt)
+        return ckpt
+
+    def _named_by_module(self, ckpt: Checkpoint) -> Checkpoint:
+        """Rename a Keras checkpoint's layers to the module's, with the module's plan to replay."""
+        reference = reference_checkpoint(self.torch_model)
+        plan = plan_to_keras(reference)
+        ours = keras_side.layers_of_checkpoint(plan.apply(reference))
+        self.pairs = keras_side.pair(ours, keras_side.layers_of_checkpoint(ckpt))
+        renamed = keras_side.renamed_to_ours(self.pairs, ckpt)
+        for name in plan.carried:  # buffers and LSTM bias pairs: the module's own values
+            renamed.tensors[name] = reference[name]
+        renamed.meta.update(carried=list(plan.carried), transcoder=stored_meta(plan, reference))
+        renamed.on_close(ckpt.close)
+        return renamed
+
+    # -------------------------------------------------------------- after planning
+
+    def after_plan(self, plan: Plan, ckpt: Checkpoint) -> None:
+        if plan.direction == TO_KERAS and self.keras_model is not None:
+            ours = keras_side.layers_of_checkpoint(plan.apply(ckpt))
+            self.pairs = keras_side.pair(ours, keras_side.layers_of_model(self.keras_model))
+        if plan.direction == TO_TORCH and self.torch_model is not None:
+            torch_side.load_strict(self.torch_model, plan.apply(ckpt))
+
+    def write(self, target: Checkpoint, tmp: Path, dst: Path) -> bool:
+        """Write through the Keras model when one is paired; False: the format writer should."""
+        if target.layout != LAYOUT_KERAS or self.keras_model is None:
+            return False
+        if dst.name.lower().endswith(KERAS_SAVED):
+            keras_side.fill(self.pairs, target)
+            keras_side.save(self.keras_model, tmp, dst.name)
+        else:
+            order = [info.name for info in keras_side.layers_of_model(self.keras_model)]
+            for_path(dst).write(keras_side.renamed_to_theirs(self.pairs, target, order), tmp)
+        return True
+
+
+def reference_checkpoint(module) -> Checkpoint:
+    """A module's own state dict as a torch-layout checkpoint, with its kinds and options."""
+    from ..checkpoint import dtype_name
+
+    tensors = OrderedDict()
+    for name, tensor in module.state_dict().items():
+        array = _numpy(tensor)
+        tensors[name] = TensorRef(name, tuple(array.shape), dtype_name(array.dtype),
+                                  lambda a=array: a)
+    meta = {"module_kinds": torch_side.module_kinds(module),
+            "module_options": torch_side.module_options(module)}
+    return Checkpoint(tensors, LAYOUT_TORCH, source="--model", format="module", meta=meta)
+
+
+def _numpy(tensor):
+    import ml_dtypes
+    import numpy as np
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return np.asarray(tensor.numpy())
+
