@@ -119,6 +119,24 @@ def test_fixture_encoder(tmp_path):
     assert_weights_from_rules(module, model)
 
 
+def test_names_load_the_pipelines_h5_by_name(tmp_path):
+    """Layer names are module paths: `transcode encoder.pt encoder.h5` loads into the rebuild."""
+    from conftest import FIXTURES
+    from models import Encoder
+
+    from transcoder.convert import transcode
+
+    module = Encoder()
+    module.load_state_dict(torch.load(FIXTURES / "encoder.pt", weights_only=True))
+    model = rebuild(module.eval(), (torch.randn(4, 10, 128),))
+    for layer in model.layers:
+        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    transcode(FIXTURES / "encoder.pt", tmp_path / "encoder.h5")
+    model.load_weights(tmp_path / "encoder.h5", by_name=True)
+    x = torch.randn(4, 10, 128)
+    assert_matches(_run_keras(model, [x]), _run_torch(module, [x]), "loaded by name")
+
+
 class CNN1d(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -173,15 +191,17 @@ def test_cnn2d_depthwise_transposed_flatten(tmp_path):
     assert_weights_from_rules(module, model)
 
 
-def test_cnn2d_channels_last(tmp_path):
-    module = randomize_batch_norms(CNN2d()).eval()
-    model = rebuild(module, (torch.randn(2, 3, 16, 16),), channels_last=True)
-    assert model.inputs[0].shape == (None, 16, 16, 3)
-    x = torch.randn(3, 3, 16, 16)
-    out = _run_keras(model, [x.permute(0, 2, 3, 1).contiguous()])
+@pytest.mark.parametrize("make, shape", [(CNN2d, (3, 16, 16)), (CNN1d, (6, 33))])
+def test_channels_last(make, shape):
+    """Inputs and outputs channels last; no transposes but the one before Flatten/squeeze."""
+    module = randomize_batch_norms(make()).eval()
+    model = rebuild(module, (torch.randn(2, *shape),), channels_last=True)
+    assert model.inputs[0].shape == (None, *shape[1:], shape[0])
+    x = torch.randn(3, *shape)
+    out = _run_keras(model, [x.movedim(1, -1).contiguous()])
     assert_matches(out, _run_torch(module, [x]), "channels_last")
     permutes = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Permute)]
-    assert permutes == ["pool.torch_order"]   # only before Flatten, for PyTorch's (C, H, W) order
+    assert permutes == {CNN2d: ["pool.torch_order"], CNN1d: ["gap.torch_order"]}[make]
 
 
 class BiLSTMText(nn.Module):
