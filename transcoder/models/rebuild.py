@@ -25,6 +25,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import operator
 from collections import OrderedDict
@@ -334,11 +335,12 @@ def _set_weights(layer, arrays: list) -> None:
 # ---------------------------------------------------------------- labels for messages
 
 def _function_label(fn) -> str:
+    name = getattr(fn, "__name__", "")
     for namespace, prefix in ((F, "F."), (torch.linalg, "torch.linalg."), (torch, "torch."),
-                              (operator, "operator.")):
-        name = getattr(fn, "__name__", "")
-        if getattr(namespace, name, None) is fn:
-            return prefix + name
+                              (operator, "operator."), (builtins, "")):
+        short = name.removeprefix("linalg_") if namespace is torch.linalg else name
+        if getattr(namespace, short, None) is fn:
+            return prefix + short
     return getattr(fn, "__qualname__", repr(fn))
 
 
