@@ -21,7 +21,11 @@ Conventions:
     it safe: the module is run again with those axes doubled and every tensor must grow along
     at most one axis, with no size-derived number used except as a view/reshape target
     (whose growing axis is then written -1). Otherwise every shape is fixed to the example.
-  - Unsupported calls raise :class:`UnsupportedError` naming the op and the module path.
+  - Unsupported calls raise :class:`UnsupportedError` naming the op and the module path;
+    so do forwards torch.fx cannot trace (data-dependent control flow). ``torch.export`` is
+    not used: every model of the issue traces with fx.
+  - Inference only: the module runs in eval mode while traced (its modes are restored);
+    Dropout is the identity, BatchNorm uses its running statistics. float32 models.
 """
 from __future__ import annotations
 
