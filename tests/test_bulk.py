@@ -260,7 +260,8 @@ def test_pattern_and_colliding_outputs(tmp_path):
 def test_usage_errors(cli, tmp_path):
     src = tmp_path / "src"
     make_tree(src)
-    for args in (["--to", "onnx"], ["--to", "h5", "--engine", "spark"], ["--to", "h5", "--jobs", "0"]):
+    for args in (["--to", "onnx"], ["--to", "h5", "--engine", "spark"], ["--to", "h5", "--jobs", "0"],
+                 ["--to", "h5", "--address", "ray://head:10001"]):
         code, _, err = cli("bulk", src, tmp_path / "out", *args)
         assert code == 2 and err.startswith("transcode: error:"), err
     code, _, err = cli("bulk", src, src, "--to", "h5")

@@ -76,7 +76,7 @@ def summary_rows(report: BulkReport) -> list[dict]:
     rows = [row("converted", report.converted), row("already done", report.reused),
             row("failed", report.failed)]
     if report.not_run:
-        rows.append({"outcome": "not run (--fail-fast)", "files": report.not_run, "bytes": "",
+        rows.append({"outcome": "not run (stopped early)", "files": report.not_run, "bytes": "",
                      "seconds": ""})
     rows.append({"outcome": "ignored (not checkpoints, or --pattern)", "files": len(report.ignored), "bytes": "",
                  "seconds": ""})

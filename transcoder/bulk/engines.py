@@ -32,8 +32,6 @@ def run(engine: str, tasks: list[Task], on_result: OnResult, *, jobs: int,
         run_ray(tasks, on_result, jobs=jobs, address=address)
     elif engine != "local":
         raise UsageError(f"unknown engine {engine!r} (choose one of: {', '.join(ENGINES)})")
-    elif address:
-        raise UsageError("--address is for --engine ray")
     elif jobs == 1 or len(tasks) == 1:
         run_serial(tasks, on_result)
     else:

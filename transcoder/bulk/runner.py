@@ -42,7 +42,7 @@ class BulkReport:
     results: list[dict] = field(default_factory=list)   # attempted in this run, completion order
     reused: list[dict] = field(default_factory=list)    # manifest entries trusted as done
     ignored: list[str] = field(default_factory=list)    # files that are not checkpoints
-    not_run: int = 0                                     # cancelled by --fail-fast
+    not_run: int = 0                                     # stopped early: --fail-fast, Ctrl-C
     seconds: float = 0.0
 
     @property
@@ -103,15 +103,18 @@ def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
             return not (options.fail_fast and record["status"] == FAILED)
 
         listener.start(len(todo), sum(sizes.values()), len(report.reused))
-        refused = [_refusal(s, fingerprint) for s in todo if s.error]
-        if all([on_result(r) for r in refused]):
-            tasks = [_task(s, src_root, dst_root, options, fingerprint) for s in todo if not s.error]
-            engines.run(options.engine, tasks, on_result, jobs=options.jobs or os.cpu_count() or 1,
-                        address=options.address)
-        report.not_run = len(todo) - len(report.results)
-        manifest.compact()
-    report.seconds = time.perf_counter() - started
-    listener.finish(report)
+        try:
+            refused = [_refusal(s, fingerprint) for s in todo if s.error]
+            if all([on_result(r) for r in refused]):
+                tasks = [_task(s, src_root, dst_root, options, fingerprint)
+                         for s in todo if not s.error]
+                engines.run(options.engine, tasks, on_result, address=options.address,
+                            jobs=options.jobs or os.cpu_count() or 1)
+        finally:  # also on Ctrl-C: what got done is on record and shown
+            report.not_run = len(todo) - len(report.results)
+            report.seconds = time.perf_counter() - started
+            manifest.compact()
+            listener.finish(report)
     return report
 
 
@@ -120,6 +123,8 @@ def _check_roots(src_root: Path, dst_root: Path, options: BulkOptions) -> tuple[
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, not {options.to!r}")
     if options.engine not in engines.ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(engines.ENGINES)}, not {options.engine!r}")
+    if options.address and options.engine != "ray":
+        raise UsageError("--address is for --engine ray")
     if options.jobs is not None and options.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     if not src_root.is_dir():
