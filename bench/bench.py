@@ -1,0 +1,217 @@
+"""Benchmark: `transcode SRC DST.h5 --no-check` against `cp` and against a plain torch + h5py script.
+
+    python bench/bench.py                 # 1 GiB checkpoints, 3 runs each (a few minutes)
+    python bench/bench.py --quick         # 64 MiB, 2 runs: a smoke run
+    python bench/bench.py --size-mib 4096 --runs 5 --workdir /mnt/scratch
+
+It generates the checkpoints (bench/make_checkpoints.py: Conv1d, Conv2d, Linear, BatchNorm and
+Embedding tensors), then times every tool on every case in the same invocation, interleaved
+round by round so that a noisy neighbour hurts all tools alike. Each run is a fresh process;
+its wall time is measured around it and its peak RSS comes from ``wait4`` (that process
+alone; Linux counts the few MiB of this lean script at fork time in it too, which is why
+even `cp` shows about 10 MiB: this script imports nothing heavy for that reason). Before each run the output is deleted and ``sync`` flushes earlier writes, so no run
+pays for another's write-back. Sources stay in the page cache for all tools alike.
+
+A last case converts a tree (``--bulk-files`` checkpoints, half .pt and half .safetensors,
+about ``--size-mib`` in all) with `transcode bulk` against `cp -r`; bulk also hashes every
+source and output and flushes each output to disk before recording it in its manifest.
+
+Prints a Markdown table: median wall time (min-max), peak RSS (largest over runs), ratios of
+medians to `cp` and to the plain script, and whether the issue's targets are met.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+TARGET_CP_RATIO = 1.5      # large checkpoints: wall time <= 1.5 x cp
+TARGET_RSS_MIB = 400       # large checkpoints: peak RSS <= 400 MiB
+TARGET_PLAIN_RATIO = 0.25  # small checkpoint: wall time <= 1/4 of the plain script
+
+
+@dataclass
+class Run:
+    wall: float
+    rss_mib: float
+
+
+Tools = dict[str, tuple[list[str], Path]]   # tool name -> (command, the file or folder it writes)
+CP, TRANSCODE, PLAIN = "cp", "transcode", "plain torch+h5py"
+
+
+@dataclass
+class Case:
+    name: str
+    kind: str                                   # "large", "small" or "bulk"
+    tools: Tools
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+    def median(self, tool: str) -> float | None:
+        runs = self.runs.get(tool)
+        return statistics.median(r.wall for r in runs) if runs else None
+
+
+def generate(folder: Path, size_mib: float) -> tuple[Path, Path]:
+    """The checkpoints, made in a child process (this one stays lean: see the RSS note above)."""
+    subprocess.run([sys.executable, str(HERE / "make_checkpoints.py"), str(folder), "--size-mib",
+                    str(size_mib)], check=True, stdout=subprocess.DEVNULL)
+    return folder / "model.pt", folder / "model.safetensors"
+
+
+def transcode_command() -> list[str]:
+    script = Path(sys.executable).parent / "transcode"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "transcoder"]
+
+
+def one_file_tools(src: Path, out_dir: Path) -> Tools:
+    copy, h5 = out_dir / ("copy" + "".join(src.suffixes)), out_dir / "out.h5"
+    return {
+        CP: (["cp", str(src), str(copy)], copy),
+        TRANSCODE: (transcode_command() + [str(src), str(h5), "--no-check", "--quiet"], h5),
+        PLAIN: ([sys.executable, str(HERE / "plain_torch_h5.py"), str(src), str(h5)], h5),
+    }
+
+
+def bulk_tools(tree: Path, out_dir: Path, jobs: int) -> Tools:
+    copy, converted = out_dir / "tree-copy", out_dir / "tree-h5"
+    return {
+        CP: (["cp", "-r", str(tree), str(copy)], copy),
+        TRANSCODE: (transcode_command() + ["bulk", str(tree), str(converted), "--to", "h5",
+                                           "--jobs", str(jobs), "--quiet"], converted),
+    }
+
+
+def make_tree(folder: Path, pt: Path, st: Path, files: int) -> Path:
+    """``files`` checkpoints in two folders, half .pt and half .safetensors (copies)."""
+    for i in range(files):
+        src = pt if i % 2 else st
+        dst = folder / f"part{i % 2}" / f"model{i:02d}{src.suffix}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    return folder
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def measure(command: list[str], output: Path) -> Run:
+    """One run in a fresh process: wall time and peak RSS (of that process, or of its largest
+    child for `bulk`: Linux reports the maximum over a process and the children it waited for)."""
+    _remove(output)
+    os.sync()
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0 or not output.exists():
+            err.seek(0)
+            raise SystemExit(f"bench: {' '.join(command)} failed ({proc.returncode}):\n"
+                             f"{err.read().decode(errors='replace')}")
+    _remove(output)
+    return Run(wall, usage.ru_maxrss / 1024)  # ru_maxrss is in KiB on Linux
+
+
+def run_cases(cases: list[Case], runs: int, log) -> None:
+    for round_ in range(runs):
+        for case in cases:
+            for tool, (command, output) in case.tools.items():
+                run = measure(command, output)
+                case.runs.setdefault(tool, []).append(run)
+                log(f"  round {round_ + 1}/{runs}  {case.name:34s} {tool:18s} "
+                    f"{run.wall:7.2f} s {run.rss_mib:8.1f} MiB")
+
+
+def table(cases: list[Case]) -> str:
+    rows = ["| case | tool | wall, median (min-max) | peak RSS | / cp | / plain script | target |",
+            "|---|---|---|---|---|---|---|"]
+    for case in cases:
+        cp, plain = case.median(CP), case.median(PLAIN)
+        for tool, runs in case.runs.items():
+            walls = [r.wall for r in runs]
+            median, rss = statistics.median(walls), max(r.rss_mib for r in runs)
+            to_cp = median / cp
+            to_plain = median / plain if plain else None
+            rows.append(f"| {case.name} | {tool} | {median:.2f} s ({min(walls):.2f}-{max(walls):.2f}) "
+                        f"| {rss:.0f} MiB | {to_cp:.2f} | {'' if to_plain is None else f'{to_plain:.2f}'} "
+                        f"| {verdict(case, tool, to_cp, to_plain, rss)} |")
+    return "\n".join(rows)
+
+
+def verdict(case: Case, tool: str, to_cp: float, to_plain: float | None, rss: float) -> str:
+    if tool != TRANSCODE or case.kind == "bulk":
+        return ""
+    if case.kind == "large":
+        ok_time, ok_rss = to_cp <= TARGET_CP_RATIO, rss <= TARGET_RSS_MIB
+        return (f"time <= {TARGET_CP_RATIO} x cp: {'met' if ok_time else 'MISSED'}; "
+                f"RSS <= {TARGET_RSS_MIB} MiB: {'met' if ok_rss else 'MISSED'}")
+    ok = to_plain is not None and to_plain <= TARGET_PLAIN_RATIO
+    return f"time <= {TARGET_PLAIN_RATIO} x plain: {'met' if ok else 'MISSED'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=float, default=1024, help="large checkpoint size")
+    parser.add_argument("--small-mib", type=float, default=10, help="small checkpoint size")
+    parser.add_argument("--runs", type=int, default=3, help="runs per tool and case")
+    parser.add_argument("--bulk-files", type=int, default=8,
+                        help="files in the `transcode bulk` tree (together about --size-mib)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="`transcode bulk --jobs` (default: the number of cores)")
+    parser.add_argument("--quick", action="store_true", help="64 MiB and 2 runs (smoke run)")
+    parser.add_argument("--workdir", type=Path, help="where checkpoints and outputs go "
+                                                     "(default: a temporary folder, removed after)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size_mib, args.runs = min(args.size_mib, 64), min(args.runs, 2)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="transcoder-bench-"))
+    try:
+        log(f"generating checkpoints in {work} ...")
+        out = work / "out"
+        out.mkdir(exist_ok=True)
+        large_pt, large_st = generate(work / "large", args.size_mib)
+        small_pt, _ = generate(work / "small", args.small_mib)
+        part_pt, part_st = generate(work / "part", args.size_mib / args.bulk_files)
+        tree = make_tree(work / "tree", part_pt, part_st, args.bulk_files)
+        mib = lambda p: p.stat().st_size / 2**20  # noqa: E731
+        tree_mib = sum(mib(p) for p in tree.rglob("*") if p.is_file())
+        cases = [Case(f"{mib(large_pt):.0f} MiB .pt -> .h5", "large", one_file_tools(large_pt, out)),
+                 Case(f"{mib(large_st):.0f} MiB .safetensors -> .h5", "large",
+                      one_file_tools(large_st, out)),
+                 Case(f"{mib(small_pt):.1f} MiB .pt -> .h5", "small", one_file_tools(small_pt, out)),
+                 Case(f"bulk: {args.bulk_files} files, {tree_mib:.0f} MiB -> .h5, --jobs {args.jobs}",
+                      "bulk", bulk_tools(tree, out, args.jobs))]
+        run_cases(cases, args.runs, log)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"transcoder bench: {args.runs} runs per cell, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}; "
+          f"command: python bench/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print()
+    print(table(cases))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
