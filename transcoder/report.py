@@ -93,7 +93,9 @@ def _rich_table(rows: list[dict], columns: list[str], title: str | None, out: Te
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*columns, title=title, overflow="fold")
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(row[c]) for c in columns))
     Console(file=out).print(table)
