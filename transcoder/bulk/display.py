@@ -31,7 +31,7 @@ class Display:
                                        TimeRemainingColumn, TransferSpeedColumn)
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                     TextColumn("{task.fields[files]} files"), DownloadColumn(),
+                                     TextColumn("{task.fields[files]} files"), DownloadColumn(binary_units=True),
                                      TransferSpeedColumn(), TimeRemainingColumn(),
                                      console=Console(stderr=True))
             self.task = self.progress.add_task("converting", total=nbytes or 1,
