@@ -9,8 +9,9 @@ Embedding tensors), then times every tool on every case in the same invocation, 
 round by round so that a noisy neighbour hurts all tools alike. Each run is a fresh process;
 its wall time is measured around it and its peak RSS comes from ``wait4`` (that process
 alone; Linux counts the few MiB of this lean script at fork time in it too, which is why
-even `cp` shows about 10 MiB: this script imports nothing heavy for that reason). Before each run the output is deleted and ``sync`` flushes earlier writes, so no run
-pays for another's write-back. Sources stay in the page cache for all tools alike.
+even `cp` shows about 15 MiB: this script imports nothing heavy for that reason). Before
+each run the output is deleted and ``sync`` flushes earlier writes, so no run pays for
+another's write-back. Sources stay in the page cache for all tools alike.
 
 A last case converts a tree (``--bulk-files`` checkpoints, half .pt and half .safetensors,
 about ``--size-mib`` in all) with `transcode bulk` against `cp -r`; bulk also hashes every
@@ -148,9 +149,10 @@ def table(cases: list[Case]) -> str:
             median, rss = statistics.median(walls), max(r.rss_mib for r in runs)
             to_cp = median / cp
             to_plain = median / plain if plain else None
-            rows.append(f"| {case.name} | {tool} | {median:.2f} s ({min(walls):.2f}-{max(walls):.2f}) "
-                        f"| {rss:.0f} MiB | {to_cp:.2f} | {'' if to_plain is None else f'{to_plain:.2f}'} "
-                        f"| {verdict(case, tool, to_cp, to_plain, rss)} |")
+            spread = f"{min(walls):.2f}-{max(walls):.2f}"
+            plain_cell = "" if to_plain is None else f"{to_plain:.2f}"
+            rows.append(f"| {case.name} | {tool} | {median:.2f} s ({spread}) | {rss:.0f} MiB "
+                        f"| {to_cp:.2f} | {plain_cell} | {verdict(case, tool, to_cp, to_plain, rss)} |")
     return "\n".join(rows)
 
 

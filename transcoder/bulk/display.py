@@ -31,9 +31,9 @@ class Display:
                                        TimeRemainingColumn, TransferSpeedColumn)
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                     TextColumn("{task.fields[files]} files"), DownloadColumn(binary_units=True),
-                                     TransferSpeedColumn(), TimeRemainingColumn(),
-                                     console=Console(stderr=True))
+                                     TextColumn("{task.fields[files]} files"),
+                                     DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                                     TimeRemainingColumn(), console=Console(stderr=True))
             self.task = self.progress.add_task("converting", total=nbytes or 1,
                                                files=f"0/{files}")
             self.progress.start()
@@ -78,8 +78,8 @@ def summary_rows(report: BulkReport) -> list[dict]:
     if report.not_run:
         rows.append({"outcome": "not run (stopped early)", "files": report.not_run, "bytes": "",
                      "seconds": ""})
-    rows.append({"outcome": "ignored (not checkpoints, or --pattern)", "files": len(report.ignored), "bytes": "",
-                 "seconds": ""})
+    rows.append({"outcome": "ignored (not checkpoints, or --pattern)",
+                 "files": len(report.ignored), "bytes": "", "seconds": ""})
     return rows
 
 

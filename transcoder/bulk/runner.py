@@ -122,7 +122,8 @@ def _check_roots(src_root: Path, dst_root: Path, options: BulkOptions) -> tuple[
     if options.to not in TARGETS:
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, not {options.to!r}")
     if options.engine not in engines.ENGINES:
-        raise UsageError(f"--engine must be one of {', '.join(engines.ENGINES)}, not {options.engine!r}")
+        raise UsageError(f"--engine must be one of {', '.join(engines.ENGINES)}, "
+                         f"not {options.engine!r}")
     if options.address and options.engine != "ray":
         raise UsageError("--address is for --engine ray")
     if options.jobs is not None and options.jobs < 1:
@@ -173,7 +174,8 @@ def remove_stale_temps(dst_root: Path, outputs: list[str]) -> int:
             continue
         for entry in entries:
             bare = entry.lstrip(".")
-            if entry.endswith(".tmp") and bare != entry and any(bare.startswith(f"{n}.") for n in names):
+            ours = bare != entry and any(bare.startswith(f"{n}.") for n in names)
+            if ours and entry.endswith(".tmp"):
                 (folder / entry).unlink(missing_ok=True)
                 removed += 1
     return removed
