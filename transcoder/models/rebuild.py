@@ -32,7 +32,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import operator
-from collections import OrderedDict
 from typing import Any
 
 import keras
@@ -42,13 +41,13 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.node import map_aggregate, map_arg
 
-from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
+from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import MappingError, UnsupportedError
 from ..rules import make_plan
 from . import rebuild_functions, rebuild_ops, rebuild_seq  # noqa: F401  (fill the tables)
 from .rebuild_core import (FUNCTIONS, KERAS_DTYPES, METHODS, MODULES, Build, Graph, NeedStatic,
                            Refused, Value, channels_last, identity)
-from .torch_side import module_kinds, module_options
+from .live import reference_checkpoint
 
 #: Calls whose size arguments may depend on the batch size: their target is the traced
 #: output shape with the growing axis written -1.
@@ -76,11 +75,7 @@ def rebuild(module: torch.nn.Module, example_inputs: tuple, *, channels_last: bo
 
 def keras_checkpoint(module: torch.nn.Module) -> Checkpoint:
     """The module's state dict converted by the rule table to the Keras layout."""
-    tensors = OrderedDict((k, TensorRef.from_array(k, _numpy(v)))
-                          for k, v in module.state_dict().items())
-    ckpt = Checkpoint(tensors, LAYOUT_TORCH, source=type(module).__name__,
-                      meta={"module_kinds": module_kinds(module),
-                            "module_options": module_options(module)})
+    ckpt = reference_checkpoint(module)
     return make_plan(ckpt, LAYOUT_KERAS).apply(ckpt)
 
 
@@ -362,11 +357,3 @@ def _where(n: torch.fx.Node) -> str:
     stack = n.meta.get("nn_module_stack") or {}
     path = next(reversed(stack.values()))[0] if stack else ""
     return path or "the top-level forward"
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        import ml_dtypes
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
