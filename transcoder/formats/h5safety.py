@@ -153,6 +153,12 @@ def group(root: h5py.Group, rel: str, path: object) -> h5py.Group:
     return node
 
 
+def object_key(obj: h5py.HLObject) -> tuple[int, int]:
+    """Identity of an HDF5 object, the same whichever hard link reached it."""
+    info = h5py.h5o.get_info(obj.id)
+    return (info.fileno, info.addr)
+
+
 def children(grp: h5py.Group, path: object) -> Iterator[tuple[str, h5py.HLObject]]:
     """The direct children of a group, each checked by :func:`child`."""
     for name in grp.keys():

@@ -12,13 +12,13 @@ model's in ``<model>/layers/...``. Since Keras 3.6 every ``vars`` group has a ``
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
 
 from ..checkpoint import TensorRef
-from ..errors import FormatError
+from ..errors import FormatError, UnsafeFileError
 from . import h5safety as h5s
 
 KERNEL_BIAS = ("kernel", "bias")
@@ -109,6 +109,17 @@ class _Ctx:
 
     path: object
     file_size: int
+    seen: set = field(default_factory=set)
+
+    def enter(self, node: h5py.HLObject) -> h5py.HLObject:
+        """Refuse a group reached twice: Keras never shares groups, and hard-link cycles or
+        fan-outs would make the walk endless or exponential."""
+        key = h5s.object_key(node)
+        if key in self.seen:
+            raise UnsafeFileError(f"HDF5 object {node.name} is reached through more than one "
+                                  "hard link", path=self.path)
+        self.seen.add(key)
+        return node
 
 
 @dataclass
@@ -191,7 +202,7 @@ def container_layers(grp: h5py.Group, ctx: _Ctx, entries: list[dict] | None = No
     for key in keys:
         if depth == 0 and grp.name == "/" and key in ROOT_SKIP:
             continue
-        node = h5s.child(grp, key, ctx.path)
+        node = ctx.enter(h5s.child(grp, key, ctx.path))
         if not isinstance(node, h5py.Group):
             raise FormatError(f"unexpected dataset {node.name} among layers", path=ctx.path)
         if key in paired or _is_layer(node, key):
@@ -243,7 +254,7 @@ def vars_groups(grp: h5py.Group, ctx: _Ctx, rel: str = "", depth: int = 0) -> di
         out[f"{rel}vars"] = items
     for key, node in h5s.children(grp, ctx.path):
         if key not in ("vars", "layers") and isinstance(node, h5py.Group):
-            out.update(vars_groups(node, ctx, f"{rel}{key}/", depth + 1))
+            out.update(vars_groups(ctx.enter(node), ctx, f"{rel}{key}/", depth + 1))
     return out
 
 
@@ -299,6 +310,7 @@ def sub_layers(found: Found, ctx: _Ctx, depth: int) -> list[Found]:
         node = h5s.child(found.group, key, ctx.path)
         if key == "vars" or not isinstance(node, h5py.Group):
             continue
+        ctx.enter(node)
         if key == "layers":
             subs += container_layers(node, ctx, config_layers(found.config), "", depth + 1)
         elif _is_layer(node, key):

@@ -3,7 +3,7 @@
 Read with zipfile + h5py only: ``config.json`` is parsed as JSON (never deserialized through
 Keras) to give layers their real names and class names; the weights are read lazily from
 ``model.weights.h5``. A stored (uncompressed) member is opened in place through a window on
-the archive, so nothing is extracted; a compressed one is streamed to a temporary file that
+the archive (after one streaming CRC pass), so nothing is extracted; a compressed one is streamed to a temporary file that
 is deleted on close. Members with path traversal or absurd sizes are refused.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import struct
 import tempfile
 import weakref
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -34,6 +35,7 @@ METADATA = "metadata.json"
 MAX_JSON_BYTES = 64 << 20
 #: No member is larger than this, whatever the archive says.
 MAX_MEMBER_BYTES = 1 << 40
+CHUNK = 1 << 20
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 LOCAL_MAGIC = b"PK\x03\x04"
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
@@ -149,8 +151,26 @@ def _open_weights(zf: zipfile.ZipFile, path: Path) -> tuple[IO[bytes], int]:
                           path=path)
     info = zf.getinfo(WEIGHTS)
     if info.compress_type == zipfile.ZIP_STORED:
-        return MemberWindow(path, _data_offset(path, info), info.file_size), info.file_size
+        start = _data_offset(path, info)
+        _check_crc(path, start, info)
+        return MemberWindow(path, start, info.file_size), info.file_size
     return _extract(zf, info), info.file_size
+
+
+def _check_crc(path: Path, start: int, info: zipfile.ZipInfo) -> None:
+    """One streaming pass: the window bypasses zipfile, which would check the CRC on read."""
+    crc = 0
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = info.file_size
+        while left:
+            chunk = fh.read(min(left, CHUNK))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            left -= len(chunk)
+    if left or crc != info.CRC:
+        raise FormatError(f"{info.filename} fails its CRC check: the archive is corrupt", path=path)
 
 
 def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
@@ -173,7 +193,7 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> IO[bytes]:
     tmp = tempfile.TemporaryFile(prefix="transcoder-", suffix=".h5")
     try:
         with zf.open(info) as member:
-            shutil.copyfileobj(member, tmp, 1 << 20)
+            shutil.copyfileobj(member, tmp, CHUNK)
     except BaseException:
         tmp.close()
         raise
