@@ -1,0 +1,259 @@
+"""The check's report: one :class:`CheckReport`, shown as a rich table, written as JSON or JUnit.
+
+``report.passed`` is True only when every gating entry is SUCCESS (skipped ones aside) and at
+least one was compared; ``report.exit_code`` is 0 then, else 1 (the CLI's "check failed").
+Gating entries are ``entries``: the model outputs of a full-model check, the layers of a
+per-layer check. ``trace`` holds the intermediate outputs compared to localise a divergence;
+they explain, they do not gate.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckFailed
+from .compare import (DEFAULT_TOLERANCES, FAIL, INACCURATE, SKIPPED, SUCCESS, Comparison,
+                      json_float, overall_status)
+
+REPORT_VERSION = 1
+#: rich styles per status, as nobuco colours its validation tree.
+STYLES = {SUCCESS: "green", INACCURATE: "yellow", FAIL: "bold red", SKIPPED: "dim cyan"}
+#: package -> distributions that may provide it (the first one installed is reported).
+DISTRIBUTIONS = {"torch": ("torch",), "keras": ("keras",),
+                 "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-intel", "tf-nightly"),
+                 "numpy": ("numpy",), "transcoder": ("transcoder",)}
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of torch, keras, tensorflow, numpy and transcoder (None if absent),
+    read from package metadata: nothing is imported."""
+    found: dict[str, str | None] = {}
+    for package, dists in DISTRIBUTIONS.items():
+        found[package] = None
+        for dist in dists:
+            try:
+                found[package] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    if found["transcoder"] is None:
+        from .. import __version__
+        found["transcoder"] = __version__
+    return found
+
+
+@dataclass
+class CheckReport:
+    """What a check compared and found. ``kind``: ``"model"`` or ``"layers"``."""
+
+    kind: str
+    entries: list[Comparison] = field(default_factory=list)
+    trace: list[Comparison] = field(default_factory=list)
+    seed: int | None = None
+    input_shapes: list[list[int]] = field(default_factory=list)
+    input_dtypes: list[str] = field(default_factory=list)
+    atol: float | None = None          # as requested; None: per-dtype defaults
+    rtol: float | None = None
+    reference: str = "torch"           # the side whose outputs are "expected"
+    keras_layout: str | None = None
+    first_divergence: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str | None] = field(default_factory=library_versions)
+
+    # ------------------------------------------------------------ verdict
+
+    @property
+    def status(self) -> str:
+        """FAIL, INACCURATE, SUCCESS, or SKIPPED when nothing was compared."""
+        return overall_status(self.entries)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == SUCCESS
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else CheckFailed.exit_code
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for e in self.entries if e.status == SKIPPED)
+
+    @property
+    def compared(self) -> int:
+        return sum(1 for e in self.entries if e.compared)
+
+    @property
+    def failures(self) -> list[Comparison]:
+        return [e for e in self.entries if e.diverged]
+
+    def summary(self) -> str:
+        """One line: the verdict, the counts and the first divergence."""
+        what = "outputs" if self.kind == "model" else "layers"
+        if self.status == SKIPPED:
+            line = f"check {SKIPPED}: nothing was compared ({self.skipped} {what} skipped)"
+        else:
+            line = (f"check {'passed' if self.passed else 'FAILED'}: {len(self.failures)} of "
+                    f"{self.compared} {what} differ beyond tolerance")
+            line += f", {self.skipped} skipped" if self.skipped else ""
+        if self.seed is not None:
+            line += f" (seed {self.seed})"
+        if self.first_divergence and not self.passed:
+            line += f"; {self.first_divergence['message']}"
+        return line
+
+    def raise_for_status(self) -> None:
+        """Raise :class:`CheckFailed` (exit code 1) with :meth:`summary` unless the check passed."""
+        if not self.passed:
+            raise CheckFailed(self.summary())
+
+    # ------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report_version": REPORT_VERSION,
+            "kind": self.kind,
+            "status": self.status,
+            "passed": self.passed,
+            "exit_code": self.exit_code,
+            "summary": self.summary(),
+            "seed": self.seed,
+            "input_shapes": [list(s) for s in self.input_shapes],
+            "input_dtypes": list(self.input_dtypes),
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "default_tolerances": {k: {"atol": a, "rtol": r}
+                                   for k, (a, r) in DEFAULT_TOLERANCES.items()},
+            "reference": self.reference,
+            "keras_layout": self.keras_layout,
+            "compared": self.compared,
+            "skipped": self.skipped,
+            "failed": len(self.failures),
+            "first_divergence": _json_safe(self.first_divergence),
+            "versions": dict(self.versions),
+            "notes": list(self.notes),
+            "entries": [e.to_dict() for e in self.entries],
+            "trace": [e.to_dict() for e in self.trace],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        return _write_atomic(Path(path), self.to_json() + "\n")
+
+    # ------------------------------------------------------------ JUnit
+
+    def to_junit(self) -> ET.Element:
+        """``<testsuites>`` with one ``<testsuite>``; a testcase per entry, then per trace entry."""
+        cases = [("outputs" if self.kind == "model" else "layers", e) for e in self.entries]
+        cases += [("trace", e) for e in self.trace]
+        suite = ET.Element("testsuite", {
+            "name": f"transcoder.check.{self.kind}", "tests": str(len(cases)),
+            "failures": str(sum(1 for _, e in cases if e.diverged)), "errors": "0",
+            "skipped": str(sum(1 for _, e in cases if e.status == SKIPPED)), "time": "0"})
+        props = ET.SubElement(suite, "properties")
+        for name, value in [("status", self.status), ("seed", self.seed),
+                            ("input_shapes", json.dumps(self.input_shapes)),
+                            ("input_dtypes", json.dumps(self.input_dtypes)),
+                            ("reference", self.reference)] + \
+                [(f"version.{k}", v) for k, v in self.versions.items()]:
+            ET.SubElement(props, "property", {"name": name, "value": str(value)})
+        for group, entry in cases:
+            case = ET.SubElement(suite, "testcase", {"classname": f"transcoder.check.{group}",
+                                                     "name": entry.label, "time": "0"})
+            if entry.diverged:
+                failure = ET.SubElement(case, "failure", {"message": f"{entry.status}: "
+                                                                     f"{entry.summary()}",
+                                                          "type": entry.status})
+                failure.text = json.dumps(entry.to_dict(), indent=1)
+            elif entry.status == SKIPPED:
+                ET.SubElement(case, "skipped", {"message": entry.message})
+            else:
+                out = ET.SubElement(case, "system-out")
+                out.text = entry.summary()
+        root = ET.Element("testsuites", {"name": "transcoder", "tests": suite.get("tests"),
+                                         "failures": suite.get("failures"), "errors": "0",
+                                         "skipped": suite.get("skipped")})
+        root.append(suite)
+        return root
+
+    def write_junit(self, path: str | os.PathLike) -> Path:
+        root = self.to_junit()
+        ET.indent(root)
+        text = ET.tostring(root, encoding="unicode", xml_declaration=False)
+        return _write_atomic(Path(path), '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return json_float(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write beside the target under a temporary name, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ------------------------------------------------------------ terminal
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.2e}"
+
+
+def _rows_table(title: str, entries: list[Comparison]):
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column, justify in (("status", "left"), ("name", "left"), ("torch -> keras", "left"),
+                            ("max abs err", "right"), ("max rel err", "right"), ("atol", "right"),
+                            ("rtol", "right"), ("shape", "left"), ("note", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for e in entries:
+        kinds = " -> ".join(k for k in (e.torch_kind, e.keras_kind) if k)
+        name = e.name if not e.keras_name or e.keras_name == e.name else f"{e.name} ~ {e.keras_name}"
+        table.add_row(Text(e.status, style=STYLES[e.status]), name, kinds,
+                      _number(e.max_abs_error), _number(e.max_rel_error),
+                      "" if e.atol is None else f"{e.atol:g}", "" if e.rtol is None else f"{e.rtol:g}",
+                      "" if e.shape is None else "(" + ", ".join(map(str, e.shape)) + ")",
+                      e.message, style=None if e.status != SKIPPED else "dim")
+    return table
+
+
+def print_table(report: CheckReport, console=None) -> None:
+    """Colour-coded rows (SUCCESS green, INACCURATE yellow, FAIL red, SKIPPED dim), then the
+    localisation trace if one ran, then the one-line verdict."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console or Console()
+    title = "model outputs" if report.kind == "model" else "layers (built from the weights alone)"
+    console.print(_rows_table(title, report.entries))
+    if report.trace:
+        console.print(_rows_table("paired layers, in PyTorch execution order", report.trace))
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="dim"))
+    console.print(Text(report.summary(), style=STYLES[SUCCESS if report.passed else
+                                                      (SKIPPED if report.status == SKIPPED
+                                                       else report.status)]))
