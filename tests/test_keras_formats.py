@@ -404,6 +404,54 @@ def test_writer_refuses_to_drop_a_tensor(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("weight_name, layer, bidirectional, short", [
+    ("conv/kernel", "conv", False, "kernel"),                                  # Keras 3 functional
+    ("conv/kernel:0", "conv", False, "kernel"),                                # tf.keras 2
+    ("seq/conv/kernel", "conv", False, "kernel"),                              # built in a Sequential
+    ("d/d/kernel", "d", False, "kernel"),                                      # model named like a layer
+    ("lstm_1/lstm_cell_3/recurrent_kernel:0", "lstm_1", False, "recurrent_kernel"),
+    ("m/gru/gru_cell/bias", "gru", False, "bias"),
+    ("bi/forward_lstm/lstm_cell/kernel", "bi", True, "forward/kernel"),
+    ("bi/backward_my_gru/gru_cell_2/bias:0", "bi", True, "backward/bias"),
+    ("mha/attention_output/kernel", "mha", False, "attention_output/kernel"),
+    ("inner/in.d1/kernel", "inner", False, "in.d1/kernel"),                    # nested Sequential
+    ("f.d/kernel", "subf", False, "f.d/kernel"),                               # nested Functional
+    ("forward_x/kernel", "x", False, "forward_x/kernel"),                      # not a Bidirectional
+])
+def test_short_weight_path(weight_name, layer, bidirectional, short):
+    assert keras_h5.short_weight_path(weight_name, layer, bidirectional) == short
+
+
+def test_tf_keras_2_style_full_model(tmp_path):
+    """tf.keras 2 writes ``:0`` suffixes, numbered cells and a Sequential config."""
+    path = tmp_path / "tf2.h5"
+    config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "input_1"}},
+        {"class_name": "Bidirectional", "config": {"name": "bidirectional_1"}},
+        {"class_name": "Dense", "config": {"name": "dense_1"}}]}}
+    names = {"bidirectional_1": [f"bidirectional_1/{d}_lstm_1/lstm_cell_4/{w}:0"
+                                 for d in ("forward", "backward")
+                                 for w in ("kernel", "recurrent_kernel", "bias")],
+             "dense_1": ["dense_1/kernel:0", "dense_1/bias:0"]}
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = b"2.15.0"
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([b"input_1", b"bidirectional_1", b"dense_1"])
+        mw.create_group("input_1").attrs["weight_names"] = np.zeros(0, "S1")
+        for layer, weights in names.items():
+            grp = mw.create_group(layer)
+            grp.attrs["weight_names"] = np.array([w.encode() for w in weights])
+            for i, w in enumerate(weights):
+                grp[w] = np.full((2,), i, np.float32)
+    with read(path) as ckpt:
+        assert [(e["name"], e["class_name"]) for e in ckpt.meta["keras_layers"]] == [
+            ("bidirectional_1", "Bidirectional"), ("dense_1", "Dense")]
+        assert ckpt.meta["keras_layers"][0]["weights"] == EXPECTED["rnn.bi"][1]
+        assert same(ckpt["bidirectional_1/backward/bias"].load(), np.full((2,), 5, np.float32))
+
+
 # -- hostile and broken files ------------------------------------------------------------------------
 
 def legacy_with(path: Path, make_kernel) -> Path:

@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from ..checkpoint import TensorRef, dtype_name
-from ..errors import FormatError, TranscoderError, UnsafeFileError
+from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError
 
 #: An HDF5 object header holds at most 64 KiB; Keras splits longer attributes (same limit).
 ATTR_LIMIT_BYTES = 64512
@@ -32,7 +32,7 @@ MAX_COMPRESSION_RATIO = 1100
 BOMB_FLOOR_BYTES = 1 << 20
 #: No single tensor is larger than this, whatever the file says.
 MAX_DATASET_BYTES = 1 << 40
-#: Nesting deeper than this is not a Keras file (and protects against hard-link cycles).
+#: Nesting deeper than this is not a Keras file.
 MAX_DEPTH = 32
 
 BF16_ATTRS = ("dtype", "transcoder_dtype")
@@ -100,6 +100,9 @@ def attr_json(obj: h5py.HLObject, name: str, path: object) -> Any:
 def write_strings_attr(obj: h5py.HLObject, name: str, values: list[str]) -> None:
     """Store a list of strings as Keras does: fixed-length bytes, split over 64 KiB."""
     data = np.array([v.encode("utf8") for v in values], dtype=bytes) if values else np.zeros(0, "S1")
+    if data.itemsize > ATTR_LIMIT_BYTES:
+        raise UnsupportedError(f"a name in {name!r} is longer than {ATTR_LIMIT_BYTES} bytes, "
+                               "more than an HDF5 attribute holds")
     if data.nbytes <= ATTR_LIMIT_BYTES:
         obj.attrs[name] = data
         return

@@ -3,8 +3,9 @@
 Read with zipfile + h5py only: ``config.json`` is parsed as JSON (never deserialized through
 Keras) to give layers their real names and class names; the weights are read lazily from
 ``model.weights.h5``. A stored (uncompressed) member is opened in place through a window on
-the archive (after one streaming CRC pass), so nothing is extracted; a compressed one is streamed to a temporary file that
-is deleted on close. Members with path traversal or absurd sizes are refused.
+the archive after one streaming CRC pass, so nothing is extracted; a compressed one is
+streamed to a temporary file that is deleted on close. Members with path traversal or absurd
+sizes are refused.
 """
 from __future__ import annotations
 
