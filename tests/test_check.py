@@ -114,6 +114,9 @@ def test_default_tolerances_per_dtype():
     assert f64 < f32 < f16 <= bf16
     assert default_tolerance(np.int64) == (0.0, 0.0)
     assert compare("ids", np.array([1, 2]), np.array([1, 3])).status == FAIL
+    zero = np.zeros(2, ml_dtypes.bfloat16)
+    rel = compare("x", zero + np.array([0, 1e-3], ml_dtypes.bfloat16), zero).max_rel_error
+    assert rel > 1e30                                             # |a - e| / max(|e|, tiny)
 
 
 # ------------------------------------------------------------------ per-layer check
@@ -199,6 +202,35 @@ def test_layer_check_skips_what_it_cannot_build_and_says_why():
     only_skipped = check_layers(torch_ckpt(module), options={"fc": {"keras_shape": [3, 2]}})
     assert only_skipped.status == SKIPPED and not only_skipped.passed and only_skipped.exit_code == 1
 
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_layer_check_of_half_precision_weights_uses_their_tolerance(dtype):
+    import ml_dtypes
+    torch.manual_seed(8)
+    module = nn.Sequential(nn.Linear(5, 4), nn.LSTM(4, 3, batch_first=True))
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    src = Checkpoint({k: TensorRef.from_array(k, to_numpy(v).astype(np_dtype))
+                      for k, v in module.state_dict().items()}, LAYOUT_TORCH,
+                     meta={"module_kinds": {"0": "Linear", "1": "LSTM"}})
+    report = check_layers(src)   # the LSTM's two biases are summed in half precision: rounds
+    assert report.passed, report.summary()
+    lstm = report.entries[1]
+    assert (lstm.atol, lstm.rtol) == default_tolerance(np_dtype) and dtype in lstm.message
+
+
+def test_layer_check_of_attention_takes_the_head_count_from_the_plan():
+    from transcoder.rules import UserRules
+    from transcoder.rules.user import LayerHint
+    torch.manual_seed(9)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    src = Checkpoint({k: TensorRef.from_array(k, to_numpy(v)) for k, v in layer.state_dict().items()},
+                     LAYOUT_TORCH)
+    plan = make_plan(src, LAYOUT_KERAS,
+                     UserRules((LayerHint("self_attn", "MultiheadAttention", {"num_heads": 2}),)))
+    report = check_layers(src, plan)
+    assert {e.name: e.status for e in report.entries} == {
+        "self_attn": SUCCESS, "linear1": SUCCESS, "linear2": SUCCESS, "norm1": SUCCESS,
+        "norm2": SUCCESS}
 
 # ------------------------------------------------------------------ full-model check
 

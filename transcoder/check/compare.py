@@ -62,6 +62,12 @@ def default_tolerance(dtype: Any) -> tuple[float, float]:
     return DEFAULT_TOLERANCES.get(dtype_key(dtype), EXACT)
 
 
+def coarsest(dtypes) -> str:
+    """The dtype among ``dtypes`` (names or dtypes) with the loosest default tolerance."""
+    names = [dtype_key(d) if not isinstance(d, str) else d for d in dtypes]
+    return max(names, key=lambda n: DEFAULT_TOLERANCES.get(n, EXACT), default="float32")
+
+
 def resolve_tolerance(dtype: Any, atol: float | None = None, rtol: float | None = None
                       ) -> tuple[float, float]:
     """The user's ``atol``/``rtol`` where given, the dtype's default for the rest."""
@@ -163,7 +169,7 @@ def compare(name: str, actual: Any, expected: Any, atol: float | None = None,
     err = np.abs(diff).astype(np.float64)
     mag = np.abs(e, where=both, out=np.zeros(a.shape, np.float64))
     bound = atol + rtol * mag
-    tiny = np.finfo(expected.dtype).tiny if expected.dtype.kind in "fc" else 1.0
+    tiny = _tiny(expected.dtype)
     rel = err / np.maximum(mag, tiny)
     beyond = err > bound
     # non-finite elements must agree exactly: NaN with NaN, +Inf with +Inf
@@ -194,6 +200,14 @@ def compare(name: str, actual: Any, expected: Any, atol: float | None = None,
     else:
         result.status = FAIL
     return result
+
+
+def _tiny(dtype: np.dtype) -> float:
+    """Smallest normal number of a float dtype (bfloat16 included); 1 for integers and bools."""
+    if dtype_key(dtype) == "bfloat16":
+        import ml_dtypes
+        return float(ml_dtypes.finfo(dtype).tiny)
+    return float(np.finfo(dtype).tiny) if dtype.kind in "fc" else 1.0
 
 
 def _join(a: str, b: str) -> str:

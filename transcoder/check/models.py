@@ -29,7 +29,7 @@ import numpy as np
 
 from ..checkpoint import DTYPES
 from ..errors import UsageError
-from .compare import SKIPPED, SUCCESS, Comparison, compare
+from .compare import FAIL, SKIPPED, SUCCESS, Comparison, compare
 from .layers import Skip, divergence, import_keras, import_torch, to_numpy
 from .report import CheckReport
 
@@ -321,7 +321,7 @@ def _compare_outputs(torch_outs, keras_outs, keras_layout, atol, rtol, reference
     for i in range(max(len(torch_outs), len(keras_outs))):
         if i >= len(torch_outs) or i >= len(keras_outs):
             name = (torch_outs[i] if i < len(torch_outs) else keras_outs[i])[0]
-            entries.append(Comparison(name, "FAIL", message=(
+            entries.append(Comparison(name, FAIL, message=(
                 f"PyTorch gives {len(torch_outs)} output(s), Keras {len(keras_outs)}")))
             continue
         name, t = torch_outs[i]
