@@ -114,9 +114,14 @@ def test_dry_run_prints_plan_and_writes_nothing(cli, tmp_path):
     assert only_file(tmp_path) == []
 
 
-def test_check_flag_says_plainly_that_no_check_ran(cli, tmp_path):
-    code, _, err = cli(ENCODER, tmp_path / "x.h5", "--check")
-    assert code == 0 and "no forward check ran" in err
+def test_without_torch_and_keras_one_line_says_no_check_ran(cli, tmp_path, monkeypatch):
+    from transcoder.check import verify
+
+    monkeypatch.setattr(verify, "unavailable", lambda: "torch not installed")
+    code, _, err = cli(ENCODER, tmp_path / "x.h5")
+    assert code == 0 and one_line_error(err) == "transcode: no check ran: torch not installed"
+    code, _, err = cli(ENCODER, tmp_path / "y.h5", "--check")  # asked for: fail loudly
+    assert code == 2 and "cannot run the check" in one_line_error(err)
 
 
 def test_inspect_is_greppable_and_json(cli):
@@ -161,7 +166,8 @@ def test_plain_conversion_imports_neither_torch_nor_tensorflow(tmp_path):
     code = ("import sys; from transcoder.cli import main; rc = main(sys.argv[1:]); "
             "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]; "
             "print(bad); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, str(ENCODER), str(tmp_path / "e.h5")],
+    proc = subprocess.run([sys.executable, "-c", code, str(ENCODER), str(tmp_path / "e.h5"),
+                           "--no-check"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import __version__
+from .check.verify import CheckOptions
 from .convert import Architecture, prepare, transcode
-from .errors import TranscoderError
+from .errors import MissingDependencyError, TranscoderError, UsageError
+from .rules import COPY
 from .report import (PAIR_COLUMNS, PLAN_COLUMNS, RULE_COLUMNS, pairing_rows, plan_rows, print_rows,
                      rule_rows)
 
@@ -29,6 +32,17 @@ RulesOpt = typer.Option(None, "--rules", exists=False, dir_okay=False,
                         help="TOML file stating layer kinds or tensor mappings (see README).")
 ModelOpt = typer.Option(None, "--model", help="PyTorch model: path/to/file.py:Name or "
                                               "package.module:Name (exact layer kinds, num_heads...).")
+InputShapeOpt = typer.Option(None, "--input-shape", help="Input shape for the check, PyTorch layout "
+                             "(e.g. 4,10,128); repeat for several inputs.")
+InputDtypeOpt = typer.Option(None, "--input-dtype", help="Input dtype (float32, int64, int64:HIGH "
+                             "for a range); repeat per input.")
+AtolOpt = typer.Option(None, "--atol", help="Absolute tolerance (default per dtype: float32 1e-5).")
+RtolOpt = typer.Option(None, "--rtol", help="Relative tolerance (default per dtype: float32 1e-4).")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the random inputs.")
+ReportOpt = typer.Option(None, "--report", help="Write the check report as JSON here.")
+JunitOpt = typer.Option(None, "--junit", help="Write the check result as JUnit XML here.")
+ChannelsLastOpt = typer.Option(False, "--channels-last", help="The Keras model takes and returns "
+                               "channels-last tensors (rebuilt models too).")
 KerasModelOpt = typer.Option(None, "--keras-model", help="Keras model to pair with and save "
                                                          "through: path/to/file.py:Name or "
                                                          "package.module:Name.")
@@ -56,10 +70,23 @@ def convert_cmd(
                                          help="Run the forward check after converting."),
     model: Optional[str] = ModelOpt,
     keras_model: Optional[str] = KerasModelOpt,
+    input_shape: Optional[list[str]] = InputShapeOpt,
+    input_dtype: Optional[list[str]] = InputDtypeOpt,
+    atol: Optional[float] = AtolOpt,
+    rtol: Optional[float] = RtolOpt,
+    seed: int = SeedOpt,
+    report: Optional[Path] = ReportOpt,
+    junit: Optional[Path] = JunitOpt,
+    channels_last: bool = ChannelsLastOpt,
 ) -> None:
-    """Convert SRC to DST (the default command: `transcode SRC DST`)."""
+    """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
+
+    The check runs by default when torch and Keras are installed: the full-model check with
+    --model and --input-shape, else every mapped layer on its own. --no-check skips it.
+    """
     started = time.perf_counter()
-    arch = Architecture(model, keras_model)
+    options = CheckOptions(input_shape or [], input_dtype or [], atol, rtol, seed, channels_last)
+    arch = Architecture(model, keras_model, options)
     if dry_run:
         _dry_run(src, dst, key, rules, arch)
         return
@@ -72,9 +99,81 @@ def convert_cmd(
                 f"({time.perf_counter() - started:.2f} s)")
     for note in [] if quiet else plan.notes:
         _note(note)
-    if check:
-        _note("no forward check ran: this version has no forward check yet (the weights were "
-              "mapped by the rule table only)")
+    if check is not False:
+        _run_check(src, dst, arch, key, rules, CheckOutputs(report, junit, quiet),
+                   explicit=bool(check), same_layout=plan.direction == COPY)
+
+
+@dataclass
+class CheckOutputs:
+    report: Optional[Path] = None
+    junit: Optional[Path] = None
+    quiet: bool = False
+
+
+def _run_check(src: Path, dst: Path, arch: Architecture, key, rules, outputs: CheckOutputs, *,
+               explicit: bool, same_layout: bool = False) -> None:
+    """Check DST against SRC; raises CheckFailed (exit 1) when they differ."""
+    from .check.verify import unavailable, verify
+
+    reason = unavailable() or ("both files hold the PyTorch layout: tensors were copied, nothing "
+                               "was mapped" if same_layout else None)
+    if reason and explicit and not same_layout:
+        raise MissingDependencyError(f"cannot run the check: {reason}")
+    if reason:
+        _note(f"no check ran: {reason}")
+        return
+    full = bool(arch.model) and (bool(arch.inputs.input_shapes) or explicit)
+    if arch.model and not full:
+        _note("full-model check skipped (give --input-shape); checking each layer on its own")
+    _report(verify(src, dst, arch=arch, key=key, rules=rules, options=arch.inputs, full=full),
+            outputs)
+
+
+def _report(result, outputs: CheckOutputs) -> None:
+    from .check import print_table
+
+    if outputs.quiet:
+        typer.echo(result.summary())
+    else:
+        print_table(result)  # ends with the verdict line
+    if outputs.report:
+        result.write_json(outputs.report)
+    if outputs.junit:
+        result.write_junit(outputs.junit)
+    result.raise_for_status()
+
+
+@app.command("check")
+def check_cmd(
+    src: Path = typer.Argument(..., help="The original checkpoint."),
+    dst: Path = typer.Argument(..., help="Its conversion (the file to validate)."),
+    key: Optional[str] = KeyOpt,
+    rules: Optional[Path] = RulesOpt,
+    model: Optional[str] = ModelOpt,
+    keras_model: Optional[str] = KerasModelOpt,
+    input_shape: Optional[list[str]] = InputShapeOpt,
+    input_dtype: Optional[list[str]] = InputDtypeOpt,
+    atol: Optional[float] = AtolOpt,
+    rtol: Optional[float] = RtolOpt,
+    seed: int = SeedOpt,
+    report: Optional[Path] = ReportOpt,
+    junit: Optional[Path] = JunitOpt,
+    channels_last: bool = ChannelsLastOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
+) -> None:
+    """Validate DST against SRC without writing anything: exit 0 same, 1 differ, 2 bad input.
+
+    With --model (and --input-shape): both models run on the same seeded inputs and every
+    output is compared; the first diverging layer is named. Without: each mapped layer is built
+    in both frameworks from the two files' tensors and compared.
+    """
+    for path in (src, dst):
+        if not path.is_file():
+            raise UsageError("no such file", path=path)
+    options = CheckOptions(input_shape or [], input_dtype or [], atol, rtol, seed, channels_last)
+    arch = Architecture(model, keras_model, options)
+    _run_check(src, dst, arch, key, rules, CheckOutputs(report, junit, quiet), explicit=True)
 
 
 def _dry_run(src: Path, dst: Path, key: Optional[str], rules: Optional[Path],
@@ -171,7 +270,8 @@ def bulk_cmd(
         raise typer.Exit(report.exit_code)
 
 
-COMMANDS = {"convert", "inspect", "rules", "version", "bulk"}
+QUIET_FRAMEWORKS = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+COMMANDS = {"convert", "check", "inspect", "rules", "version", "bulk"}
 PASSTHROUGH = {"--help", "-h"}
 
 
@@ -181,6 +281,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args and args[0] not in COMMANDS | PASSTHROUGH:
         args.insert(0, "convert")
     debug = os.environ.get("TRANSCODER_DEBUG") == "1"
+    for name, value in QUIET_FRAMEWORKS.items():  # only read if a check imports them
+        os.environ.setdefault(name, value)
     try:
         result = app(args, prog_name="transcode", standalone_mode=False)
         return result if isinstance(result, int) else 0

@@ -19,6 +19,7 @@ from .errors import OutputExistsError, TranscoderError, UsageError
 from .rules import Plan, UserRules, load_user_rules, make_plan
 
 if TYPE_CHECKING:
+    from .check.verify import CheckOptions
     from .models.live import LiveModels
 
 
@@ -28,6 +29,7 @@ class Architecture:
 
     model: str | None = None
     keras_model: str | None = None
+    inputs: "CheckOptions | None" = None  # input shapes for rebuilding --model in Keras
 
     def __bool__(self) -> bool:
         return bool(self.model or self.keras_model)
@@ -96,7 +98,7 @@ def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str
     refuse_same_file(src, dst)
     if dst.exists() and not force:
         raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
-    if not (arch and arch.keras_model):
+    if not arch:
         formats.for_path(dst).check_writable(dst)
     prepared = prepare(src, dst, key=key, rules=rules, arch=arch)
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
+from ..errors import UsageError
 from ..formats import for_path
 from ..rules import TO_KERAS, TO_TORCH, Plan
 from ..rules.plan import plan_to_keras, stored_meta
@@ -31,11 +32,13 @@ class LiveModels:
     torch_model: Any = None
     keras_model: Any = None
     pairs: list = field(default_factory=list)
+    inputs: Any = None  # CheckOptions with input shapes, to rebuild the module in Keras
 
     @classmethod
     def load(cls, arch) -> "LiveModels":
         return cls(torch_side.load_spec(arch.model) if arch.model else None,
-                   keras_side.load_spec(arch.keras_model) if arch.keras_model else None)
+                   keras_side.load_spec(arch.keras_model) if arch.keras_model else None,
+                   inputs=arch.inputs)
 
     # -------------------------------------------------------------- before planning
 
@@ -77,16 +80,32 @@ class LiveModels:
             torch_side.load_strict(self.torch_model, plan.apply(ckpt))
 
     def write(self, target: Checkpoint, tmp: Path, dst: Path) -> bool:
-        """Write through the Keras model when one is paired; False: the format writer should."""
-        if target.layout != LAYOUT_KERAS or self.keras_model is None:
+        """Write through a Keras model (the user's, or the module rebuilt in Keras) where the
+        format needs one; False: the format's own writer should write."""
+        keras_saved = dst.name.lower().endswith(KERAS_SAVED)
+        if target.layout != LAYOUT_KERAS or (self.keras_model is None and not keras_saved):
             return False
-        if dst.name.lower().endswith(KERAS_SAVED):
+        if self.keras_model is None:
+            keras_side.save(self._rebuilt(target, dst), tmp, dst.name)
+        elif keras_saved:
             keras_side.fill(self.pairs, target)
             keras_side.save(self.keras_model, tmp, dst.name)
         else:
             order = [info.name for info in keras_side.layers_of_model(self.keras_model)]
             for_path(dst).write(keras_side.renamed_to_theirs(self.pairs, target, order), tmp)
         return True
+
+    def _rebuilt(self, target: Checkpoint, dst: Path):
+        if self.torch_model is None:
+            for_path(dst).check_writable(dst)  # says: needs the architecture
+        if self.inputs is None or not self.inputs.input_shapes:
+            raise UsageError(f"writing {dst.name} from --model rebuilds the model in Keras, which "
+                             f"needs its input shape", hint="pass --input-shape (PyTorch layout)")
+        from ..check.models import parse_input_specs
+        from ..check.verify import rebuilt
+
+        specs = parse_input_specs(self.inputs.input_shapes, self.inputs.input_dtypes)
+        return rebuilt(self.torch_model, specs, self.inputs, keras_ckpt=target)
 
 
 def reference_checkpoint(module) -> Checkpoint:
