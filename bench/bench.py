@@ -89,7 +89,7 @@ def bulk_tools(tree: Path, out_dir: Path, jobs: int) -> Tools:
     return {
         CP: (["cp", "-r", str(tree), str(copy)], copy),
         TRANSCODE: (transcode_command() + ["bulk", str(tree), str(converted), "--to", "h5",
-                                           "--jobs", str(jobs), "--quiet"], converted),
+                                           "--jobs", str(jobs), "--quiet", "--no-check"], converted),
     }
 
 

@@ -261,13 +261,23 @@ def bulk_cmd(
     from .bulk.display import Display
 
     options = BulkOptions(to=to, jobs=jobs, pattern=pattern, force=force, key=key, rules=rules,
-                          fail_fast=fail_fast, engine=engine, address=address)
+                          fail_fast=fail_fast, engine=engine, address=address,
+                          check=_bulk_check(check))
     report = run_bulk(src_dir, dst_dir, options, Display(quiet=quiet))
-    if check:
-        _note("no forward check ran: this version has no forward check yet (the weights were "
-              "mapped by the rule table only)")
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+def _bulk_check(asked: Optional[bool]) -> bool:
+    """Check each file (per layer) unless --no-check or torch/Keras are missing (then say so)."""
+    from .check.verify import unavailable
+
+    reason = unavailable() if asked is not False else None
+    if reason and asked:
+        raise MissingDependencyError(f"cannot run the check: {reason}")
+    if reason:
+        _note(f"no check ran: {reason}")
+    return asked is not False and reason is None
 
 
 QUIET_FRAMEWORKS = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}

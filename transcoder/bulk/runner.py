@@ -34,6 +34,7 @@ class BulkOptions:
     fail_fast: bool = False
     engine: str = "local"
     address: str | None = None
+    check: bool = False              # per-layer check of each converted file
 
 
 @dataclass
@@ -152,14 +153,14 @@ def _options_fingerprint(options: BulkOptions) -> list:
     if options.rules is not None:
         load_user_rules(options.rules)  # a bad --rules file stops here, once, not per file
         rules_hash = hashlib.sha256(Path(options.rules).read_bytes()).hexdigest()
-    return [options.to, options.key, rules_hash]
+    return [options.to, options.key, rules_hash] + (["checked"] if options.check else [])
 
 
 def _task(src: Source, src_root: Path, dst_root: Path, options: BulkOptions, fingerprint: list
           ) -> Task:
     rules = str(Path(options.rules).resolve()) if options.rules is not None else None
     return Task(str(src_root), str(dst_root), src.path, src.output, src.files, options.key, rules,
-                tuple(fingerprint))
+                tuple(fingerprint), options.check)
 
 
 def _refusal(src: Source, fingerprint: list) -> dict:

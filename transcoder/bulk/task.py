@@ -30,6 +30,7 @@ class Task:
     key: str | None = None
     rules: str | None = None
     options: tuple = ()            # what else decides the output (recorded in the manifest)
+    check: bool = False            # per-layer check of the written output (exit code 1 if off)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def run_task(task: Task) -> dict:
         dst = dst_root / task.output
         dst.parent.mkdir(parents=True, exist_ok=True)
         transcode(src_root / task.source, dst, force=True, key=task.key, rules=task.rules)
+        if task.check:
+            _check(src_root / task.source, dst, task)
         if stat_files(files) != Fingerprint(before.size, before.mtime_ns):
             raise TranscoderError("changed while it was being converted; run again",
                                   path=src_root / task.source)
@@ -89,6 +92,15 @@ def run_task(task: Task) -> dict:
     record["options"] = list(task.options)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _check(src: Path, dst: Path, task: Task) -> None:
+    """The per-layer check (as ``transcode SRC DST`` runs it); CheckFailed when it fails."""
+    from ..check.verify import verify
+    from ..formats import for_path
+
+    if for_path(src).layout != for_path(dst).layout:
+        verify(src, dst, key=task.key, rules=task.rules).raise_for_status()
 
 
 def _source_fingerprint(files: list[Path], name: str) -> Fingerprint:
