@@ -16,8 +16,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .check.verify import CheckOptions
-from .convert import Architecture, prepare, transcode
+from .convert import Architecture, CheckOptions, prepare, transcode
 from .errors import MissingDependencyError, TranscoderError, UsageError
 from .rules import COPY
 from .report import (PAIR_COLUMNS, PLAN_COLUMNS, RULE_COLUMNS, pairing_rows, plan_rows, print_rows,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -19,8 +19,19 @@ from .errors import OutputExistsError, TranscoderError, UsageError
 from .rules import Plan, UserRules, load_user_rules, make_plan
 
 if TYPE_CHECKING:
-    from .check.verify import CheckOptions
     from .models.live import LiveModels
+
+
+@dataclass
+class CheckOptions:
+    """How to check (and, for --model, how to rebuild in Keras): inputs and tolerances."""
+
+    input_shapes: list[str] = field(default_factory=list)   # PyTorch layout, "4,10,128"
+    input_dtypes: list[str] = field(default_factory=list)
+    atol: float | None = None
+    rtol: float | None = None
+    seed: int = 0
+    channels_last: bool = False   # the Keras side takes and gives channels-last tensors
 
 
 @dataclass
@@ -29,7 +40,7 @@ class Architecture:
 
     model: str | None = None
     keras_model: str | None = None
-    inputs: "CheckOptions | None" = None  # input shapes for rebuilding --model in Keras
+    inputs: CheckOptions | None = None  # input shapes for rebuilding --model in Keras
 
     def __bool__(self) -> bool:
         return bool(self.model or self.keras_model)

@@ -11,24 +11,14 @@ Both read the files back, so what is checked is what was written.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import LAYOUT_TORCH
+from ..convert import CheckOptions
 from ..errors import UsageError
 from .report import CheckReport
 
 LIVE_PACKAGES = ("torch", "keras", "tensorflow")
-
-
-@dataclass
-class CheckOptions:
-    input_shapes: list[str] = field(default_factory=list)
-    input_dtypes: list[str] = field(default_factory=list)
-    atol: float | None = None
-    rtol: float | None = None
-    seed: int = 0
-    channels_last: bool = False   # the Keras side takes and gives channels-last tensors
 
 
 def unavailable() -> str | None:
@@ -51,7 +41,7 @@ def verify(src: Path, dst: Path, *, arch=None, key: str | None = None, rules=Non
 
 
 def _check_layers(src: Path, dst: Path, key, rules, options: CheckOptions, arch) -> CheckReport:
-    from ..convert import Architecture, prepare, read
+    from ..convert import Architecture, prepare
     from .layers import check_layers
 
     kinds_from = Architecture(model=arch.model) if arch is not None and arch.model else None
