@@ -171,3 +171,13 @@ def test_plain_conversion_imports_neither_torch_nor_tensorflow(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_errors_with_frameworks_loaded_stay_one_line(tmp_path):
+    """TensorFlow's start-up notices must not leak around the one-line error."""
+    proc = subprocess.run([sys.executable, "-m", "transcoder", str(ENCODER), str(tmp_path / "x.h5"),
+                           "--model", f"{FIXTURES / 'models.py'}:Nope"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert one_line_error(proc.stderr).endswith("has no class or function 'Nope'")
+    assert only_file(tmp_path) == []

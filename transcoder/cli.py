@@ -18,6 +18,7 @@ import typer
 from . import __version__
 from .convert import Architecture, CheckOptions, prepare, transcode
 from .errors import MissingDependencyError, TranscoderError, UsageError
+from .frameworks import import_frameworks
 from .rules import COPY
 from .report import (PAIR_COLUMNS, PLAN_COLUMNS, RULE_COLUMNS, pairing_rows, plan_rows, print_rows,
                      rule_rows)
@@ -125,6 +126,7 @@ def _run_check(src: Path, dst: Path, arch: Architecture, key, rules, outputs: Ch
     full = bool(arch.model) and (bool(arch.inputs.input_shapes) or explicit)
     if arch.model and not full:
         _note("full-model check skipped (give --input-shape); checking each layer on its own")
+    import_frameworks()
     _report(verify(src, dst, arch=arch, key=key, rules=rules, options=arch.inputs, full=full),
             outputs)
 

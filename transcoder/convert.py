@@ -80,7 +80,10 @@ def prepare(src: Path, dst: Path, *, key: str | None = None, rules: Path | UserR
     live = None
     try:
         if arch:
-            from .models.live import LiveModels  # imports torch / keras: only when asked for
+            from .frameworks import import_frameworks
+
+            import_frameworks()  # torch and keras: only when an architecture is given
+            from .models.live import LiveModels
 
             live = LiveModels.load(arch)
             ckpt = live.attach(ckpt, src)

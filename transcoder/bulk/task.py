@@ -98,8 +98,10 @@ def _check(src: Path, dst: Path, task: Task) -> None:
     """The per-layer check (as ``transcode SRC DST`` runs it); CheckFailed when it fails."""
     from ..check.verify import verify
     from ..formats import for_path
+    from ..frameworks import import_frameworks
 
     if for_path(src).layout != for_path(dst).layout:
+        import_frameworks()
         verify(src, dst, key=task.key, rules=task.rules).raise_for_status()
 
 
