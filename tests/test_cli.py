@@ -181,3 +181,16 @@ def test_errors_with_frameworks_loaded_stay_one_line(tmp_path):
     assert proc.returncode == 2
     assert one_line_error(proc.stderr).endswith("has no class or function 'Nope'")
     assert only_file(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, prefix", [("small_cnn_training.ckpt", "model."),
+                                          ("small_cnn_scripted.pt", "")])
+def test_shipped_training_and_torchscript_fixtures_convert(cli, tmp_path, name, prefix):
+    """A Lightning-style checkpoint (optimizer state, a pickled config class that is never
+    imported) and a TorchScript archive give the same tensors as the plain state dict."""
+    code, _, err = cli(FIXTURES / name, tmp_path / "out.safetensors", "--no-check")
+    assert code == 0, err
+    with read(tmp_path / "out.safetensors") as got, read(FIXTURES / "small_cnn.pt") as want:
+        assert sorted(got.tensors) == sorted(prefix + k for k in want.tensors)
+        for key in want.tensors:
+            assert_bit_exact(got[prefix + key].load(), want[key].load(), key)
