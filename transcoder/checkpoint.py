@@ -81,8 +81,15 @@ class Checkpoint:
 
     ``meta`` keys used across stages (all optional, JSON-serialisable):
       - ``"keras_layers"``: list of ``{"name", "class_name" (or None), "weights": [weight paths]}``
-        in Keras order, for keras-layout checkpoints.
-      - ``"module_kinds"``: ``{module path: kind}`` for torch-layout checkpoints, where known.
+        in Keras order, for keras-layout checkpoints (``"h5_path"`` too, from a Keras 3
+        ``.weights.h5``; weights a class table cannot name are named by index: ``"0"``, ``"1"``).
+      - ``"module_kinds"``: ``{module path: kind}`` for torch-layout checkpoints, where known
+        (TorchScript, ``--model``; ``""`` is the root module).
+      - ``"module_options"``: ``{module path: {hyper-parameter: value}}`` from ``--model``
+        (num_heads, eps, num_layers ...), used as rule options.
+      - ``"state_dict_key"``, ``"stripped_prefixes"``, ``"container"``: how a PyTorch file's
+        state dict was found (training-checkpoint key, ``module.``/``_orig_mod.``, zip/legacy/
+        torchscript).
       - ``"carried"``: names of tensors with no counterpart in this layout, kept verbatim.
       - ``"transcoder"``: the metadata our writers store so the reverse conversion is exact.
       - ``"keras_config"``: a Keras model config dict when the file had one.
