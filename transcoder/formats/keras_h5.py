@@ -16,13 +16,17 @@ convention (``kernel``, ``forward/kernel``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
+import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import FormatError, MappingError, UnsupportedError, UsageError
@@ -43,6 +47,9 @@ CLASS_ATTR = "transcoder_class_name"
 RNN_CELL = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm|peephole_lstm)_cell(_\d+)?$")
 DIRECTION = re.compile(r"^(forward|backward)_.+$")
 VARIABLE_SUFFIX = re.compile(r":\d+$")
+
+#: Tensors loaded ahead of the one being written (see :func:`prefetch`).
+PREFETCH = 1
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -169,7 +176,9 @@ def write(ckpt: Checkpoint, path: Path) -> None:
 
     Writes ``path`` in place: the pipeline (``convert.atomic_output``) already hands every
     writer a temporary file that it renames only on success. (A second rename here cost 0.3 s
-    per GiB: ext4 flushes a file renamed over an existing one.)
+    per GiB: ext4 flushes a file renamed over an existing one.) An existing file at ``path`` is
+    unlinked and created anew, not truncated: ext4 starts writing a file truncated to zero to
+    disk when it is closed (``auto_da_alloc``; 0.3 s per GiB in ``close``, measured).
     """
     path = Path(path)
     if path.name.lower().endswith(".weights.h5"):
@@ -178,11 +187,12 @@ def write(ckpt: Checkpoint, path: Path) -> None:
     layers = layers_to_write(ckpt)
     carried = carried_to_write(ckpt, layers)
     try:
-        with h5py.File(path, "w") as f:
+        path.unlink(missing_ok=True)
+        with h5py.File(path, "x") as f:
             _write_root(f, [e["name"] for e in layers], ckpt.meta)
-            for entry in layers:
-                _write_layer(f, entry, ckpt, path)
-            _write_carried(f, carried, ckpt, path)
+            jobs = [job for entry in layers for job in _create_layer(f, entry)]
+            jobs += _create_carried(f, carried)
+            _write_tensors(jobs, ckpt, path)
     except OSError as exc:
         raise UsageError(f"cannot write: {exc.strerror or exc}", path=path) from None
 
@@ -248,29 +258,61 @@ def _write_root(f: h5py.File, names: list[str], meta: dict) -> None:
         f.attrs["transcoder"] = json.dumps(meta["transcoder"])
 
 
-def _write_layer(f: h5py.File, entry: dict, ckpt: Checkpoint, path: Path) -> None:
+def _create_layer(f: h5py.File, entry: dict) -> list[tuple[h5py.Group, str, str]]:
+    """The layer's group and attributes; its (group, dataset name, tensor name) jobs."""
     grp = f.create_group(entry["name"])
     weight_names = [f"{entry['name']}/{w}" for w in entry.get("weights", [])]
     h5s.write_strings_attr(grp, "weight_names", weight_names)
     if entry.get("class_name"):
         grp.attrs[CLASS_ATTR] = entry["class_name"]
-    for weight_name in weight_names:
-        _write_tensor(grp, weight_name, ckpt.tensors[weight_name], path)
+    return [(grp, name, name) for name in weight_names]
 
 
-def _write_tensor(grp: h5py.Group, rel: str, ref: TensorRef, path: Path) -> h5py.Dataset:
-    array = ref.load()
+def _create_carried(f: h5py.File, carried: list[str]) -> list[tuple[h5py.Group, str, str]]:
+    """Carried tensors go to ``transcoder_carried/<i>`` with their name as an attribute."""
+    if not carried:
+        return []
+    grp = f.create_group(CARRIED_GROUP)
+    return [(grp, str(i), name) for i, name in enumerate(carried)]
+
+
+def _write_tensors(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, path: Path) -> None:
+    refs = [ckpt.tensors[name] for _, _, name in jobs]
+    with contextlib.closing(prefetch(refs)) as arrays:
+        for (grp, rel, name), array in zip(jobs, arrays):
+            ds = _write_array(grp, rel, array, name, path)
+            if grp.name == "/" + CARRIED_GROUP:  # no layer may take this name (RESERVED_NAMES)
+                ds.attrs["name"] = name
+
+
+def prefetch(refs: list[TensorRef], ahead: int = PREFETCH) -> Iterator[np.ndarray]:
+    """``ref.load()`` of each ref in order, loading up to ``ahead`` tensors on a background thread
+    while the caller writes the current one.
+
+    Loading (positioned reads, the permutation) and h5py's dataset writes all release the GIL,
+    so on two cores they overlap: for 1 GiB safetensors -> .h5 the writes (0.3-0.5 s) now hide
+    behind loading and permuting (0.7-0.9 s), which the writer waits for. Memory: at most
+    ``ahead`` loads in flight (each the source plus its permuted copy) besides the array being
+    written; with the benchmark's 64 MiB tensors and ahead=1 the peak RSS stayed 133-137 MiB.
+    """
+    pending: deque = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="transcoder-prefetch") as pool:
+        try:
+            for ref in refs:
+                pending.append(pool.submit(ref.load))
+                if len(pending) > ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _write_array(grp: h5py.Group, rel: str, array: np.ndarray, name: str,
+                 path: Path) -> h5py.Dataset:
     try:
         return h5s.write_array(grp, rel, array)
     except (ValueError, TypeError) as exc:
         raise MappingError(f"cannot store tensor in HDF5 ({exc})", path=path,
-                           tensor=ref.name) from None
-
-
-def _write_carried(f: h5py.File, carried: list[str], ckpt: Checkpoint, path: Path) -> None:
-    if not carried:
-        return
-    grp = f.create_group(CARRIED_GROUP)
-    for i, name in enumerate(carried):
-        ds = _write_tensor(grp, str(i), ckpt.tensors[name], path)
-        ds.attrs["name"] = name
+                           tensor=name) from None

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError
 from . import ReadOptions
+from .filemap import MAP_FROM_BYTES, map_range
 
 #: safetensors dtype codes <-> our canonical dtype names.
 CODES: dict[str, str] = {
@@ -97,13 +98,18 @@ def _add_file(ckpt: Checkpoint, path: Path) -> None:
 
 
 def _loader(fh, offset: int, shape: tuple, dtype: str, name: str, path: Path):
-    """Read one tensor with positioned reads into a fresh array.
+    """Load one tensor: a map of just its bytes if large (:mod:`.filemap`), else positioned reads
+    into a fresh array.
 
     Not through the library's memory map: every page of a mapped file that is touched stays in
     the process's resident set until the file is closed, so converting a 1 GiB file that way
-    peaks at 1.1 GiB RSS (measured); with reads, the peak is about the largest tensor or two.
+    peaks at 1.1 GiB RSS (measured); per tensor, the peak is about the largest tensor or two.
     """
     def load() -> np.ndarray:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[dtype]).itemsize
+        mapped = _mapped(fh, offset, nbytes, shape, dtype) if nbytes >= MAP_FROM_BYTES else None
+        if mapped is not None:  # else a short file: the reads below report it
+            return mapped
         array = np.empty(shape, DTYPES[dtype])
         view = memoryview(array.reshape(-1).view(np.uint8))
         done = 0
@@ -119,6 +125,16 @@ def _loader(fh, offset: int, shape: tuple, dtype: str, name: str, path: Path):
             array = array.byteswap()
         return array
     return load
+
+
+def _mapped(fh, offset: int, nbytes: int, shape: tuple, dtype: str) -> np.ndarray | None:
+    """A large tensor as a read-only memory map of its bytes (see :mod:`.filemap`); None if
+    the file is too short."""
+    raw = map_range(fh.fileno(), offset, nbytes)
+    if raw is None:
+        return None
+    array = raw.view(DTYPES[dtype]).reshape(shape)
+    return array.byteswap() if sys.byteorder == "big" else array
 
 
 def write(ckpt: Checkpoint, path: Path) -> None:
