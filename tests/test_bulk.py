@@ -262,7 +262,8 @@ def test_usage_errors(cli, tmp_path):
     src = tmp_path / "src"
     make_tree(src)
     for args in (["--to", "onnx"], ["--to", "h5", "--engine", "spark"], ["--to", "h5", "--jobs", "0"],
-                 ["--to", "h5", "--address", "ray://head:10001"]):
+                 ["--to", "h5", "--address", "ray://head:10001"], ["--to", "h5", "--timeout", "0"],
+                 ["--to", "h5", "--engine", "ray", "--timeout", "5"]):
         code, _, err = cli("bulk", src, tmp_path / "out", *args)
         assert code == 2 and err.startswith("transcode: error:"), err
     code, _, err = cli("bulk", src, src, "--to", "h5")
@@ -291,6 +292,31 @@ def test_plain_path_imports_neither_torch_nor_tensorflow_nor_ray(tmp_path):
             "print(rc, bad)")
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "0 []", out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ a worker crashes or hangs
+
+def test_a_file_that_crashes_or_hangs_its_worker_fails_alone(cli, tmp_path, monkeypatch):
+    """tests/faults/sitecustomize.py makes the spawned workers segfault on crash.pt and sleep on
+    hang.safetensors (as some corrupted HDF5 files make the HDF5 C library do)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    sources = make_tree(src)
+    save(src / "vision" / "crash.pt", state(6))
+    save(src / "text" / "hang.safetensors", state(7, "text"))
+    path = os.pathsep.join([str(Path(__file__).parent / "faults"), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.setenv("TRANSCODER_TEST_FAULTS", "crash=crash.pt,hang=hang.safetensors")
+    started = time.monotonic()
+    code, out, err = cli("bulk", src, dst, "--to", "h5", "--jobs", "2", "--timeout", "2",
+                         "--no-check")
+    assert code == 2 and time.monotonic() - started < 60
+    assert "Traceback" not in err
+    assert_tree_bit_exact(src, dst, sources)
+    failed = {e["source"]: e["error"] for e in manifest_lines(dst) if e["status"] == "failed"}
+    assert failed == {
+        "vision/crash.pt": "worker crashed (signal SIGSEGV) while converting vision/crash.pt",
+        "text/hang.safetensors": "timed out after 2 s while converting text/hang.safetensors"}
+    assert not (dst / "vision" / "crash.h5").exists() and not (dst / "text" / "hang.h5").exists()
 
 
 # ------------------------------------------------------------------ kill -9 part-way
@@ -354,18 +380,25 @@ def _readable_lines(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------ Ray
 
-def test_ray_engine_converts_the_same_tree(tmp_path):
+def test_ray_engine_converts_the_same_tree(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     src, dst = tmp_path / "src", tmp_path / "dst"
     sources = make_tree(src)
     (src / "vision" / "broken.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    save(src / "vision" / "crash.pt", state(6))  # segfaults its Ray worker (tests/faults)
+    path = os.pathsep.join([str(Path(__file__).parent / "faults"), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.setenv("TRANSCODER_TEST_FAULTS", "crash=crash.pt")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         report = bulk(src, dst, engine="ray")
         assert report.exit_code == 2
-        assert [r["source"] for r in report.failed] == ["vision/broken.pt"]
+        failed = {r["source"]: r["error"] for r in report.failed}
+        assert sorted(failed) == ["vision/broken.pt", "vision/crash.pt"]
+        assert failed["vision/crash.pt"] == "worker crashed while converting vision/crash.pt"
         assert_tree_bit_exact(src, dst, sources)
         (src / "vision" / "broken.pt").unlink()
+        (src / "vision" / "crash.pt").unlink()
         again = bulk(src, dst, engine="ray")
         assert again.exit_code == 0 and again.results == [] and len(again.reused) == 5
     finally:

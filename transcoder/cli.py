@@ -245,6 +245,9 @@ def bulk_cmd(
     check: Optional[bool] = typer.Option(None, "--check/--no-check",
                                          help="Run the forward check after converting each file."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed file."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds one file may take "
+                                            "(local engine): past it, the file fails and its "
+                                            "worker is killed (default: no limit)."),
     engine: str = typer.Option("local", "--engine", help="local (process pool) or ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address for "
                                           "--engine ray (default: start a local Ray instance)."),
@@ -263,7 +266,7 @@ def bulk_cmd(
 
     options = BulkOptions(to=to, jobs=jobs, pattern=pattern, force=force, key=key, rules=rules,
                           fail_fast=fail_fast, engine=engine, address=address,
-                          check=_bulk_check(check))
+                          check=_bulk_check(check), timeout=timeout)
     report = run_bulk(src_dir, dst_dir, options, Display(quiet=quiet))
     if report.exit_code:
         raise typer.Exit(report.exit_code)

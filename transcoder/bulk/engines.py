@@ -2,8 +2,11 @@
 keeps the manifest. ``on_result`` returns False to stop early (``--fail-fast``): tasks not yet
 started are cancelled, the ones running are finished and still reported.
 
-- ``serial``: in this process, one file at a time (``--jobs 1``).
-- ``local``: a pool of worker processes on this machine (the default).
+- ``serial``: in this process, one file at a time (``--jobs 1`` without ``--timeout``).
+- ``local``: worker processes on this machine (the default). Each worker converts one file at
+  a time and the parent knows which, so a worker that dies (a segfault in a C library, the OOM
+  killer) fails only that file, and one past ``--timeout`` is killed and fails only its file;
+  either way a fresh worker takes its place and the other files go on.
 - ``ray``: Ray tasks on a cluster (``--address``) or on a local Ray instance; every node must
   see SRC_DIR and DST_DIR at the same paths and have transcoder installed.
 """
@@ -13,8 +16,10 @@ import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from typing import Callable
 
 from ..errors import MissingDependencyError, UsageError
@@ -22,20 +27,23 @@ from .task import FAILED, INTERNAL_ERROR_CODE, Task, run_task
 
 OnResult = Callable[[dict], bool]
 ENGINES = ("local", "ray")
+BAD_INPUT_CODE = 2
 
 
 def run(engine: str, tasks: list[Task], on_result: OnResult, *, jobs: int,
-        address: str | None = None) -> None:
+        address: str | None = None, timeout: float | None = None) -> None:
     if not tasks:
         return
     if engine == "ray":
+        if timeout is not None:
+            raise UsageError("--timeout is for --engine local (Ray: use the cluster's own limits)")
         run_ray(tasks, on_result, jobs=jobs, address=address)
     elif engine != "local":
         raise UsageError(f"unknown engine {engine!r} (choose one of: {', '.join(ENGINES)})")
-    elif jobs == 1 or len(tasks) == 1:
+    elif (jobs == 1 or len(tasks) == 1) and timeout is None:
         run_serial(tasks, on_result)
     else:
-        run_local(tasks, on_result, jobs=jobs)
+        run_local(tasks, on_result, jobs=jobs, timeout=timeout)
 
 
 def run_serial(tasks: list[Task], on_result: OnResult) -> None:
@@ -44,39 +52,111 @@ def run_serial(tasks: list[Task], on_result: OnResult) -> None:
             return
 
 
-def run_local(tasks: list[Task], on_result: OnResult, *, jobs: int) -> None:
-    """A process pool; spawned workers (no forked h5py state) that die with this process."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context,
-                             initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_task, task): task for task in tasks}
-        stopping = False
+def run_local(tasks: list[Task], on_result: OnResult, *, jobs: int,
+              timeout: float | None = None) -> None:
+    """Spawned workers (no forked h5py state) that die with this process, one task each at a time."""
+    workers = [_Worker() for _ in range(min(jobs, len(tasks)))]
+    queue = deque(tasks)
+    try:
+        while queue or any(w.task is not None for w in workers):
+            for worker in workers:
+                if queue and worker.task is None:
+                    worker.start(queue.popleft())
+            for record in _next_results(workers, timeout):
+                if not on_result(record):
+                    queue.clear()  # --fail-fast: the running ones finish and are reported
+    except BaseException:  # Ctrl-C (workers ignore it): stop now, not after the queue
+        for worker in workers:
+            worker.kill()
+        raise
+    for worker in workers:
+        worker.stop()
+
+
+def _next_results(workers: list[_Worker], timeout: float | None) -> list[dict]:
+    """Wait until a worker finishes, dies, or passes ``timeout``; what those workers produced."""
+    busy = [w for w in workers if w.task is not None]
+    wait_for = None
+    if timeout is not None:
+        wait_for = max(0.0, min(w.started for w in busy) + timeout - time.monotonic())
+    wait([c for w in busy for c in (w.conn, w.process.sentinel)], wait_for)
+    records = [w.collect() for w in busy if w.conn.poll() or not w.process.is_alive()]
+    records += [w.time_out(timeout) for w in busy
+                if timeout is not None and w.task is not None and w.elapsed() > timeout]
+    return records
+
+
+@dataclass
+class _Worker:
+    """One worker process, started when first needed and replaced when it dies or is killed."""
+    process: multiprocessing.process.BaseProcess | None = None
+    conn: Connection | None = None
+    task: Task | None = None
+    started: float = 0.0
+
+    def start(self, task: Task) -> None:
+        if self.process is None:
+            context = multiprocessing.get_context("spawn")
+            self.conn, child = context.Pipe()
+            self.process = context.Process(target=_worker_main, args=(child, os.getpid()))
+            self.process.start()
+            child.close()
+        self.task, self.started = task, time.monotonic()
+        self.conn.send(task)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def collect(self) -> dict:
+        """The finished task's record; or, if the worker died instead, a failure naming why."""
+        task, self.task = self.task, None
         try:
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                try:
-                    record = future.result()
-                except BrokenProcessPool:
-                    record = _lost(futures[future], "a worker process died (out of memory?)")
-                if not on_result(record) and not stopping:
-                    stopping = True
-                    for other in futures:
-                        other.cancel()
-        except BaseException:  # Ctrl-C (workers ignore it): stop now, not after the queue
-            for other in futures:
-                other.cancel()
-            _terminate_workers(pool)
-            raise
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            why = _death(self.process.exitcode)
+            self.kill()
+            return _failure(task, f"worker crashed ({why}) while converting {task.source}",
+                            self.elapsed())
+
+    def time_out(self, timeout: float) -> dict:
+        task, self.task = self.task, None
+        self.kill()
+        return _failure(task, f"timed out after {timeout:g} s while converting {task.source}",
+                        timeout)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.join()
+            self.conn.close()
+        self.process = self.conn = None
+
+    def stop(self) -> None:
+        """Let an idle worker exit; one that cannot be told to (it died meanwhile) is reaped."""
+        try:
+            if self.process is not None:
+                self.conn.send(None)
+                self.process.join(10)
+        except OSError:
+            pass
+        self.kill()
 
 
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
-    if terminate is not None:
-        terminate()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _worker_main(conn: Connection, parent_pid: int) -> None:
+    """Convert the tasks the parent sends, one at a time, until it sends None."""
+    _worker_init(parent_pid)
+    while (task := conn.recv()) is not None:
+        conn.send(run_task(task))
 
 
 def _worker_init(parent_pid: int) -> None:
@@ -94,10 +174,13 @@ def _worker_init(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _failure(task: Task, error: str, seconds: float, code: int = BAD_INPUT_CODE) -> dict:
+    return {"source": task.source, "output": task.output, "status": FAILED, "error": error,
+            "exit_code": code, "seconds": round(seconds, 3), "options": list(task.options)}
+
+
 def _lost(task: Task, why: str) -> dict:
-    return {"source": task.source, "output": task.output, "status": FAILED,
-            "error": f"{task.source}: {why}; run again to retry", "exit_code": INTERNAL_ERROR_CODE,
-            "options": list(task.options)}
+    return _failure(task, f"{task.source}: {why}; run again to retry", 0.0, INTERNAL_ERROR_CODE)
 
 
 def run_ray(tasks: list[Task], on_result: OnResult, *, jobs: int, address: str | None) -> None:
@@ -114,7 +197,8 @@ def run_ray(tasks: list[Task], on_result: OnResult, *, jobs: int, address: str |
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
         started_here = True
     try:
-        remote = ray.remote(num_cpus=1)(run_task)
+        # no retries: a file that crashes its worker fails once, like with the local engine
+        remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
         pending = {remote.remote(task): task for task in tasks}
         stopping = False
         while pending:
@@ -124,6 +208,8 @@ def run_ray(tasks: list[Task], on_result: OnResult, *, jobs: int, address: str |
                 record = ray.get(ref)
             except ray.exceptions.TaskCancelledError:
                 continue
+            except ray.exceptions.WorkerCrashedError:
+                record = _failure(task, f"worker crashed while converting {task.source}", 0.0)
             except ray.exceptions.RayError as exc:
                 record = _lost(task, f"the Ray task failed ({type(exc).__name__})")
             if not on_result(record) and not stopping:

@@ -35,6 +35,7 @@ class BulkOptions:
     engine: str = "local"
     address: str | None = None
     check: bool = False              # per-layer check of each converted file
+    timeout: float | None = None     # seconds per file (local engine); None: no limit
 
 
 @dataclass
@@ -110,7 +111,7 @@ def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
                 tasks = [_task(s, src_root, dst_root, options, fingerprint)
                          for s in todo if not s.error]
                 engines.run(options.engine, tasks, on_result, address=options.address,
-                            jobs=options.jobs or cores())
+                            jobs=options.jobs or cores(), timeout=options.timeout)
         finally:  # also on Ctrl-C: what got done is on record and shown
             report.not_run = len(todo) - len(report.results)
             report.seconds = time.perf_counter() - started
@@ -135,6 +136,10 @@ def _check_roots(src_root: Path, dst_root: Path, options: BulkOptions) -> tuple[
                          f"not {options.engine!r}")
     if options.address and options.engine != "ray":
         raise UsageError("--address is for --engine ray")
+    if options.timeout is not None and options.timeout <= 0:
+        raise UsageError("--timeout must be more than 0 seconds")
+    if options.timeout is not None and options.engine == "ray":
+        raise UsageError("--timeout is for --engine local (Ray: use the cluster's own limits)")
     if options.jobs is not None and options.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     if not src_root.is_dir():
