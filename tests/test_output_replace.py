@@ -1,35 +1,24 @@
-"""convert.replace (atomic rename without ext4's flush) and the .h5 writer's prefetching."""
+"""Atomic outputs, the .h5 writer's prefetching and memory-mapped reads."""
 import numpy as np
 import pytest
 
 from transcoder.checkpoint import TensorRef
-from transcoder.convert import replace
+from transcoder.convert import atomic_output
 from transcoder.errors import FormatError
 from transcoder.formats.keras_h5 import prefetch
 
 
-def test_replace_over_an_existing_file(tmp_path):
-    tmp, dst = tmp_path / "tmp", tmp_path / "dst"
-    tmp.write_bytes(b"new")
+def test_atomic_output_replaces_only_on_success(tmp_path):
+    dst = tmp_path / "dst"
     dst.write_bytes(b"old")
-    replace(tmp, dst)
-    assert dst.read_bytes() == b"new" and not tmp.exists()
-
-
-def test_replace_to_a_new_name(tmp_path):
-    tmp, dst = tmp_path / "tmp", tmp_path / "dst"
-    tmp.write_bytes(b"new")
-    replace(tmp, dst)
-    assert dst.read_bytes() == b"new" and not tmp.exists()
-
-
-def test_replace_never_swaps_with_a_directory(tmp_path):
-    tmp, dst = tmp_path / "tmp", tmp_path / "dst"
-    tmp.write_bytes(b"new")
-    dst.mkdir()
-    with pytest.raises(OSError):
-        replace(tmp, dst)
-    assert dst.is_dir() and tmp.read_bytes() == b"new"
+    with atomic_output(dst, force=True) as tmp:
+        tmp.write_bytes(b"new")
+    assert dst.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["dst"]
+    with pytest.raises(RuntimeError):
+        with atomic_output(dst, force=True) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert dst.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["dst"]
 
 
 def _ref(i, fail=False):
