@@ -91,8 +91,8 @@ def randomize_keras(model, seed: int = 0) -> None:
 
 
 def load_torch(module: nn.Module, tc: Checkpoint, path: str) -> None:
-    from transcoder.models.torch_side import to_torch
-    state = {k[len(path) + 1:]: to_torch(tc[k].load()) for k in tc.tensors}
+    from transcoder.frameworks import torch_from_numpy
+    state = {k[len(path) + 1:]: torch_from_numpy(tc[k].load()) for k in tc.tensors}
     module.load_state_dict(state, strict=True)
 
 

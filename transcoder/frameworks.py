@@ -36,3 +36,26 @@ def import_frameworks() -> None:
     with _stderr_silenced():
         import keras  # noqa: F401
         import torch  # noqa: F401
+
+
+def torch_from_numpy(array):
+    """A torch tensor with the array's exact values (bfloat16 through an int16 view)."""
+    import ml_dtypes
+    import numpy as np
+    import torch
+
+    array = np.array(array)  # a writable, contiguous copy: torch shares its memory
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def numpy_from_torch(tensor):
+    """A numpy array with the tensor's exact values (bfloat16 as ml_dtypes.bfloat16)."""
+    import ml_dtypes
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()

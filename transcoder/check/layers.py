@@ -27,6 +27,7 @@ import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from ..errors import MissingDependencyError, UsageError
+from ..frameworks import numpy_from_torch
 from ..rules.plan import COPY, Plan, make_plan
 from .compare import FAIL, SKIPPED, Comparison, coarsest, compare, resolve_tolerance
 from .report import CheckReport
@@ -63,11 +64,7 @@ def import_keras():
 def to_numpy(value) -> np.ndarray:
     """A framework tensor (torch or Keras backend) as a numpy array; bfloat16 through float32."""
     if hasattr(value, "detach"):          # torch
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            import ml_dtypes
-            return value.float().numpy().astype(ml_dtypes.bfloat16)
-        return value.numpy()
+        return numpy_from_torch(value)
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
         return np.asarray(value.numpy())
     return np.asarray(value)

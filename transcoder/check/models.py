@@ -29,6 +29,7 @@ import numpy as np
 
 from ..checkpoint import DTYPES
 from ..errors import UsageError
+from ..frameworks import torch_from_numpy
 from .compare import FAIL, SKIPPED, SUCCESS, Comparison, compare
 from .layers import Skip, divergence, import_keras, import_torch, to_numpy
 from .report import CheckReport
@@ -199,12 +200,6 @@ def _torch_dtype(torch, name: str):
     return getattr(torch, name)
 
 
-def to_torch(torch, array: np.ndarray):
-    if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def to_keras_layout(array: np.ndarray, spec: InputSpec, keras_layout: str) -> np.ndarray:
     if keras_layout == "channels_last" and spec.is_float and array.ndim >= 3:
         return np.ascontiguousarray(np.moveaxis(array, 1, -1))
@@ -286,7 +281,7 @@ def check_models(torch_module, keras_model, input_specs: Iterable[Any], *, seed:
 def _run_torch(torch, module, inputs: list[np.ndarray]):
     try:
         with torch.no_grad():
-            return _to_numpy_tree(module(*(to_torch(torch, x) for x in inputs)))
+            return _to_numpy_tree(module(*(torch_from_numpy(x) for x in inputs)))
     except Exception as exc:  # noqa: BLE001 - the user's model: any failure is a usage error
         raise UsageError(f"the PyTorch model fails on inputs of shapes "
                          f"{[list(x.shape) for x in inputs]} ({_one_line(exc)})",

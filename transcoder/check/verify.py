@@ -144,9 +144,10 @@ def rebuilt(module, specs, options: CheckOptions, keras_ckpt=None):
     import torch
 
     from ..models.rebuild import rebuild
-    from .models import embedding_ranges, make_inputs, to_torch
+    from ..frameworks import torch_from_numpy
+    from .models import embedding_ranges, make_inputs
 
     highs, _ = embedding_ranges(torch, module, specs)
-    example = [to_torch(torch, x) for x in make_inputs(specs, options.seed, highs)]
+    example = [torch_from_numpy(x) for x in make_inputs(specs, options.seed, highs)]
     return rebuild(module, tuple(example), channels_last=options.channels_last,
                    keras_ckpt=keras_ckpt)

@@ -20,7 +20,7 @@ from typing import Any
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import UsageError
 from ..formats import for_path
-from ..frameworks import import_frameworks
+from ..frameworks import import_frameworks, numpy_from_torch
 from ..rules import TO_KERAS, TO_TORCH, Plan
 from ..rules.plan import plan_to_keras, stored_meta
 from . import keras_side, torch_side
@@ -116,21 +116,9 @@ def reference_checkpoint(module) -> Checkpoint:
 
     tensors = OrderedDict()
     for name, tensor in module.state_dict().items():
-        array = _numpy(tensor)
+        array = numpy_from_torch(tensor)
         tensors[name] = TensorRef(name, tuple(array.shape), dtype_name(array.dtype),
                                   lambda a=array: a)
     meta = {"module_kinds": torch_side.module_kinds(module),
             "module_options": torch_side.module_options(module)}
     return Checkpoint(tensors, LAYOUT_TORCH, source="--model", format="module", meta=meta)
-
-
-def _numpy(tensor):
-    import ml_dtypes
-    import numpy as np
-    import torch
-
-    tensor = tensor.detach().cpu().contiguous()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return np.asarray(tensor.numpy())
-

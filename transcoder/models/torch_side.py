@@ -11,6 +11,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import MappingError, UsageError
+from ..frameworks import torch_from_numpy
 from .spec import build_from_spec
 
 #: module attribute -> option name, recorded per module where present.
@@ -61,20 +62,8 @@ def load_strict(model, ckpt: Checkpoint) -> None:
             f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
             for label, items in (("missing", missing), ("unexpected", unexpected),
                                  ("shape", wrong)) if items))
-    state = {k: to_torch(ckpt[k].load()) for k in expected}
+    state = {k: torch_from_numpy(ckpt[k].load()) for k in expected}
     model.load_state_dict(state, strict=True)
-
-
-def to_torch(array):
-    """A torch tensor with the array's exact bytes (bfloat16 through an int16 view)."""
-    import ml_dtypes
-    import numpy as np
-    import torch
-
-    array = np.array(array)  # writable copy
-    if array.dtype == ml_dtypes.bfloat16:
-        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
 
 
 def describe(model, ckpt: Checkpoint) -> None:
