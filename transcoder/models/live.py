@@ -1,6 +1,6 @@
 """Live models in the pipeline: ``--model`` (PyTorch) and ``--keras-model`` (Keras).
 
-- PyTorch source + ``--model``: the checkpoint loads strictly into the module, whose tree
+- PyTorch source + ``--model``: the checkpoint must fit the module strictly, whose tree
   gives exact layer kinds and hyper-parameters (num_heads, eps, ...).
 - Keras source + ``--keras-model``: Keras' own loader reads the file into the model (a Keras 3
   ``.weights.h5`` is laid out by class, so only the model can name its layers).
@@ -79,7 +79,7 @@ class LiveModels:
             ours = keras_side.layers_of_checkpoint(plan.apply(ckpt))
             self.pairs = keras_side.pair(ours, keras_side.layers_of_model(self.keras_model))
         if plan.direction == TO_TORCH and self.torch_model is not None:
-            torch_side.load_strict(self.torch_model, plan.apply(ckpt))
+            torch_side.check_fit(self.torch_model, plan.apply(ckpt))  # the output will load
 
     def write(self, target: Checkpoint, tmp: Path, dst: Path) -> bool:
         """Write through a Keras model (the user's, or the module rebuilt in Keras) where the

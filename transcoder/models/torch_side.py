@@ -50,8 +50,9 @@ def _owns_tensors(m) -> bool:
     return any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
 
 
-def load_strict(model, ckpt: Checkpoint) -> None:
-    """Load the checkpoint into ``model``; MappingError listing missing and unexpected keys."""
+def check_fit(model, ckpt: Checkpoint) -> None:
+    """What ``load_state_dict(strict=True)`` checks, from names and shapes alone (no data read);
+    MappingError listing missing, unexpected and misshapen keys."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in ckpt.tensors]
     unexpected = [k for k in ckpt.tensors if k not in expected]
@@ -62,12 +63,19 @@ def load_strict(model, ckpt: Checkpoint) -> None:
             f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
             for label, items in (("missing", missing), ("unexpected", unexpected),
                                  ("shape", wrong)) if items))
-    state = {k: torch_from_numpy(ckpt[k].load()) for k in expected}
+
+
+def load_strict(model, ckpt: Checkpoint) -> None:
+    """Load the checkpoint into ``model`` (after :func:`check_fit`)."""
+    check_fit(model, ckpt)
+    state = {k: torch_from_numpy(ckpt[k].load()) for k in model.state_dict()}
     model.load_state_dict(state, strict=True)
 
 
 def describe(model, ckpt: Checkpoint) -> None:
-    """Load strictly and record kinds and options in the checkpoint's metadata."""
-    load_strict(model, ckpt)
+    """Check the checkpoint fits ``model`` strictly and record its kinds and options in the
+    checkpoint's metadata. Nothing is loaded: the conversion reads each tensor once, and the
+    check loads the written file into the module itself."""
+    check_fit(model, ckpt)
     ckpt.meta["module_kinds"] = module_kinds(model)
     ckpt.meta["module_options"] = module_options(model)
