@@ -20,7 +20,7 @@ from typing import Any
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import UsageError
 from ..formats import for_path
-from ..frameworks import import_frameworks, numpy_from_torch
+from ..frameworks import numpy_from_torch
 from ..rules import TO_KERAS, TO_TORCH, Plan
 from ..rules.plan import plan_to_keras, stored_meta
 from . import keras_side, torch_side
@@ -37,7 +37,6 @@ class LiveModels:
 
     @classmethod
     def load(cls, arch) -> "LiveModels":
-        import_frameworks()
         return cls(torch_side.load_spec(arch.model) if arch.model else None,
                    keras_side.load_spec(arch.keras_model) if arch.keras_model else None,
                    inputs=arch.inputs)
