@@ -19,7 +19,7 @@ import numpy as np
 from ..checkpoint import TensorRef
 from ..errors import AmbiguousError, MappingError, UnsupportedError, UsageError
 from .ops import Identity, Op, register_op
-from .plan import Plan, Step, _check_shapes
+from .plan import Plan, Step, check_shapes
 from .table import NESTED, LayerRule, Param, register
 
 PROJECTIONS = ("query", "key", "value")
@@ -157,7 +157,7 @@ class AttentionRule(LayerRule):
         steps += [(Step((out_b.name,), (f"{path}/{OUT}/bias",), Identity(), self.name, path),
                    [out_b])] if bias else []
         for step, refs in steps:
-            _check_shapes(step, [r.shape for r in refs])
+            check_shapes(step, [r.shape for r in refs])
             plan.add(step, self.keras_kind, reason)
         _carry_rest(plan, path, params, {r.name for _, refs in steps for r in refs})
 

@@ -156,7 +156,7 @@ def _plan_rule(plan: Plan, path: str, params: dict[str, TensorRef], rule: LayerR
             continue
         op = _param_op(rule, param.op, ref, options)
         step = Step((ref.name,), (f"{path}/{param.keras}",), op, rule.name, path)
-        _check_shapes(step, [ref.shape])
+        check_shapes(step, [ref.shape])
         plan.add(step, rule.keras_kind, reason)
     leftover = [ref.name for name, ref in params.items() if rule.param(name) is None]
     plan.carried.extend(leftover)
@@ -176,7 +176,7 @@ def _param_op(rule: LayerRule, op: Op, ref: TensorRef, options: dict) -> Op:
     return Reshape(tuple(shape), tuple(ref.shape))
 
 
-def _check_shapes(step: Step, shapes: list) -> list:
+def check_shapes(step: Step, shapes: list) -> list:
     try:
         return step.op.forward_shapes(shapes)
     except TranscoderError as exc:
@@ -199,7 +199,7 @@ def _apply_to_keras(plan: Plan, src: Checkpoint) -> Checkpoint:
     out = Checkpoint(OrderedDict(), LAYOUT_KERAS, source=src.source, format=src.format)
     for step in plan.steps:
         refs = [src[n] for n in step.torch]
-        shapes = _check_shapes(step, [r.shape for r in refs])
+        shapes = check_shapes(step, [r.shape for r in refs])
         for i, (name, shape) in enumerate(zip(step.keras, shapes)):
             out.tensors[name] = TensorRef(name, tuple(shape), refs[0].dtype,
                                           _lazy(step.op.forward, refs, i, name))

@@ -25,7 +25,7 @@ import numpy as np
 from ..checkpoint import TensorRef
 from ..errors import MappingError, UnsupportedError
 from .ops import Op, Permute, register_op
-from .plan import Plan, Step, _check_shapes, note_inverse
+from .plan import Plan, Step, check_shapes, note_inverse
 from .table import LayerRule, Param, register
 
 T = Permute((1, 0))
@@ -212,7 +212,7 @@ class RecurrentRule(LayerRule):
         steps += self._bias_steps(plan, d, prefix, layer)
         by_name = {ref.name: ref for ref in d.values()}
         for step in steps:
-            _check_shapes(step, [by_name[n].shape for n in step.torch])
+            check_shapes(step, [by_name[n].shape for n in step.torch])
             plan.add(step, class_name, reason)
 
     def _check_weights(self, w_ih: TensorRef, w_hh: TensorRef) -> None:
