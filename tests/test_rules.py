@@ -145,13 +145,3 @@ def test_keras_written_weights_map_to_torch_names_by_class():
                                         "norm.bias"]
     assert_bit_exact(torch_side["dense.weight"].load(), keras["dense/kernel"].load().T)
     assert_bit_exact(torch_side["conv.weight"].load(), keras["conv/kernel"].load().transpose(2, 1, 0))
-
-
-@pytest.mark.parametrize("shape, axes", [((300, 700), (1, 0)), ((130, 70, 3, 3), (2, 3, 1, 0)),
-                                         ((200, 90, 5), (2, 1, 0)), ((2, 3, 4, 200, 300), (2, 3, 4, 1, 0))])
-def test_tiled_permutation_is_bit_exact(monkeypatch, shape, axes):
-    from transcoder.rules import ops
-
-    monkeypatch.setattr(ops, "TILED_FROM_BYTES", 0)
-    x = rand(*shape)
-    assert_bit_exact(ops.permute_array(x, axes), np.ascontiguousarray(x.transpose(axes)))

@@ -7,13 +7,13 @@ our writers store, so a later reverse conversion replays the exact inverse.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import numpy as np
 
 from ..errors import MappingError
+from .transpose import permute_array, permuted_blocks
 
 Shape = tuple[int, ...]
 
@@ -24,6 +24,8 @@ class Op:
 
     kind: ClassVar[str] = "identity"
     arity: ClassVar[tuple[int, int]] = (1, 1)  # (torch tensors, keras tensors)
+    #: one tensor to one whose blocks methods are right: writers may stream it
+    streams: ClassVar[bool] = False
 
     def forward(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         return list(xs)
@@ -37,6 +39,16 @@ class Op:
     def inverse_shapes(self, shapes: list[Shape]) -> list[Shape]:
         return list(shapes)
 
+    def forward_blocks(self, xs: list[np.ndarray], scratch: np.ndarray) -> Iterator[np.ndarray]:
+        """The one Keras-side tensor as consecutive uint8 blocks in C order, written into
+        ``scratch`` where data moves (see :func:`.transpose.permuted_blocks`); only for ops
+        with ``streams`` set."""
+        return permuted_blocks(xs[0], tuple(range(xs[0].ndim)), scratch)
+
+    def inverse_blocks(self, ys: list[np.ndarray], scratch: np.ndarray) -> Iterator[np.ndarray]:
+        """The same for the one PyTorch-side tensor."""
+        return permuted_blocks(ys[0], tuple(range(ys[0].ndim)), scratch)
+
     def describe(self) -> str:
         return "copy"
 
@@ -48,12 +60,15 @@ class Op:
 class Identity(Op):
     """Same array on both sides (renames only)."""
 
+    streams: ClassVar[bool] = True
+
 
 @dataclass(frozen=True)
 class Permute(Op):
     """``keras = torch.transpose(axes)``; the inverse uses the inverse permutation."""
 
     kind: ClassVar[str] = "permute"
+    streams: ClassVar[bool] = True
     axes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -77,6 +92,14 @@ class Permute(Op):
         self._check(ys[0].shape)
         return [permute_array(ys[0], self.inverse_axes)]
 
+    def forward_blocks(self, xs, scratch):
+        self._check(xs[0].shape)
+        return permuted_blocks(xs[0], self.axes, scratch)
+
+    def inverse_blocks(self, ys, scratch):
+        self._check(ys[0].shape)
+        return permuted_blocks(ys[0], self.inverse_axes, scratch)
+
     def forward_shapes(self, shapes):
         self._check(shapes[0])
         return [tuple(shapes[0][a] for a in self.axes)]
@@ -92,53 +115,12 @@ class Permute(Op):
         return {"op": self.kind, "axes": list(self.axes)}
 
 
-TILE = 128
-TILED_FROM_BYTES = 1 << 22
-THREADS = 2
-
-
-def permute_array(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """``x.transpose(axes)`` as a new C-contiguous array, copied in tiles for large tensors.
-
-    A plain strided copy of a big transposed matrix misses the cache on every read; copying
-    TILE x TILE blocks of (the axis that ends up last) x (the source's last axis), on two
-    threads (numpy releases the GIL while copying), measured 2-4x faster here (0.48 -> 1.1-1.9
-    GiB/s on 4096 x 2048 and 32768 x 512 float32 transposes). 128 x 128 tiles beat 64 x 64 on
-    the benchmark's 4096 x 2048 / 2048 x 4096 transposes (1.1-1.7 vs 0.9-1.2 GiB/s, noisy).
-    """
-    last, to_last = x.ndim - 1, axes[-1]
-    if x.nbytes < TILED_FROM_BYTES or to_last == last:
-        return np.ascontiguousarray(x.transpose(axes))
-    out = np.empty([x.shape[a] for a in axes], x.dtype)
-    tiles = list(_tiles(x.shape, axes))
-
-    def copy(part: list) -> None:
-        for src, dst in part:
-            out[dst] = x[src].transpose(axes)
-
-    with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(copy, [tiles[i::THREADS] for i in range(THREADS)]))
-    return out
-
-
-def _tiles(shape: tuple[int, ...], axes: tuple[int, ...]):
-    """(source slices, target slices) of every tile."""
-    last, to_last = len(shape) - 1, axes[-1]
-    where_last = axes.index(last)
-    for i in range(0, shape[to_last], TILE):
-        for j in range(0, shape[last], TILE):
-            src = [slice(None)] * len(shape)
-            src[to_last], src[last] = slice(i, i + TILE), slice(j, j + TILE)
-            dst = [slice(None)] * len(shape)
-            dst[-1], dst[where_last] = slice(i, i + TILE), slice(j, j + TILE)
-            yield tuple(src), tuple(dst)
-
-
 @dataclass(frozen=True)
 class Reshape(Op):
     """``keras = torch.reshape(keras_shape)``; the torch shape is restored on the way back."""
 
     kind: ClassVar[str] = "reshape"
+    streams: ClassVar[bool] = True  # the bytes stay in the same order
     keras_shape: tuple[int, ...] = ()
     torch_shape: tuple[int, ...] = ()
 
