@@ -1,11 +1,12 @@
-"""Atomic outputs, the .h5 writer's prefetching and memory-mapped reads."""
+"""Atomic outputs, filling pre-allocated output regions (rawfill) and memory-mapped reads."""
 import numpy as np
 import pytest
 
 from transcoder.checkpoint import TensorRef
 from transcoder.convert import atomic_output
 from transcoder.errors import FormatError
-from transcoder.formats.keras_h5 import prefetch
+from transcoder.formats import rawfill
+from transcoder.rules.ops import Permute
 
 
 def test_atomic_output_replaces_only_on_success(tmp_path):
@@ -25,21 +26,46 @@ def _ref(i, fail=False):
     def load():
         if fail:
             raise FormatError("broken", tensor=f"t{i}")
-        return np.full(3, i)
+        return np.arange(3 * i, 3 * i + 3, dtype=np.int64)
     return TensorRef(f"t{i}", (3,), "int64", load)
 
 
-@pytest.mark.parametrize("ahead", [0, 1, 2, 5])
-def test_prefetch_keeps_order(ahead):
-    arrays = list(prefetch([_ref(i) for i in range(4)], ahead))
-    assert [int(a[0]) for a in arrays] == [0, 1, 2, 3]
+def test_fill_writes_each_tensor_at_its_offset(tmp_path):
+    path = tmp_path / "out"
+    path.write_bytes(b"\xff" * 100)
+    rawfill.fill(path, [rawfill.Region(10 + 24 * i, _ref(i)) for i in range(3)])
+    data = path.read_bytes()
+    assert data[:10] == b"\xff" * 10 and data[82:] == b"\xff" * 18
+    assert np.array_equal(np.frombuffer(data[10:82], np.int64), np.arange(9))
 
 
-def test_prefetch_raises_the_load_error_in_order():
-    arrays = prefetch([_ref(0), _ref(1, fail=True), _ref(2)])
-    assert int(next(arrays)[0]) == 0
+def test_fill_streams_permuted_blocks_through_a_small_scratch(tmp_path, monkeypatch):
+    """A permuted tensor larger than the scratch buffer arrives block by block, bit-exact."""
+    x = np.random.default_rng(0).standard_normal((300, 70, 3), dtype=np.float32)
+    op = Permute((2, 1, 0))
+    ref = TensorRef("w", op.forward_shapes([x.shape])[0], "float32", lambda: op.forward([x])[0],
+                    lambda scratch: op.forward_blocks([x], scratch))
+    monkeypatch.setattr(rawfill, "SCRATCH_BYTES", 4096)
+    path = tmp_path / "out"
+    path.write_bytes(bytes(8 + x.nbytes))
+    rawfill.fill(path, [rawfill.Region(8, ref)])
+    assert path.read_bytes()[8:] == np.ascontiguousarray(x.transpose(2, 1, 0)).tobytes()
+
+
+def test_fill_raises_the_first_error_in_order(tmp_path):
+    path = tmp_path / "out"
+    path.write_bytes(bytes(72))
     with pytest.raises(FormatError, match="broken"):
-        next(arrays)
+        rawfill.fill(path, [rawfill.Region(24 * i, _ref(i, fail=i == 1)) for i in range(3)])
+
+
+def test_fill_refuses_data_of_the_wrong_size(tmp_path):
+    path = tmp_path / "out"
+    path.write_bytes(bytes(48))
+    short = TensorRef("t", (4,), "int64", lambda: np.zeros(4, np.int64),
+                      lambda scratch: iter([np.zeros(16, np.uint8)]))
+    with pytest.raises(FormatError, match="does not have the 32 bytes"):
+        rawfill.fill(path, [rawfill.Region(0, short)])
 
 
 @pytest.mark.parametrize("source", ["small_cnn.pt", "encoder.pt", "encoder.safetensors"])

@@ -51,6 +51,8 @@ class TensorRef:
     shape: tuple[int, ...]
     dtype: str
     loader: Callable[[], np.ndarray] = field(repr=False)
+    #: optional: what :meth:`blocks` yields, given the scratch buffer
+    blocker: Callable[[np.ndarray], Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_array(cls, name: str, array: np.ndarray) -> "TensorRef":
@@ -60,6 +62,15 @@ class TensorRef:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+
+    def blocks(self, scratch: np.ndarray) -> Iterator[np.ndarray]:
+        """The data in C order as consecutive 1-d uint8 blocks, ``nbytes`` in all, for writers
+        that stream. Blocks may be written into ``scratch`` (a uint8 buffer), so each is valid
+        only until the next one is asked for. Without a ``blocker``: the loaded array, whole."""
+        if self.blocker is not None:
+            yield from self.blocker(scratch)
+        else:
+            yield np.ascontiguousarray(self.load()).reshape(-1).view(np.uint8)
 
     def load(self) -> np.ndarray:
         """Read the data; raises FormatError if it does not match the declared shape/dtype."""

@@ -16,21 +16,18 @@ convention (``kernel``, ``forward/kernel``).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import FormatError, MappingError, UnsupportedError, UsageError
-from . import ReadOptions
+from . import ReadOptions, rawfill
 from . import h5safety as h5s
 from . import keras_v3
 
@@ -48,8 +45,9 @@ RNN_CELL = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm|peephole_lstm)_cell(_\d+
 DIRECTION = re.compile(r"^(forward|backward)_.+$")
 VARIABLE_SUFFIX = re.compile(r":\d+$")
 
-#: Tensors loaded ahead of the one being written (see :func:`prefetch`).
-PREFETCH = 1
+#: Stored byte for byte as numpy holds them (little-endian): written by :mod:`.rawfill`.
+RAW_DTYPES = frozenset({"float64", "float32", "float16", "int64", "int32", "int16", "int8",
+                        "uint8"})
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -192,7 +190,8 @@ def write(ckpt: Checkpoint, path: Path) -> None:
             _write_root(f, [e["name"] for e in layers], ckpt.meta)
             jobs = [job for entry in layers for job in _create_layer(f, entry)]
             jobs += _create_carried(f, carried)
-            _write_tensors(jobs, ckpt, path)
+            regions = _create_datasets(jobs, ckpt, path)
+        rawfill.fill(path, regions)
     except OSError as exc:
         raise UsageError(f"cannot write: {exc.strerror or exc}", path=path) from None
 
@@ -276,37 +275,29 @@ def _create_carried(f: h5py.File, carried: list[str]) -> list[tuple[h5py.Group, 
     return [(grp, str(i), name) for i, name in enumerate(carried)]
 
 
-def _write_tensors(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, path: Path) -> None:
-    refs = [ckpt.tensors[name] for _, _, name in jobs]
-    with contextlib.closing(prefetch(refs)) as arrays:
-        for (grp, rel, name), array in zip(jobs, arrays):
-            ds = _write_array(grp, rel, array, name, path)
-            if grp.name == "/" + CARRIED_GROUP:  # no layer may take this name (RESERVED_NAMES)
-                ds.attrs["name"] = name
+def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint,
+                     path: Path) -> list[rawfill.Region]:
+    """Every dataset, in job order. Those whose bytes HDF5 stores as they are in memory get
+    their file space now and their data later from :func:`rawfill.fill`; the rest (bfloat16,
+    bool, complex, scalars, empty) are written here."""
+    regions = []
+    for grp, rel, name in jobs:
+        ref = ckpt.tensors[name]
+        if ref.dtype in RAW_DTYPES and ref.shape and ref.nbytes:  # HDF5 gives scalars no offset
+            ds = _allocate(grp, rel, ref)
+            regions.append(rawfill.Region(ds.id.get_offset(), ref))
+        else:
+            ds = _write_array(grp, rel, ref.load(), name, path)
+        if grp.name == "/" + CARRIED_GROUP:  # no layer may take this name (RESERVED_NAMES)
+            ds.attrs["name"] = name
+    return regions
 
 
-def prefetch(refs: list[TensorRef], ahead: int = PREFETCH) -> Iterator[np.ndarray]:
-    """``ref.load()`` of each ref in order, loading up to ``ahead`` tensors on a background thread
-    while the caller writes the current one.
-
-    Loading (positioned reads, the permutation) and h5py's dataset writes all release the GIL,
-    so on two cores they overlap: for 1 GiB safetensors -> .h5 the writes (0.3-0.5 s) now hide
-    behind loading and permuting (0.7-0.9 s), which the writer waits for. Memory: at most
-    ``ahead`` loads in flight (each the source plus its permuted copy) besides the array being
-    written; with the benchmark's 64 MiB tensors and ahead=1 the peak RSS stayed 133-137 MiB.
-    """
-    pending: deque = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="transcoder-prefetch") as pool:
-        try:
-            for ref in refs:
-                pending.append(pool.submit(ref.load))
-                if len(pending) > ahead:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+def _allocate(grp: h5py.Group, rel: str, ref: TensorRef) -> h5py.Dataset:
+    """A contiguous dataset whose file space is allocated now and never filled by HDF5."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return grp.create_dataset(rel, ref.shape, np.dtype(ref.dtype), dcpl=dcpl, fill_time="never")
 
 
 def _write_array(grp: h5py.Group, rel: str, array: np.ndarray, name: str,

@@ -202,7 +202,8 @@ def _apply_to_keras(plan: Plan, src: Checkpoint) -> Checkpoint:
         shapes = check_shapes(step, [r.shape for r in refs])
         for i, (name, shape) in enumerate(zip(step.keras, shapes)):
             out.tensors[name] = TensorRef(name, tuple(shape), refs[0].dtype,
-                                          _lazy(step.op.forward, refs, i, name))
+                                          _lazy(step.op.forward, refs, i, name),
+                                          _blocker(step.op, step.op.forward_blocks, refs, name))
     for name in plan.carried:
         out.tensors[name] = src[name]
     out.meta.update(keras_layers=[layer.as_meta() for layer in plan.layers.values()],
@@ -224,6 +225,19 @@ def _lazy(fn, refs: list[TensorRef], index: int, name: str):
         except TranscoderError as exc:
             raise exc.with_context(tensor=name) from None
     return load
+
+
+def _blocker(op, blocks_fn, refs: list[TensorRef], name: str):
+    """``TensorRef.blocker`` for ops that stream (one tensor to one, bytes only reordered)."""
+    if not op.streams:
+        return None
+
+    def blocks(scratch):
+        try:
+            yield from blocks_fn([refs[0].load()], scratch)
+        except TranscoderError as exc:
+            raise exc.with_context(tensor=name) from None
+    return blocks
 
 
 # ---------------------------------------------------------------- Keras -> PyTorch
@@ -315,7 +329,8 @@ def _apply_to_torch(plan: Plan, src: Checkpoint) -> Checkpoint:
         shapes = step.op.inverse_shapes([r.shape for r in refs])
         for i, (name, shape) in enumerate(zip(step.torch, shapes)):
             made[name] = TensorRef(name, tuple(shape), refs[0].dtype,
-                                   _lazy(step.op.inverse, refs, i, name))
+                                   _lazy(step.op.inverse, refs, i, name),
+                                   _blocker(step.op, step.op.inverse_blocks, refs, name))
     for name in plan.carried:  # a step may remake a carried tensor (LSTM bias pairs): it wins
         made.setdefault(name, src[name])
     order = [n for n in plan.torch_order if n in made] + [n for n in made if n not in plan.torch_order]
