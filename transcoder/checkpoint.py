@@ -6,10 +6,11 @@ tensor. Only numpy crosses module borders; bfloat16 is ``ml_dtypes.bfloat16``.
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-import ml_dtypes
 import numpy as np
 
 from .errors import FormatError
@@ -17,12 +18,12 @@ from .errors import FormatError
 LAYOUT_TORCH = "torch"
 LAYOUT_KERAS = "keras"
 
-#: Canonical dtype names -> numpy dtypes. Every reader and writer goes through this table.
-DTYPES: dict[str, np.dtype] = {
+# ml_dtypes (for bfloat16) is imported only when a bfloat16 tensor is met: it is slow to import.
+_NUMPY_DTYPES: dict[str, np.dtype | None] = {
     "float64": np.dtype(np.float64),
     "float32": np.dtype(np.float32),
     "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "bfloat16": None,  # np.dtype(ml_dtypes.bfloat16), on first look-up
     "int64": np.dtype(np.int64),
     "int32": np.dtype(np.int32),
     "int16": np.dtype(np.int16),
@@ -34,10 +35,46 @@ DTYPES: dict[str, np.dtype] = {
 }
 
 
+class _DtypeTable(Mapping):
+    """Canonical dtype names -> numpy dtypes; looking up ``"bfloat16"`` imports ml_dtypes."""
+
+    def __getitem__(self, name: str) -> np.dtype:
+        dtype = _NUMPY_DTYPES[name]
+        if dtype is None:
+            import ml_dtypes
+
+            dtype = np.dtype(ml_dtypes.bfloat16)
+        return dtype
+
+    def __contains__(self, name: object) -> bool:
+        return name in _NUMPY_DTYPES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_NUMPY_DTYPES)
+
+    def __len__(self) -> int:
+        return len(_NUMPY_DTYPES)
+
+
+#: Canonical dtype names -> numpy dtypes. Every reader and writer goes through this table.
+DTYPES: Mapping[str, np.dtype] = _DtypeTable()
+
+
+def is_bfloat16(dtype: Any) -> bool:
+    """Whether ``dtype`` is ml_dtypes' bfloat16. Such data exists only once ml_dtypes is
+    imported, so this never imports it."""
+    ml_dtypes = sys.modules.get("ml_dtypes")
+    return ml_dtypes is not None and np.dtype(dtype) == ml_dtypes.bfloat16
+
+
 def dtype_name(dtype: Any) -> str:
     """Canonical name of a numpy dtype (``"bfloat16"`` included); FormatError if unsupported."""
+    if isinstance(dtype, str) and dtype in _NUMPY_DTYPES:
+        return dtype
+    if is_bfloat16(dtype):
+        return "bfloat16"
     dt = np.dtype(dtype)
-    for name, known in DTYPES.items():
+    for name, known in _NUMPY_DTYPES.items():
         if dt == known:
             return name
     raise FormatError(f"unsupported dtype {dt}")

@@ -18,10 +18,9 @@ import math
 from typing import Any, Callable, Iterator
 
 import h5py
-import ml_dtypes
 import numpy as np
 
-from ..checkpoint import TensorRef, dtype_name
+from ..checkpoint import DTYPES, TensorRef, dtype_name, is_bfloat16
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError
 
 #: An HDF5 object header holds at most 64 KiB; Keras splits longer attributes (same limit).
@@ -211,7 +210,7 @@ def _bf16_from_float32(array: np.ndarray) -> np.ndarray:
     bits = np.asarray(array, np.float32).view(np.uint32)
     if np.any(bits & 0xFFFF):
         raise FormatError("float32 data marked bfloat16 is not exactly representable in bfloat16")
-    return (bits >> 16).astype(np.uint16).view(ml_dtypes.bfloat16)
+    return (bits >> 16).astype(np.uint16).view(DTYPES["bfloat16"])
 
 
 def bf16_to_float32(array: np.ndarray) -> np.ndarray:
@@ -231,7 +230,7 @@ def _loader(ds: h5py.Dataset, dtype: str, name: str, path: object) -> Callable[[
         if array.dtype.itemsize == 4:
             with h5_errors(path, name):
                 return _bf16_from_float32(array)
-        return np.ascontiguousarray(array).view(np.uint16).view(ml_dtypes.bfloat16)
+        return np.ascontiguousarray(array).view(np.uint16).view(DTYPES["bfloat16"])
     return load
 
 
@@ -247,7 +246,7 @@ def tensor_ref(name: str, ds: Any, file_size: int, path: object) -> TensorRef:
 
 def write_array(grp: h5py.Group, rel: str, array: np.ndarray) -> h5py.Dataset:
     """Write one array (contiguous, uncompressed); bfloat16 goes as exact float32 + attribute."""
-    if array.dtype == ml_dtypes.bfloat16:
+    if is_bfloat16(array.dtype):
         ds = grp.create_dataset(rel, data=bf16_to_float32(array))
         ds.attrs["transcoder_dtype"] = "bfloat16"
         return ds
