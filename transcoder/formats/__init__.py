@@ -3,13 +3,14 @@
 A format is chosen by file name (longest matching suffix, so ``.weights.h5`` wins over
 ``.h5``) and its content is checked against the format's magic bytes before any parsing.
 Third-party packages add formats through the ``transcoder.formats`` entry-point group: each
-entry point is a zero-argument callable returning a :class:`Format`.
+entry point is a zero-argument callable returning a :class:`Format`. Plugins are looked up
+only for names no built-in format takes (looking them up costs start-up time), so a built-in
+suffix always wins.
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
@@ -86,20 +87,24 @@ BUILTIN_FORMATS: tuple[Format, ...] = (
 
 def all_formats() -> list[Format]:
     """Built-in formats followed by plugins from the entry-point group."""
-    formats = list(BUILTIN_FORMATS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        formats.append(ep.load()())
-    return formats
+    from importlib.metadata import entry_points
+
+    return list(BUILTIN_FORMATS) + [ep.load()() for ep in entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def for_path(path: Path | str) -> Format:
     """The format a file name implies; UsageError naming the supported suffixes otherwise."""
     name = Path(path).name.lower()
-    matches = [(len(s), f) for f in all_formats() for s in f.suffixes if name.endswith(s)]
-    if not matches:
+    fmt = _longest_match(name, BUILTIN_FORMATS) or _longest_match(name, all_formats())
+    if fmt is None:
         known = ", ".join(s for f in all_formats() for s in f.suffixes)
         raise UsageError(f"unknown file type (supported: {known})", path=path)
-    return max(matches, key=lambda m: m[0])[1]
+    return fmt
+
+
+def _longest_match(name: str, formats) -> Format | None:
+    matches = [(len(s), f) for f in formats for s in f.suffixes if name.endswith(s)]
+    return max(matches, key=lambda m: m[0])[1] if matches else None
 
 
 def check_magic(fmt: Format, path: Path) -> None:
