@@ -14,7 +14,6 @@ permute = [1, 0]        # optional; default: copy
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -63,6 +62,8 @@ class UserRules:
 def load(path: Path | None) -> UserRules:
     if path is None:
         return UserRules()
+    import tomllib  # only with --rules
+
     try:
         data = tomllib.loads(Path(path).read_text())
     except OSError as exc:
