@@ -98,6 +98,27 @@ def test_missing_file_and_unknown_suffix(cli, tmp_path):
     assert code == 2 and "unknown file type" in one_line_error(err)
 
 
+def test_format_plugins_are_looked_up_only_for_suffixes_no_builtin_takes(monkeypatch):
+    import importlib.metadata
+
+    from transcoder import formats
+
+    plugin = formats.Format("onnx", (".onnx",), "torch", "onnx_plugin")
+    looked_up = []
+
+    class EntryPoint:
+        def load(self):
+            return lambda: plugin
+
+    def entry_points(group):
+        looked_up.append(group)
+        return [EntryPoint()]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    assert formats.for_path("model.pt").name == "pt" and looked_up == []
+    assert formats.for_path("model.onnx") is plugin and looked_up == [formats.ENTRY_POINT_GROUP]
+
+
 def test_keras3_targets_need_an_architecture(cli, tmp_path):
     for target in ("x.weights.h5", "x.keras"):
         code, _, err = cli(ENCODER, tmp_path / target)
@@ -163,11 +184,24 @@ def test_debug_env_shows_traceback(tmp_path):
 
 
 def test_plain_conversion_imports_neither_torch_nor_tensorflow(tmp_path):
+    """Nor the slow imports it does not need: ml_dtypes (bfloat16 only), rich (tables on a
+    terminal only). importlib.metadata and pydantic come with typer's argument parsing."""
     code = ("import sys; from transcoder.cli import main; rc = main(sys.argv[1:]); "
-            "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]; "
-            "print(bad); sys.exit(rc)")
+            "bad = [m for m in ('torch', 'tensorflow', 'keras', 'ml_dtypes', 'rich') "
+            "if m in sys.modules]; print(bad); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(ENCODER), str(tmp_path / "e.h5"),
                            "--no-check"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_library_conversion_imports_only_what_it_needs(tmp_path):
+    """Format plugins are looked up (importlib.metadata) only for suffixes no built-in takes."""
+    code = ("import sys; from transcoder.convert import transcode; transcode(*sys.argv[1:]); "
+            "print([m for m in ('torch', 'tensorflow', 'keras', 'ml_dtypes', 'rich', 'typer', "
+            "'pydantic', 'importlib.metadata', 'tomllib') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code, str(ENCODER), str(tmp_path / "e.h5")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
