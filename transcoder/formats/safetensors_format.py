@@ -1,6 +1,6 @@
 """safetensors: read lazily (single files and sharded indexes), tensor by tensor; write streaming.
 
-The writer streams tensor by tensor because ``safetensors.numpy.save_file`` needs every
+The writer streams tensor by tensor (and block by block where the data is permuted) because ``safetensors.numpy.save_file`` needs every
 tensor in memory at once; the file it writes follows the published format (8-byte header
 length, JSON header, raw little-endian data) and is read back by the library in the tests.
 """
@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError
-from . import ReadOptions
+from . import ReadOptions, rawfill
 from .filemap import MAP_FROM_BYTES, map_range
 
 #: safetensors dtype codes <-> our canonical dtype names.
@@ -138,7 +138,8 @@ def _mapped(fh, offset: int, nbytes: int, shape: tuple, dtype: str) -> np.ndarra
 
 
 def write(ckpt: Checkpoint, path: Path) -> None:
-    """Stream every tensor (in checkpoint order) into one safetensors file."""
+    """Stream every tensor (in checkpoint order) into one safetensors file: the header first,
+    then the data through :func:`rawfill.fill`, two tensors at a time."""
     header, offset = {}, 0
     for ref in ckpt:
         if ref.dtype not in NAMES:
@@ -149,11 +150,13 @@ def write(ckpt: Checkpoint, path: Path) -> None:
     header["__metadata__"] = _metadata(ckpt)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
+    start = 8 + len(blob)
     with open(path, "wb") as fh:
         fh.write(struct.pack("<Q", len(blob)) + blob)
-        for ref in ckpt:
-            array = np.ascontiguousarray(ref.load())  # native order: little-endian on every supported CPU
-            fh.write(memoryview(array.reshape(-1).view(np.uint8)))
+        fh.truncate(start + offset)
+    # native byte order: little-endian on every supported CPU
+    rawfill.fill(path, [rawfill.Region(start + header[ref.name]["data_offsets"][0], ref)
+                        for ref in ckpt if ref.nbytes])
 
 
 def _metadata(ckpt: Checkpoint) -> dict[str, str]:
