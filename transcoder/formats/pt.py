@@ -37,7 +37,8 @@ from .unwrap import StateDict, find_state_dict, parse_script_classes, script_sta
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 ARCHIVE_PREFIX = "archive"
-CHUNK = 64 << 20          # bytes per write/read call when streaming
+CHUNK = 64 << 20          # bytes per read call when streaming
+SCRATCH_BYTES = 1 << 20   # where permuted tensors are written block by block
 MAX_SMALL_RECORD = 64 << 20  # code files, byteorder ...: refuse bigger (zip bombs)
 
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError,
@@ -412,12 +413,6 @@ def _entries(ckpt: Checkpoint) -> list[StateDictEntry]:
     return entries
 
 
-def _chunks(array: np.ndarray):
-    flat = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-    for start in range(0, len(flat), CHUNK):
-        yield flat[start:start + CHUNK]
-
-
 def _serialization_id(digest: "hashlib._Hash") -> bytes:
     return str(int.from_bytes(digest.digest()[:16], "big")).zfill(40).encode()
 
@@ -425,7 +420,7 @@ def _serialization_id(digest: "hashlib._Hash") -> bytes:
 def write(ckpt: Checkpoint, path: Path) -> None:
     """Write a torch-layout checkpoint as ``torch.save`` would write its state dict.
 
-    Streams: one tensor is loaded, written and dropped at a time.
+    Streams: one tensor at a time, a permuted one block by block through a scratch buffer.
     """
     path = Path(path)
     if ckpt.layout != LAYOUT_TORCH:
@@ -450,12 +445,11 @@ def _write_archive(zw: TorchZipWriter, ckpt: Checkpoint, entries: list[StateDict
     zw.write_record(".storage_alignment", b"64")
     zw.write_record("byteorder", sys.byteorder.encode())
     digest = hashlib.sha256()
+    scratch = np.empty(SCRATCH_BYTES, np.uint8)
     for entry in entries:
         ref = ckpt.tensors[entry.name]
-        array = ref.load()
-        crc = zw.write_stream(f"data/{entry.key}", array.nbytes, _chunks(array))
-        digest.update(f"{entry.name}\0{array.nbytes}\0{crc}\0".encode())
-        del array
+        crc = zw.write_stream(f"data/{entry.key}", ref.nbytes, ref.blocks(scratch))
+        digest.update(f"{entry.name}\0{ref.nbytes}\0{crc}\0".encode())
     zw.write_record("version", b"3\n")
     zw.write_record(".data/serialization_id", _serialization_id(digest))
     zw.close()
