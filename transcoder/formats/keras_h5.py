@@ -186,12 +186,11 @@ def write(ckpt: Checkpoint, path: Path) -> None:
     carried = carried_to_write(ckpt, layers)
     try:
         path.unlink(missing_ok=True)
-        with h5py.File(path, "x") as f:
+        with h5py.File(path, "x") as f, rawfill.Filler(path) as filler:
             _write_root(f, [e["name"] for e in layers], ckpt.meta)
             jobs = [job for entry in layers for job in _create_layer(f, entry)]
             jobs += _create_carried(f, carried)
-            regions = _create_datasets(jobs, ckpt, path)
-        rawfill.fill(path, regions)
+            _create_datasets(jobs, ckpt, path, filler)
     except OSError as exc:
         raise UsageError(f"cannot write: {exc.strerror or exc}", path=path) from None
 
@@ -275,22 +274,21 @@ def _create_carried(f: h5py.File, carried: list[str]) -> list[tuple[h5py.Group, 
     return [(grp, str(i), name) for i, name in enumerate(carried)]
 
 
-def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint,
-                     path: Path) -> list[rawfill.Region]:
+def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, path: Path,
+                     filler: rawfill.Filler) -> None:
     """Every dataset, in job order. Those whose bytes HDF5 stores as they are in memory get
-    their file space now and their data later from :func:`rawfill.fill`; the rest (bfloat16,
-    bool, complex, scalars, empty) are written here."""
-    regions = []
+    their file space now and their data from ``filler``'s threads, written beside HDF5 (the
+    space is HDF5's raw data, which it never touches again: no fill value); the rest
+    (bfloat16, bool, complex, scalars, empty) are written here."""
     for grp, rel, name in jobs:
         ref = ckpt.tensors[name]
         if ref.dtype in RAW_DTYPES and ref.shape and ref.nbytes:  # HDF5 gives scalars no offset
             ds = _allocate(grp, rel, ref)
-            regions.append(rawfill.Region(ds.id.get_offset(), ref))
+            filler.add(rawfill.Region(ds.id.get_offset(), ref))
         else:
             ds = _write_array(grp, rel, ref.load(), name, path)
         if grp.name == "/" + CARRIED_GROUP:  # no layer may take this name (RESERVED_NAMES)
             ds.attrs["name"] = name
-    return regions
 
 
 def _allocate(grp: h5py.Group, rel: str, ref: TensorRef) -> h5py.Dataset:

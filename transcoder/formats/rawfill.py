@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,27 +34,45 @@ class Region:
     ref: TensorRef
 
 
+class Filler:
+    """Writes each region added on worker threads while the caller goes on laying out the file.
+
+    Leaving the ``with`` block waits for every region and raises the first error (in the order
+    the regions were added); after an error nothing more is started.
+    """
+
+    def __init__(self, path: Path, workers: int = WORKERS) -> None:
+        self._fd = os.open(path, os.O_WRONLY)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="transcoder-fill")
+        self._futures: list[Future] = []
+        self._local = threading.local()
+
+    def add(self, region: Region) -> None:
+        self._futures.append(self._pool.submit(self._one, region))
+
+    def _one(self, region: Region) -> None:
+        if not hasattr(self._local, "scratch"):
+            self._local.scratch = np.empty(SCRATCH_BYTES, np.uint8)
+        _write_tensor(self._fd, region, self._local.scratch)
+
+    def __enter__(self) -> "Filler":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for future in self._futures:
+                    future.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            os.close(self._fd)
+
+
 def fill(path: Path, regions: list[Region], workers: int = WORKERS) -> None:
     """Write every region's tensor at its offset; the first error (in region order) is raised."""
-    fd = os.open(path, os.O_WRONLY)
-    local = threading.local()
-
-    def one(region: Region) -> None:
-        if not hasattr(local, "scratch"):
-            local.scratch = np.empty(SCRATCH_BYTES, np.uint8)
-        _write_tensor(fd, region, local.scratch)
-
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="transcoder-fill") as pool:
-            futures = [pool.submit(one, region) for region in regions]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
-    finally:
-        os.close(fd)
+    with Filler(path, workers) as filler:
+        for region in regions:
+            filler.add(region)
 
 
 def _write_tensor(fd: int, region: Region, scratch: np.ndarray) -> None:
