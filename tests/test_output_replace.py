@@ -98,3 +98,18 @@ def test_map_range_refuses_a_short_file(tmp_path):
     with open(path, "rb") as fh:
         assert map_range(fh.fileno(), 90, 20) is None
         assert map_range(fh.fileno(), 70, 20).tobytes() == bytes(range(70, 90))
+
+
+def test_h5_writer_fails_whole_when_a_tensor_fails_while_filling(tmp_path):
+    """A load error on a fill thread reaches the caller; atomic_output leaves nothing behind."""
+    from transcoder.checkpoint import LAYOUT_KERAS, Checkpoint
+    from transcoder.formats import keras_h5
+
+    refs = [_ref(i, fail=i == 2) for i in range(4)]
+    tensors = {f"d{i}/kernel": TensorRef(f"d{i}/kernel", r.shape, r.dtype, r.loader)
+               for i, r in enumerate(refs)}
+    dst = tmp_path / "out.h5"
+    with pytest.raises(FormatError, match="broken"):
+        with atomic_output(dst, force=False) as tmp:
+            keras_h5.write(Checkpoint(tensors, LAYOUT_KERAS), tmp)
+    assert list(tmp_path.iterdir()) == []
