@@ -6,6 +6,7 @@ Errors are one line on stderr with exit code 2 (bad usage or input), 1 when a ch
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -14,6 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+# Before numpy is imported: the command does no linear algebra with numpy, and OpenBLAS's idle
+# worker threads spin on the two cores a conversion needs (7 % of the CPU samples of a 1 GiB
+# .pt -> .h5, measured with perf).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from . import __version__
 from .convert import Architecture, CheckOptions, prepare, transcode
@@ -322,4 +328,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run() -> None:
+    """The console script. The modules imported so far live until exit: freezing them keeps the
+    garbage collector from scanning them again on every full collection (a 1 GiB .pt -> .h5
+    took 10 % less wall time, measured). Not in :func:`main`, which tests call many times."""
+    gc.freeze()
     sys.exit(main())
