@@ -22,7 +22,7 @@ def block_bytes(width: int) -> int:
 
 def layout(size_mib: float) -> tuple[int, int]:
     """(width, blocks) so that the checkpoint is at least ``size_mib`` (less than one block more);
-    at 1 GiB the largest tensors are 64 MiB (4096x2048 Linears, a 32768x512 Embedding)."""
+    at 1 GiB the largest tensor is a 64 MiB Embedding (32768x512), the Linears 32 MiB."""
     target = size_mib * 2**20
     width = 2048
     while width > 32 and block_bytes(width) > target / 8:

@@ -1,8 +1,9 @@
 """Writing tensors' bytes into byte ranges an output file has already set aside, two at a time.
 
-The ``.h5`` and ``.safetensors`` writers first lay out the whole file (HDF5 datasets allocated
-up front, the safetensors header), then hand :func:`fill` each tensor with the file offset of
-its data. Each worker thread takes a tensor, asks it for its bytes in blocks
+The ``.h5`` and ``.safetensors`` writers lay out the file (HDF5 datasets allocated up front,
+the safetensors header) and hand each tensor with the file offset of its data to a
+:class:`Filler` (the ``.h5`` writer as soon as HDF5 has allocated the dataset, while it lays out
+the rest). Each worker thread takes a tensor, asks it for its bytes in blocks
 (:meth:`TensorRef.blocks`: a permuted tensor is permuted block by block into the thread's
 scratch buffer, which stays in the cache) and writes every block with ``pwrite`` at its offset.
 The permutation kernel and ``pwrite`` release the GIL, so on two cores one thread permutes
@@ -22,7 +23,10 @@ from ..checkpoint import TensorRef
 from ..errors import FormatError
 
 WORKERS = 2
-#: Per worker. Small enough to stay in a core's L2 cache between the permutation and the write.
+#: Per worker: stays in a core's L2 cache between the permutation and the write. Measured on a
+#: 1 GiB .pt -> .h5 (medians of 7 interleaved runs): 256 KiB 0.72 s, 512 KiB 0.60 s, 1 MiB
+#: 0.49 s, 2 MiB 1.5 s (not explained yet; page-aligned 1 MiB pwrites of a plain buffer were
+#: slow too, so the kernel's page-cache allocation for large writes is the likely cause).
 SCRATCH_BYTES = 1 << 20
 
 
