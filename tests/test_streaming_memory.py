@@ -1,0 +1,63 @@
+"""Conversion streams: peak memory grows with the largest tensor, not with the checkpoint.
+
+Each conversion runs in a fresh Python that reports its own ``VmHWM`` (the peak resident set
+of its address space; ``ru_maxrss`` would count the test process it was forked from).
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+
+TENSOR_MIB = 8
+LAYERS = 24          # 24 x 8 MiB Linear weights, all permuted on the way to .h5
+
+CHILD = """
+import sys
+from transcoder.cli import main
+code = main(sys.argv[1:])
+peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print(code, int(peak) // 1024)
+"""
+
+
+def _peak_mib(src: Path, dst: Path) -> int:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst), "--no-check"],
+                         capture_output=True, text=True, check=True)
+    code, peak = out.stdout.split()[-2:]
+    assert code == "0", out.stderr
+    return int(peak)
+
+
+def _linears(layers: int, rows: int, cols: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for i in range(layers):
+        tensors[f"l{i}.weight"] = rng.standard_normal((rows, cols), dtype=np.float32)
+        tensors[f"l{i}.bias"] = rng.standard_normal(rows, dtype=np.float32)
+    return tensors
+
+
+def test_peak_memory_follows_the_largest_tensor_not_the_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    rows, cols = 2048, TENSOR_MIB * 2**20 // (4 * 2048)
+    big = _linears(LAYERS, rows, cols)
+    save_file(big, str(tmp_path / "big.safetensors"))
+    save_file(_linears(1, 8, 8), str(tmp_path / "tiny.safetensors"))
+    size_mib = (tmp_path / "big.safetensors").stat().st_size / 2**20
+
+    base = _peak_mib(tmp_path / "tiny.safetensors", tmp_path / "tiny.h5")
+    peak = _peak_mib(tmp_path / "big.safetensors", tmp_path / "big.h5")
+    # two tensors in flight (their mapped source), two 1 MiB scratch buffers, and slack
+    assert peak - base <= 4 * TENSOR_MIB + 8, (peak, base, size_mib)
+    assert size_mib >= LAYERS * TENSOR_MIB
+
+    with h5py.File(tmp_path / "big.h5") as f:
+        for i in (0, LAYERS - 1):
+            kernel = f[f"l{i}"][f"l{i}"]["kernel"][()]
+            assert kernel.tobytes() == np.ascontiguousarray(big[f"l{i}.weight"].T).tobytes()
