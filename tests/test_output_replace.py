@@ -59,13 +59,23 @@ def test_fill_raises_the_first_error_in_order(tmp_path):
         rawfill.fill(path, [rawfill.Region(24 * i, _ref(i, fail=i == 1)) for i in range(3)])
 
 
-def test_fill_refuses_data_of_the_wrong_size(tmp_path):
+@pytest.mark.parametrize("blocks", [[16], [16, 16, 1], [40]])
+def test_fill_refuses_data_of_the_wrong_size(tmp_path, blocks):
     path = tmp_path / "out"
     path.write_bytes(bytes(48))
-    short = TensorRef("t", (4,), "int64", lambda: np.zeros(4, np.int64),
-                      lambda scratch: iter([np.zeros(16, np.uint8)]))
+    wrong = TensorRef("t", (4,), "int64", lambda: np.zeros(4, np.int64),
+                      lambda scratch: iter([np.zeros(n, np.uint8) for n in blocks]))
     with pytest.raises(FormatError, match="does not have the 32 bytes"):
-        rawfill.fill(path, [rawfill.Region(0, short)])
+        rawfill.fill(path, [rawfill.Region(0, wrong)])
+
+
+def test_fill_without_os_pwrite_seeks_and_writes(tmp_path, monkeypatch):
+    """Windows has no os.pwrite: the fallback puts every block at its offset too."""
+    monkeypatch.delattr("os.pwrite")
+    path = tmp_path / "out"
+    path.write_bytes(bytes(72))
+    rawfill.fill(path, [rawfill.Region(24 * i, _ref(i)) for i in range(3)])
+    assert np.array_equal(np.frombuffer(path.read_bytes(), np.int64), np.arange(9))
 
 
 @pytest.mark.parametrize("source", ["small_cnn.pt", "encoder.pt", "encoder.safetensors"])

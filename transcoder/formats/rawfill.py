@@ -46,7 +46,7 @@ class Filler:
     """
 
     def __init__(self, path: Path, workers: int = WORKERS) -> None:
-        self._fd = os.open(path, os.O_WRONLY)
+        self._fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="transcoder-fill")
         self._futures: list[Future] = []
         self._local = threading.local()
@@ -84,17 +84,30 @@ def _write_tensor(fd: int, region: Region, scratch: np.ndarray) -> None:
     end = at + ref.nbytes
     for block in ref.blocks(scratch):
         if at + len(block) > end:
-            break
+            raise _wrong_size(ref)
         pwrite_all(fd, block, at)
         at += len(block)
     if at != end:
-        raise FormatError(f"its data does not have the {ref.nbytes} bytes its shape and dtype "
-                          "need", tensor=ref.name)
+        raise _wrong_size(ref)
+
+
+def _wrong_size(ref: TensorRef) -> FormatError:
+    return FormatError(f"its data does not have the {ref.nbytes} bytes its shape and dtype need",
+                       tensor=ref.name)
+
+
+_SEEK_LOCK = threading.Lock()
 
 
 def pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
-    """``os.pwrite`` until every byte is written (one call writes at most about 2 GiB)."""
+    """``os.pwrite`` until every byte is written (one call writes at most about 2 GiB); where
+    there is no ``os.pwrite`` (Windows), seek and write under a lock."""
     view = memoryview(data)
     while view.nbytes:
-        done = os.pwrite(fd, view, offset)
+        if hasattr(os, "pwrite"):
+            done = os.pwrite(fd, view, offset)
+        else:
+            with _SEEK_LOCK:
+                os.lseek(fd, offset, os.SEEK_SET)
+                done = os.write(fd, view)
         view, offset = view[done:], offset + done
