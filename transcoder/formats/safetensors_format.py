@@ -1,8 +1,9 @@
 """safetensors: read lazily (single files and sharded indexes), tensor by tensor; write streaming.
 
-The writer streams tensor by tensor (and block by block where the data is permuted) because ``safetensors.numpy.save_file`` needs every
-tensor in memory at once; the file it writes follows the published format (8-byte header
-length, JSON header, raw little-endian data) and is read back by the library in the tests.
+The writer streams tensor by tensor (block by block where the data is permuted) because
+``safetensors.numpy.save_file`` needs every tensor in memory at once; the file it writes
+follows the published format (8-byte header length, JSON header, raw little-endian data) and
+is read back by the library in the tests.
 """
 from __future__ import annotations
 
