@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import FIXTURES, assert_close
-from transcoder.convert import Architecture, transcode
+from transcoder.options import Architecture
+from transcoder.pipeline import transcode
 from transcoder.errors import MappingError, UnsupportedError
 
 keras = pytest.importorskip("keras")

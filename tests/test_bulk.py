@@ -23,7 +23,7 @@ from safetensors.torch import save_file as save_safetensors
 from conftest import ROOT, assert_bit_exact, to_numpy
 from transcoder.bulk import BulkOptions, run_bulk
 from transcoder.bulk.manifest import NAME as MANIFEST, Manifest
-from transcoder.convert import read
+from transcoder.pipeline import read
 from transcoder.errors import UsageError
 from transcoder.rules import make_plan
 

@@ -23,15 +23,14 @@ from torch import nn  # noqa: E402
 
 from conftest import ROOT, to_numpy  # noqa: E402
 from models import Encoder  # noqa: E402  (fixtures/models.py)
-from transcoder.check import (FAIL, INACCURATE, SKIPPED, SUCCESS, CheckReport, InputSpec,  # noqa: E402
-                              check_layers, check_models, compare, default_tolerance,
-                              parse_input_specs, print_table)
-from transcoder.check.models import embedding_ranges, make_inputs  # noqa: E402
+from transcoder.checks import (FAIL, INACCURATE, SKIPPED, SUCCESS, CheckReport,  # noqa: E402
+                               check_layers, check_models, compare, default_tolerance, print_table)
+from transcoder.models.inputs import (InputSpec, embedding_ranges, make_inputs,  # noqa: E402
+                                      parse_input_specs)
 from transcoder.checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef  # noqa: E402
 from transcoder.errors import CheckFailed, UsageError  # noqa: E402
 from transcoder.models.torch_side import module_kinds, module_options  # noqa: E402
-from transcoder.rules import make_plan  # noqa: E402
-from transcoder.rules import table  # noqa: E402
+from transcoder.rules import make_plan, registry  # noqa: E402
 from transcoder.rules.ops import Permute  # noqa: E402
 from transcoder.rules.table import Param  # noqa: E402
 
@@ -160,11 +159,18 @@ def test_layer_check_of_a_keras_source_replays_the_stored_plan():
 
 
 def _sabotage(monkeypatch, family: str, rule) -> None:
-    monkeypatch.setitem(table.BY_NAME, family, rule)
+    monkeypatch.setattr(registry, "TABLE", registry.TABLE.replaced(family, rule))
+
+
+def _swapped_gru_gates():
+    """The GRU family with PyTorch's gate order kept (r, z, n where Keras wants z, r, h)."""
+    gru = registry.TABLE.by_name("GRU")
+    return replace(gru, params=tuple(replace(p, op=replace(p.op, order=(0, 1, 2)))
+                                     for p in gru.params))
 
 
 def test_layer_check_fails_a_wrong_conv_permutation(monkeypatch):
-    conv2d = table.BY_NAME["Conv2d"]
+    conv2d = registry.TABLE.by_name("Conv2d")
     wrong = replace(conv2d, params=(Param("weight", "kernel", Permute((3, 2, 1, 0))),
                                     conv2d.params[1]))       # kh and kw swapped
     _sabotage(monkeypatch, "Conv2d", wrong)
@@ -181,7 +187,7 @@ def test_layer_check_fails_a_wrong_conv_permutation(monkeypatch):
 
 
 def test_layer_check_fails_swapped_gru_gates(monkeypatch):
-    _sabotage(monkeypatch, "GRU", replace(table.BY_NAME["GRU"], gate_order=(0, 1, 2)))
+    _sabotage(monkeypatch, "GRU", _swapped_gru_gates())
     report = check_layers(torch_ckpt(Mixed()))
     failed = [e.name for e in report.entries if e.status != SUCCESS]
     assert failed == ["gru"]
@@ -360,7 +366,7 @@ def test_gru_twin_passes_with_tokens_inside_the_embedding():
 
 def test_swapped_gru_gates_are_named(monkeypatch):
     module = GruNet().eval()
-    monkeypatch.setitem(table.BY_NAME, "GRU", replace(table.BY_NAME["GRU"], gate_order=(0, 1, 2)))
+    _sabotage(monkeypatch, "GRU", _swapped_gru_gates())
     twin = gru_twin(keras_target(module))
     report = check_models(module, twin, [InputSpec((3, 5), "int64")])
     assert report.status == FAIL
@@ -496,7 +502,7 @@ def test_rich_table_renders(failed_report):
 
 
 def test_importing_the_check_package_imports_no_framework():
-    code = ("import sys, transcoder.check; "
+    code = ("import sys, transcoder.checks, transcoder.checks.verify; "
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          check=True).stdout

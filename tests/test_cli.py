@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, ROOT, assert_bit_exact
-from transcoder.convert import read
+from transcoder.pipeline import read
 
 ENCODER = FIXTURES / "encoder.pt"
 
@@ -136,7 +136,7 @@ def test_dry_run_prints_plan_and_writes_nothing(cli, tmp_path):
 
 
 def test_without_torch_and_keras_one_line_says_no_check_ran(cli, tmp_path, monkeypatch):
-    from transcoder.check import verify
+    from transcoder.checks import verify
 
     monkeypatch.setattr(verify, "unavailable", lambda: "torch not installed")
     code, _, err = cli(ENCODER, tmp_path / "x.h5")
@@ -198,7 +198,7 @@ def test_plain_conversion_imports_neither_torch_nor_tensorflow(tmp_path):
 
 def test_library_conversion_imports_only_what_it_needs(tmp_path):
     """Format plugins are looked up (importlib.metadata) only for suffixes no built-in takes."""
-    code = ("import sys; from transcoder.convert import transcode; transcode(*sys.argv[1:]); "
+    code = ("import sys; from transcoder.pipeline import transcode; transcode(*sys.argv[1:]); "
             "print([m for m in ('torch', 'tensorflow', 'keras', 'ml_dtypes', 'rich', 'typer', "
             "'pydantic', 'importlib.metadata', 'tomllib') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code, str(ENCODER), str(tmp_path / "e.h5")],

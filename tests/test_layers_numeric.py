@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conftest import assert_bit_exact, assert_close, to_numpy, torch_state
-from transcoder.convert import transcode
+from transcoder.pipeline import transcode
 
 keras = pytest.importorskip("keras")
 L = keras.layers

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from transcoder.checkpoint import TensorRef
-from transcoder.convert import atomic_output
+from transcoder.pipeline import atomic_output
 from transcoder.errors import FormatError
 from transcoder.formats import rawfill
 from transcoder.rules.ops import Permute
@@ -83,7 +83,7 @@ def test_memory_mapped_tensors_round_trip(tmp_path, monkeypatch, source):
     """Every tensor through the memory-map path (filemap), to .h5 and back, bit for bit."""
     from pathlib import Path
 
-    from transcoder.convert import read, transcode
+    from transcoder.pipeline import read, transcode
     from transcoder.formats import pt, safetensors_format
 
     src = Path(__file__).parent.parent / "fixtures" / source

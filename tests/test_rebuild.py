@@ -124,7 +124,7 @@ def test_names_load_the_pipelines_h5_by_name(tmp_path):
     from conftest import FIXTURES
     from models import Encoder
 
-    from transcoder.convert import transcode
+    from transcoder.pipeline import transcode
 
     module = Encoder()
     module.load_state_dict(torch.load(FIXTURES / "encoder.pt", weights_only=True))

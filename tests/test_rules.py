@@ -10,7 +10,7 @@ from transcoder.checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, Tensor
 from transcoder.errors import AmbiguousError, MappingError, UsageError
 from transcoder.rules import load_user_rules, make_plan
 from transcoder.rules.ops import Permute, op_from_spec
-from transcoder.rules.table import RULES
+from transcoder.rules.registry import TABLE
 
 rng = np.random.default_rng(0)
 
@@ -28,7 +28,7 @@ def kinds(plan) -> dict:
 
 
 def test_every_permutation_inverts_exactly():
-    for rule in RULES:
+    for rule in TABLE:
         for param in rule.params:
             if isinstance(param.op, Permute):
                 x = rand(*range(2, 2 + len(param.op.axes)))

@@ -1,2 +1,2 @@
 """transcoder: move neural-network weights between PyTorch and Keras, and prove they still compute the same."""
-__version__ = "0.1.0"
+from ._version import __version__

@@ -70,3 +70,13 @@ class CheckFailed(TranscoderError):
     """The forward check found outputs that differ beyond tolerance (exit code 1)."""
 
     exit_code = 1
+
+
+#: The exit code of an unexpected exception (a bug in transcoder, never the input's fault).
+INTERNAL_ERROR_EXIT = 3
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut at ``limit`` characters (for embedding a
+    library's error in ours)."""
+    return " ".join(str(exc).split())[:limit]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
+
+from .errors import MissingDependencyError
 
 
 @contextmanager
@@ -27,15 +29,57 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+#: Set before Keras is first imported: the TensorFlow backend, and no C++ start-up logging.
+QUIET_FRAMEWORKS = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+CHECK_EXTRA = "pip install 'transcoder[check]'"
+
+
+def quiet_framework_environment() -> None:
+    """Environment defaults read when Keras and TensorFlow are first imported."""
+    for name, value in QUIET_FRAMEWORKS.items():
+        os.environ.setdefault(name, value)
+
+
 def import_frameworks() -> None:
     """Import torch and keras (TensorFlow backend) once, without TensorFlow's start-up noise."""
     if "keras" in sys.modules:
         return
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_framework_environment()
     with _stderr_silenced():
         import keras  # noqa: F401
         import torch  # noqa: F401
+
+
+def import_torch():
+    """``torch``, or MissingDependencyError naming the extra to install."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("the forward check needs torch", hint=CHECK_EXTRA) from None
+    return torch
+
+
+def import_keras():
+    """``keras`` on the TensorFlow backend (unless KERAS_BACKEND says otherwise), quietly."""
+    quiet_framework_environment()
+    try:
+        with _stderr_silenced() if "keras" not in sys.modules else nullcontext():
+            import keras
+    except ImportError:
+        raise MissingDependencyError("the forward check needs keras (tensorflow-cpu)",
+                                     hint=CHECK_EXTRA) from None
+    return keras
+
+
+def to_numpy(value):
+    """A framework tensor (torch or a Keras backend's) as a numpy array, values exact."""
+    import numpy as np
+
+    if hasattr(value, "detach"):          # torch
+        return numpy_from_torch(value)
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        return np.asarray(value.numpy())
+    return np.asarray(value)
 
 
 def torch_from_numpy(array):

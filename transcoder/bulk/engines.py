@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
-from ..errors import MissingDependencyError, UsageError
-from .task import FAILED, INTERNAL_ERROR_CODE, Task, run_task
+from ..errors import INTERNAL_ERROR_EXIT, MissingDependencyError, UsageError
+from .task import FAILED, Task, run_task
 
 OnResult = Callable[[dict], bool]
 ENGINES = ("local", "ray")
@@ -180,7 +180,7 @@ def _failure(task: Task, error: str, seconds: float, code: int = BAD_INPUT_CODE)
 
 
 def _lost(task: Task, why: str) -> dict:
-    return _failure(task, f"{task.source}: {why}; run again to retry", 0.0, INTERNAL_ERROR_CODE)
+    return _failure(task, f"{task.source}: {why}; run again to retry", 0.0, INTERNAL_ERROR_EXIT)
 
 
 def run_ray(tasks: list[Task], on_result: OnResult, *, jobs: int, address: str | None) -> None:

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..convert import transcode
-from ..errors import TranscoderError
+from .. import formats
+from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
+from ..pipeline import transcode
 
 DONE, FAILED = "done", "failed"
-INTERNAL_ERROR_CODE = 3
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def run_task(task: Task) -> dict:
         record.update(error=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # a bug must not stop the other files either; say it is one
         record.update(error=f"{task.source}: internal error: {type(exc).__name__}: {exc}",
-                      exit_code=INTERNAL_ERROR_CODE)
+                      exit_code=INTERNAL_ERROR_EXIT)
     record["options"] = list(task.options)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
@@ -96,12 +96,9 @@ def run_task(task: Task) -> dict:
 
 def _check(src: Path, dst: Path, task: Task) -> None:
     """The per-layer check (as ``transcode SRC DST`` runs it); CheckFailed when it fails."""
-    from ..check.verify import verify
-    from ..formats import for_path
-    from ..frameworks import import_frameworks
+    from ..checks.verify import verify  # the check's modules: only when checking
 
-    if for_path(src).layout != for_path(dst).layout:
-        import_frameworks()
+    if formats.layout_of(src) != formats.layout_of(dst):
         verify(src, dst, key=task.key, rules=task.rules).raise_for_status()
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from ..errors import FormatError, UsageError
 
 ENTRY_POINT_GROUP = "transcoder.formats"
@@ -42,9 +42,8 @@ class Format:
     magics: tuple[bytes, ...] = ()    # accepted leading bytes; empty = no check
     description: str = ""
     can_read: bool = True
-    write_refusal: str = ""           # non-empty: writing is refused with this message
-    reader: str = "read"              # attribute names in ``module``
-    writer: str = "write"
+    #: written only through a Keras model (Keras' own savers): the architecture is needed
+    needs_model: bool = False
 
     def _load(self, attr: str) -> Callable:
         return getattr(importlib.import_module(self.module), attr)
@@ -53,23 +52,25 @@ class Format:
         if not self.can_read:
             raise UsageError(f"{self.description or self.name} files cannot be read", path=path)
         check_magic(self, path)
-        return self._load(self.reader)(path, options or ReadOptions())
+        return self._load("read")(path, options or ReadOptions())
 
     def check_writable(self, path: Path) -> None:
-        if self.write_refusal:
-            raise UsageError(self.write_refusal, path=path)
+        """UsageError when this format cannot be written from weights alone."""
+        if self.needs_model:
+            raise UsageError(NEEDS_ARCH.format(self.suffixes[0]), path=path)
 
     def write(self, ckpt: Checkpoint, path: Path) -> None:
         self.check_writable(path)
-        self._load(self.writer)(ckpt, path)
+        self._load("write")(ckpt, path)
 
 
 ZIP = b"PK\x03\x04"
 HDF5 = b"\x89HDF\r\n\x1a\n"
 PICKLE = b"\x80"
 
-NEEDS_ARCH = ("writing a Keras 3 {} file needs the Keras architecture, which this version cannot "
-              "take yet; write a legacy .h5 instead (loads with model.load_weights(path, by_name=True))")
+NEEDS_ARCH = ("writing a Keras 3 {} file needs the architecture: pass --keras-model (or --model "
+              "with --input-shape), or write a legacy .h5 (loads with "
+              "model.load_weights(path, by_name=True))")
 
 BUILTIN_FORMATS: tuple[Format, ...] = (
     Format("pt", (".pt", ".pth", ".bin", ".ckpt"), "torch", "transcoder.formats.pt",
@@ -77,11 +78,11 @@ BUILTIN_FORMATS: tuple[Format, ...] = (
     Format("safetensors", (".safetensors", ".safetensors.index.json"), "torch",
            "transcoder.formats.safetensors_format", (), "safetensors (single file or sharded index)"),
     Format("keras_weights_h5", (".weights.h5",), "keras", "transcoder.formats.keras_h5",
-           (HDF5,), "Keras 3 weights file (.weights.h5)", write_refusal=NEEDS_ARCH.format(".weights.h5")),
+           (HDF5,), "Keras 3 weights file (.weights.h5)", needs_model=True),
     Format("keras_h5", (".h5", ".hdf5"), "keras", "transcoder.formats.keras_h5",
            (HDF5,), "Keras legacy HDF5 (weights-only or full model)"),
     Format("keras_zip", (".keras",), "keras", "transcoder.formats.keras_zip",
-           (ZIP,), "Keras 3 model archive (.keras)", write_refusal=NEEDS_ARCH.format(".keras")),
+           (ZIP,), "Keras 3 model archive (.keras)", needs_model=True),
 )
 
 
@@ -100,6 +101,15 @@ def for_path(path: Path | str) -> Format:
         known = ", ".join(s for f in all_formats() for s in f.suffixes)
         raise UsageError(f"unknown file type (supported: {known})", path=path)
     return fmt
+
+
+def layout_of(path: Path | str) -> str:
+    """The layout (``"torch"`` or ``"keras"``) of the format a file name implies."""
+    return for_path(path).layout
+
+
+def other_layout(layout: str) -> str:
+    return LAYOUT_KERAS if layout == LAYOUT_TORCH else LAYOUT_TORCH
 
 
 def _longest_match(name: str, formats) -> Format | None:

@@ -15,7 +15,9 @@ from typing import Any
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import MappingError, UnsupportedError, UsageError
+from ..rules import plan_to_keras
 from .spec import build_from_spec
+from .torch_side import checkpoint_of_module
 
 #: Keras classes whose weights map alike: a kind inferred from weights alone may name either.
 FAMILY: dict[str, str] = {
@@ -117,6 +119,23 @@ def pair(ours: list[LayerInfo], theirs: list[LayerInfo]) -> list[Pair]:
     return [pairs[o.name] for o in ours]
 
 
+def layers_of_module(module) -> list[LayerInfo]:
+    """Our Keras layers for a PyTorch module: its state dict through the rule table."""
+    reference = checkpoint_of_module(module)
+    return layers_of_checkpoint(plan_to_keras(reference).apply(reference))
+
+
+def pairs_by_path(module, keras_model) -> list[tuple[str, str]]:
+    """(module path, Keras layer) for localising a divergence in a twin named its own way:
+    the same pairing as the conversion (by name, then by order with kinds and shapes)."""
+    modules = dict(module.named_modules())
+    pairs = []
+    for p in pair(layers_of_module(module), layers_of_model(keras_model)):
+        path = p.ours.name if p.ours.name in modules else p.ours.name.rsplit(".l", 1)[0]
+        pairs.append((path, p.theirs.name))
+    return pairs
+
+
 def _describe(info: LayerInfo, side: str = "") -> str:
     shapes = ", ".join(str(list(s)) for s in info.shapes)
     return f"{side} {info.name!r} ({info.class_name or 'unknown class'}, weights [{shapes}])".strip()
@@ -169,7 +188,7 @@ def renamed_to_ours(pairs: list[Pair], source: Checkpoint) -> Checkpoint:
     return out
 
 
-def checkpoint_from_model(model, source: str | None = None) -> Checkpoint:
+def checkpoint_of_model(model, source: str | None = None) -> Checkpoint:
     """The model's current weights as a keras-layout checkpoint named by its layers."""
     import numpy as np
 

@@ -43,11 +43,14 @@ from torch.fx.node import map_aggregate, map_arg
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import MappingError, UnsupportedError
+from ..frameworks import torch_from_numpy
+from ..options import InputOptions
 from ..rules import make_plan
 from . import rebuild_functions, rebuild_ops, rebuild_seq  # noqa: F401  (fill the tables)
+from .inputs import InputSpec, embedding_ranges, make_inputs
 from .rebuild_core import (FUNCTIONS, KERAS_DTYPES, METHODS, MODULES, Build, Graph, NeedStatic,
                            Refused, Value, channels_last, identity)
-from .live import reference_checkpoint
+from .torch_side import checkpoint_of_module
 
 #: Calls whose size arguments may depend on the batch size: their target is the traced
 #: output shape with the growing axis written -1.
@@ -73,9 +76,18 @@ def rebuild(module: torch.nn.Module, example_inputs: tuple, *, channels_last: bo
             return _Rebuilder(gm, module, keras_ckpt, {}, channels_last).build(example_inputs)
 
 
+def rebuild_for_inputs(module: torch.nn.Module, specs: list[InputSpec], inputs: InputOptions,
+                       keras_ckpt: Checkpoint | None = None) -> keras.Model:
+    """:func:`rebuild` traced on seeded example inputs of these specs, in ``inputs``' layout."""
+    highs, _ = embedding_ranges(torch, module, specs)
+    example = [torch_from_numpy(x) for x in make_inputs(specs, inputs.seed, highs)]
+    return rebuild(module, tuple(example), channels_last=inputs.channels_last,
+                   keras_ckpt=keras_ckpt)
+
+
 def keras_checkpoint(module: torch.nn.Module) -> Checkpoint:
     """The module's state dict converted by the rule table to the Keras layout."""
-    ckpt = reference_checkpoint(module)
+    ckpt = checkpoint_of_module(module)
     return make_plan(ckpt, LAYOUT_KERAS).apply(ckpt)
 
 
@@ -261,7 +273,7 @@ class _Rebuilder(torch.fx.Interpreter):
         label = _label(self.module, n)
         if builder is None:
             raise UnsupportedError(f"no Keras rebuild for {label} (module {n.target})",
-                                   hint="see transcoder.models.supported()")
+                                   hint="see the README's list of what the rebuild covers")
         b = Build(self.g, n.target, label=label, where=n.target, path=n.target, module=module,
                   result=result, grow=self.grow.get(n))
         args, kwargs = self._args(n)
@@ -276,7 +288,7 @@ class _Rebuilder(torch.fx.Interpreter):
         label = _label(self.module, n)
         if builder is None:
             raise UnsupportedError(f"no Keras rebuild for {label} (in {_where(n)})",
-                                   hint="see transcoder.models.supported()")
+                                   hint="see the README's list of what the rebuild covers")
         b = Build(self.g, self.g.unique(n.name), label=label, where=_where(n), result=result,
                   grow=self.grow.get(n))
         with _keras_errors(b):

@@ -164,7 +164,7 @@ class Build:
 
     def unsupported(self, reason: str) -> UnsupportedError:
         return UnsupportedError(f"{self.label} in {self.where}: {reason}",
-                                hint="see transcoder.models.supported()")
+                                hint="see the README's list of what the rebuild covers")
 
     def static(self, size: int | None) -> int:
         if size is None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checkpoint import Checkpoint
+from collections import OrderedDict
+
+from ..checkpoint import LAYOUT_TORCH, Checkpoint, TensorRef, dtype_name
 from ..errors import MappingError, UsageError
-from ..frameworks import torch_from_numpy
+from ..frameworks import numpy_from_torch, torch_from_numpy
 from .spec import build_from_spec
 
 #: module attribute -> option name, recorded per module where present.
@@ -79,3 +81,14 @@ def describe(model, ckpt: Checkpoint) -> None:
     check_fit(model, ckpt)
     ckpt.meta["module_kinds"] = module_kinds(model)
     ckpt.meta["module_options"] = module_options(model)
+
+
+def checkpoint_of_module(module) -> Checkpoint:
+    """A module's own state dict as a torch-layout checkpoint, with its kinds and options."""
+    tensors = OrderedDict()
+    for name, tensor in module.state_dict().items():
+        array = numpy_from_torch(tensor)
+        tensors[name] = TensorRef(name, tuple(array.shape), dtype_name(array.dtype),
+                                  lambda a=array: a)
+    meta = {"module_kinds": module_kinds(module), "module_options": module_options(module)}
+    return Checkpoint(tensors, LAYOUT_TORCH, source="--model", format="module", meta=meta)

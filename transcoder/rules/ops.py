@@ -49,6 +49,10 @@ class Op:
         """The same for the one PyTorch-side tensor."""
         return permuted_blocks(ys[0], tuple(range(ys[0].ndim)), scratch)
 
+    def inverse_note(self, refs: list, step) -> str | None:
+        """What the inverse will do when that depends on the data (a note for the plan)."""
+        return None
+
     def describe(self) -> str:
         return "copy"
 

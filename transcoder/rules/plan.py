@@ -13,34 +13,12 @@ from dataclasses import dataclass, field
 
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import MappingError, TranscoderError, UnsupportedError
+from . import registry
 from .infer import infer_keras_kind, infer_torch_kind
-from .ops import Identity, Op, Reshape, op_from_spec
-from .table import NESTED, LayerRule, rule_for_keras_kind, rule_for_torch_kind
+from .steps import BY_USER_RULES, COPY, TO_KERAS, TO_TORCH, Step, check_shapes, note_inverse
 from .user import CARRY, UserRules
 
-TO_KERAS, TO_TORCH, COPY = "to_keras", "to_torch", "copy"
 META_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Step:
-    torch: tuple[str, ...]
-    keras: tuple[str, ...]
-    op: Op
-    rule: str       # rule family, "--rules" or "stored"
-    layer: str      # Keras layer the weights belong to
-
-    def spec(self) -> dict:
-        return {"torch": list(self.torch), "keras": list(self.keras), "op": self.op.spec(),
-                "rule": self.rule, "layer": self.layer}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "Step":
-        try:
-            return cls(tuple(spec["torch"]), tuple(spec["keras"]), op_from_spec(spec["op"]),
-                       spec["rule"], spec["layer"])
-        except (KeyError, TypeError) as exc:
-            raise MappingError(f"stored conversion metadata is malformed ({exc})") from None
 
 
 @dataclass
@@ -70,6 +48,12 @@ class Plan:
         prefix = step.layer + "/"  # other Keras-side names of a step are carried tensors
         layer.weights.extend(k[len(prefix):] for k in step.keras if k.startswith(prefix))
         self.steps.append(step)
+
+    def carry(self, names: list[str], note: str | None = None) -> None:
+        """Keep these tensors verbatim (no counterpart in the other layout), with a note."""
+        self.carried.extend(names)
+        if names and note:
+            self.notes.append(note)
 
     def apply(self, src: Checkpoint) -> Checkpoint:
         """The target checkpoint, lazily: each tensor is computed when a writer loads it."""
@@ -101,10 +85,11 @@ def group_modules(tensors: dict[str, TensorRef]) -> "OrderedDict[str, dict[str, 
 
 
 def absorb_children(modules: "OrderedDict[str, dict[str, TensorRef]]") -> "OrderedDict":
-    """Move child modules that belong to their parent's Keras layer (``table.NESTED``) into it,
-    as ``child.param`` (a MultiheadAttention's ``out_proj``)."""
+    """Move child modules that belong to their parent's Keras layer (``LayerRule.nested``) into
+    it, as ``child.param`` (a MultiheadAttention's ``out_proj``)."""
+    table = registry.TABLE
     for path, params in list(modules.items()):
-        child = next((NESTED[n] for n in params if n in NESTED), None)
+        child = next((table.nested_child(n) for n in params if table.nested_child(n)), None)
         inner = modules.pop(f"{path}.{child}", None) if child and path else None
         params.update((f"{child}.{n}", ref) for n, ref in (inner or {}).items())
     return modules
@@ -117,7 +102,7 @@ def _take_user_tensors(plan: Plan, params: dict[str, TensorRef], user: UserRules
         if tmap is None:
             rest[pname] = ref
         else:
-            plan.add(Step((ref.name,), (tmap.keras,), tmap.op, "--rules", tmap.layer),
+            plan.add(Step((ref.name,), (tmap.keras,), tmap.op, BY_USER_RULES, tmap.layer),
                      reason="[[tensor]] in --rules")
     return rest
 
@@ -134,55 +119,11 @@ def _plan_module(plan: Plan, path: str, params: dict[str, TensorRef], known_kind
     else:
         found = infer_torch_kind(path, params)
         kind, reason = found.kind, found.reason
-    rule = rule_for_torch_kind(kind) if kind and kind != CARRY else None
+    rule = registry.TABLE.for_torch_kind(kind) if kind and kind != CARRY else None
     if rule is None:
         plan.carried.extend(ref.name for ref in params.values())
         return
-    _plan_rule(plan, path, params, rule, reason, options)
-
-
-def _plan_rule(plan: Plan, path: str, params: dict[str, TensorRef], rule: LayerRule, reason: str,
-               options: dict) -> None:
-    expand = getattr(rule, "expand", None)
-    if expand is not None:  # rule families with more than one Keras layer per module (recurrent)
-        expand(plan, path, params, options, reason)
-        return
-    for param in rule.params:
-        ref = params.get(param.torch)
-        if ref is None:
-            if param.required:
-                raise MappingError(f"a {rule.name} needs a '{param.torch}' tensor beside this one",
-                                   tensor=next(iter(params.values())).name)
-            continue
-        op = _param_op(rule, param.op, ref, options)
-        step = Step((ref.name,), (f"{path}/{param.keras}",), op, rule.name, path)
-        check_shapes(step, [ref.shape])
-        plan.add(step, rule.keras_kind, reason)
-    leftover = [ref.name for name, ref in params.items() if rule.param(name) is None]
-    plan.carried.extend(leftover)
-    unexpected = [n for n in leftover if n.rpartition(".")[2] not in rule.carried]
-    if unexpected:
-        plan.notes.append(f"{path}: kept verbatim, no Keras weight in a {rule.name}: "
-                          f"{', '.join(unexpected)}")
-
-
-def _param_op(rule: LayerRule, op: Op, ref: TensorRef, options: dict) -> Op:
-    shape = options.get("keras_shape")
-    if shape is None:
-        return op
-    if not isinstance(op, Identity):
-        raise MappingError(f"keras_shape is only for rules that copy ({rule.name} permutes)",
-                           tensor=ref.name)
-    return Reshape(tuple(shape), tuple(ref.shape))
-
-
-def check_shapes(step: Step, shapes: list) -> list:
-    try:
-        return step.op.forward_shapes(shapes)
-    except TranscoderError as exc:
-        raise exc.with_context(tensor=step.torch[0]) from None
-    except ValueError as exc:  # e.g. a reshape to a size that does not fit
-        raise MappingError(str(exc), tensor=step.torch[0]) from None
+    rule.plan_from_torch(plan, path, params, options, reason)
 
 
 def _check_unique(plan: Plan) -> None:
@@ -272,13 +213,6 @@ def _replay(ckpt: Checkpoint, stored: dict) -> Plan:
     return plan
 
 
-def note_inverse(plan: Plan, step: Step, refs: list[TensorRef]) -> None:
-    """Ops whose inverse depends on the data (LSTM bias pairs) say what it will do, as a note."""
-    note = getattr(step.op, "inverse_note", None)
-    message = note(refs, step) if note else None
-    plan.notes.extend([message] if message else [])
-
-
 def _keras_layers(ckpt: Checkpoint):
     """``(layer meta, {weight path: tensor})`` per Keras layer, in file order."""
     layers = ckpt.meta.get("keras_layers")
@@ -297,28 +231,16 @@ def _keras_layers(ckpt: Checkpoint):
 
 def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef]) -> None:
     name, class_name = layer["name"], layer.get("class_name")
-    rule = rule_for_keras_kind(class_name) if class_name else None
+    rule = registry.TABLE.for_keras_kind(class_name) if class_name else None
     reason = f"Keras class {class_name}"
     if rule is None:
         found = infer_keras_kind(name, weights)
-        rule = rule_for_keras_kind(found.kind) if found.kind else None
+        rule = registry.TABLE.for_keras_kind(found.kind) if found.kind else None
         reason = found.reason
     if rule is None:
         raise UnsupportedError(f"no rule maps Keras layer {name!r} ({class_name or reason})",
                                hint="see `transcode rules`")
-    expand = getattr(rule, "expand_keras", None)
-    if expand is not None:  # recurrent and attention layers: several tensors per step
-        expand(plan, layer, weights, reason)
-        return
-    by_keras = {p.keras: p for p in rule.params}
-    unknown = [w for w in weights if w not in by_keras]
-    if unknown:
-        raise UnsupportedError(f"Keras layer {name!r} ({rule.keras_kind}) has weights the "
-                               f"{rule.name} rule does not know: {', '.join(unknown)}")
-    for param in rule.params:
-        if param.keras in weights:
-            plan.add(Step((f"{name}.{param.torch}",), (f"{name}/{param.keras}",), param.op,
-                          rule.name, name), rule.keras_kind, reason)
+    rule.plan_from_keras(plan, layer, weights, reason)
 
 
 def _apply_to_torch(plan: Plan, src: Checkpoint) -> Checkpoint:

@@ -1,28 +1,58 @@
-"""The rule table: which PyTorch layer kind maps to which Keras layer, tensor by tensor.
+"""A rule family and the table of them.
 
-Rules are data. A :class:`LayerRule` covers one family of PyTorch modules (``torch_kinds``)
-and names, per parameter, the Keras weight it becomes and the operation between them. The
-Keras weight order of a layer is the order of ``params``. One table serves both directions:
-every operation has an inverse. Recurrent and attention families register further rules
-through :func:`register`.
+A :class:`LayerRule` is one family of PyTorch modules (``torch_kinds``) and the Keras layer
+class it becomes, as data: per parameter (:class:`Param`), the PyTorch tensor names, the Keras
+weight names and the operation between them. The Keras weight order of a layer is the order of
+``params``; every operation has an inverse, so one table serves both directions. A family also
+carries what the live stages need, so that everything about it is in one place: the words that
+name it (``hints``), ``recognise`` for kind inference, its per-layer check builder (``check``)
+and its Keras rebuild builder (``rebuild``), or the reason it cannot have one (``cannot``).
+
+The generic :meth:`LayerRule.plan_from_torch` / :meth:`LayerRule.plan_from_keras` map each
+param's one tensor to its one weight; families whose tensors map many to many (recurrent,
+attention) override them and expand their params' name patterns.
+
+:class:`RuleTable` holds the families in order and finds them by name, PyTorch kind or Keras
+class. The table itself is ``registry.TABLE``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator
 
-from .ops import Identity, Op, Permute
+from ..checkpoint import TensorRef
+from ..errors import MappingError, UnsupportedError
+from .ops import Identity, Op, Permute, Reshape
+from .steps import Step, check_shapes
 
 T = Permute((1, 0))
+
+#: The live stages a family serves; ``cannot`` says, per stage, why it has no builder for it.
+CHECK, REBUILD = "check", "rebuild"
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A layer kind read from names and shapes, and why."""
+
+    kind: str | None    # a rule family name, or None: no rule fits (the tensors are carried)
+    reason: str
 
 
 @dataclass(frozen=True)
 class Param:
-    """One PyTorch parameter (or buffer) <-> one Keras weight."""
+    """PyTorch tensor(s) <-> Keras weight(s) through one op. Names are plain names, or patterns
+    that a family expands (``weight_ih_l{k}{rev}``). Strings are taken as one name."""
 
-    torch: str
-    keras: str
+    torch: tuple[str, ...] | str
+    keras: tuple[str, ...] | str
     op: Op = Identity()
     required: bool = True
+
+    def __post_init__(self) -> None:
+        for side in ("torch", "keras"):
+            if isinstance(getattr(self, side), str):
+                object.__setattr__(self, side, (getattr(self, side),))
 
 
 @dataclass(frozen=True)
@@ -35,84 +65,153 @@ class LayerRule:
     params: tuple[Param, ...]
     carried: tuple[str, ...] = ()   # PyTorch tensors with no Keras counterpart, kept verbatim
     note: str = ""
+    hints: tuple[str, ...] = ()     # words of a module path that name this family
+    #: tensor names that prove the family when a module holds all of them, and why
+    proof: tuple[tuple[str, ...], str] | None = None
+    #: ``(parameter, child)``: a module holding that parameter takes in the child module, both
+    #: forming one Keras layer (a MultiheadAttention and its ``out_proj``)
+    nested: tuple[tuple[str, str], ...] = ()
+    check: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    rebuild: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    #: stage (CHECK, REBUILD) or "rebuild:<torch kind>" -> why there is no builder for it
+    cannot: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        torch_names = [p.torch for p in self.params] + list(self.carried)
-        keras_names = [p.keras for p in self.params]
+        torch_names = [n for p in self.params for n in p.torch] + list(self.carried)
+        keras_names = [n for p in self.params for n in p.keras]
         if len(set(torch_names)) != len(torch_names) or len(set(keras_names)) != len(keras_names):
             raise ValueError(f"rule {self.name}: a tensor name appears twice")
         if self.name not in self.torch_kinds:
             raise ValueError(f"rule {self.name}: its name must be one of its torch_kinds")
 
     def param(self, torch_name: str) -> Param | None:
-        return next((p for p in self.params if p.torch == torch_name), None)
+        return next((p for p in self.params if torch_name in p.torch), None)
+
+    # ------------------------------------------------------------ kind inference
+
+    def recognise(self, path: str, params: dict[str, TensorRef]) -> Inference | None:
+        """This family when the tensor names alone prove it (``proof``; families whose names
+        are all their own override this); None leaves it to the shapes."""
+        if self.proof and set(self.proof[0]) <= set(params):
+            return Inference(self.name, self.proof[1])
+        return None
+
+    def recognise_keras(self, layer: str, weights: dict[str, TensorRef]) -> Inference | None:
+        """The Keras class of a layer known only by its weights, when this family's weight
+        names prove it; None leaves it to the generic reasoning."""
+        return None
+
+    # ------------------------------------------------------------ PyTorch -> Keras
+
+    def plan_from_torch(self, plan, path: str, params: dict[str, TensorRef], options: dict,
+                        reason: str) -> None:
+        """Add the steps mapping the module at ``path`` (its tensors ``params``) to ``plan``."""
+        for param in self.params:
+            ref = params.get(param.torch[0])
+            if ref is None:
+                if param.required:
+                    raise MappingError(f"a {self.name} needs a '{param.torch[0]}' tensor beside "
+                                       f"this one", tensor=next(iter(params.values())).name)
+                continue
+            step = Step((ref.name,), (f"{path}/{param.keras[0]}",),
+                        self._op(param.op, ref, options), self.name, path)
+            check_shapes(step, [ref.shape])
+            plan.add(step, self.keras_kind, reason)
+        leftover = [ref.name for name, ref in params.items() if self.param(name) is None]
+        unexpected = [n for n in leftover if n.rpartition(".")[2] not in self.carried]
+        plan.carry(leftover, f"{path}: kept verbatim, no Keras weight in a {self.name}: "
+                             f"{', '.join(unexpected)}" if unexpected else None)
+
+    def _op(self, op: Op, ref: TensorRef, options: dict) -> Op:
+        """The param's op, or a reshape to a ``keras_shape`` the user gave (``--rules``)."""
+        shape = options.get("keras_shape")
+        if shape is None:
+            return op
+        if not isinstance(op, Identity):
+            raise MappingError(f"keras_shape is only for rules that copy ({self.name} permutes)",
+                               tensor=ref.name)
+        return Reshape(tuple(shape), tuple(ref.shape))
+
+    # ------------------------------------------------------------ Keras -> PyTorch
+
+    def plan_from_keras(self, plan, layer: dict, weights: dict[str, TensorRef],
+                        reason: str) -> None:
+        """Add the steps mapping Keras layer ``layer`` (its weights by short path) to ``plan``."""
+        name = layer["name"]
+        by_keras = {p.keras[0]: p for p in self.params}
+        unknown = [w for w in weights if w not in by_keras]
+        if unknown:
+            raise UnsupportedError(f"Keras layer {name!r} ({self.keras_kind}) has weights the "
+                                   f"{self.name} rule does not know: {', '.join(unknown)}")
+        for param in self.params:
+            if param.keras[0] in weights:
+                plan.add(Step((f"{name}.{param.torch[0]}",), (f"{name}/{param.keras[0]}",),
+                              param.op, self.name, name), self.keras_kind, reason)
+
+    # ------------------------------------------------------------ the per-layer check
+
+    def check_name(self, local: str) -> str:
+        """A tensor's local name in the module the per-layer check builds for one Keras layer."""
+        return local
+
+    # ------------------------------------------------------------ printing
+
+    def rows(self) -> list[dict]:
+        """The family as `transcode rules` prints it: one row per param, then carried tensors."""
+        rows = []
+        for i, param in enumerate(self.params):
+            rows.append(self._row(", ".join(param.torch), ", ".join(param.keras),
+                                  param.op.describe(), "" if i else self.note))
+        rows += [self._row(name, "", "carried", "kept verbatim for the way back")
+                 for name in self.carried]
+        return rows
+
+    def _row(self, torch: str, keras: str, op: str, note: str) -> dict:
+        return {"rule": self.name, "torch kinds": list(self.torch_kinds),
+                "keras": self.keras_kind, "torch tensor": torch, "keras weight": keras, "op": op,
+                "note": note}
 
 
-def _conv(n: int, transposed: bool) -> LayerRule:
-    axes = tuple(range(2, n + 2)) + (1, 0)
-    name = f"ConvTranspose{n}d" if transposed else f"Conv{n}d"
-    keras = f"Conv{n}DTranspose" if transposed else f"Conv{n}D"
-    note = ("(in, out/g, k..) -> (k.., out, in); Keras has no groups here: grouped needs a densified "
-            "kernel" if transposed else "(out, in/g, k..) -> (k.., in/g, out); groups and depthwise "
-            "map to Keras Conv with groups=")
-    return LayerRule(name, (name,), keras, (Param("weight", "kernel", Permute(axes)),
-                                            Param("bias", "bias", required=False)), note=note)
+class RuleTable:
+    """The families in order (``transcode rules`` prints them so), found by name, PyTorch
+    kind or Keras class (the first family listing it wins)."""
 
+    def __init__(self, families: Iterable[LayerRule]) -> None:
+        self._families = tuple(families)
+        self._by_name: dict[str, LayerRule] = {}
+        for family in self._families:
+            if family.name in self._by_name:
+                raise ValueError(f"rule {family.name} is in the table twice")
+            self._by_name[family.name] = family
+        self._by_torch: dict[str, LayerRule] = {}
+        self._by_keras: dict[str, LayerRule] = {}
+        for family in self._families:
+            for kind in family.torch_kinds:
+                self._by_torch.setdefault(kind, family)
+            self._by_keras.setdefault(family.keras_kind, family)
+        self._nested = {param: child for f in self._families for param, child in f.nested}
 
-def _norm(name: str, kinds: tuple[str, ...], keras: str, note: str, stats: bool = False) -> LayerRule:
-    params = [Param("weight", "gamma", required=False), Param("bias", "beta", required=False)]
-    if stats:
-        params += [Param("running_mean", "moving_mean"), Param("running_var", "moving_variance")]
-    return LayerRule(name, kinds, keras, tuple(params),
-                     carried=("num_batches_tracked",) if stats else (), note=note)
+    def __iter__(self) -> Iterator[LayerRule]:
+        return iter(self._families)
 
+    def names(self) -> list[str]:
+        return [f.name for f in self._families]
 
-RULES: list[LayerRule] = [
-    LayerRule("Linear", ("Linear", "LazyLinear", "NonDynamicallyQuantizableLinear"), "Dense",
-              (Param("weight", "kernel", T), Param("bias", "bias", required=False)),
-              note="(out, in) -> (in, out)"),
-    *(_conv(n, t) for t in (False, True) for n in (1, 2, 3)),
-    _norm("BatchNorm", ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"),
-          "BatchNormalization", "set Keras epsilon=1e-5 and momentum=1-torch momentum", stats=True),
-    _norm("LayerNorm", ("LayerNorm",), "LayerNormalization", "set Keras epsilon=1e-5"),
-    LayerRule("RMSNorm", ("RMSNorm",), "RMSNormalization", (Param("weight", "scale"),),
-              note="Keras RMSNormalization(epsilon=...); not LayerNormalization(rms_scaling=True), "
-                   "which scales by the variance"),
-    _norm("GroupNorm", ("GroupNorm",), "GroupNormalization", "set Keras epsilon=1e-5"),
-    _norm("InstanceNorm", ("InstanceNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"),
-          "GroupNormalization", "affine weights only; Keras GroupNormalization(groups=-1, epsilon=1e-5)"),
-    LayerRule("Embedding", ("Embedding", "EmbeddingBag"), "Embedding",
-              (Param("weight", "embeddings"),), note="(num, dim) unchanged: never transposed"),
-    LayerRule("PReLU", ("PReLU",), "PReLU", (Param("weight", "alpha"),),
-              note="alpha (C,); give keras_shape in --rules for a PReLU with shared_axes"),
-]
+    def by_name(self, name: str) -> LayerRule | None:
+        return self._by_name.get(name)
 
+    def for_torch_kind(self, kind: str) -> LayerRule | None:
+        """The family of a PyTorch class or family name (``Conv1d``, ``BatchNorm2d``, ``BatchNorm``)."""
+        return self._by_name.get(kind) or self._by_torch.get(kind)
 
-def register(rule: LayerRule) -> LayerRule:
-    """Add a rule family (used by the recurrent and attention modules)."""
-    if rule.name in BY_NAME:
-        raise ValueError(f"rule {rule.name} is already registered")
-    RULES.append(rule)
-    BY_NAME[rule.name] = rule
-    for kind in rule.torch_kinds:
-        BY_TORCH_KIND.setdefault(kind, rule)
-    BY_KERAS_KIND.setdefault(rule.keras_kind, rule)
-    return rule
+    def for_keras_kind(self, kind: str) -> LayerRule | None:
+        return self._by_keras.get(kind)
 
+    def nested_child(self, param: str) -> str | None:
+        """The child module that joins the module holding ``param`` (see ``LayerRule.nested``)."""
+        return self._nested.get(param)
 
-#: A module holding a tensor named here takes in the child module named by the value: both
-#: form one Keras layer (a MultiheadAttention and its ``out_proj``). Filled by attention.py.
-NESTED: dict[str, str] = {}
-
-BY_NAME: dict[str, LayerRule] = {r.name: r for r in RULES}
-BY_TORCH_KIND: dict[str, LayerRule] = {k: r for r in reversed(RULES) for k in r.torch_kinds}
-BY_KERAS_KIND: dict[str, LayerRule] = {r.keras_kind: r for r in reversed(RULES)}
-
-
-def rule_for_torch_kind(kind: str) -> LayerRule | None:
-    """The rule for a PyTorch class or family name (``Conv1d``, ``BatchNorm2d``, ``BatchNorm``)."""
-    return BY_NAME.get(kind) or BY_TORCH_KIND.get(kind)
-
-
-def rule_for_keras_kind(kind: str) -> LayerRule | None:
-    return BY_KERAS_KIND.get(kind)
+    def replaced(self, name: str, family: LayerRule | None = None, **changes) -> "RuleTable":
+        """A copy with family ``name`` replaced (by ``family``, or by itself with ``changes``)."""
+        new = family if family is not None else replace(self._by_name[name], **changes)
+        return RuleTable(new if f.name == name else f for f in self._families)

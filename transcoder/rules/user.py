@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .ops import Identity, Op, Permute
-from .table import rule_for_torch_kind
+from . import registry
 
 CARRY = "carry"
 
@@ -84,7 +84,7 @@ def _layer(entry: dict, path: Path) -> LayerHint:
     match, kind = entry.pop("match", None), entry.pop("kind", None)
     if not isinstance(match, str) or not isinstance(kind, str):
         raise UsageError("each [[layer]] needs string keys 'match' and 'kind'", path=path)
-    if kind != CARRY and rule_for_torch_kind(kind) is None:
+    if kind != CARRY and registry.TABLE.for_torch_kind(kind) is None:
         raise UsageError(f"[[layer]] match={match!r}: unknown kind {kind!r}",
                          path=path, hint="see `transcode rules` for the kinds, or use \"carry\"")
     return LayerHint(match, kind, entry)

@@ -11,21 +11,27 @@ do carry it (the kernels' middle axis).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 
-from ..checkpoint import TensorRef
-from ..errors import AmbiguousError, MappingError, UnsupportedError, UsageError
-from .ops import Identity, Op, register_op
-from .plan import Plan, Step, check_shapes
-from .table import NESTED, LayerRule, Param, register
+from ...checkpoint import TensorRef
+from ...errors import AmbiguousError, MappingError, UnsupportedError, UsageError
+from ..checkcase import BATCH, Built, LayerCase, Skip
+from ..ops import Identity, Op, register_op
+from ..steps import Step, check_shapes
+from ..table import Inference, LayerRule, Param
 
 PROJECTIONS = ("query", "key", "value")
 SEPARATE = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
 UNSUPPORTED = {"bias_k": "add_bias_kv=True", "bias_v": "add_bias_kv=True"}
 OUT = "attention_output"
+#: every tensor name a MultiheadAttention may hold (its out_proj joined in)
+TORCH_NAMES = frozenset({"in_proj_weight", *SEPARATE, "in_proj_bias", "bias_k", "bias_v",
+                         "out_proj.weight", "out_proj.bias"})
+KERAS_NAMES = frozenset(f"{p}/{w}" for p in PROJECTIONS + (OUT,) for w in ("kernel", "bias"))
+IN_KERAS = tuple(f"{p}/{w}" for p in PROJECTIONS for w in ("kernel", "bias"))
 
 
 def _heads_of(rows: int, heads: int, what: str) -> int:
@@ -43,7 +49,7 @@ class InProjection(Op):
 
     kind: ClassVar[str] = "in_projection"
     arity: ClassVar[tuple[int, int]] = (2, 6)  # (1..4, 3..6) with packing and bias
-    heads: int = 0
+    heads: int = 0   # 0 in the table: the plan fills in the module's head count
     packed: bool = True
     bias: bool = True
 
@@ -130,12 +136,41 @@ def _rules_hint(path: str) -> str:
 
 @dataclass(frozen=True)
 class AttentionRule(LayerRule):
-    """``params`` describe the family (``transcode rules``); ``expand`` / ``expand_keras`` plan."""
+    """Its first param is the packed in-projection; ``separate`` is the kdim/vdim one, used
+    instead when the module has q/k/v_proj_weight. Bias-free modules drop the bias names."""
+
+    separate: Param | None = None
+
+    def recognise(self, path: str, params: dict[str, TensorRef]) -> Inference | None:
+        names = set(params)
+        if names <= TORCH_NAMES and names & {"in_proj_weight", "q_proj_weight"}:
+            return Inference(self.name, "in_proj/out_proj tensors of a MultiheadAttention")
+        return None
+
+    def rows(self) -> list[dict]:
+        rows = super().rows()
+        sep = self.separate
+        rows.insert(1, self._row(", ".join(sep.torch), ", ".join(sep.keras), sep.op.describe(),
+                                 "instead of in_proj_weight when kdim/vdim differ from E"))
+        return rows
+
+    def _projections(self, packed: bool, bias: bool, heads: int) -> list[Param]:
+        """The params that run for this module, bias names dropped when it has none."""
+        inp, out_w, out_b = self.params
+        inp = inp if packed else self.separate
+        if not bias:
+            inp = replace(inp, torch=tuple(n for n in inp.torch if "bias" not in n),
+                          keras=tuple(n for n in inp.keras if "bias" not in n))
+        return [replace(inp, op=replace(inp.op, heads=heads, bias=bias)),
+                replace(out_w, op=replace(out_w.op, heads=heads))] + ([out_b] if bias else [])
+
+    def recognise_keras(self, layer: str, weights: dict[str, TensorRef]) -> Inference | None:
+        return keras_kind(weights)
 
     # ------------------------------------------------------------ PyTorch -> Keras
 
-    def expand(self, plan: Plan, path: str, params: dict[str, TensorRef], options: dict,
-               reason: str) -> None:
+    def plan_from_torch(self, plan, path: str, params: dict[str, TensorRef], options: dict,
+                        reason: str) -> None:
         _refuse_unsupported(params)
         heads = _num_heads(path, params, options)
         weights = _in_weights(path, params)
@@ -147,40 +182,56 @@ class AttentionRule(LayerRule):
         if (in_bias is None) != (out_b is None):
             raise UnsupportedError(f"{path}: Keras MultiHeadAttention has biases on all projections "
                                    f"or none", tensor=(in_bias or out_b).name)
-        bias = in_bias is not None
-        torch_in = weights + ([in_bias] if bias else [])
-        keras_in = [f"{path}/{p}/{w}" for p in PROJECTIONS for w in ("kernel", "bias")[:1 + bias]]
-        steps = [(Step(tuple(r.name for r in torch_in), tuple(keras_in),
-                       InProjection(heads, len(weights) == 1, bias), self.name, path), torch_in),
-                 (Step((out_w.name,), (f"{path}/{OUT}/kernel",), OutProjection(heads), self.name,
-                       path), [out_w])]
-        steps += [(Step((out_b.name,), (f"{path}/{OUT}/bias",), Identity(), self.name, path),
-                   [out_b])] if bias else []
-        for step, refs in steps:
+        used = set()
+        for param in self._projections(len(weights) == 1, in_bias is not None, heads):
+            refs = [params[n] for n in param.torch]
+            step = Step(tuple(r.name for r in refs), tuple(f"{path}/{k}" for k in param.keras),
+                        param.op, self.name, path)
             check_shapes(step, [r.shape for r in refs])
             plan.add(step, self.keras_kind, reason)
-        _carry_rest(plan, path, params, {r.name for _, refs in steps for r in refs})
+            used.update(step.torch)
+        _carry_rest(plan, path, params, used)
 
     # ------------------------------------------------------------ Keras -> PyTorch
 
-    def expand_keras(self, plan: Plan, layer: dict, weights: dict[str, TensorRef],
-                     reason: str) -> None:
+    def plan_from_keras(self, plan, layer: dict, weights: dict[str, TensorRef],
+                        reason: str) -> None:
         name = layer["name"]
         found = _keras_weights(name, weights)
         kernels = [found[f"{p}/kernel"] for p in PROJECTIONS]
         heads, packed = _keras_geometry(name, kernels, found[f"{OUT}/kernel"])
-        bias = f"{OUT}/bias" in found
-        keras_in = [found[f"{p}/{w}"][0] for p in PROJECTIONS for w in ("kernel", "bias")[:1 + bias]]
-        torch_in = ["in_proj_weight"] if packed else list(SEPARATE)
-        torch_in += ["in_proj_bias"] if bias else []
-        steps = [Step(tuple(f"{name}.{t}" for t in torch_in), tuple(f"{name}/{k}" for k in keras_in),
-                      InProjection(heads, packed, bias), self.name, name),
-                 Step((f"{name}.out_proj.weight",), (f"{name}/{found[f'{OUT}/kernel'][0]}",),
-                      OutProjection(heads), self.name, name)]
-        steps += [Step((f"{name}.out_proj.bias",), (f"{name}/{found[f'{OUT}/bias'][0]}",),
-                       Identity(), self.name, name)] if bias else []
-        for step in steps:
-            plan.add(step, self.keras_kind, reason)
+        for param in self._projections(packed, f"{OUT}/bias" in found, heads):
+            plan.add(Step(tuple(f"{name}.{t}" for t in param.torch),
+                          tuple(f"{name}/{found[k][0]}" for k in param.keras), param.op,
+                          self.name, name), self.keras_kind, reason)
+
+
+def check_attention(c: LayerCase) -> Built:
+    heads = c.options.get("num_heads")
+    if heads is None:
+        heads = next((getattr(s.op, "heads", None) for s in c.steps if getattr(s.op, "heads", 0)),
+                     None)
+    if not heads:
+        raise Skip("the head count is not known (give num_heads in --rules or --model)")
+    embed = c.shape("out_proj.weight")[0]
+    packed = c.has("in_proj_weight")
+    kdim = embed if packed else c.shape("k_proj_weight")[1]
+    vdim = embed if packed else c.shape("v_proj_weight")[1]
+    bias = c.has("in_proj_bias")
+    module = c.nn.MultiheadAttention(embed, heads, bias=bias, kdim=kdim, vdim=vdim,
+                                     batch_first=True)
+    layer = c.layers.MultiHeadAttention(heads, embed // heads, use_bias=bias)
+    xs = [c.normal((BATCH, 5, embed)), c.normal((BATCH, 6, kdim)), c.normal((BATCH, 6, vdim))]
+    return Built(module, layer, xs,
+                 torch_call=lambda m, t: m(*t, need_weights=False)[0],
+                 keras_call=lambda layer, a: layer(a[0], a[2], key=a[1]))
+
+
+def keras_kind(weights: dict[str, TensorRef]) -> Inference | None:
+    """A Keras layer whose weights are all q/k/v/attention_output kernels and biases."""
+    if weights and {"/".join(w.split("/")[-2:]) for w in weights} <= KERAS_NAMES:
+        return Inference("MultiHeadAttention", "query/key/value/attention_output weights")
+    return None
 
 
 def _refuse_unsupported(params: dict[str, TensorRef]) -> None:
@@ -212,12 +263,10 @@ def _in_weights(path: str, params: dict[str, TensorRef]) -> list[TensorRef]:
     return [params[n] for n in SEPARATE]
 
 
-def _carry_rest(plan: Plan, path: str, params: dict[str, TensorRef], used: set[str]) -> None:
+def _carry_rest(plan, path: str, params: dict[str, TensorRef], used: set[str]) -> None:
     rest = [ref.name for ref in params.values() if ref.name not in used]
-    plan.carried.extend(rest)
-    if rest:
-        plan.notes.append(f"{path}: kept verbatim, no Keras weight in a MultiheadAttention: "
-                          f"{', '.join(rest)}")
+    plan.carry(rest, f"{path}: kept verbatim, no Keras weight in a MultiheadAttention: "
+                     f"{', '.join(rest)}")
 
 
 def _keras_weights(name: str, weights: dict[str, TensorRef]) -> dict[str, tuple[str, TensorRef]]:
@@ -252,14 +301,15 @@ def _keras_geometry(name: str, kernels: list, out: tuple[str, TensorRef]) -> tup
     return heads, shapes[1][0] == e and shapes[2][0] == e
 
 
-NESTED.update({"in_proj_weight": "out_proj", "q_proj_weight": "out_proj"})
-
-MULTIHEAD_ATTENTION = register(AttentionRule(
+MULTIHEAD_ATTENTION = AttentionRule(
     "MultiheadAttention", ("MultiheadAttention",), "MultiHeadAttention",
-    (Param("in_proj_weight | q/k/v_proj_weight, in_proj_bias",
-           "query/kernel, query/bias, key/kernel, key/bias, value/kernel, value/bias",
-           InProjection(), required=False),
+    (Param(("in_proj_weight", "in_proj_bias"), IN_KERAS, InProjection()),
      Param("out_proj.weight", f"{OUT}/kernel", OutProjection()),
      Param("out_proj.bias", f"{OUT}/bias", required=False)),
     note="needs num_heads (--rules [[layer]] num_heads = N, or --model); out_proj joins the layer; "
-         "kdim/vdim -> q/k/v_proj_weight; add_bias_kv is refused"))
+         "no biases: the bias names drop out; add_bias_kv is refused",
+    nested=(("in_proj_weight", "out_proj"), ("q_proj_weight", "out_proj")),
+    check=check_attention,
+    separate=Param((*SEPARATE, "in_proj_bias"), IN_KERAS, InProjection(packed=False)))
+
+FAMILIES = (MULTIHEAD_ATTENTION,)

@@ -43,7 +43,7 @@ def library_versions() -> dict[str, str | None]:
             except metadata.PackageNotFoundError:
                 continue
     if found["transcoder"] is None:
-        from .. import __version__
+        from .._version import __version__
         found["transcoder"] = __version__
     return found
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..options import Tolerance
+
 SUCCESS, INACCURATE, FAIL, SKIPPED = "SUCCESS", "INACCURATE", "FAIL", "SKIPPED"
 STATUSES = (SUCCESS, INACCURATE, FAIL, SKIPPED)
 #: An array whose worst element is within this many tolerances is INACCURATE, beyond it FAIL.
@@ -221,3 +223,20 @@ def overall_status(results: list[Comparison]) -> str:
         if status in statuses:
             return status
     return SUCCESS if any(r.compared for r in results) else SKIPPED
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What every comparison of one check shares: the tolerance asked for (None: per dtype),
+    the side whose values are expected (``"torch"`` or ``"keras"``), and the layout the Keras
+    side takes and gives (``"torch"`` or ``"channels_last"``)."""
+
+    tolerance: Tolerance = Tolerance()
+    reference: str = "torch"
+    keras_layout: str = "torch"
+
+    def compare(self, name: str, torch_value: Any, keras_value: Any, **labels) -> Comparison:
+        """Compare the two sides, the reference side expected."""
+        actual, expected = ((keras_value, torch_value) if self.reference == "torch"
+                            else (torch_value, keras_value))
+        return compare(name, actual, expected, self.tolerance.atol, self.tolerance.rtol, **labels)

@@ -4,7 +4,11 @@ One PyTorch module becomes one Keras layer per stacked layer: ``M`` when it has 
 ``M.l0``, ``M.l1``, ... otherwise. A bidirectional layer becomes a Keras ``Bidirectional``
 whose weights are ``forward/kernel, forward/recurrent_kernel, forward/bias`` then the same
 under ``backward/`` (PyTorch's ``_reverse`` tensors). A cell (``LSTMCell`` ...) maps to the
-Keras layer of its kind, whose weights are the same three.
+Keras layer of its kind, whose weights are the same three (its tensors drop ``_l{k}``).
+
+The names come from each family's params, which are patterns: ``{k}`` is the stacked layer,
+``{rev}`` the direction suffix (``""`` or ``"_reverse"``) and ``{dir}`` the Keras sub-layer
+(``""``, ``"forward/"`` or ``"backward/"``).
 
 Checked numerically against Keras 3.15 (tests/test_recurrent_attention.py):
   - LSTM gates i,f,g,o = Keras i,f,c,o: kernel = weight_ih.T, recurrent_kernel = weight_hh.T,
@@ -17,23 +21,29 @@ Checked numerically against Keras 3.15 (tests/test_recurrent_attention.py):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 
-from ..checkpoint import TensorRef
-from ..errors import MappingError, UnsupportedError
-from .ops import Op, Permute, register_op
-from .plan import Plan, Step, check_shapes, note_inverse
-from .table import LayerRule, Param, register
+from ...checkpoint import TensorRef
+from ...errors import MappingError, UnsupportedError
+from ..checkcase import BATCH, Built, LayerCase
+from ..ops import Op, Permute, register_op
+from ..steps import Step, check_shapes, note_inverse
+from ..table import Inference, LayerRule, Param
 
 T = Permute((1, 0))
+#: a recurrent module's own tensor names: weight_ih_l0, bias_hh_l1_reverse, weight_ih (a cell)
 TORCH_NAME = re.compile(r"(weight|bias)_(ih|hh|hr)(?:_l(\d+))?(_reverse)?")
-KERAS_LAYER = re.compile(r"(.+)\.l(\d+)")
+#: the Keras layer of stacked layer k of module M
+STACKED_LAYER = re.compile(r"(.+)\.l(\d+)")
 #: PyTorch direction suffix <-> Keras Bidirectional sub-layer.
 DIRECTIONS: dict[str, str] = {"": "forward", "_reverse": "backward"}
 SUFFIXES: dict[str, str] = {"forward": "", "backward": "_reverse", "": ""}
+#: gate blocks in weight_hh (G*H, H) / recurrent_kernel (H, G*H) -> PyTorch family, Keras class.
+GATES: dict[int, tuple[str, str]] = {4: ("LSTM", "LSTM"), 3: ("GRU", "GRU"),
+                                     1: ("RNN", "SimpleRNN")}
 
 
 def _blocks(x: np.ndarray, order: tuple[int, ...], axis: int = 0) -> np.ndarray:
@@ -117,7 +127,7 @@ class SumBias(Op):
     def inverse_shapes(self, shapes):
         return [shapes[0], shapes[0]]
 
-    def inverse_note(self, refs: list[TensorRef], step: Step) -> str | None:
+    def inverse_note(self, refs: list[TensorRef], step) -> str | None:
         """What the way back will do, for the plan's notes (reads the three small vectors)."""
         if self.carry and self.pair_holds([r.load() for r in refs]):
             return None
@@ -170,25 +180,39 @@ class StackBias(Op):
 
 @dataclass(frozen=True)
 class RecurrentRule(LayerRule):
-    """A recurrent family: ``params`` only describe it (``transcode rules``); ``expand`` and
-    ``expand_keras`` make the steps, one Keras layer per stacked layer."""
+    """A recurrent family: its params are name patterns (see the module docstring), expanded
+    into steps for each stacked layer and direction, one Keras layer per stacked layer."""
 
     gates: int = 1
-    gate_order: tuple[int, ...] = ()   # empty: PyTorch and Keras order the gates alike
     activation_note: bool = False      # the activation is not in the weights
     reset_after: bool = False          # Keras must be GRU(reset_after=True): bias (2, G*H)
 
-    @property
-    def kernel_op(self) -> Op:
-        return _kernel_op(self.gate_order)
+    # ------------------------------------------------------------ kind inference
 
-    def bias_op(self, carry: bool) -> Op:
-        return _bias_op(self.gate_order, carry)
+    def recognise(self, path: str, params: dict[str, TensorRef]) -> Inference | None:
+        """LSTM, GRU or RNN (layers or cells) from the gate multiple of ``weight_hh``."""
+        if not params or not all(TORCH_NAME.fullmatch(n) for n in params):
+            return None
+        if any("_hr" in n for n in params):
+            found = "LSTM", "projection weights (weight_hr) exist only in an LSTM"
+        else:
+            hh = params.get("weight_hh_l0", params.get("weight_hh"))
+            gates = _gates(hh.shape if hh is not None else (), rows_are_gates=True)
+            if gates not in GATES:
+                return Inference(None, "recurrent tensor names without a weight_hh of shape "
+                                       "(G*H, H)")
+            extra = " (tanh assumed: relu maps the same weights alike)" if gates == 1 else ""
+            found = GATES[gates][0], (f"recurrent names, weight_hh {list(hh.shape)} has {gates} "
+                                      f"gate(s){extra}")
+        return Inference(*found) if found[0] == self.name else None
+
+    def recognise_keras(self, layer: str, weights: dict[str, TensorRef]) -> Inference | None:
+        return keras_kind(weights)
 
     # ------------------------------------------------------------ PyTorch -> Keras
 
-    def expand(self, plan: Plan, path: str, params: dict[str, TensorRef], options: dict,
-               reason: str) -> None:
+    def plan_from_torch(self, plan, path: str, params: dict[str, TensorRef], options: dict,
+                        reason: str) -> None:
         cells = _parse_torch(path, params, plan)
         layers = sorted({k for k, _ in cells})
         for k in layers:
@@ -196,23 +220,31 @@ class RecurrentRule(LayerRule):
             bidirectional = (k, "_reverse") in cells
             for suffix in [s for s in DIRECTIONS if (k, s) in cells]:
                 sub = f"{DIRECTIONS[suffix]}/" if bidirectional else ""
-                self._direction(plan, cells[(k, suffix)], f"{name}/{sub}", name,
+                self._direction(plan, cells[(k, suffix)], f"{name}/", sub, name,
                                 "Bidirectional" if bidirectional else self.keras_kind, reason)
         if self.activation_note and "nonlinearity" not in options:
             plan.notes.append(f"{path}: the activation is not in the weights (tanh and relu map "
                               f"alike); give the Keras {self.keras_kind} the PyTorch nonlinearity "
                               f"(tanh unless the module says relu)")
 
-    def _direction(self, plan: Plan, d: dict[str, TensorRef], prefix: str, layer: str,
+    def _direction(self, plan, d: dict[str, TensorRef], layer_prefix: str, sub: str, layer: str,
                    class_name: str, reason: str) -> None:
-        w_ih, w_hh = _need(d, "weight_ih", layer), _need(d, "weight_hh", layer)
-        self._check_weights(w_ih, w_hh)
-        steps = [Step((w_ih.name,), (prefix + "kernel",), self.kernel_op, self.name, layer),
-                 Step((w_hh.name,), (prefix + "recurrent_kernel",), self.kernel_op, self.name, layer)]
-        steps += self._bias_steps(plan, d, prefix, layer)
-        by_name = {ref.name: ref for ref in d.values()}
-        for step in steps:
-            check_shapes(step, [by_name[n].shape for n in step.torch])
+        """One direction of one stacked layer: ``d`` maps name stems (weight_ih ...) to tensors."""
+        self._check_weights(_need(d, "weight_ih", layer), _need(d, "weight_hh", layer))
+        for param in self.params:
+            refs = [d.get(_stem(p)) for p in param.torch]
+            if all(r is None for r in refs) and not param.required:
+                continue  # bias=False: a Keras layer with use_bias=False
+            if any(r is None for r in refs) or len({r.dtype for r in refs}) > 1:
+                raise MappingError(f"{' and '.join(_stem(p) for p in param.torch)} must come "
+                                   f"together, of one dtype", tensor=next(r for r in refs if r).name)
+            torch = tuple(r.name for r in refs)
+            op = param.op
+            carried = torch if isinstance(op, SumBias) and op.carry else ()
+            plan.carry(list(carried))
+            keras = tuple(layer_prefix + k.format(dir=sub) for k in param.keras) + carried
+            step = Step(torch, keras, op, self.name, layer)
+            check_shapes(step, [r.shape for r in refs])
             plan.add(step, class_name, reason)
 
     def _check_weights(self, w_ih: TensorRef, w_hh: TensorRef) -> None:
@@ -224,50 +256,33 @@ class RecurrentRule(LayerRule):
             raise MappingError(f"an {self.name} with H={h} needs weight_ih of shape "
                                f"({self.gates * h}, input), not {list(w_ih.shape)}", tensor=w_ih.name)
 
-    def _bias_steps(self, plan: Plan, d: dict[str, TensorRef], prefix: str, layer: str
-                    ) -> list[Step]:
-        b_ih, b_hh = d.get("bias_ih"), d.get("bias_hh")
-        if b_ih is None and b_hh is None:
-            return []  # bias=False: a Keras layer with use_bias=False
-        if b_ih is None or b_hh is None or b_ih.dtype != b_hh.dtype:
-            raise MappingError("bias_ih and bias_hh must come as a pair of one dtype",
-                               tensor=(b_ih or b_hh).name)
-        torch = (b_ih.name, b_hh.name)
-        op = self.bias_op(carry=True)
-        carried = torch if isinstance(op, SumBias) else ()
-        plan.carried.extend(carried)
-        return [Step(torch, (prefix + "bias",) + carried, op, self.name, layer)]
-
     # ------------------------------------------------------------ Keras -> PyTorch
 
-    def expand_keras(self, plan: Plan, layer: dict, weights: dict[str, TensorRef],
-                     reason: str) -> None:
+    def plan_from_keras(self, plan, layer: dict, weights: dict[str, TensorRef],
+                        reason: str) -> None:
         name = layer["name"]
-        found = KERAS_LAYER.fullmatch(name)
+        found = STACKED_LAYER.fullmatch(name)
         module, k = (found.group(1), found.group(2)) if found else (name, "0")
         by_direction = _parse_keras(name, weights)
         class_name = "Bidirectional" if "backward" in by_direction else self.keras_kind
         for direction, d in by_direction.items():
-            for step in self._keras_steps(name, d, f"{module}.{{}}_l{k}{SUFFIXES[direction]}"):
+            self._check_keras(name, _need_keras(d, "recurrent_kernel", name)[1], d.get("bias"))
+            for param in self.params:
+                leaf = param.keras[0].format(dir="")
+                if leaf not in d and not param.required:
+                    continue
+                torch = tuple(f"{module}." + p.format(k=k, rev=SUFFIXES[direction])
+                              for p in param.torch)
+                # a foreign file carries no bias pair: its inverse is the sum's own
+                op = replace(param.op, carry=False) if isinstance(param.op, SumBias) else param.op
+                step = Step(torch, (f"{name}/{_need_keras(d, leaf, name)[0]}",), op, self.name,
+                            name)
                 plan.add(step, class_name, reason)
                 note_inverse(plan, step, [weights[n[len(name) + 1:]] for n in step.keras])
         if self.reset_after and not any("bias" in d for d in by_direction.values()):
             plan.notes.append(f"Keras layer {name!r}: a GRU without bias does not show reset_after "
                               f"in its weights; mapped as reset_after=True (Keras' default), the "
                               f"only GRU PyTorch has")
-
-    def _keras_steps(self, name: str, d: dict[str, tuple[str, TensorRef]], base: str
-                     ) -> list[Step]:
-        kernel, recurrent = _need_keras(d, "kernel", name), _need_keras(d, "recurrent_kernel", name)
-        self._check_keras(name, recurrent[1], d.get("bias"))
-        steps = [Step((base.format("weight_ih"),), (f"{name}/{kernel[0]}",), self.kernel_op,
-                      self.name, name),
-                 Step((base.format("weight_hh"),), (f"{name}/{recurrent[0]}",), self.kernel_op,
-                      self.name, name)]
-        if "bias" in d:
-            steps.append(Step((base.format("bias_ih"), base.format("bias_hh")),
-                              (f"{name}/{d['bias'][0]}",), self.bias_op(carry=False), self.name, name))
-        return steps
 
     def _check_keras(self, name: str, recurrent: TensorRef, bias: tuple | None) -> None:
         shape = recurrent.shape
@@ -280,8 +295,63 @@ class RecurrentRule(LayerRule):
                 f"it computes what no PyTorch GRU can, so it is not converted",
                 tensor=bias[1].name, hint="train the Keras model with GRU(reset_after=True)")
 
+    # ------------------------------------------------------------ the per-layer check
 
-def _parse_torch(path: str, params: dict[str, TensorRef], plan: Plan
+    def check_name(self, local: str) -> str:
+        """The tensor's name in the one-layer module the per-layer check builds (layer 0)."""
+        found = TORCH_NAME.fullmatch(local)
+        if found is None:
+            return local
+        kind, gate, _, reverse = found.groups()
+        return f"{kind}_{gate}_l0{reverse or ''}"
+
+
+def check_recurrent(c: LayerCase) -> Built:
+    w_ih, w_hh = c.shape("weight_ih_l0"), c.shape("weight_hh_l0")
+    hidden, inputs = w_hh[1], w_ih[1]
+    bias, bidirectional = c.has("bias_ih_l0"), c.has("weight_ih_l0_reverse")
+    nonlinearity = str(c.options.get("nonlinearity", "tanh"))
+    extra = {"nonlinearity": nonlinearity} if c.family == "RNN" else {}
+    module = getattr(c.nn, c.family)(inputs, hidden, 1, bias=bias, batch_first=True,
+                                     bidirectional=bidirectional, **extra)
+    keras_cell = {"LSTM": lambda: c.layers.LSTM(hidden, return_sequences=True, use_bias=bias),
+                  "GRU": lambda: c.layers.GRU(hidden, return_sequences=True, use_bias=bias,
+                                              reset_after=True),
+                  "RNN": lambda: c.layers.SimpleRNN(hidden, return_sequences=True, use_bias=bias,
+                                                    activation=nonlinearity)}[c.family]()
+    layer = c.layers.Bidirectional(keras_cell) if bidirectional else keras_cell
+    note = ("tanh assumed (the activation is not in the weights)"
+            if c.family == "RNN" and "nonlinearity" not in c.options else "")
+    return Built(module, layer, [c.normal((BATCH, 6, inputs))],
+                 torch_call=lambda m, xs: m(*xs)[0], note=note)
+
+
+def _stem(pattern: str) -> str:
+    """``weight_ih_l{k}{rev}`` -> ``weight_ih``."""
+    return pattern.split("_l{k}")[0]
+
+
+def _gates(shape: tuple, rows_are_gates: bool) -> int | None:
+    """G of a (G*H, H) recurrent weight (PyTorch) or a (H, G*H) recurrent kernel (Keras)."""
+    if len(shape) != 2:
+        return None
+    big, h = shape if rows_are_gates else shape[::-1]
+    return big // h if h and big % h == 0 else None
+
+
+def keras_kind(weights: dict[str, TensorRef]) -> Inference | None:
+    """The Keras class of a layer holding a recurrent_kernel, from its gate count."""
+    rk = next((ref for w, ref in weights.items() if w.rsplit("/", 1)[-1] == "recurrent_kernel"),
+              None)
+    if rk is None:
+        return None
+    gates = _gates(rk.shape, rows_are_gates=False)
+    if gates not in GATES:
+        return Inference(None, f"a recurrent_kernel of shape {list(rk.shape)} fits no gate count")
+    return Inference(GATES[gates][1], f"recurrent_kernel {list(rk.shape)}: {gates} gate(s)")
+
+
+def _parse_torch(path: str, params: dict[str, TensorRef], plan
                  ) -> dict[tuple[int, str], dict[str, TensorRef]]:
     """``{(layer, "" or "_reverse"): {"weight_ih": ref, ...}}``; unknown tensors are carried."""
     cells: dict[tuple[int, str], dict[str, TensorRef]] = {}
@@ -298,8 +368,7 @@ def _parse_torch(path: str, params: dict[str, TensorRef], plan: Plan
         cells.setdefault((int(layer or 0), reverse or ""), {})[f"{kind}_{gate}"] = ref
     _check_layout(path, cells, styles, params)
     if unknown:
-        plan.carried.extend(unknown)
-        plan.notes.append(f"{path}: kept verbatim, no Keras weight in a recurrent layer: "
+        plan.carry(unknown, f"{path}: kept verbatim, no Keras weight in a recurrent layer: "
                           f"{', '.join(unknown)}")
     return cells
 
@@ -365,23 +434,24 @@ def _bias_op(order: tuple[int, ...], carry: bool) -> Op:
 def _rule(name: str, kinds: tuple[str, ...], keras: str, gates: int, order: tuple[int, ...],
           note: str, activation_note: bool = False, reset_after: bool = False) -> RecurrentRule:
     kernel = _kernel_op(order)
-    params = (Param("weight_ih_l{k}[_reverse]", "[forward/|backward/]kernel", kernel),
-              Param("weight_hh_l{k}[_reverse]", "[forward/|backward/]recurrent_kernel", kernel),
-              Param("bias_ih_l{k}, bias_hh_l{k}", "[forward/|backward/]bias", _bias_op(order, True),
+    params = (Param("weight_ih_l{k}{rev}", "{dir}kernel", kernel),
+              Param("weight_hh_l{k}{rev}", "{dir}recurrent_kernel", kernel),
+              Param(("bias_ih_l{k}{rev}", "bias_hh_l{k}{rev}"), "{dir}bias", _bias_op(order, True),
                     required=False))
-    carried = () if order else ("bias_ih_l{k}", "bias_hh_l{k}")
-    return RecurrentRule(name, kinds, keras, params, carried, note, gates=gates, gate_order=order,
+    return RecurrentRule(name, kinds, keras, params, (), note, check=check_recurrent, gates=gates,
                          activation_note=activation_note, reset_after=reset_after)
 
 
 LAYOUT_NOTE = ("; n>1 layers -> Keras layers M.l0..; _reverse -> Bidirectional backward/; "
-               "cells map to the same Keras layer")
-LSTM = register(_rule("LSTM", ("LSTM", "LSTMCell"), "LSTM", 4, (),
-                      "gates i,f,g,o = Keras i,f,c,o; bias = bias_ih + bias_hh, the pair carried"
-                      + LAYOUT_NOTE))
-GRU = register(_rule("GRU", ("GRU", "GRUCell"), "GRU", 3, (1, 0, 2),
-                     "gates r,z,n -> Keras z,r,h; Keras GRU(reset_after=True) only" + LAYOUT_NOTE,
-                     reset_after=True))
-RNN = register(_rule("RNN", ("RNN", "RNNCell"), "SimpleRNN", 1, (),
-                     "bias = bias_ih + bias_hh, the pair carried; set the Keras activation (tanh/relu)"
-                     + LAYOUT_NOTE, activation_note=True))
+               "cells (no _l{k}) map to the same Keras layer")
+LSTM = _rule("LSTM", ("LSTM", "LSTMCell"), "LSTM", 4, (),
+             "gates i,f,g,o = Keras i,f,c,o; bias = bias_ih + bias_hh, the pair carried"
+             + LAYOUT_NOTE)
+GRU = _rule("GRU", ("GRU", "GRUCell"), "GRU", 3, (1, 0, 2),
+            "gates r,z,n -> Keras z,r,h; Keras GRU(reset_after=True) only" + LAYOUT_NOTE,
+            reset_after=True)
+RNN = _rule("RNN", ("RNN", "RNNCell"), "SimpleRNN", 1, (),
+            "bias = bias_ih + bias_hh, the pair carried; set the Keras activation (tanh/relu)"
+            + LAYOUT_NOTE, activation_note=True)
+
+FAMILIES = (LSTM, GRU, RNN)

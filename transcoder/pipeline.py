@@ -9,41 +9,17 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Iterator
 
 from . import formats
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
+from .frameworks import import_frameworks
+from .live import LiveModels
+from .options import Architecture
 from .rules import Plan, UserRules, load_user_rules, make_plan
-
-if TYPE_CHECKING:
-    from .models.live import LiveModels
-
-
-@dataclass
-class CheckOptions:
-    """How to check (and, for --model, how to rebuild in Keras): inputs and tolerances."""
-
-    input_shapes: list[str] = field(default_factory=list)   # PyTorch layout, "4,10,128"
-    input_dtypes: list[str] = field(default_factory=list)
-    atol: float | None = None
-    rtol: float | None = None
-    seed: int = 0
-    channels_last: bool = False   # the Keras side takes and gives channels-last tensors
-
-
-@dataclass
-class Architecture:
-    """What the user told about the model: ``--model`` and/or ``--keras-model`` specs."""
-
-    model: str | None = None
-    keras_model: str | None = None
-    inputs: CheckOptions | None = None  # input shapes for rebuilding --model in Keras
-
-    def __bool__(self) -> bool:
-        return bool(self.model or self.keras_model)
 
 
 @dataclass
@@ -52,8 +28,8 @@ class Prepared:
 
     source: Checkpoint
     plan: Plan
-    target_format: formats.Format
-    live: "LiveModels | None" = None  # set when an architecture was given (torch/keras loaded)
+    target_format: formats.Format | None   # None: planned for a layout, not to be written
+    live: Any = None  # a live.LiveModels when an architecture was given (torch/keras loaded)
 
     @property
     def pairs(self) -> list:
@@ -70,30 +46,27 @@ class Prepared:
         self.source.close()
 
 
-def prepare(src: Path, dst: Path, *, key: str | None = None, rules: Path | UserRules | None = None,
-            arch: Architecture | None = None) -> Prepared:
-    """Read ``src`` and plan its conversion to the format ``dst``'s name implies."""
-    src, dst = Path(src), Path(dst)
-    target = formats.for_path(dst)
+def prepare(src: Path, target: formats.Format | str, *, key: str | None = None,
+            rules: Path | UserRules | None = None, arch: Architecture | None = None) -> Prepared:
+    """Read ``src`` and plan its conversion to ``target``: the format to write, or only a
+    layout (``"torch"``/``"keras"``) to plan for."""
+    src = Path(src)
+    layout = target if isinstance(target, str) else target.layout
     user = rules if isinstance(rules, UserRules) else load_user_rules(rules)
     ckpt = read(src, key=key)
     live = None
     try:
         if arch:
-            from .frameworks import import_frameworks
-
             import_frameworks()  # torch and keras: only when an architecture is given
-            from .models.live import LiveModels
-
             live = LiveModels.load(arch)
             ckpt = live.attach(ckpt, src)
-        plan = make_plan(ckpt, target.layout, user)
+        plan = make_plan(ckpt, layout, user)
         if live is not None:
             live.after_plan(plan, ckpt)
     except TranscoderError as exc:
         ckpt.close()
         raise exc.with_context(path=src) from None
-    return Prepared(ckpt, plan, target, live)
+    return Prepared(ckpt, plan, None if isinstance(target, str) else target, live)
 
 
 def read(src: Path, *, key: str | None = None) -> Checkpoint:
@@ -114,7 +87,7 @@ def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str
         raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
     if not arch:
         formats.for_path(dst).check_writable(dst)
-    prepared = prepare(src, dst, key=key, rules=rules, arch=arch)
+    prepared = prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch)
     try:
         with atomic_output(dst, force=force) as tmp:
             try:
@@ -148,7 +121,7 @@ def atomic_output(dst: Path, *, force: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
-        os.replace(tmp, dst)  # over an existing file, ext4 flushes tmp first: kept, on purpose
+        os.replace(tmp, dst)  # with --force over an existing file, ext4 flushes tmp first
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -10,8 +10,7 @@ import sys
 from typing import Iterable, TextIO
 
 from .checkpoint import Checkpoint
-from .rules import COPY, TO_KERAS, Plan
-from .rules.table import RULES
+from .rules import COPY, TO_KERAS, Plan, registry
 
 PLAN_COLUMNS = ("source", "shape", "dtype", "rule", "op", "target", "target shape")
 PAIR_COLUMNS = ("pytorch", "kind", "keras", "keras class", "paired by", "weights")
@@ -50,18 +49,8 @@ def pairing_rows(pairs) -> list[dict]:
 
 
 def rule_rows() -> list[dict]:
-    rows = []
-    for rule in RULES:
-        for i, param in enumerate(rule.params):
-            rows.append({"rule": rule.name, "torch kinds": list(rule.torch_kinds),
-                         "keras": rule.keras_kind, "torch tensor": param.torch,
-                         "keras weight": param.keras, "op": param.op.describe(),
-                         "note": "" if i else rule.note})
-        for name in rule.carried:
-            rows.append({"rule": rule.name, "torch kinds": list(rule.torch_kinds),
-                         "keras": rule.keras_kind, "torch tensor": name, "keras weight": "",
-                         "op": "carried", "note": "kept verbatim for the way back"})
-    return rows
+    """Every family's rows, as the engine runs them (``LayerRule.rows``)."""
+    return [row for family in registry.TABLE for row in family.rows()]
 
 
 def _cell(value) -> str:

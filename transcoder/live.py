@@ -12,20 +12,17 @@
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
-from ..errors import UsageError
-from ..formats import for_path
-from ..frameworks import numpy_from_torch
-from ..rules import TO_KERAS, TO_TORCH, Plan
-from ..rules.plan import plan_to_keras, stored_meta
-from . import keras_side, torch_side
-
-KERAS_SAVED = (".weights.h5", ".keras")
+from .checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
+from .errors import UsageError
+from .formats import for_path
+from .models import keras_side, torch_side
+from .models.inputs import from_options
+from .options import Architecture
+from .rules import TO_KERAS, TO_TORCH, Plan, plan_to_keras, stored_meta
 
 
 @dataclass
@@ -33,10 +30,10 @@ class LiveModels:
     torch_model: Any = None
     keras_model: Any = None
     pairs: list = field(default_factory=list)
-    inputs: Any = None  # CheckOptions with input shapes, to rebuild the module in Keras
+    inputs: Any = None  # InputOptions with input shapes, to rebuild the module in Keras
 
     @classmethod
-    def load(cls, arch) -> "LiveModels":
+    def load(cls, arch: Architecture) -> "LiveModels":
         return cls(torch_side.load_spec(arch.model) if arch.model else None,
                    keras_side.load_spec(arch.keras_model) if arch.keras_model else None,
                    inputs=arch.inputs)
@@ -53,14 +50,14 @@ class LiveModels:
         if self.keras_model is not None:
             keras_side.load_into(self.keras_model, src)
             ckpt.close()
-            ckpt = keras_side.checkpoint_from_model(self.keras_model, str(src))
+            ckpt = keras_side.checkpoint_of_model(self.keras_model, str(src))
         if self.torch_model is not None and not (ckpt.meta.get("transcoder") or {}).get("steps"):
             ckpt = self._named_by_module(ckpt)
         return ckpt
 
     def _named_by_module(self, ckpt: Checkpoint) -> Checkpoint:
         """Rename a Keras checkpoint's layers to the module's, with the module's plan to replay."""
-        reference = reference_checkpoint(self.torch_model)
+        reference = torch_side.checkpoint_of_module(self.torch_model)
         plan = plan_to_keras(reference)
         ours = keras_side.layers_of_checkpoint(plan.apply(reference))
         self.pairs = keras_side.pair(ours, keras_side.layers_of_checkpoint(ckpt))
@@ -83,7 +80,7 @@ class LiveModels:
     def write(self, target: Checkpoint, tmp: Path, dst: Path) -> bool:
         """Write through a Keras model (the user's, or the module rebuilt in Keras) where the
         format needs one; False: the format's own writer should write."""
-        keras_saved = dst.name.lower().endswith(KERAS_SAVED)
+        keras_saved = for_path(dst).needs_model
         if target.layout != LAYOUT_KERAS or (self.keras_model is None and not keras_saved):
             return False
         if self.keras_model is None:
@@ -102,22 +99,7 @@ class LiveModels:
         if self.inputs is None or not self.inputs.input_shapes:
             raise UsageError(f"writing {dst.name} from --model rebuilds the model in Keras, which "
                              f"needs its input shape", hint="pass --input-shape (PyTorch layout)")
-        from ..check.models import parse_input_specs
-        from ..check.verify import rebuilt
+        from .models.rebuild import rebuild_for_inputs  # torch and keras
 
-        specs = parse_input_specs(self.inputs.input_shapes, self.inputs.input_dtypes)
-        return rebuilt(self.torch_model, specs, self.inputs, keras_ckpt=target)
-
-
-def reference_checkpoint(module) -> Checkpoint:
-    """A module's own state dict as a torch-layout checkpoint, with its kinds and options."""
-    from ..checkpoint import dtype_name
-
-    tensors = OrderedDict()
-    for name, tensor in module.state_dict().items():
-        array = numpy_from_torch(tensor)
-        tensors[name] = TensorRef(name, tuple(array.shape), dtype_name(array.dtype),
-                                  lambda a=array: a)
-    meta = {"module_kinds": torch_side.module_kinds(module),
-            "module_options": torch_side.module_options(module)}
-    return Checkpoint(tensors, LAYOUT_TORCH, source="--model", format="module", meta=meta)
+        return rebuild_for_inputs(self.torch_model, from_options(self.inputs), self.inputs,
+                                  keras_ckpt=target)

@@ -1,0 +1,133 @@
+"""The check as the commands run it: SRC and its converted DST, read back from disk.
+
+- :func:`decide`: whether a check runs at all (asked for? both frameworks installed? anything
+  mapped?), the one policy ``transcode SRC DST``, ``transcode check`` and ``bulk`` follow.
+- :func:`verify`: with ``--model`` and input shapes, the full-model check (the PyTorch module
+  loaded with the PyTorch-layout file; the Keras side the ``--keras-model`` loaded with the
+  Keras-layout file by Keras' own loader, or else the module rebuilt in Keras with that file's
+  weights). Without: the per-layer check of every mapped layer, against DST's tensors.
+
+Both read the files back, so what is checked is what was written.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import formats
+from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH
+from ..errors import MissingDependencyError, UsageError
+from ..frameworks import CHECK_EXTRA, import_frameworks
+from ..live import LiveModels
+from ..models import keras_side, torch_side
+from ..models.inputs import from_options
+from ..options import Architecture, Tolerance
+from ..pipeline import prepare, read
+from .layers import check_layers
+from .models import check_models
+from .report import CheckReport
+
+LIVE_PACKAGES = ("torch", "keras", "tensorflow")
+SAME_LAYOUT = "both files hold the PyTorch layout: tensors were copied, nothing was mapped"
+
+
+def unavailable() -> str | None:
+    """Why no check can run here (None when torch and Keras are installed)."""
+    missing = [p for p in LIVE_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed ({CHECK_EXTRA} to check conversions)"
+    return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    run: bool
+    note: str | None = None     # one line for the user when no check runs
+
+
+def decide(asked: bool | None, same_layout: bool = False) -> Decision:
+    """``asked``: True (``--check``), False (``--no-check``) or None (the default: check when
+    possible). A check asked for that cannot run is an error (MissingDependencyError)."""
+    if asked is False:
+        return Decision(False)
+    if same_layout:
+        return Decision(False, f"no check ran: {SAME_LAYOUT}")
+    reason = unavailable()
+    if reason and asked:
+        raise MissingDependencyError(f"cannot run the check: {reason}")
+    return Decision(False, f"no check ran: {reason}") if reason else Decision(True)
+
+
+def verify(src: Path, dst: Path, *, arch: Architecture | None = None, key: str | None = None,
+           rules=None, tolerance: Tolerance = Tolerance(), full: bool = True) -> CheckReport:
+    """Check DST against SRC: the full-model check when ``arch.model`` is given and ``full``,
+    else the per-layer check (which still takes layer kinds from ``arch.model``)."""
+    import_frameworks()
+    arch = arch or Architecture()
+    if arch.model and full:
+        return _check_model(Path(src), Path(dst), arch, key, tolerance)
+    return _check_layers(Path(src), Path(dst), arch, key, rules, tolerance)
+
+
+def _check_layers(src: Path, dst: Path, arch: Architecture, key, rules,
+                  tolerance: Tolerance) -> CheckReport:
+    kinds_from = Architecture(model=arch.model) if arch.model else None
+    prepared = prepare(src, formats.for_path(dst), key=key, rules=rules, arch=kinds_from)
+    try:
+        with _written(dst, prepared, arch) as written:
+            return check_layers(prepared.source, prepared.plan, written, seed=arch.inputs.seed,
+                                atol=tolerance.atol, rtol=tolerance.rtol)
+    finally:
+        prepared.close()
+
+
+def _written(dst: Path, prepared, arch: Architecture):
+    """DST as a checkpoint named like the plan's target (Keras files saved through a user's
+    model name their layers their own way: paired back as the conversion paired them)."""
+    written = read(dst)
+    if written.layout != LAYOUT_KERAS:
+        return written
+    if arch.keras_model:
+        written = LiveModels(keras_model=keras_side.load_spec(arch.keras_model)).attach(written, dst)
+    expected = prepared.plan.apply(prepared.source)
+    if all(name in written.tensors for name in expected.tensors):
+        return written
+    ours = keras_side.layers_of_checkpoint(expected)
+    pairs = keras_side.pair(ours, keras_side.layers_of_checkpoint(written))
+    renamed = keras_side.renamed_to_ours(pairs, written)
+    renamed.on_close(written.close)
+    return renamed
+
+
+def _check_model(src: Path, dst: Path, arch: Architecture, key, tolerance: Tolerance
+                 ) -> CheckReport:
+    if not arch.inputs.input_shapes:
+        raise UsageError("the full-model check needs the input shape(s)",
+                         hint="pass --input-shape 4,10,128 (PyTorch layout), or --no-check")
+    specs = from_options(arch.inputs)
+    torch_file, keras_file = (src, dst) if formats.layout_of(src) == LAYOUT_TORCH else (dst, src)
+    if formats.layout_of(keras_file) == LAYOUT_TORCH:
+        raise UsageError("both files are PyTorch checkpoints: nothing to check across frameworks")
+    module = torch_side.load_spec(arch.model)
+    with read(torch_file, key=key if torch_file == src else None) as ckpt:
+        torch_side.load_strict(module, ckpt)
+    keras_model = _keras_side(module, keras_file, arch, specs)
+    pairs = keras_side.pairs_by_path(module, keras_model) if arch.keras_model else None
+    return check_models(module, keras_model, specs, seed=arch.inputs.seed, atol=tolerance.atol,
+                        rtol=tolerance.rtol, keras_layout=arch.inputs.keras_layout, pairs=pairs)
+
+
+def _keras_side(module, keras_file: Path, arch: Architecture, specs):
+    """The user's Keras model loaded with the file, or the module rebuilt with its weights."""
+    from ..models.rebuild import rebuild_for_inputs  # torch and keras
+
+    if arch.keras_model:
+        model = keras_side.load_spec(arch.keras_model)
+        keras_side.load_into(model, keras_file)
+        return model
+    ckpt = LiveModels(torch_model=module).attach(read(keras_file), keras_file)
+    try:
+        return rebuild_for_inputs(module, specs, arch.inputs, keras_ckpt=ckpt)
+    finally:
+        ckpt.close()

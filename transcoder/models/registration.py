@@ -1,0 +1,50 @@
+"""Registering our Keras layers with Keras when, and only when, Keras is imported.
+
+Keras finds a saved layer class by its registered name, so a ``.keras`` file holding our layers
+loads only in a process where ``keras_layers`` ran. Importing Keras costs seconds, so it is not
+imported for that: if it is loaded already the layers register now, else a finder on
+``sys.meta_path`` waits for ``import keras`` and registers them right after it.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import importlib.abc
+import sys
+
+MODULE = "transcoder.models.keras_layers"
+
+
+def register_keras_layers_when_loaded() -> None:
+    if "keras" in sys.modules:
+        importlib.import_module(MODULE)
+    elif not any(isinstance(f, _AfterKeras) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterKeras())
+
+
+class _AfterKeras(importlib.abc.MetaPathFinder):
+    """Finds ``keras`` with the other finders, and registers our layers once it has run."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)   # one look, and no recursion through ourselves
+        spec = importlib.util.find_spec("keras")
+        if spec is not None and spec.loader is not None:
+            spec.loader = _Registering(spec.loader)
+        return spec
+
+
+class _Registering(importlib.abc.Loader):
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        importlib.import_module(MODULE)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)   # resource readers and the like

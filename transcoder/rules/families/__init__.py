@@ -1,0 +1,21 @@
+"""The rule families, one module per family of layers; ``registry.TABLE`` lists them in order.
+
+A family is a :class:`~transcoder.rules.table.LayerRule` (or a subclass): everything about one
+kind of layer, in one place.
+
+- ``params``: per PyTorch tensor, the Keras weight and the op between them (an op from
+  ``rules/ops.py`` or one defined here with ``@register_op``). This is what runs, and what
+  ``transcode rules`` prints.
+- ``hints``: words of a module path that name the family (kind inference from names), and
+  ``recognise`` / ``recognise_keras`` when the tensor names alone prove it.
+- ``check``: the per-layer check builder, ``(LayerCase) -> Built`` (``rules/checkcase.py``):
+  a PyTorch module and a Keras layer built from the weights' shapes with ``c.nn`` and
+  ``c.layers``. No module-level torch or keras import: this package stays numpy-only.
+- ``rebuild``: the builder the Keras rebuild of a traced PyTorch model calls for the family's
+  modules (see ``transcoder/models/rebuild``).
+- ``cannot``: for a stage without a builder, the reason (``{"check": "..."}``).
+
+To add a family: write ``families/<name>.py`` defining the LayerRule (and its ops and builders),
+then add it to ``TABLE`` in ``rules/registry.py``. ``tests/test_structure.py`` fails while a
+family lacks a builder it does not declare it cannot have.
+"""

@@ -1,0 +1,42 @@
+"""Linear <-> Dense and Embedding <-> Embedding.
+
+A Linear's weight (out, in) is the Dense kernel transposed; an Embedding's (num, dim) table is
+kept as it is. A bias-free 2-d weight is either, and the two readings give different bytes:
+kind inference (``rules/infer.py``) takes it from the module name or refuses to guess.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..checkcase import BATCH, Built, LayerCase
+from ..table import T, LayerRule, Param
+
+
+def check_linear(c: LayerCase) -> Built:
+    out, inn = c.shape("weight")
+    bias = c.has("bias")
+    return Built(c.nn.Linear(inn, out, bias=bias), c.layers.Dense(out, use_bias=bias),
+                 [c.normal((BATCH, inn))])
+
+
+def check_embedding(c: LayerCase) -> Built:
+    num, dim = c.shape("weight")
+    tokens = c.rng.integers(0, num, size=(BATCH, 7)).astype(np.int64)
+    return Built(c.nn.Embedding(num, dim), c.layers.Embedding(num, dim), [tokens])
+
+
+LINEAR = LayerRule(
+    "Linear", ("Linear", "LazyLinear", "NonDynamicallyQuantizableLinear"), "Dense",
+    (Param("weight", "kernel", T), Param("bias", "bias", required=False)),
+    note="(out, in) -> (in, out)",
+    hints=("fc", "linear", "lin", "proj", "dense", "head", "classifier", "out", "mlp", "lm",
+           "query", "key", "value", "q", "k", "v", "o", "gate", "up", "down", "ffn", "fc1", "fc2",
+           "w1", "w2", "w3", "c_fc", "c_proj", "c_attn", "attn", "logits", "score"),
+    check=check_linear)
+
+EMBEDDING = LayerRule(
+    "Embedding", ("Embedding", "EmbeddingBag"), "Embedding", (Param("weight", "embeddings"),),
+    note="(num, dim) unchanged: never transposed",
+    hints=("embed", "embeds", "embedding", "embeddings", "emb", "wte", "wpe", "tok", "token",
+           "tokens", "vocab", "lookup", "word", "words", "position", "positions"),
+    check=check_embedding)

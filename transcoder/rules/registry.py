@@ -1,0 +1,12 @@
+"""The rule table: every family, in the order ``transcode rules`` prints them.
+
+The engine reads ``registry.TABLE`` when it plans, so a test may swap in a changed table with
+``monkeypatch.setattr(registry, "TABLE", registry.TABLE.replaced("Conv2d", ...))``.
+"""
+from __future__ import annotations
+
+from .families import attention, conv, dense, norm, prelu, recurrent
+from .table import RuleTable
+
+TABLE = RuleTable([dense.LINEAR, *conv.CONVOLUTIONS, *conv.TRANSPOSED, *norm.FAMILIES,
+                   dense.EMBEDDING, prelu.PRELU, *recurrent.FAMILIES, *attention.FAMILIES])
