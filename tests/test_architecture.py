@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'")
 
 from conftest import FIXTURES, assert_close
 from transcoder.options import Architecture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'")
 from safetensors.numpy import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import h5py
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'")
 
 from conftest import FIXTURES, assert_close
 

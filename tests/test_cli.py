@@ -145,6 +145,18 @@ def test_without_torch_and_keras_one_line_says_no_check_ran(cli, tmp_path, monke
     assert code == 2 and "cannot run the check" in one_line_error(err)
 
 
+def test_an_architecture_without_the_frameworks_installed_is_a_one_line_error(tmp_path):
+    """--model needs torch and keras: where they are missing, exit 2 naming the extra."""
+    code = ("import sys; sys.modules['torch'] = sys.modules['keras'] = None; "
+            "from transcoder.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(ENCODER), str(tmp_path / "x.h5"),
+                           "--model", f"{FIXTURES / 'models.py'}:Encoder"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert "a live model needs torch and keras" in one_line_error(proc.stderr)
+    assert "pip install 'transcoder[check]'" in proc.stderr and only_file(tmp_path) == []
+
+
 def test_inspect_is_greppable_and_json(cli):
     code, out, _ = cli("inspect", FIXTURES / "small_cnn.pt")
     assert code == 0
@@ -209,6 +221,8 @@ def test_library_conversion_imports_only_what_it_needs(tmp_path):
 
 def test_errors_with_frameworks_loaded_stay_one_line(tmp_path):
     """TensorFlow's start-up notices must not leak around the one-line error."""
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
     proc = subprocess.run([sys.executable, "-m", "transcoder", str(ENCODER), str(tmp_path / "x.h5"),
                            "--model", f"{FIXTURES / 'models.py'}:Nope"], capture_output=True,
                           text=True, cwd=ROOT)

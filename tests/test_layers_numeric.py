@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'")
 from safetensors.torch import save_file
 from torch import nn
 

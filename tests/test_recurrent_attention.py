@@ -16,7 +16,7 @@ from dataclasses import dataclass, field  # noqa: E402
 import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
+torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'")  # noqa: E402
 from torch import nn  # noqa: E402
 
 from conftest import assert_bit_exact, assert_close, to_numpy  # noqa: E402

@@ -41,13 +41,18 @@ def quiet_framework_environment() -> None:
 
 
 def import_frameworks() -> None:
-    """Import torch and keras (TensorFlow backend) once, without TensorFlow's start-up noise."""
-    if "keras" in sys.modules:
+    """Import torch and keras (TensorFlow backend) once, without TensorFlow's start-up noise;
+    MissingDependencyError when either is not installed."""
+    if all(sys.modules.get(name) is not None for name in ("keras", "torch")):
         return
     quiet_framework_environment()
-    with _stderr_silenced():
-        import keras  # noqa: F401
-        import torch  # noqa: F401
+    try:
+        with _stderr_silenced():
+            import keras  # noqa: F401
+            import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(f"a live model needs torch and keras ({exc.name} is not "
+                                     f"installed)", hint=CHECK_EXTRA) from None
 
 
 def import_torch():
@@ -63,7 +68,7 @@ def import_keras():
     """``keras`` on the TensorFlow backend (unless KERAS_BACKEND says otherwise), quietly."""
     quiet_framework_environment()
     try:
-        with _stderr_silenced() if "keras" not in sys.modules else nullcontext():
+        with _stderr_silenced() if sys.modules.get("keras") is None else nullcontext():
             import keras
     except ImportError:
         raise MissingDependencyError("the forward check needs keras (tensorflow-cpu)",

@@ -16,7 +16,7 @@ MODULE = "transcoder.models.keras_layers"
 
 
 def register_keras_layers_when_loaded() -> None:
-    if "keras" in sys.modules:
+    if sys.modules.get("keras") is not None:
         importlib.import_module(MODULE)
     elif not any(isinstance(f, _AfterKeras) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterKeras())

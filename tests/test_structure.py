@@ -1,0 +1,101 @@
+"""The package's shape: one import direction (the layers in transcoder/__init__.py's docstring),
+no import cycles, imports inside functions included."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "transcoder"
+
+
+def layers() -> dict[str, int]:
+    """``{top-level module or subpackage: layer}`` from the package docstring."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    found = {}
+    for level, names in re.findall(r"^\s+(\d+)\.\s+([\w, ]+?)\s{2,}", doc, re.M):
+        found.update({name.strip(): int(level) for name in names.split(",")})
+    return found
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for path in PACKAGE.rglob("*.c"):   # C extensions: leaves
+        found[".".join(path.relative_to(ROOT).with_suffix("").parts)] = path
+    return found
+
+
+def _targets(module: str, node: ast.AST, is_package: bool, known: dict) -> list[str]:
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = module.split(".")[:None if is_package else -1]
+        base = base[:len(base) - node.level + 1] if node.level else []
+        target = ".".join(base + ([node.module] if node.module else []))
+        names = [f"{target}.{a.name}" if f"{target}.{a.name}" in known else target
+                 for a in node.names]
+    out = []
+    for name in names:
+        while name not in known and "." in name:
+            name = name.rsplit(".", 1)[0]
+        if name in known and name != module:
+            out.append(name)
+    return out
+
+
+def import_edges() -> dict[str, set[str]]:
+    known = modules()
+    edges: dict[str, set[str]] = {m: set() for m in known}
+    for module, path in known.items():
+        if path.suffix != ".py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                edges[module].update(_targets(module, node, path.name == "__init__.py", known))
+    return edges
+
+
+def layer_of(module: str, table: dict[str, int]) -> int:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return max(table.values()) + 1     # the package itself: above everything
+    return table[parts[1]]
+
+
+def test_every_module_has_a_layer():
+    table = layers()
+    missing = sorted({m.split(".")[1] for m in modules() if "." in m} - set(table))
+    assert not missing, f"not in the layer list of transcoder/__init__.py: {missing}"
+
+
+def test_no_module_imports_a_higher_layer():
+    table = layers()
+    upward = [f"{m} ({layer_of(m, table)}) -> {t} ({layer_of(t, table)})"
+              for m, targets in import_edges().items() for t in targets
+              if layer_of(t, table) > layer_of(m, table)]
+    assert not upward, "imports against the layer order:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycles():
+    edges = import_edges()
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for start in sorted(edges):
+        if start not in state:
+            visit(start, [start])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
