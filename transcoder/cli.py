@@ -81,8 +81,14 @@ def _architecture(model: Optional[str], keras_model: Optional[str],
 
 
 @dataclass
-class CheckOutputs:
-    report: Optional[Path] = None
+class CheckJob:
+    """What checking a conversion needs besides the two files, and where its results go."""
+
+    arch: Architecture
+    key: Optional[str] = None           # how SRC was read: --key and --rules
+    rules: Optional[Path] = None
+    tolerance: Tolerance = Tolerance()
+    report: Optional[Path] = None       # --report JSON
     junit: Optional[Path] = None
     quiet: bool = False
 
@@ -132,14 +138,14 @@ def convert_cmd(
                 f"({time.perf_counter() - started:.2f} s)")
     for note in [] if quiet else plan.notes:
         _note(note)
-    _run_check(src, dst, arch, (key, rules), Tolerance(atol, rtol), CheckOutputs(report, junit, quiet),
-               asked=check, same_layout=plan.direction == COPY)
+    job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet)
+    _run_check(src, dst, job, asked=check, same_layout=plan.direction == COPY)
 
 
-def _run_check(src: Path, dst: Path, arch: Architecture, source: tuple, tolerance: Tolerance,
-               outputs: CheckOutputs, *, asked: Optional[bool], same_layout: bool = False) -> None:
+def _run_check(src: Path, dst: Path, job: CheckJob, *, asked: Optional[bool],
+               same_layout: bool = False) -> None:
     """Check DST against SRC when the policy says so; raises CheckFailed (exit 1) when they
-    differ. ``source``: the ``--key`` and ``--rules`` SRC was read with."""
+    differ."""
     from .checks.verify import decide, verify  # the check's modules: only when one may run
 
     decision = decide(asked, same_layout)
@@ -147,25 +153,25 @@ def _run_check(src: Path, dst: Path, arch: Architecture, source: tuple, toleranc
         if decision.note:
             _note(decision.note)
         return
+    arch = job.arch
     full = bool(arch.model) and (bool(arch.inputs.input_shapes) or bool(asked))
     if arch.model and not full:
         _note("full-model check skipped (give --input-shape); checking each layer on its own")
-    key, rules = source
-    _report(verify(src, dst, arch=arch, key=key, rules=rules, tolerance=tolerance, full=full),
-            outputs)
+    _report(verify(src, dst, arch=arch, key=job.key, rules=job.rules, tolerance=job.tolerance,
+                   full=full), job)
 
 
-def _report(result, outputs: CheckOutputs) -> None:
+def _report(result, job: CheckJob) -> None:
     from .checks import print_table
 
-    if outputs.quiet:
+    if job.quiet:
         typer.echo(result.summary())
     else:
         print_table(result)  # ends with the verdict line
-    if outputs.report:
-        result.write_json(outputs.report)
-    if outputs.junit:
-        result.write_junit(outputs.junit)
+    if job.report:
+        result.write_json(job.report)
+    if job.junit:
+        result.write_junit(job.junit)
     result.raise_for_status()
 
 
@@ -208,8 +214,8 @@ def check_cmd(
         if not path.is_file():
             raise UsageError("no such file", path=path)
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
-    _run_check(src, dst, arch, (key, rules), Tolerance(atol, rtol),
-               CheckOutputs(report, junit, quiet), asked=True)
+    job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet)
+    _run_check(src, dst, job, asked=True)
 
 
 @app.command("inspect")

@@ -28,8 +28,8 @@ LOCALISE = ("auto", "always", "never")
 
 
 def check_models(torch_module, keras_model, input_specs: Iterable[Any], *, seed: int = 0,
-                 atol: float | None = None, rtol: float | None = None,
-                 keras_layout: str = TORCH_LAYOUT, pairs: Sequence[tuple[str, str]] | None = None,
+                 tolerance: Tolerance = Tolerance(), keras_layout: str = TORCH_LAYOUT,
+                 pairs: Sequence[tuple[str, str]] | None = None,
                  localise: str = "auto") -> CheckReport:
     """Run both models on the same seeded inputs and compare every output (PyTorch expected).
 
@@ -37,16 +37,17 @@ def check_models(torch_module, keras_model, input_specs: Iterable[Any], *, seed:
     ``keras_layout``: ``"torch"`` (the Keras model takes and gives PyTorch-layout tensors) or
     ``"channels_last"``. ``pairs``: ``(module path, Keras layer name)`` for localisation
     (default: by name). ``localise``: ``"auto"`` (when an output differs), ``"always"``,
-    ``"never"``. Tolerances default per output dtype.
+    ``"never"``. ``tolerance``: None fields default per output dtype.
     """
     if keras_layout not in LAYOUTS:
         raise UsageError(f"keras_layout must be one of {', '.join(LAYOUTS)}, not {keras_layout!r}")
     if localise not in LOCALISE:
         raise UsageError(f"localise must be one of {', '.join(LOCALISE)}, not {localise!r}")
     specs = as_specs(input_specs)
-    settings = CompareSettings(Tolerance(atol, rtol), "torch", keras_layout)
+    settings = CompareSettings(tolerance, "torch", keras_layout)
     report = CheckReport("model", seed=seed, input_shapes=[list(s.shape) for s in specs],
-                         input_dtypes=[s.dtype for s in specs], atol=atol, rtol=rtol,
+                         input_dtypes=[s.dtype for s in specs], atol=tolerance.atol,
+                         rtol=tolerance.rtol,
                          reference="torch", keras_layout=keras_layout)
     was_training = torch_module.training
     torch_module.eval()

@@ -114,8 +114,8 @@ def _check_model(src: Path, dst: Path, arch: Architecture, key, tolerance: Toler
         torch_side.load_strict(module, ckpt)
     keras_model = _keras_side(module, keras_file, arch, specs)
     pairs = keras_side.pairs_by_path(module, keras_model) if arch.keras_model else None
-    return check_models(module, keras_model, specs, seed=arch.inputs.seed, atol=tolerance.atol,
-                        rtol=tolerance.rtol, keras_layout=arch.inputs.keras_layout, pairs=pairs)
+    return check_models(module, keras_model, specs, seed=arch.inputs.seed, tolerance=tolerance,
+                        keras_layout=arch.inputs.keras_layout, pairs=pairs)
 
 
 def _keras_side(module, keras_file: Path, arch: Architecture, specs):

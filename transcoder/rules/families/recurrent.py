@@ -432,14 +432,15 @@ def _bias_op(order: tuple[int, ...], carry: bool) -> Op:
 
 
 def _rule(name: str, kinds: tuple[str, ...], keras: str, gates: int, order: tuple[int, ...],
-          note: str, activation_note: bool = False, reset_after: bool = False) -> RecurrentRule:
+          note: str, **flags: bool) -> RecurrentRule:
+    """A recurrent family; ``flags``: ``activation_note``, ``reset_after``."""
     kernel = _kernel_op(order)
     params = (Param("weight_ih_l{k}{rev}", "{dir}kernel", kernel),
               Param("weight_hh_l{k}{rev}", "{dir}recurrent_kernel", kernel),
               Param(("bias_ih_l{k}{rev}", "bias_hh_l{k}{rev}"), "{dir}bias", _bias_op(order, True),
                     required=False))
     return RecurrentRule(name, kinds, keras, params, (), note, check=check_recurrent, gates=gates,
-                         activation_note=activation_note, reset_after=reset_after)
+                         **flags)
 
 
 LAYOUT_NOTE = ("; n>1 layers -> Keras layers M.l0..; _reverse -> Bidirectional backward/; "
