@@ -24,7 +24,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from . import formats  # noqa: E402
 from ._version import __version__  # noqa: E402
-from .errors import INTERNAL_ERROR_EXIT, TranscoderError, UsageError  # noqa: E402
+from .errors import (INTERNAL_ERROR_EXIT, CheckFailed, TranscoderError, UsageError,  # noqa: E402
+                     one_line)
 from .frameworks import quiet_framework_environment  # noqa: E402
 from .options import Architecture, InputOptions, Tolerance  # noqa: E402
 from .pipeline import prepare, transcode  # noqa: E402
@@ -70,6 +71,9 @@ ChannelsLastOpt = Annotated[bool, typer.Option(
 CheckOpt = Annotated[Optional[bool], typer.Option(
     "--check/--no-check", help="Run the forward check after converting.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Fail the check (exit 1) unless every layer was verified: none SKIPPED or "
+                     "NOT CHECKED.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -91,6 +95,7 @@ class CheckJob:
     report: Optional[Path] = None       # --report JSON
     junit: Optional[Path] = None
     quiet: bool = False
+    strict: bool = False
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -118,11 +123,13 @@ def convert_cmd(
     input_shape: InputShapeOpt = None, input_dtype: InputDtypeOpt = None,
     atol: AtolOpt = None, rtol: RtolOpt = None, seed: SeedOpt = 0,
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
 
     The check runs by default when torch and Keras are installed: the full-model check with
     --model and --input-shape, else every mapped layer on its own. --no-check skips it.
+    DST stays whatever the check finds: exit 1 when it differs, 2 when it cannot run.
     """
     started = time.perf_counter()
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
@@ -138,8 +145,20 @@ def convert_cmd(
                 f"({time.perf_counter() - started:.2f} s)")
     for note in [] if quiet else plan.notes:
         _note(note)
-    job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet)
-    _run_check(src, dst, job, asked=check, same_layout=plan.direction == COPY)
+    job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet, strict)
+    try:
+        _run_check(src, dst, job, asked=check, same_layout=plan.direction == COPY)
+    except TranscoderError as exc:
+        raise _after_write(exc, dst) from None
+
+
+def _after_write(exc: TranscoderError, dst: Path) -> TranscoderError:
+    """A check's error after DST was written says so: DST stays (README, "The forward check")."""
+    if isinstance(exc, CheckFailed):
+        exc.message = f"{dst} was written, and its {exc.message}"
+    else:
+        exc.message = f"{dst} was written, but the check could not run: {exc.message}"
+    return exc
 
 
 def _run_check(src: Path, dst: Path, job: CheckJob, *, asked: Optional[bool],
@@ -157,8 +176,10 @@ def _run_check(src: Path, dst: Path, job: CheckJob, *, asked: Optional[bool],
     full = bool(arch.model) and (bool(arch.inputs.input_shapes) or bool(asked))
     if arch.model and not full:
         _note("full-model check skipped (give --input-shape); checking each layer on its own")
-    _report(verify(src, dst, arch=arch, key=job.key, rules=job.rules, tolerance=job.tolerance,
-                   full=full), job)
+    result = verify(src, dst, arch=arch, key=job.key, rules=job.rules, tolerance=job.tolerance,
+                    full=full)
+    result.strict = job.strict
+    _report(result, job)
 
 
 def _report(result, job: CheckJob) -> None:
@@ -203,6 +224,7 @@ def check_cmd(
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")
                      ] = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Validate DST against SRC without writing anything: exit 0 same, 1 differ, 2 bad input.
 
@@ -214,7 +236,7 @@ def check_cmd(
         if not path.is_file():
             raise UsageError("no such file", path=path)
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
-    job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet)
+    job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet, strict)
     _run_check(src, dst, job, asked=True)
 
 
@@ -230,6 +252,8 @@ def inspect_cmd(
         print_rows(plan_rows(prepared.plan, prepared.source, target), PLAN_COLUMNS,
                    as_json=as_json, title=f"{file} ({prepared.source.format}, "
                                           f"{prepared.source.layout} layout)")
+        for note in prepared.plan.notes:
+            _note(note)
     finally:
         prepared.close()
 
@@ -345,8 +369,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:  # a bug: still one line, unless debugging
         if debug:
             raise
-        _note(f"internal error: {type(exc).__name__}: {exc} (set TRANSCODER_DEBUG=1 for the "
-              "traceback, and please report it)")
+        _note(f"internal error: {type(exc).__name__}: {one_line(exc)} (set TRANSCODER_DEBUG=1 "
+              "for the traceback, and please report it)")
         return INTERNAL_ERROR_EXIT
 
 

@@ -22,23 +22,29 @@ def _shape(shape) -> str:
 
 
 def plan_rows(plan: Plan, src: Checkpoint, target: Checkpoint) -> list[dict]:
-    """One row per source tensor: what it becomes and by which rule."""
-    rows = []
+    """One row per source tensor: what it becomes and by which rule. A layer whose kind the
+    names leave open shows its rule as ``LayerNorm?`` and lists the others (``alternatives``)."""
+    rows, seen = [], set()
     for step in plan.steps:
         sources = step.torch if plan.direction == TO_KERAS else step.keras
         targets = step.keras if plan.direction == TO_KERAS else step.torch
+        open_kinds = plan.ambiguous.get(step.layer)
         for name in sources:
             ref = src[name]
+            seen.add(name)
             rows.append({"source": name, "shape": list(ref.shape), "dtype": ref.dtype,
-                         "rule": step.rule, "op": step.op.describe(), "target": ", ".join(targets),
-                         "target shape": [list(target[t].shape) for t in targets]})
+                         "rule": f"{step.rule}?" if open_kinds else step.rule,
+                         "op": step.op.describe(), "target": ", ".join(targets),
+                         "target shape": [list(target[t].shape) for t in targets],
+                         "alternatives": list(open_kinds[1:]) if open_kinds else []})
     kept = plan.carried if plan.direction != COPY else list(src.tensors)
-    for name in kept:
+    for name in (n for n in kept if n not in seen):   # a carried LSTM bias pair is also a source
         ref = src[name]
         rows.append({"source": name, "shape": list(ref.shape), "dtype": ref.dtype,
                      "rule": "carried" if plan.direction != COPY else "copy", "op": "keep",
-                     "target": name, "target shape": [list(ref.shape)]})
+                     "target": name, "target shape": [list(ref.shape)], "alternatives": []})
     return rows
+
 
 
 def pairing_rows(pairs) -> list[dict]:

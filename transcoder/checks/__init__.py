@@ -14,14 +14,15 @@ By concept:
 Model inputs are :mod:`transcoder.models.inputs`. Importing this package imports neither
 torch nor tensorflow: the checks import them when run.
 """
-from .compare import (DEFAULT_TOLERANCES, FAIL, INACCURATE, SKIPPED, SUCCESS, Comparison,
-                      CompareSettings, compare, default_tolerance, resolve_tolerance)
+from .compare import (DEFAULT_TOLERANCES, FAIL, INACCURATE, NOT_CHECKED, SKIPPED, SUCCESS,
+                      Comparison, CompareSettings, compare, default_tolerance, resolve_tolerance)
 from .layers import check_layers
 from .localise import default_pairs
 from .models import check_models
 from .report import CheckReport, library_versions, print_table
 
-__all__ = ["DEFAULT_TOLERANCES", "FAIL", "INACCURATE", "SKIPPED", "SUCCESS", "Comparison",
+__all__ = ["DEFAULT_TOLERANCES", "FAIL", "INACCURATE", "NOT_CHECKED", "SKIPPED", "SUCCESS",
+           "Comparison",
            "CompareSettings", "compare", "default_tolerance", "resolve_tolerance",
            "check_layers", "default_pairs", "check_models", "CheckReport", "library_versions",
            "print_table"]

@@ -10,7 +10,12 @@ signed difference). The status of a whole array:
   explicit choice the user makes.
 - ``FAIL``: an element beyond 10x its bound, a shape mismatch, or a non-finite mismatch (a NaN
   or an Inf where the reference has none, or the other way round, or Infs of opposite sign).
-- ``SKIPPED``: nothing was compared; the reason is in ``message``. Never counted as passed.
+- ``SKIPPED``: the check tried, and could not compare this (a layer the per-layer builder
+  cannot make, a pair whose outputs cannot be matched); the reason is in ``message``.
+- ``NOT CHECKED``: nothing here can be verified without knowing more: a layer whose kind the
+  names leave open (a LayerNorm, GroupNorm or InstanceNorm), or weights carried verbatim
+  because no rule maps them. The reason says what would let the check verify it.
+SKIPPED and NOT CHECKED are never counted as passed.
 
 ``max_abs_error`` and ``max_rel_error`` (``|a - e| / max(|e|, tiny)``, tiny the smallest normal
 of the reference's float type) are taken over the elements finite on both sides, in float64.
@@ -26,7 +31,8 @@ import numpy as np
 from ..options import Tolerance
 
 SUCCESS, INACCURATE, FAIL, SKIPPED = "SUCCESS", "INACCURATE", "FAIL", "SKIPPED"
-STATUSES = (SUCCESS, INACCURATE, FAIL, SKIPPED)
+NOT_CHECKED = "NOT CHECKED"
+STATUSES = (SUCCESS, INACCURATE, FAIL, SKIPPED, NOT_CHECKED)
 #: An array whose worst element is within this many tolerances is INACCURATE, beyond it FAIL.
 INACCURATE_FACTOR = 10.0
 
@@ -103,7 +109,7 @@ class Comparison:
 
     @property
     def compared(self) -> bool:
-        return self.status != SKIPPED
+        return self.status not in (SKIPPED, NOT_CHECKED)
 
     @property
     def diverged(self) -> bool:
@@ -133,6 +139,10 @@ class Comparison:
     @classmethod
     def skipped(cls, name: str, reason: str, kind: str = "output", **labels) -> "Comparison":
         return cls(name, SKIPPED, kind=kind, message=reason, **labels)
+
+    @classmethod
+    def not_checked(cls, name: str, reason: str, kind: str = "layer", **labels) -> "Comparison":
+        return cls(name, NOT_CHECKED, kind=kind, message=reason, **labels)
 
 
 def json_float(value: float | None) -> float | str | None:

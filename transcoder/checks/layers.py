@@ -84,11 +84,21 @@ def check_layers(src: Checkpoint, plan: Plan | None = None, target: Checkpoint |
         module = _module_path(name, steps)
         labels = {"kind": "layer", "torch_kind": kinds.get(module, layer.rule),
                   "keras_kind": layer.class_name}
-        entry = _check_one(run, layer, steps, known.get(module, {}), labels)
+        if module in plan.ambiguous:
+            entry = Comparison.not_checked(name, _kind_unknown(plan.ambiguous[module]), **labels)
+        else:
+            entry = _check_one(run, layer, steps, known.get(module, {}), labels)
         entry.extra.update(module=module, rule=layer.rule)
         report.entries.append(entry)
+    report.entries += [Comparison.not_checked(path, f"weights carried verbatim, not mapped: {why}")
+                       for path, why in plan.unmapped.items()]
     report.first_divergence = _first_failure(report.entries)
     return report
+
+
+def _kind_unknown(kinds: tuple[str, ...]) -> str:
+    return (f"kind unknown: {', '.join(kinds[:-1])} or {kinds[-1]} (the names do not say which; "
+            f"they map alike, but compute differently); state it with --rules or --model")
 
 
 def _options(src: Checkpoint, options: dict[str, dict] | None) -> dict[str, dict]:

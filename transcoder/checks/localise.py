@@ -33,7 +33,6 @@ TORCH_WITH_FUSED = re.compile(r"(Lazy)?(Linear|Conv\dd|ConvTranspose\dd)$")
 class ModelRun:
     """The two models of a full-model check and the inputs both were given."""
 
-    torch: Any                      # the torch package
     keras: Any                      # the keras package
     module: Any                     # the PyTorch module
     keras_model: Any
@@ -115,7 +114,7 @@ def _record_torch(run: ModelRun, paths: list[str]):
 
     handles = [modules[p].register_forward_hook(hook_for(p)) for p in paths]
     try:
-        run_torch(run.torch, run.module, run.inputs)
+        run_torch(run.module, run.inputs)
     finally:
         for h in handles:
             h.remove()

@@ -53,7 +53,7 @@ def check_models(torch_module, keras_model, input_specs: Iterable[Any], *, seed:
     torch_module.eval()
     try:
         run = _run(torch_module, keras_model, specs, seed, keras_layout, report)
-        torch_outs = flatten_outputs(run_torch(run.torch, run.module, run.inputs))
+        torch_outs = flatten_outputs(run_torch(run.module, run.inputs))
         keras_outs = flatten_outputs(run_keras(keras_model, run.keras_inputs))
         report.entries = _compare_outputs(torch_outs, keras_outs, settings)
         if localise == "always" or (localise == "auto" and not report.passed
@@ -74,7 +74,7 @@ def _run(module, keras_model, specs, seed: int, keras_layout: str, report: Check
     report.notes += notes
     inputs = make_inputs(specs, seed, highs)
     keras_inputs = [to_keras_layout(x, s, keras_layout) for x, s in zip(inputs, specs)]
-    return ModelRun(torch, keras, module, keras_model, inputs, keras_inputs)
+    return ModelRun(keras, module, keras_model, inputs, keras_inputs)
 
 
 def _keras_outputs_in_torch_layout(keras_out: np.ndarray, torch_shape: tuple, keras_layout: str

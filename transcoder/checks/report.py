@@ -1,7 +1,9 @@
 """The check's report: one :class:`CheckReport`, shown as a rich table, written as JSON or JUnit.
 
-``report.passed`` is True only when every gating entry is SUCCESS (skipped ones aside) and at
-least one was compared; ``report.exit_code`` is 0 then, else 1 (the CLI's "check failed").
+``report.passed`` is True only when every gating entry is SUCCESS (skipped and not-checked ones
+aside) and at least one was compared; with ``strict`` also only when every entry was verified
+(none SKIPPED or NOT CHECKED). ``report.exit_code`` is 0 then, else 1 (the CLI's "check
+failed"). The summary line says when less than everything was verified.
 Gating entries are ``entries``: the model outputs of a full-model check, the layers of a
 per-layer check. ``trace`` holds the intermediate outputs compared to localise a divergence;
 they explain, they do not gate.
@@ -18,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckFailed
-from .compare import (DEFAULT_TOLERANCES, FAIL, INACCURATE, SKIPPED, SUCCESS, Comparison,
-                      json_float, overall_status)
+from .compare import (DEFAULT_TOLERANCES, FAIL, INACCURATE, NOT_CHECKED, SKIPPED, SUCCESS,
+                      Comparison, json_float, overall_status)
 
 REPORT_VERSION = 1
 #: rich styles per status, as nobuco colours its validation tree.
-STYLES = {SUCCESS: "green", INACCURATE: "yellow", FAIL: "bold red", SKIPPED: "dim cyan"}
+STYLES = {SUCCESS: "green", INACCURATE: "yellow", FAIL: "bold red", SKIPPED: "dim cyan",
+          NOT_CHECKED: "magenta"}
 #: package -> distributions that may provide it (the first one installed is reported).
 DISTRIBUTIONS = {"torch": ("torch",), "keras": ("keras",),
                  "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-intel", "tf-nightly"),
@@ -64,6 +67,7 @@ class CheckReport:
     keras_layout: str | None = None
     first_divergence: dict | None = None
     notes: list[str] = field(default_factory=list)
+    strict: bool = False               # everything must be verified (no SKIPPED, NOT CHECKED)
     versions: dict[str, str | None] = field(default_factory=library_versions)
 
     # ------------------------------------------------------------ verdict
@@ -75,7 +79,7 @@ class CheckReport:
 
     @property
     def passed(self) -> bool:
-        return self.status == SUCCESS
+        return self.status == SUCCESS and not (self.strict and self.unverified)
 
     @property
     def exit_code(self) -> int:
@@ -84,6 +88,15 @@ class CheckReport:
     @property
     def skipped(self) -> int:
         return sum(1 for e in self.entries if e.status == SKIPPED)
+
+    @property
+    def not_checked(self) -> int:
+        return sum(1 for e in self.entries if e.status == NOT_CHECKED)
+
+    @property
+    def unverified(self) -> int:
+        """Entries nothing was compared for: SKIPPED and NOT CHECKED."""
+        return len(self.entries) - self.compared
 
     @property
     def compared(self) -> int:
@@ -97,16 +110,24 @@ class CheckReport:
         """One line: the verdict, the counts and the first divergence."""
         what = "outputs" if self.kind == "model" else "layers"
         if self.status == SKIPPED:
-            line = f"check {SKIPPED}: nothing was compared ({self.skipped} {what} skipped)"
+            line = f"check {SKIPPED}: nothing was compared ({self._unverified_counts(what)})"
         else:
             line = (f"check {'passed' if self.passed else 'FAILED'}: {len(self.failures)} of "
                     f"{self.compared} {what} differ beyond tolerance")
-            line += f", {self.skipped} skipped" if self.skipped else ""
+            if self.unverified:
+                line += (f"; only {self.compared} of {len(self.entries)} {what} verified "
+                         f"({self._unverified_counts(what)}")
+                line += ", and --strict asks for all)" if self.strict else ")"
         if self.seed is not None:
             line += f" (seed {self.seed})"
         if self.first_divergence and not self.passed:
             line += f"; {self.first_divergence['message']}"
         return line
+
+    def _unverified_counts(self, what: str) -> str:
+        counts = [f"{n} {label}" for n, label in ((self.skipped, "skipped"),
+                                                  (self.not_checked, "not checked")) if n]
+        return ", ".join(counts) or f"no {what}"
 
     def raise_for_status(self) -> None:
         """Raise :class:`CheckFailed` (exit code 1) with :meth:`summary` unless the check passed."""
@@ -134,6 +155,8 @@ class CheckReport:
             "keras_layout": self.keras_layout,
             "compared": self.compared,
             "skipped": self.skipped,
+            "not_checked": self.not_checked,
+            "strict": self.strict,
             "failed": len(self.failures),
             "first_divergence": _json_safe(self.first_divergence),
             "versions": dict(self.versions),
@@ -157,7 +180,7 @@ class CheckReport:
         suite = ET.Element("testsuite", {
             "name": f"transcoder.check.{self.kind}", "tests": str(len(cases)),
             "failures": str(sum(1 for _, e in cases if e.diverged)), "errors": "0",
-            "skipped": str(sum(1 for _, e in cases if e.status == SKIPPED)), "time": "0"})
+            "skipped": str(sum(1 for _, e in cases if not e.compared)), "time": "0"})
         props = ET.SubElement(suite, "properties")
         for name, value in [("status", self.status), ("seed", self.seed),
                             ("input_shapes", json.dumps(self.input_shapes)),
@@ -173,8 +196,8 @@ class CheckReport:
                                                                      f"{entry.summary()}",
                                                           "type": entry.status})
                 failure.text = json.dumps(entry.to_dict(), indent=1)
-            elif entry.status == SKIPPED:
-                ET.SubElement(case, "skipped", {"message": entry.message})
+            elif not entry.compared:
+                ET.SubElement(case, "skipped", {"message": f"{entry.status}: {entry.message}"})
             else:
                 out = ET.SubElement(case, "system-out")
                 out.text = entry.summary()
@@ -237,7 +260,7 @@ def _rows_table(title: str, entries: list[Comparison]):
                       _number(e.max_abs_error), _number(e.max_rel_error),
                       "" if e.atol is None else f"{e.atol:g}", "" if e.rtol is None else f"{e.rtol:g}",
                       "" if e.shape is None else "(" + ", ".join(map(str, e.shape)) + ")",
-                      e.message, style=None if e.status != SKIPPED else "dim")
+                      e.message, style=None if e.compared else "dim")
     return table
 
 

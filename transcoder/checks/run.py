@@ -8,18 +8,12 @@ import numpy as np
 
 from ..errors import UsageError, one_line
 from ..frameworks import to_numpy, torch_from_numpy
+from ..models.torch_side import forward
 
 
-def run_torch(torch, module, inputs: list[np.ndarray]):
+def run_torch(module, inputs: list[np.ndarray]):
     """The module's output on ``inputs`` (PyTorch layout), as a tree of numpy arrays."""
-    try:
-        with torch.no_grad():
-            return numpy_tree(module(*(torch_from_numpy(x) for x in inputs)))
-    except Exception as exc:  # noqa: BLE001 - the user's model: any failure is a usage error
-        raise UsageError(f"the PyTorch model fails on inputs of shapes "
-                         f"{[list(x.shape) for x in inputs]} ({one_line(exc)})",
-                         hint="check --input-shape and --input-dtype (PyTorch layout, batch "
-                              "included)") from None
+    return numpy_tree(forward(module, [torch_from_numpy(x) for x in inputs]))
 
 
 def run_keras(model, inputs: list[np.ndarray]):
@@ -29,8 +23,7 @@ def run_keras(model, inputs: list[np.ndarray]):
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"the Keras model fails on inputs of shapes "
                          f"{[list(x.shape) for x in inputs]} ({one_line(exc)})",
-                         hint="channels-last Keras models need --keras-layout channels_last"
-                         ) from None
+                         hint="a channels-last Keras model needs --channels-last") from None
 
 
 def numpy_tree(value):

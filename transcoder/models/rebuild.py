@@ -50,7 +50,7 @@ from . import rebuild_functions, rebuild_ops, rebuild_seq  # noqa: F401  (fill t
 from .inputs import InputSpec, embedding_ranges, make_inputs
 from .rebuild_core import (FUNCTIONS, KERAS_DTYPES, METHODS, MODULES, Build, Graph, NeedStatic,
                            Refused, Value, channels_last, identity)
-from .torch_side import checkpoint_of_module
+from .torch_side import checkpoint_of_module, forward
 
 #: Calls whose size arguments may depend on the batch size: their target is the traced
 #: output shape with the growing axis written -1.
@@ -81,6 +81,8 @@ def rebuild_for_inputs(module: torch.nn.Module, specs: list[InputSpec], inputs: 
     """:func:`rebuild` traced on seeded example inputs of these specs, in ``inputs``' layout."""
     highs, _ = embedding_ranges(torch, module, specs)
     example = [torch_from_numpy(x) for x in make_inputs(specs, inputs.seed, highs)]
+    with _eval_mode(module):
+        forward(module, example)   # a model that fails on these inputs: a usage error
     return rebuild(module, tuple(example), channels_last=inputs.channels_last,
                    keras_ckpt=keras_ckpt)
 

@@ -12,7 +12,7 @@ from typing import Any
 from collections import OrderedDict
 
 from ..checkpoint import LAYOUT_TORCH, Checkpoint, TensorRef, dtype_name
-from ..errors import MappingError, UsageError
+from ..errors import MappingError, UsageError, one_line
 from ..frameworks import numpy_from_torch, torch_from_numpy
 from .spec import build_from_spec
 
@@ -92,3 +92,18 @@ def checkpoint_of_module(module) -> Checkpoint:
                                   lambda a=array: a)
     meta = {"module_kinds": module_kinds(module), "module_options": module_options(module)}
     return Checkpoint(tensors, LAYOUT_TORCH, source="--model", format="module", meta=meta)
+
+
+def forward(module, inputs: list):
+    """``module(*inputs)`` without gradients; UsageError when the model fails on them (the
+    user's model and input shapes: a usage error, never ours)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return module(*inputs)
+    except Exception as exc:  # noqa: BLE001 - the user's model: any failure is a usage error
+        raise UsageError(f"the PyTorch model fails on inputs of shapes "
+                         f"{[list(x.shape) for x in inputs]} ({one_line(exc)})",
+                         hint="check --input-shape and --input-dtype (PyTorch layout, batch "
+                              "included)") from None

@@ -2,11 +2,17 @@
 
 Families whose tensor names are their own (recurrent, attention) recognise themselves
 (``LayerRule.recognise``); for the rest, the shapes narrow the choice and the family ``hints``
-(words of the module path) settle it. Only readings that cannot change the numbers are made
-silently (a 4-D ``weight`` is a convolution: Conv2d and ConvTranspose2d share the
-permutation). Where the reading changes the result (a bias-free 2-D ``weight`` is a Linear to
-transpose or an Embedding to keep) the module name must say which, or the user must
-(``--rules``); otherwise :class:`AmbiguousError`.
+(words of the module path) settle it. Three outcomes:
+
+- The evidence decides (a 4-D ``weight`` is a convolution: Conv2d and ConvTranspose2d share
+  the permutation, which the check verifies either way).
+- The candidates map the tensors to the same bytes but compute different numbers (a (weight,
+  bias) pair is a LayerNorm, a GroupNorm or an InstanceNorm; a bias-free 1-d weight a
+  LayerNorm, an RMSNorm or a PReLU) and the name does not say which: the first is written,
+  the others are listed as ``alternatives``, and the check reports the layer NOT CHECKED.
+- The reading changes the written numbers (a bias-free 2-D ``weight`` is a Linear to transpose
+  or an Embedding to keep) and the name does not say which: :class:`AmbiguousError`, naming
+  the ways to say more (``--rules``, ``--model``).
 """
 from __future__ import annotations
 
@@ -59,11 +65,29 @@ def _by_shapes(path: str, params: dict[str, TensorRef]) -> Inference:
     return Inference(None, f"no rule for a weight of shape {list(weight.shape)} with this bias")
 
 
+#: Families that map a (weight, bias) pair of one shape alike, and a bias-free 1-d weight.
+AFFINE_NORMS = ("LayerNorm", "GroupNorm", "InstanceNorm")
+VECTORS = ("LayerNorm", "RMSNorm", "PReLU")
+#: Words that say "a normalisation" without saying which.
+NORM_WORDS = ("norm", "normalization", "normalisation")
+
+
 def _affine_norm(path: str) -> Inference:
-    for family in ("GroupNorm", "InstanceNorm"):
-        if _hinted(path, family):
-            return Inference(family, f"weight and bias of one shape, named like a {family}")
-    return Inference("LayerNorm", "weight and bias of one shape (GroupNorm and InstanceNorm map alike)")
+    return _named_or_open(path, AFFINE_NORMS, "weight and bias of one shape")
+
+
+def _named_or_open(path: str, candidates: tuple[str, ...], what: str) -> Inference:
+    """The one candidate the name hints at; else the first, with the others as alternatives."""
+    named = [family for family in candidates if _hinted(path, family)]
+    if len(named) == 1:
+        return Inference(named[0], f"{what}, named like {_a(named[0])}")
+    open_ = tuple(named) or candidates
+    return Inference(open_[0], f"{what}: {_a(', '.join(open_[:-1]))} or {open_[-1]}, and the "
+                               f"name does not say which (they map alike)", open_[1:])
+
+
+def _a(words: str) -> str:
+    return f"{'an' if words[:1] in 'AEIOU' else 'a'} {words}"
 
 
 def _conv(path: str, n: int) -> Inference:
@@ -76,19 +100,22 @@ def _linear_or_embedding(path: str, weight: TensorRef) -> Inference:
     embedding, linear = _hinted(path, "Embedding"), _hinted(path, "Linear")
     if embedding != linear:
         kind = "Embedding" if embedding else "Linear"
-        return Inference(kind, f"bias-free 2-d weight, named like an {kind}")
+        return Inference(kind, f"bias-free 2-d weight, named like {_a(kind)}")
     raise AmbiguousError(
         f"a bias-free 2-d weight {list(weight.shape)} is either a Linear (transposed) or an "
         f"Embedding (kept as is), and the name does not tell", tensor=weight.name, hint=RULES_HINT)
 
 
 def _bias_free_vector(path: str, weight: TensorRef) -> Inference:
-    for family in ("PReLU", "RMSNorm", "LayerNorm"):
+    """An RMSNorm or a PReLU when named so; a LayerNorm name does not decide (a bias-free
+    LayerNorm is rare, and RMSNorms are often named ``input_layernorm``)."""
+    for family in ("RMSNorm", "PReLU"):
         if _hinted(path, family):
-            return Inference(family, f"1-d weight without bias, named like a {family}")
-    raise AmbiguousError(
-        "a 1-d weight without bias is a PReLU, an RMSNorm or a bias-free LayerNorm, and the name "
-        "does not tell", tensor=weight.name, hint=RULES_HINT)
+            return Inference(family, f"1-d weight without bias, named like {_a(family)}")
+    normish = _words(path) & set(NORM_WORDS + registry.TABLE.by_name("LayerNorm").hints)
+    candidates = VECTORS[:2] if normish else VECTORS
+    found = _named_or_open("", candidates, "1-d weight without bias")
+    return Inference(found.kind, found.reason, found.alternatives)
 
 
 # ---------------------------------------------------------------- Keras
@@ -109,7 +136,8 @@ def infer_keras_kind(layer: str, weights: dict[str, TensorRef]) -> Inference:
     if {"moving_mean", "moving_variance"} <= names:
         return Inference("BatchNormalization", "moving statistics")
     if names and names <= {"gamma", "beta"}:
-        return Inference("LayerNormalization", "gamma/beta (GroupNormalization maps alike)")
+        return Inference("LayerNormalization", "gamma/beta: a LayerNormalization or a "
+                         "GroupNormalization (they map alike)", ("GroupNormalization",))
     if names == {"embeddings"}:
         return Inference("Embedding", "embeddings")
     if names == {"alpha"}:

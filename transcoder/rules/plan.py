@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import MappingError, TranscoderError, UnsupportedError
 from . import registry
-from .infer import infer_keras_kind, infer_torch_kind
+from .infer import RULES_HINT, infer_keras_kind, infer_torch_kind
 from .steps import BY_USER_RULES, COPY, TO_KERAS, TO_TORCH, Step, check_shapes, note_inverse
+from .table import Inference
 from .user import CARRY, UserRules
 
 META_VERSION = 1
@@ -41,6 +42,10 @@ class Plan:
     carried: list[str] = field(default_factory=list)
     torch_order: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: module path -> the families its tensors fit alike (the first one written)
+    ambiguous: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: module path -> why its weights are carried verbatim instead of mapped
+    unmapped: dict[str, str] = field(default_factory=dict)
 
     def add(self, step: Step, class_name: str | None = None, reason: str = "") -> None:
         layer = self.layers.setdefault(step.layer, KerasLayer(step.layer, class_name, [], step.rule,
@@ -112,18 +117,37 @@ def _plan_module(plan: Plan, path: str, params: dict[str, TensorRef], known_kind
     hint = user.layer_hint(path)
     options = dict(known_options or {})
     if hint is not None:
-        kind, reason = hint.kind, f"--rules match {hint.match!r}"
+        found = Inference(hint.kind, f"--rules match {hint.match!r}")
         options.update(hint.options)
     elif known_kind:  # from --model or a TorchScript archive: a kind without a rule is carried
-        kind, reason = known_kind, "module type known from the model"
+        found = Inference(known_kind, "module type known from the model")
     else:
         found = infer_torch_kind(path, params)
-        kind, reason = found.kind, found.reason
-    rule = registry.TABLE.for_torch_kind(kind) if kind and kind != CARRY else None
+    rule = registry.TABLE.for_torch_kind(found.kind) if found.kind and found.kind != CARRY else None
     if rule is None:
-        plan.carried.extend(ref.name for ref in params.values())
+        _carry_module(plan, path, params, found)
         return
-    rule.plan_from_torch(plan, path, params, options, reason)
+    if found.alternatives:
+        plan.ambiguous[path] = (found.kind, *found.alternatives)
+        plan.notes.append(f"{path or 'top level'}: {found.reason}; written as a {found.kind}, "
+                          f"the check cannot verify which ({RULES_HINT})")
+    rule.plan_from_torch(plan, path, params, options, found.reason)
+
+
+def _carry_module(plan: Plan, path: str, params: dict[str, TensorRef], found: Inference) -> None:
+    """Keep a module's tensors verbatim; one note when they are weights (floating point)."""
+    names = [ref.name for ref in params.values()]
+    plan.carried.extend(names)
+    if any(_is_weight(ref) for ref in params.values()):
+        why = ("--rules says carry" if found.kind == CARRY else
+               f"{found.kind} has no rule" if found.kind else found.reason)
+        plan.unmapped[path or names[0]] = why
+        plan.notes.append(f"{path or names[0]}: weights carried verbatim, not mapped ({why}); "
+                          f"the check cannot verify them")
+
+
+def _is_weight(ref: TensorRef) -> bool:
+    return ref.dtype.startswith(("float", "bfloat", "complex"))
 
 
 def _check_unique(plan: Plan) -> None:
@@ -237,6 +261,10 @@ def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef]) ->
         found = infer_keras_kind(name, weights)
         rule = registry.TABLE.for_keras_kind(found.kind) if found.kind else None
         reason = found.reason
+        if rule is not None and found.alternatives:
+            plan.ambiguous[name] = (found.kind, *found.alternatives)
+            plan.notes.append(f"Keras layer {name!r}: {reason}; read as a {found.kind}, the check "
+                              f"cannot verify which")
     if rule is None:
         raise UnsupportedError(f"no rule maps Keras layer {name!r} ({class_name or reason})",
                                hint="see `transcode rules`")

@@ -33,10 +33,13 @@ CHECK, REBUILD = "check", "rebuild"
 
 @dataclass(frozen=True)
 class Inference:
-    """A layer kind read from names and shapes, and why."""
+    """A layer kind read from names and shapes, and why. ``alternatives``: other families the
+    tensors fit just as well, which map them to the same bytes (so the conversion is right
+    whichever it is) but compute other numbers (so no check can verify the kind)."""
 
     kind: str | None    # a rule family name, or None: no rule fits (the tensors are carried)
     reason: str
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

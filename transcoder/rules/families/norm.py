@@ -83,7 +83,7 @@ BATCH_NORM = _affine("BatchNorm", ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "B
                      proof=(("running_mean", "running_var"), "running statistics"),
                      check=check_batch_norm)
 LAYER_NORM = _affine("LayerNorm", ("LayerNorm",), "LayerNormalization", "set Keras epsilon=1e-5",
-                     hints=("ln", "norm", "layernorm", "layer_norm", "ln_f", "ln1", "ln2", "ln_1",
+                     hints=("ln", "layernorm", "layer_norm", "ln_f", "ln1", "ln2", "ln_1",
                             "ln_2"), check=check_layer_norm)
 RMS_NORM = LayerRule(
     "RMSNorm", ("RMSNorm",), "RMSNormalization", (Param("weight", "scale"),),

@@ -1,0 +1,143 @@
+"""Nothing silently wrong: a layer kind the names leave open is shown as ambiguous and NOT
+CHECKED, weights carried rather than mapped are named, a check that verified less than
+everything says so, --strict fails it, and errors after DST is written say DST was written."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'")
+from torch import nn  # noqa: E402
+
+from conftest import FIXTURES, ROOT, to_numpy  # noqa: E402
+
+keras = pytest.importorskip("keras")
+
+
+class Stack(nn.Module):
+    """A GroupNorm(4, 512) stored as input_stack.1, as a beat-tracking model stores it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_stack = nn.Sequential(nn.Conv1d(16, 512, 3), nn.GroupNorm(4, 512))
+        self.head = nn.Linear(512, 8)
+
+
+class Scaled(nn.Module):
+    """A module whose own parameters no rule maps (a learned scale and shift)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.film = nn.Module()
+        self.film.gain = nn.Parameter(torch.rand(4))
+        self.film.shift = nn.Parameter(torch.rand(4))
+
+
+def save(module: nn.Module, path) -> None:
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(-1, 1)
+    torch.save(module.state_dict(), path)
+
+
+def test_an_ambiguous_groupnorm_is_shown_and_not_checked(cli, tmp_path):
+    save(Stack(), tmp_path / "m.pt")
+    code, out, err = cli("inspect", tmp_path / "m.pt", "--json")
+    rows = {r["source"]: r for r in json.loads(out)}
+    assert code == 0 and rows["input_stack.1.weight"]["rule"] == "LayerNorm?"
+    assert rows["input_stack.1.weight"]["alternatives"] == ["GroupNorm", "InstanceNorm"]
+    assert rows["input_stack.0.weight"]["alternatives"] == []
+    assert "input_stack.1: weight and bias of one shape" in err
+
+    code, out, err = cli(tmp_path / "m.pt", tmp_path / "m.h5", "--report", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    status = {e["name"]: e["status"] for e in report["entries"]}
+    assert code == 0, err
+    assert status == {"input_stack.0": "SUCCESS", "input_stack.1": "NOT CHECKED",
+                      "head": "SUCCESS"}
+    assert report["not_checked"] == 1 and report["passed"]
+    assert "only 2 of 3 layers verified (1 not checked)" in report["summary"]
+
+
+def test_strict_fails_a_check_that_verified_less_than_everything(cli, tmp_path):
+    save(Stack(), tmp_path / "m.pt")
+    cli(tmp_path / "m.pt", tmp_path / "m.h5", "--no-check")
+    code, out, err = cli("check", tmp_path / "m.pt", tmp_path / "m.h5", "--strict", "-q")
+    assert code == 1 and "--strict asks for all" in out
+    code, _, _ = cli("check", tmp_path / "m.pt", tmp_path / "m.h5", "-q")
+    assert code == 0
+
+
+def test_rules_or_the_model_decide_the_kind_and_then_it_is_checked(cli, tmp_path):
+    save(Stack(), tmp_path / "m.pt")
+    (tmp_path / "r.toml").write_text('[[layer]]\nmatch = "input_stack.1"\nkind = "GroupNorm"\n'
+                                     'num_groups = 4\n')
+    code, out, err = cli(tmp_path / "m.pt", tmp_path / "a.h5", "--rules", tmp_path / "r.toml",
+                         "--strict", "--report", tmp_path / "r.json")
+    entries = json.loads((tmp_path / "r.json").read_text())["entries"]
+    assert code == 0, err
+    assert [(e["name"], e["status"], e["torch_kind"]) for e in entries] == [
+        ("input_stack.0", "SUCCESS", "Conv1d"), ("input_stack.1", "SUCCESS", "GroupNorm"),
+        ("head", "SUCCESS", "Linear")]
+
+
+def test_a_wrong_group_count_fails_where_the_guess_would_have_passed(tmp_path):
+    """The per-layer check of a GroupNorm read as a LayerNorm passed before; it computes
+    differently: with the kind stated, a wrong num_groups is caught."""
+    from transcoder.checks import check_layers
+    from transcoder.checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
+    from transcoder.rules import UserRules, make_plan
+    from transcoder.rules.user import LayerHint
+
+    norm = nn.GroupNorm(4, 8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    src = Checkpoint({f"gn.{k}": TensorRef.from_array(f"gn.{k}", to_numpy(v))
+                      for k, v in norm.state_dict().items()}, LAYOUT_TORCH)
+    for groups, status in ((4, "SUCCESS"), (2, "SUCCESS")):   # each side built alike
+        plan = make_plan(src, LAYOUT_KERAS, UserRules((LayerHint("gn", "GroupNorm",
+                                                                 {"num_groups": groups}),)))
+        report = check_layers(src, plan, options={"gn": {"num_groups": groups}})
+        assert report.entries[0].status == status
+    assert report.entries[0].torch_kind == "GroupNorm"
+
+
+def test_weights_no_rule_maps_are_named_and_not_checked(cli, tmp_path):
+    save(Scaled(), tmp_path / "m.pt")
+    code, out, err = cli(tmp_path / "m.pt", tmp_path / "m.h5", "--report", tmp_path / "r.json")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "film" in line]
+    assert notes == ["transcode: film: weights carried verbatim, not mapped (no rule matches "
+                     "these tensor names); the check cannot verify them"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    film = next(e for e in report["entries"] if e["name"] == "film")
+    assert film["status"] == "NOT CHECKED" and "carried verbatim" in film["message"]
+    assert "only 1 of 2 layers verified" in report["summary"]
+
+
+def test_a_check_that_cannot_run_after_writing_names_the_written_file(cli, tmp_path):
+    code, _, err = cli(FIXTURES / "encoder.pt", tmp_path / "enc.h5", "--model",
+                       f"{FIXTURES / 'models.py'}:Encoder", "--input-shape", "4,10,7")
+    assert code == 2 and (tmp_path / "enc.h5").is_file()
+    assert err.startswith(f"transcode: error: {tmp_path / 'enc.h5'} was written, but the check "
+                          f"could not run: the PyTorch model fails on inputs of shapes")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_reading_that_changes_the_numbers_is_refused_without_frameworks(tmp_path):
+    """A bias-free 2-d weight named 'mystery': Linear (transposed) or Embedding (kept)."""
+    save(nn.Sequential(nn.Linear(3, 5, bias=False)), tmp_path / "m.pt")
+    code = ("import sys; from transcoder.cli import main; rc = main(sys.argv[1:]); "
+            "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules)); "
+            "sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pt"),
+                           str(tmp_path / "m.h5")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stdout.strip() == "[]"
+    assert "either a Linear (transposed) or an Embedding" in proc.stderr
+    assert "--rules" in proc.stderr and "--model" in proc.stderr
+    assert not (tmp_path / "m.h5").exists()
