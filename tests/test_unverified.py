@@ -141,3 +141,17 @@ def test_a_reading_that_changes_the_numbers_is_refused_without_frameworks(tmp_pa
     assert "either a Linear (transposed) or an Embedding" in proc.stderr
     assert "--rules" in proc.stderr and "--model" in proc.stderr
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_a_piped_check_prints_one_unwrapped_line_per_layer(cli, tmp_path):
+    """In a CI log (stdout not a terminal): no box drawing, no wrapping, tab-separated rows."""
+    long = "a_rather_long_module_name_that_would_wrap_in_eighty_columns_" * 2
+    module = nn.Module()
+    module.add_module(long, nn.Linear(3, 4))
+    save(module, tmp_path / "m.pt")
+    code, out, err = cli(tmp_path / "m.pt", tmp_path / "m.h5")
+    assert code == 0, err
+    rows = [line.split("\t") for line in out.splitlines() if line.startswith("SUCCESS")]
+    assert rows and rows[0][1] == long and rows[0][2] == "Linear -> Dense"
+    assert not any(c in out for c in "│┃━─┏")
+    assert out.splitlines()[-1].startswith("check passed: 0 of 1 layers differ beyond tolerance")

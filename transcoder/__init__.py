@@ -4,7 +4,7 @@ The stages, and the one direction of imports between them. Layers, bottom to top
 imports only modules of its own layer or of lower ones (imports inside functions included,
 ``tests/test_structure.py`` checks it), and no two modules import each other:
 
-  1. errors, _version                the exception family; the version
+  1. errors, _version, printing      the exception family; the version; printing rows
   2. checkpoint                      Checkpoint and lazy TensorRef: what every stage speaks
   3. frameworks, options             importing torch/keras quietly; the options users give
   4. formats, rules                  readers and writers; the rule table, ops and plans (numpy)

@@ -1,24 +1,13 @@
-"""Rows and tables for plans, checkpoints and the rule table.
-
-On a terminal the tables are drawn with rich; piped, every row is one tab-separated line
-with full names, never wrapped or cut, so ``grep`` and ``cut`` work on it.
-"""
+"""Rows for plans, layer pairings and the rule table (printed by :mod:`.printing`)."""
 from __future__ import annotations
 
-import json
-import sys
-from typing import Iterable, TextIO
-
 from .checkpoint import Checkpoint
+from .printing import print_rows  # noqa: F401  (the CLI prints these rows with it)
 from .rules import COPY, TO_KERAS, Plan, registry
 
 PLAN_COLUMNS = ("source", "shape", "dtype", "rule", "op", "target", "target shape")
 PAIR_COLUMNS = ("pytorch", "kind", "keras", "keras class", "paired by", "weights")
 RULE_COLUMNS = ("rule", "torch kinds", "keras", "torch tensor", "keras weight", "op", "note")
-
-
-def _shape(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
 def plan_rows(plan: Plan, src: Checkpoint, target: Checkpoint) -> list[dict]:
@@ -57,40 +46,3 @@ def pairing_rows(pairs) -> list[dict]:
 def rule_rows() -> list[dict]:
     """Every family's rows, as the engine runs them (``LayerRule.rows``)."""
     return [row for family in registry.TABLE for row in family.rows()]
-
-
-def _cell(value) -> str:
-    if isinstance(value, list) and value and isinstance(value[0], list):
-        return ", ".join(_shape(v) for v in value)
-    if isinstance(value, list) and all(isinstance(v, int) for v in value):
-        return _shape(value)
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-def print_rows(rows: list[dict], columns: Iterable[str], *, as_json: bool = False,
-               title: str | None = None, out: TextIO | None = None) -> None:
-    out = out or sys.stdout
-    columns = list(columns)
-    if as_json:
-        json.dump(rows, out, indent=1)
-        out.write("\n")
-    elif out.isatty():
-        _rich_table(rows, columns, title, out)
-    else:
-        out.write("# " + "\t".join(columns) + "\n")
-        for row in rows:
-            out.write("\t".join(_cell(row[c]) for c in columns) + "\n")
-
-
-def _rich_table(rows: list[dict], columns: list[str], title: str | None, out: TextIO) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(row[c]) for c in columns))
-    Console(file=out).print(table)

@@ -8,7 +8,8 @@ By concept:
 - :mod:`.localise`: which paired layer first diverges.
 - :mod:`.layers`: the per-layer check of a weights-only conversion (:func:`check_layers`),
   with each family's builder (``LayerRule.check``).
-- :mod:`.report`: :class:`CheckReport` (``passed``, ``exit_code``, JSON, JUnit, the table).
+- :mod:`.report`: :class:`CheckReport` (``passed``, ``exit_code``, JSON, JUnit); :mod:`.display`
+  prints it (a table on a terminal, plain lines in a log).
 - :mod:`.verify`: the check as the commands run it, and when it runs (:func:`decide`).
 
 Model inputs are :mod:`transcoder.models.inputs`. Importing this package imports neither
@@ -19,7 +20,8 @@ from .compare import (DEFAULT_TOLERANCES, FAIL, INACCURATE, NOT_CHECKED, SKIPPED
 from .layers import check_layers
 from .localise import default_pairs
 from .models import check_models
-from .report import CheckReport, library_versions, print_table
+from .display import print_table
+from .report import CheckReport, library_versions
 
 __all__ = ["DEFAULT_TOLERANCES", "FAIL", "INACCURATE", "NOT_CHECKED", "SKIPPED", "SUCCESS",
            "Comparison",

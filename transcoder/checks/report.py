@@ -1,4 +1,5 @@
-"""The check's report: one :class:`CheckReport`, shown as a rich table, written as JSON or JUnit.
+"""The check's report: one :class:`CheckReport`, written as JSON or JUnit (printed by
+:mod:`.display`).
 
 ``report.passed`` is True only when every gating entry is SUCCESS (skipped and not-checked ones
 aside) and at least one was compared; with ``strict`` also only when every entry was verified
@@ -24,9 +25,6 @@ from .compare import (DEFAULT_TOLERANCES, FAIL, INACCURATE, NOT_CHECKED, SKIPPED
                       Comparison, json_float, overall_status)
 
 REPORT_VERSION = 1
-#: rich styles per status, as nobuco colours its validation tree.
-STYLES = {SUCCESS: "green", INACCURATE: "yellow", FAIL: "bold red", SKIPPED: "dim cyan",
-          NOT_CHECKED: "magenta"}
 #: package -> distributions that may provide it (the first one installed is reported).
 DISTRIBUTIONS = {"torch": ("torch",), "keras": ("keras",),
                  "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-intel", "tf-nightly"),
@@ -236,47 +234,3 @@ def _write_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-# ------------------------------------------------------------ terminal
-
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.2e}"
-
-
-def _rows_table(title: str, entries: list[Comparison]):
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for column, justify in (("status", "left"), ("name", "left"), ("torch -> keras", "left"),
-                            ("max abs err", "right"), ("max rel err", "right"), ("atol", "right"),
-                            ("rtol", "right"), ("shape", "left"), ("note", "left")):
-        table.add_column(column, justify=justify, overflow="fold")
-    for e in entries:
-        kinds = " -> ".join(k for k in (e.torch_kind, e.keras_kind) if k)
-        name = e.name if not e.keras_name or e.keras_name == e.name else f"{e.name} ~ {e.keras_name}"
-        table.add_row(Text(e.status, style=STYLES[e.status]), name, kinds,
-                      _number(e.max_abs_error), _number(e.max_rel_error),
-                      "" if e.atol is None else f"{e.atol:g}", "" if e.rtol is None else f"{e.rtol:g}",
-                      "" if e.shape is None else "(" + ", ".join(map(str, e.shape)) + ")",
-                      e.message, style=None if e.compared else "dim")
-    return table
-
-
-def print_table(report: CheckReport, console=None) -> None:
-    """Colour-coded rows (SUCCESS green, INACCURATE yellow, FAIL red, SKIPPED dim), then the
-    localisation trace if one ran, then the one-line verdict."""
-    from rich.console import Console
-    from rich.text import Text
-
-    console = console or Console()
-    title = "model outputs" if report.kind == "model" else "layers (built from the weights alone)"
-    console.print(_rows_table(title, report.entries))
-    if report.trace:
-        console.print(_rows_table("paired layers, in PyTorch execution order", report.trace))
-    for note in report.notes:
-        console.print(Text(f"note: {note}", style="dim"))
-    console.print(Text(report.summary(), style=STYLES[SUCCESS if report.passed else
-                                                      (SKIPPED if report.status == SKIPPED
-                                                       else report.status)]))
