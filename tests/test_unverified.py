@@ -155,3 +155,22 @@ def test_a_piped_check_prints_one_unwrapped_line_per_layer(cli, tmp_path):
     assert rows and rows[0][1] == long and rows[0][2] == "Linear -> Dense"
     assert not any(c in out for c in "│┃━─┏")
     assert out.splitlines()[-1].startswith("check passed: 0 of 1 layers differ beyond tolerance")
+
+
+def test_check_of_two_pytorch_files_compares_every_tensor_bit_for_bit(cli, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    save(Stack(), tmp_path / "m.pt")
+    cli(tmp_path / "m.pt", tmp_path / "m.safetensors", "--no-check")
+    code, out, err = cli("check", tmp_path / "m.pt", tmp_path / "m.safetensors",
+                         "--report", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 0, err
+    assert report["kind"] == "tensors" and report["compared"] == 6
+    assert {e["status"] for e in report["entries"]} == {"SUCCESS"}
+    tensors = load_file(tmp_path / "m.safetensors")
+    tensors["head.bias"] = tensors["head.bias"].copy()
+    tensors["head.bias"].view("uint32")[3] ^= 1          # one bit of one float
+    save_file(tensors, tmp_path / "bad.safetensors")
+    code, out, err = cli("check", tmp_path / "m.pt", tmp_path / "bad.safetensors", "-q")
+    assert code == 1 and "first difference: head.bias: 1 of 32 bytes differ" in out

@@ -230,13 +230,19 @@ def check_cmd(
 
     With --model (and --input-shape): both models run on the same seeded inputs and every
     output is compared; the first diverging layer is named. Without: each mapped layer is built
-    in both frameworks from the two files' tensors and compared.
+    in both frameworks from the two files' tensors and compared. Two files of one layout
+    (a.pt and a.safetensors): every tensor is compared bit for bit.
     """
     for path in (src, dst):
         if not path.is_file():
             raise UsageError("no such file", path=path)
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
     job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet, strict)
+    if formats.layout_of(src) == formats.layout_of(dst):   # a copy: bit for bit, numpy only
+        from .checks.verify import verify
+
+        _report(verify(src, dst, key=key), job)
+        return
     _run_check(src, dst, job, asked=True)
 
 

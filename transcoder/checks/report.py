@@ -51,7 +51,8 @@ def library_versions() -> dict[str, str | None]:
 
 @dataclass
 class CheckReport:
-    """What a check compared and found. ``kind``: ``"model"`` or ``"layers"``."""
+    """What a check compared and found. ``kind``: ``"model"``, ``"layers"`` or ``"tensors"``
+    (a copy compared bit for bit)."""
 
     kind: str
     entries: list[Comparison] = field(default_factory=list)
@@ -69,6 +70,11 @@ class CheckReport:
     versions: dict[str, str | None] = field(default_factory=library_versions)
 
     # ------------------------------------------------------------ verdict
+
+    @property
+    def what(self) -> str:
+        """What the entries are: model outputs, layers or tensors."""
+        return {"model": "outputs", "layers": "layers"}.get(self.kind, self.kind)
 
     @property
     def status(self) -> str:
@@ -106,7 +112,7 @@ class CheckReport:
 
     def summary(self) -> str:
         """One line: the verdict, the counts and the first divergence."""
-        what = "outputs" if self.kind == "model" else "layers"
+        what = self.what
         if self.status == SKIPPED:
             line = f"check {SKIPPED}: nothing was compared ({self._unverified_counts(what)})"
         else:
@@ -173,7 +179,7 @@ class CheckReport:
 
     def to_junit(self) -> ET.Element:
         """``<testsuites>`` with one ``<testsuite>``; a testcase per entry, then per trace entry."""
-        cases = [("outputs" if self.kind == "model" else "layers", e) for e in self.entries]
+        cases = [(self.what, e) for e in self.entries]
         cases += [("trace", e) for e in self.trace]
         suite = ET.Element("testsuite", {
             "name": f"transcoder.check.{self.kind}", "tests": str(len(cases)),

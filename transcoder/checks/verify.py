@@ -2,7 +2,8 @@
 
 - :func:`decide`: whether a check runs at all (asked for? both frameworks installed? anything
   mapped?), the one policy ``transcode SRC DST``, ``transcode check`` and ``bulk`` follow.
-- :func:`verify`: with ``--model`` and input shapes, the full-model check (the PyTorch module
+- :func:`verify`: two files of one layout: every tensor compared bit for bit. Else, with
+  ``--model`` and input shapes, the full-model check (the PyTorch module
   loaded with the PyTorch-layout file; the Keras side the ``--keras-model`` loaded with the
   Keras-layout file by Keras' own loader, or else the module rebuilt in Keras with that file's
   weights). Without: the per-layer check of every mapped layer, against DST's tensors.
@@ -27,6 +28,7 @@ from ..pipeline import prepare, read
 from .layers import check_layers
 from .models import check_models
 from .report import CheckReport
+from .tensors import compare_tensors
 
 LIVE_PACKAGES = ("torch", "keras", "tensorflow")
 SAME_LAYOUT = "both files hold the PyTorch layout: tensors were copied, nothing was mapped"
@@ -61,8 +63,12 @@ def decide(asked: bool | None, same_layout: bool = False) -> Decision:
 
 def verify(src: Path, dst: Path, *, arch: Architecture | None = None, key: str | None = None,
            rules=None, tolerance: Tolerance = Tolerance(), full: bool = True) -> CheckReport:
-    """Check DST against SRC: the full-model check when ``arch.model`` is given and ``full``,
+    """Check DST against SRC: two files of one layout tensor by tensor, bit for bit (no
+    framework needed); else the full-model check when ``arch.model`` is given and ``full``,
     else the per-layer check (which still takes layer kinds from ``arch.model``)."""
+    if formats.layout_of(src) == formats.layout_of(dst):
+        with read(src, key=key) as original, read(dst) as copy:
+            return compare_tensors(original, copy)
     import_frameworks()
     arch = arch or Architecture()
     if arch.model and full:
