@@ -11,7 +11,28 @@ imports only modules of its own layer or of lower ones (imports inside functions
   5. models                          live PyTorch and Keras models, inputs, the Keras rebuild
   6. pipeline, live                  read -> plan -> write; live models in the pipeline
   7. checks                          the forward check and its report
-  8. bulk, tables                    a tree of checkpoints; printed tables
+  8. bulk, tables, api               a tree of checkpoints; printed tables; the Python API
   9. cli, __main__                   the ``transcode`` command
+
+The Python API (:mod:`.api`) is here too, loaded on first use so that ``import transcoder``
+stays light (no torch, no TensorFlow): ``transcoder.convert(src, dst, ...)``,
+``transcoder.inspect(path)``, ``transcoder.check(src, dst, ...)``, and
+``transcoder.TranscoderError``, the base of every error it raises. Our Keras layers register
+with Keras whenever Keras is imported, so a rebuilt ``.keras`` loads after ``import transcoder``.
 """
 from ._version import __version__
+from .errors import TranscoderError
+from .models.registration import register_keras_layers_when_loaded
+
+register_keras_layers_when_loaded()
+
+_API = ("convert", "inspect", "check", "Conversion", "Inspection")
+__all__ = ["__version__", "TranscoderError", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

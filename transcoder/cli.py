@@ -24,10 +24,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from . import formats  # noqa: E402
 from ._version import __version__  # noqa: E402
-from .errors import (INTERNAL_ERROR_EXIT, CheckFailed, TranscoderError, UsageError,  # noqa: E402
-                     one_line)
+from .errors import INTERNAL_ERROR_EXIT, TranscoderError, UsageError, one_line  # noqa: E402
 from .frameworks import quiet_framework_environment  # noqa: E402
-from .options import Architecture, InputOptions, Tolerance  # noqa: E402
+from .options import Architecture, CheckRequest, InputOptions, Tolerance  # noqa: E402
 from .pipeline import prepare, transcode  # noqa: E402
 from .rules import COPY  # noqa: E402
 from .tables import (PAIR_COLUMNS, PLAN_COLUMNS, RULE_COLUMNS, pairing_rows, plan_rows,  # noqa: E402
@@ -85,17 +84,12 @@ def _architecture(model: Optional[str], keras_model: Optional[str],
 
 
 @dataclass
-class CheckJob:
-    """What checking a conversion needs besides the two files, and where its results go."""
+class CheckOutputs:
+    """Where a check's results go: ``--report`` JSON, ``--junit`` XML, and the terminal."""
 
-    arch: Architecture
-    key: Optional[str] = None           # how SRC was read: --key and --rules
-    rules: Optional[Path] = None
-    tolerance: Tolerance = Tolerance()
-    report: Optional[Path] = None       # --report JSON
+    report: Optional[Path] = None
     junit: Optional[Path] = None
     quiet: bool = False
-    strict: bool = False
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -145,54 +139,40 @@ def convert_cmd(
                 f"({time.perf_counter() - started:.2f} s)")
     for note in [] if quiet else plan.notes:
         _note(note)
-    job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet, strict)
+    request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict)
     try:
-        _run_check(src, dst, job, asked=check, same_layout=plan.direction == COPY)
+        _run_check(src, dst, request, CheckOutputs(report, junit, quiet), asked=check,
+                   same_layout=plan.direction == COPY)
     except TranscoderError as exc:
-        raise _after_write(exc, dst) from None
+        from .checks.verify import after_write
+
+        raise after_write(exc, dst) from None
 
 
-def _after_write(exc: TranscoderError, dst: Path) -> TranscoderError:
-    """A check's error after DST was written says so: DST stays (README, "The forward check")."""
-    if isinstance(exc, CheckFailed):
-        exc.message = f"{dst} was written, and its {exc.message}"
-    else:
-        exc.message = f"{dst} was written, but the check could not run: {exc.message}"
-    return exc
-
-
-def _run_check(src: Path, dst: Path, job: CheckJob, *, asked: Optional[bool],
-               same_layout: bool = False) -> None:
+def _run_check(src: Path, dst: Path, request: CheckRequest, outputs: CheckOutputs, *,
+               asked: Optional[bool], same_layout: bool = False) -> None:
     """Check DST against SRC when the policy says so; raises CheckFailed (exit 1) when they
     differ."""
-    from .checks.verify import decide, verify  # the check's modules: only when one may run
+    from .checks.verify import check_conversion  # the check's modules: only when one may run
 
-    decision = decide(asked, same_layout)
-    if not decision.run:
-        if decision.note:
-            _note(decision.note)
-        return
-    arch = job.arch
-    full = bool(arch.model) and (bool(arch.inputs.input_shapes) or bool(asked))
-    if arch.model and not full:
-        _note("full-model check skipped (give --input-shape); checking each layer on its own")
-    result = verify(src, dst, arch=arch, key=job.key, rules=job.rules, tolerance=job.tolerance,
-                    full=full)
-    result.strict = job.strict
-    _report(result, job)
+    result, notes = check_conversion(src, dst, request, asked=asked, same_layout=same_layout)
+    for note in notes:
+        _note(note)
+    if result is not None:
+        _report(result, outputs)
 
 
-def _report(result, job: CheckJob) -> None:
+def _report(result, outputs: CheckOutputs) -> None:
     from .checks import print_table
 
-    if job.quiet:
+    if outputs.quiet:
         typer.echo(result.summary())
     else:
         print_table(result)  # ends with the verdict line
-    if job.report:
-        result.write_json(job.report)
-    if job.junit:
-        result.write_junit(job.junit)
+    if outputs.report:
+        result.write_json(outputs.report)
+    if outputs.junit:
+        result.write_junit(outputs.junit)
     result.raise_for_status()
 
 
@@ -237,13 +217,13 @@ def check_cmd(
         if not path.is_file():
             raise UsageError("no such file", path=path)
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
-    job = CheckJob(arch, key, rules, Tolerance(atol, rtol), report, junit, quiet, strict)
-    if formats.layout_of(src) == formats.layout_of(dst):   # a copy: bit for bit, numpy only
-        from .checks.verify import verify
+    from .checks.verify import check_files
 
-        _report(verify(src, dst, key=key), job)
-        return
-    _run_check(src, dst, job, asked=True)
+    result, notes = check_files(src, dst, CheckRequest(arch, key, rules, Tolerance(atol, rtol),
+                                                       strict))
+    for note in notes:
+        _note(note)
+    _report(result, CheckOutputs(report, junit, quiet))
 
 
 @app.command("inspect")

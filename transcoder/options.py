@@ -3,11 +3,13 @@
 These dataclasses travel together through the pipeline, the rebuild and the check, so they
 live below all of them: :class:`Architecture` (``--model``, ``--keras-model``),
 :class:`InputOptions` (the inputs a rebuild or a check feeds the model) and
-:class:`Tolerance` (``--atol``, ``--rtol``).
+:class:`Tolerance` (``--atol``, ``--rtol``), and :class:`CheckRequest`, all a check needs besides
+the two files.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 TORCH_LAYOUT, CHANNELS_LAST = "torch", "channels_last"
 
@@ -47,3 +49,14 @@ class Architecture:
 
     def __bool__(self) -> bool:
         return bool(self.model or self.keras_model)
+
+
+@dataclass
+class CheckRequest:
+    """What checking a conversion needs besides the two files."""
+
+    arch: Architecture = field(default_factory=Architecture)
+    key: str | None = None              # how SRC was read: --key and --rules
+    rules: Path | None = None
+    tolerance: Tolerance = Tolerance()
+    strict: bool = False                # everything must be verified

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from .. import formats
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH
-from ..errors import MissingDependencyError, UsageError
+from ..errors import CheckFailed, MissingDependencyError, TranscoderError, UsageError
 from ..frameworks import CHECK_EXTRA, import_frameworks
 from ..live import LiveModels
 from ..models import keras_side, torch_side
 from ..models.inputs import from_options
-from ..options import Architecture, Tolerance
+from ..options import Architecture, CheckRequest, Tolerance
 from ..pipeline import prepare, read
 from .layers import check_layers
 from .models import check_models
@@ -59,6 +59,44 @@ def decide(asked: bool | None, same_layout: bool = False) -> Decision:
     if reason and asked:
         raise MissingDependencyError(f"cannot run the check: {reason}")
     return Decision(False, f"no check ran: {reason}") if reason else Decision(True)
+
+
+def check_conversion(src: Path, dst: Path, request: CheckRequest, *, asked: bool | None,
+                     same_layout: bool = False) -> tuple[CheckReport | None, list[str]]:
+    """The check after a conversion as the policy (:func:`decide`) has it: the report (None
+    when no check ran) and the notes for the user."""
+    decision = decide(asked, same_layout)
+    if not decision.run:
+        return None, [decision.note] if decision.note else []
+    arch, notes = request.arch, []
+    full = bool(arch.model) and (bool(arch.inputs.input_shapes) or bool(asked))
+    if arch.model and not full:
+        notes.append("full-model check skipped (give --input-shape); checking each layer on its own")
+    report = verify(src, dst, arch=arch, key=request.key, rules=request.rules,
+                    tolerance=request.tolerance, full=full)
+    report.strict = request.strict
+    return report, notes
+
+
+def check_files(src: Path, dst: Path, request: CheckRequest) -> tuple[CheckReport, list[str]]:
+    """``transcode check``: two files of one layout bit for bit (numpy only), else the check
+    across frameworks, which needs torch and Keras (MissingDependencyError without them)."""
+    if formats.layout_of(src) == formats.layout_of(dst):
+        report, notes = verify(src, dst, key=request.key), []
+        report.strict = request.strict
+    else:
+        report, notes = check_conversion(src, dst, request, asked=True)
+    return report, notes
+
+
+def after_write(exc: TranscoderError, dst: Path) -> TranscoderError:
+    """An error of the check after DST was written says so: DST stays (README, "The forward
+    check"). A failed check keeps its exit code 1, a check that could not run its own."""
+    if isinstance(exc, CheckFailed):
+        exc.message = f"{dst} was written, and its {exc.message}"
+    else:
+        exc.message = f"{dst} was written, but the check could not run: {exc.message}"
+    return exc
 
 
 def verify(src: Path, dst: Path, *, arch: Architecture | None = None, key: str | None = None,
