@@ -73,17 +73,18 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
             keras_model: str | None = None, input_shape: Sequence[str] = (),
             input_dtype: Sequence[str] = (), seed: int = 0, channels_last: bool = False,
             check: bool | None = None, atol: float | None = None, rtol: float | None = None,
-            strict: bool = False) -> Conversion:
+            strict: bool = False, source_format: str | None = None) -> Conversion:
     """``transcode SRC DST``: convert, then check as the command does (``check=None``: when
     torch and Keras are installed; True: or raise MissingDependencyError; False: never)."""
     src, dst = Path(src), Path(dst)
     rules = Path(rules) if rules is not None else None
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
+    request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
     if dry_run:
-        return _dry_run(src, dst, key, rules, arch)
-    prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch)
+        return _dry_run(src, dst, request)
+    prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch,
+                         source_format=source_format)
     result = _conversion(src, dst, prepared)
-    request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict)
     try:
         result.report, notes = check_conversion(src, dst, request, asked=check,
                                                 same_layout=prepared.plan.direction == COPY)
@@ -99,20 +100,22 @@ def _conversion(src: Path, dst: Path, prepared, written: bool = True) -> Convers
                       pairing_rows(prepared.pairs), list(prepared.plan.notes), written=written)
 
 
-def _dry_run(src: Path, dst: Path, key, rules, arch: Architecture) -> Conversion:
-    prepared = prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch)
+def _dry_run(src: Path, dst: Path, request: CheckRequest) -> Conversion:
+    prepared = prepare(src, formats.for_path(dst), key=request.key, rules=request.rules,
+                       arch=request.arch, source_format=request.source_format)
     try:
         return _conversion(src, dst, prepared, written=False)
     finally:
         prepared.close()
 
 
-def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None
-            ) -> Inspection:
+def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None,
+            source_format: str | None = None) -> Inspection:
     """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping."""
     path = Path(path)
-    layout = formats.other_layout(formats.layout_of(path))
-    prepared = prepare(path, layout, key=key, rules=Path(rules) if rules else None)
+    layout = formats.other_layout(formats.for_source(path, source_format)[0].layout)
+    prepared = prepare(path, layout, key=key, rules=Path(rules) if rules else None,
+                       source_format=source_format)
     try:
         target = prepared.plan.apply(prepared.source)
         return Inspection(path, prepared.source.format, prepared.source.layout,
@@ -126,11 +129,11 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
           rules: PathLike | None = None, model: str | None = None,
           keras_model: str | None = None, input_shape: Sequence[str] = (),
           input_dtype: Sequence[str] = (), seed: int = 0, channels_last: bool = False,
-          atol: float | None = None, rtol: float | None = None,
-          strict: bool = False) -> CheckReport:
+          atol: float | None = None, rtol: float | None = None, strict: bool = False,
+          source_format: str | None = None) -> CheckReport:
     """``transcode check SRC DST``: the report (``report.passed``, ``report.to_dict()`` as
     ``--report`` writes it); raises only for bad input."""
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
     request = CheckRequest(arch, key, Path(rules) if rules else None, Tolerance(atol, rtol),
-                           strict)
+                           strict, source_format)
     return check_files(Path(src), Path(dst), request)[0]

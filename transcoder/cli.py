@@ -74,6 +74,9 @@ StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Fail the check (exit 1) unless every layer was verified: none SKIPPED or "
                      "NOT CHECKED.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+FromOpt = Annotated[Optional[str], typer.Option(
+    "--from", help="Read SRC as this format (pt, safetensors, keras_h5, keras_zip), whatever "
+                   "its content and name say.")]
 
 
 def _architecture(model: Optional[str], keras_model: Optional[str],
@@ -117,7 +120,7 @@ def convert_cmd(
     input_shape: InputShapeOpt = None, input_dtype: InputDtypeOpt = None,
     atol: AtolOpt = None, rtol: RtolOpt = None, seed: SeedOpt = 0,
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
-    strict: StrictOpt = False,
+    strict: StrictOpt = False, source_format: FromOpt = None,
 ) -> None:
     """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
 
@@ -127,10 +130,12 @@ def convert_cmd(
     """
     started = time.perf_counter()
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
+    request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
     if dry_run:
-        _dry_run(src, dst, key, rules, arch)
+        _dry_run(src, dst, request)
         return
-    prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch)
+    prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch,
+                         source_format=source_format)
     plan = prepared.plan
     if prepared.pairs and not quiet:
         print_rows(pairing_rows(prepared.pairs), PAIR_COLUMNS, title="layer pairing")
@@ -139,7 +144,6 @@ def convert_cmd(
                 f"({time.perf_counter() - started:.2f} s)")
     for note in [] if quiet else plan.notes:
         _note(note)
-    request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict)
     try:
         _run_check(src, dst, request, CheckOutputs(report, junit, quiet), asked=check,
                    same_layout=plan.direction == COPY)
@@ -176,9 +180,9 @@ def _report(result, outputs: CheckOutputs) -> None:
     result.raise_for_status()
 
 
-def _dry_run(src: Path, dst: Path, key: Optional[str], rules: Optional[Path],
-             arch: Architecture) -> None:
-    prepared = prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch)
+def _dry_run(src: Path, dst: Path, request: CheckRequest) -> None:
+    prepared = prepare(src, formats.for_path(dst), key=request.key, rules=request.rules,
+                       arch=request.arch, source_format=request.source_format)
     try:
         target = prepared.plan.apply(prepared.source)
         print_rows(plan_rows(prepared.plan, prepared.source, target), PLAN_COLUMNS,
@@ -204,7 +208,7 @@ def check_cmd(
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")
                      ] = False,
-    strict: StrictOpt = False,
+    strict: StrictOpt = False, source_format: FromOpt = None,
 ) -> None:
     """Validate DST against SRC without writing anything: exit 0 same, 1 differ, 2 bad input.
 
@@ -220,7 +224,7 @@ def check_cmd(
     from .checks.verify import check_files
 
     result, notes = check_files(src, dst, CheckRequest(arch, key, rules, Tolerance(atol, rtol),
-                                                       strict))
+                                                       strict, source_format))
     for note in notes:
         _note(note)
     _report(result, CheckOutputs(report, junit, quiet))
@@ -230,9 +234,12 @@ def check_cmd(
 def inspect_cmd(
     file: Annotated[Path, typer.Argument(help="Checkpoint to describe.")],
     as_json: JsonOpt = False, key: KeyOpt = None, rules: RulesOpt = None,
+    source_format: FromOpt = None,
 ) -> None:
     """List every tensor with shape and dtype, its inferred layer kind and planned mapping."""
-    prepared = prepare(file, formats.other_layout(formats.layout_of(file)), key=key, rules=rules)
+    layout = formats.for_source(file, source_format)[0].layout
+    prepared = prepare(file, formats.other_layout(layout), key=key, rules=rules,
+                       source_format=source_format)
     try:
         target = prepared.plan.apply(prepared.source)
         print_rows(plan_rows(prepared.plan, prepared.source, target), PLAN_COLUMNS,

@@ -60,3 +60,4 @@ class CheckRequest:
     rules: Path | None = None
     tolerance: Tolerance = Tolerance()
     strict: bool = False                # everything must be verified
+    source_format: str | None = None    # --from: SRC's format, whatever its content

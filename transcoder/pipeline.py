@@ -47,13 +47,15 @@ class Prepared:
 
 
 def prepare(src: Path, target: formats.Format | str, *, key: str | None = None,
-            rules: Path | UserRules | None = None, arch: Architecture | None = None) -> Prepared:
+            rules: Path | UserRules | None = None, arch: Architecture | None = None,
+            source_format: str | None = None) -> Prepared:
     """Read ``src`` and plan its conversion to ``target``: the format to write, or only a
     layout (``"torch"``/``"keras"``) to plan for."""
     src = Path(src)
     layout = target if isinstance(target, str) else target.layout
     user = rules if isinstance(rules, UserRules) else load_user_rules(rules)
-    ckpt = read(src, key=key)
+    ckpt = read(src, key=key, source_format=source_format)
+    notes = list(ckpt.meta.get("notes", []))
     live = None
     try:
         if arch:
@@ -61,6 +63,7 @@ def prepare(src: Path, target: formats.Format | str, *, key: str | None = None,
             live = LiveModels.load(arch)
             ckpt = live.attach(ckpt, src)
         plan = make_plan(ckpt, layout, user)
+        plan.notes[:0] = notes
         if live is not None:
             live.after_plan(plan, ckpt)
     except TranscoderError as exc:
@@ -69,17 +72,23 @@ def prepare(src: Path, target: formats.Format | str, *, key: str | None = None,
     return Prepared(ckpt, plan, None if isinstance(target, str) else target, live)
 
 
-def read(src: Path, *, key: str | None = None) -> Checkpoint:
-    """Read any supported checkpoint; errors name the file."""
+def read(src: Path, *, key: str | None = None, source_format: str | None = None) -> Checkpoint:
+    """Read any supported checkpoint, of the format its content is (or ``source_format``);
+    errors name the file. A name that says another format leaves a note in ``meta["notes"]``."""
     src = Path(src)
     try:
-        return formats.for_path(src).read(src, formats.ReadOptions(key=key))
+        fmt, note = formats.for_source(src, source_format)
+        ckpt = fmt.read(src, formats.ReadOptions(key=key))
     except TranscoderError as exc:
         raise exc.with_context(path=src) from None
+    if note:
+        ckpt.meta.setdefault("notes", []).append(note)
+    return ckpt
 
 
 def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str | None = None,
-              rules: Path | UserRules | None = None, arch: Architecture | None = None) -> Prepared:
+              rules: Path | UserRules | None = None, arch: Architecture | None = None,
+              source_format: str | None = None) -> Prepared:
     """Convert one checkpoint; returns what was prepared (the plan, the layer pairing)."""
     src, dst = Path(src), Path(dst)
     refuse_same_file(src, dst)
@@ -87,7 +96,8 @@ def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str
         raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
     if not arch:
         formats.for_path(dst).check_writable(dst)
-    prepared = prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch)
+    prepared = prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch,
+                       source_format=source_format)
     try:
         with atomic_output(dst, force=force) as tmp:
             try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import formats
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
+from ..options import CheckRequest
 from ..pipeline import transcode
 
 DONE, FAILED = "done", "failed"
@@ -99,7 +100,8 @@ def _check(src: Path, dst: Path, task: Task) -> None:
     from ..checks.verify import verify  # the check's modules: only when checking
 
     if formats.layout_of(src) != formats.layout_of(dst):
-        verify(src, dst, key=task.key, rules=task.rules).raise_for_status()
+        request = CheckRequest(key=task.key, rules=Path(task.rules) if task.rules else None)
+        verify(src, dst, request).raise_for_status()
 
 
 def _source_fingerprint(files: list[Path], name: str) -> Fingerprint:

@@ -23,7 +23,7 @@ from ..frameworks import CHECK_EXTRA, import_frameworks
 from ..live import LiveModels
 from ..models import keras_side, torch_side
 from ..models.inputs import from_options
-from ..options import Architecture, CheckRequest, Tolerance
+from ..options import Architecture, CheckRequest
 from ..pipeline import prepare, read
 from .layers import check_layers
 from .models import check_models
@@ -72,8 +72,7 @@ def check_conversion(src: Path, dst: Path, request: CheckRequest, *, asked: bool
     full = bool(arch.model) and (bool(arch.inputs.input_shapes) or bool(asked))
     if arch.model and not full:
         notes.append("full-model check skipped (give --input-shape); checking each layer on its own")
-    report = verify(src, dst, arch=arch, key=request.key, rules=request.rules,
-                    tolerance=request.tolerance, full=full)
+    report = verify(src, dst, request, full=full)
     report.strict = request.strict
     return report, notes
 
@@ -82,7 +81,7 @@ def check_files(src: Path, dst: Path, request: CheckRequest) -> tuple[CheckRepor
     """``transcode check``: two files of one layout bit for bit (numpy only), else the check
     across frameworks, which needs torch and Keras (MissingDependencyError without them)."""
     if formats.layout_of(src) == formats.layout_of(dst):
-        report, notes = verify(src, dst, key=request.key), []
+        report, notes = verify(src, dst, request), []
         report.strict = request.strict
     else:
         report, notes = check_conversion(src, dst, request, asked=True)
@@ -99,25 +98,30 @@ def after_write(exc: TranscoderError, dst: Path) -> TranscoderError:
     return exc
 
 
-def verify(src: Path, dst: Path, *, arch: Architecture | None = None, key: str | None = None,
-           rules=None, tolerance: Tolerance = Tolerance(), full: bool = True) -> CheckReport:
+def verify(src: Path, dst: Path, request: CheckRequest | None = None, *,
+           full: bool = True) -> CheckReport:
     """Check DST against SRC: two files of one layout tensor by tensor, bit for bit (no
-    framework needed); else the full-model check when ``arch.model`` is given and ``full``,
-    else the per-layer check (which still takes layer kinds from ``arch.model``)."""
+    framework needed); else the full-model check when ``request.arch.model`` is given and
+    ``full``, else the per-layer check (which still takes layer kinds from the model)."""
+    src, dst, request = Path(src), Path(dst), request or CheckRequest()
     if formats.layout_of(src) == formats.layout_of(dst):
-        with read(src, key=key) as original, read(dst) as copy:
+        with _read_source(src, request) as original, read(dst) as copy:
             return compare_tensors(original, copy)
     import_frameworks()
-    arch = arch or Architecture()
-    if arch.model and full:
-        return _check_model(Path(src), Path(dst), arch, key, tolerance)
-    return _check_layers(Path(src), Path(dst), arch, key, rules, tolerance)
+    if request.arch.model and full:
+        return _check_model(src, dst, request)
+    return _check_layers(src, dst, request)
 
 
-def _check_layers(src: Path, dst: Path, arch: Architecture, key, rules,
-                  tolerance: Tolerance) -> CheckReport:
+def _read_source(src: Path, request: CheckRequest):
+    return read(src, key=request.key, source_format=request.source_format)
+
+
+def _check_layers(src: Path, dst: Path, request: CheckRequest) -> CheckReport:
+    arch, tolerance = request.arch, request.tolerance
     kinds_from = Architecture(model=arch.model) if arch.model else None
-    prepared = prepare(src, formats.for_path(dst), key=key, rules=rules, arch=kinds_from)
+    prepared = prepare(src, formats.layout_of(dst), key=request.key, rules=request.rules,
+                       arch=kinds_from, source_format=request.source_format)
     try:
         with _written(dst, prepared, arch) as written:
             return check_layers(prepared.source, prepared.plan, written, seed=arch.inputs.seed,
@@ -144,8 +148,8 @@ def _written(dst: Path, prepared, arch: Architecture):
     return renamed
 
 
-def _check_model(src: Path, dst: Path, arch: Architecture, key, tolerance: Tolerance
-                 ) -> CheckReport:
+def _check_model(src: Path, dst: Path, request: CheckRequest) -> CheckReport:
+    arch = request.arch
     if not arch.inputs.input_shapes:
         raise UsageError("the full-model check needs the input shape(s)",
                          hint="pass --input-shape 4,10,128 (PyTorch layout), or --no-check")
@@ -154,12 +158,13 @@ def _check_model(src: Path, dst: Path, arch: Architecture, key, tolerance: Toler
     if formats.layout_of(keras_file) == LAYOUT_TORCH:
         raise UsageError("both files are PyTorch checkpoints: nothing to check across frameworks")
     module = torch_side.load_spec(arch.model)
-    with read(torch_file, key=key if torch_file == src else None) as ckpt:
+    with (_read_source(src, request) if torch_file == src else read(torch_file)) as ckpt:
         torch_side.load_strict(module, ckpt)
     keras_model = _keras_side(module, keras_file, arch, specs)
     pairs = keras_side.pairs_by_path(module, keras_model) if arch.keras_model else None
-    return check_models(module, keras_model, specs, seed=arch.inputs.seed, tolerance=tolerance,
-                        keras_layout=arch.inputs.keras_layout, pairs=pairs)
+    return check_models(module, keras_model, specs, seed=arch.inputs.seed,
+                        tolerance=request.tolerance, keras_layout=arch.inputs.keras_layout,
+                        pairs=pairs)
 
 
 def _keras_side(module, keras_file: Path, arch: Architecture, specs):

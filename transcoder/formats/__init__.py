@@ -1,7 +1,10 @@
 """The format registry: which reader and writer handle which file.
 
-A format is chosen by file name (longest matching suffix, so ``.weights.h5`` wins over
-``.h5``) and its content is checked against the format's magic bytes before any parsing.
+A file to write takes the format its name implies (longest matching suffix, so
+``.weights.h5`` wins over ``.h5``). A file to read is what its content is (:mod:`.sniff`),
+whatever its name: a safetensors file named ``.pt`` or a TorchScript archive named ``.jit`` is
+read for what it is, with a one-line note when the name says otherwise; ``--from FORMAT``
+overrides. The content is checked against the format's magic bytes before any parsing.
 Third-party packages add formats through the ``transcoder.formats`` entry-point group: each
 entry point is a zero-argument callable returning a :class:`Format`. Plugins are looked up
 only for names no built-in format takes (looking them up costs start-up time), so a built-in
@@ -103,8 +106,38 @@ def for_path(path: Path | str) -> Format:
     return fmt
 
 
+def by_name(name: str) -> Format:
+    """A format by its name (``--from``); UsageError naming the choices otherwise."""
+    found = next((f for f in all_formats() if f.name == name), None)
+    if found is None:
+        raise UsageError(f"unknown format {name!r} (one of: "
+                         f"{', '.join(f.name for f in all_formats())})")
+    return found
+
+
+def for_source(path: Path | str, name: str | None = None) -> tuple[Format, str | None]:
+    """The format to read ``path`` with: ``name`` (``--from``) if given, else what its content
+    is, else what its name says; and a note when the content and the name disagree."""
+    from .sniff import sniff
+
+    if name is not None:
+        return by_name(name), None
+    found = sniff(Path(path))
+    named = _longest_match(Path(path).name.lower(), BUILTIN_FORMATS)
+    if found is None:
+        return for_path(path), None
+    fmt = next(f for f in BUILTIN_FORMATS if f.name == found)
+    if named is not None and named.module == fmt.module:
+        return named, None   # e.g. .weights.h5 and .h5: one reader
+    said = f"its name says {named.description}" if named else "its name says nothing known"
+    return fmt, f"{path}: read as {fmt.description}, by its content ({said})"
+
+
 def layout_of(path: Path | str) -> str:
-    """The layout (``"torch"`` or ``"keras"``) of the format a file name implies."""
+    """The layout (``"torch"`` or ``"keras"``) of a file: by its content when it exists, else
+    by the format its name implies."""
+    if Path(path).is_file():
+        return for_source(path)[0].layout
     return for_path(path).layout
 
 

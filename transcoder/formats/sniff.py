@@ -1,0 +1,51 @@
+"""What a file is, from its first bytes (and a zip's member names), whatever its name says.
+
+- HDF5 signature: a Keras HDF5 file (its reader tells the legacy and Keras 3 layouts apart).
+- zip with ``config.json`` and ``model.weights.h5``: a ``.keras`` archive; zip with a
+  ``data.pkl`` member: a ``torch.save`` or TorchScript archive.
+- a pickle's PROTO opcode (0x80, protocol 2-5): a legacy ``torch.save`` file.
+- an 8-byte little-endian length then ``{``, the length within the file: safetensors.
+
+Only the zip's central directory is read (by :mod:`zipfile`), never a member's data.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+HDF5 = b"\x89HDF\r\n\x1a\n"
+ZIP = b"PK\x03\x04"
+
+
+def sniff(path: Path) -> str | None:
+    """The name of the built-in format the content is, or None when it is none of them."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return None   # the reader says why (missing, a folder, unreadable)
+    if head.startswith(HDF5):
+        return "keras_h5"
+    if head.startswith(ZIP):
+        return _zip_kind(path)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pt"
+    length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if 2 <= length <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
+def _zip_kind(path: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    if "config.json" in names and "model.weights.h5" in names:
+        return "keras_zip"
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return "pt"
+    return None
