@@ -174,3 +174,16 @@ def test_check_of_two_pytorch_files_compares_every_tensor_bit_for_bit(cli, tmp_p
     save_file(tensors, tmp_path / "bad.safetensors")
     code, out, err = cli("check", tmp_path / "m.pt", tmp_path / "bad.safetensors", "-q")
     assert code == 1 and "first difference: head.bias: 1 of 32 bytes differ" in out
+
+
+def test_the_per_layer_check_of_the_command_runs_without_tensorflow(tmp_path):
+    """No architecture: the layers are built from the weights alone and deploy nowhere, so
+    Keras runs them on its torch backend (TensorFlow costs seconds to import)."""
+    code = ("import sys; from transcoder.cli import main; rc = main(sys.argv[1:]); "
+            "import keras; print(rc, 'tensorflow' in sys.modules, keras.backend.backend())")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "small_cnn.pt"),
+                           str(tmp_path / "m.h5"), "-q"], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+    assert proc.stdout.strip().splitlines()[-1] == "0 False torch", proc.stderr
+    assert "check passed: 0 of 9 layers differ" in proc.stdout

@@ -34,6 +34,14 @@ QUIET_FRAMEWORKS = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
 CHECK_EXTRA = "pip install 'transcoder[check]'"
 
 
+def prefer_keras_backend(name: str) -> None:
+    """Run Keras on ``name`` ("torch") in this process unless Keras is loaded already or the
+    user chose a backend (``KERAS_BACKEND``). Only the command calls this, for checks whose
+    Keras side deploys nowhere: a library must not pick its user's backend."""
+    if sys.modules.get("keras") is None:
+        os.environ.setdefault("KERAS_BACKEND", name)
+
+
 def quiet_framework_environment() -> None:
     """Environment defaults read when Keras and TensorFlow are first imported."""
     for name, value in QUIET_FRAMEWORKS.items():
