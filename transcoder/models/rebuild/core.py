@@ -161,9 +161,13 @@ class Build:
     ``name`` names the call's Keras layer (the module path for a module, a unique readable
     name from the trace for a function or method); helper layers are ``<name>.<suffix>``.
     ``path`` is the module path of a module call (None for a function or method call).
+    Builders get everything through it, so that the rule families' builders import neither
+    torch nor keras.
     """
 
-    layers = keras.layers   # what builders make layers from
+    layers = keras.layers                   # what builders make layers from
+    identity = staticmethod(identity)       # layouts: PyTorch order, channels last
+    channels_last = staticmethod(channels_last)
 
     def __init__(self, graph: Graph, name: str, *, label: str, where: str, module: Any = None,
                  result: Any = None, grow: int | None = None) -> None:
@@ -258,9 +262,6 @@ class Build:
         """Apply a layout-blind layer in ``x``'s current layout."""
         x = self.as_value(x)
         return self.value(layer(x.tensor), x.perm, name=layer.name)
-
-    identity = staticmethod(identity)
-    channels_last = staticmethod(channels_last)
 
     @staticmethod
     def sequence(batch_first: bool) -> Perm:
