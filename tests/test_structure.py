@@ -1,12 +1,18 @@
 """The package's shape: one import direction (the layers in transcoder/__init__.py's docstring),
-no import cycles, imports inside functions included."""
+no import cycles, imports inside functions included; every rule family has its check and
+rebuild builders, or says why it cannot."""
 from __future__ import annotations
 
 import ast
 import re
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
+from transcoder.rules import registry
+from transcoder.rules.table import CHECK, REBUILD, LayerRule
 
 PACKAGE = ROOT / "transcoder"
 
@@ -99,3 +105,69 @@ def test_no_import_cycles():
         if start not in state:
             visit(start, [start])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+
+# ---------------------------------------------------------------- every family has its builders
+
+def _cannot_rebuild(family: LayerRule, kind: str) -> str | None:
+    return family.cannot.get(f"{REBUILD}:{kind}") or family.cannot.get(REBUILD)
+
+
+def _nn_kinds(family: LayerRule) -> list[str]:
+    """The family's PyTorch kinds that are ``torch.nn`` classes (not "BatchNorm" and the like)."""
+    nn = pytest.importorskip("torch").nn
+    return [k for k in family.torch_kinds if isinstance(getattr(nn, k, None), type)]
+
+
+def rebuild_gaps(family: LayerRule, modules: dict) -> list[str]:
+    """What is wrong with the family's rebuild: a ``torch.nn`` kind whose builder in the
+    rebuild's ``modules`` is not the family's own ``rebuild``, unless the family says why it
+    cannot have one (and then the kind must have no builder at all)."""
+    nn = pytest.importorskip("torch").nn
+    gaps = []
+    for kind in _nn_kinds(family):
+        reason, cls = _cannot_rebuild(family, kind), getattr(nn, kind)
+        if reason and cls in modules:
+            gaps.append(f"nn.{kind} has a builder, yet the family says it cannot: {reason}")
+        elif not reason and (family.rebuild is None or modules.get(cls) is not family.rebuild):
+            gaps.append(f"nn.{kind}: no rebuild builder of the family and no "
+                        f"cannot['rebuild:{kind}'] reason")
+    return gaps
+
+
+@pytest.mark.parametrize("name", registry.TABLE.names())
+def test_every_family_has_a_check_builder_or_says_why_not(name):
+    family = registry.TABLE.by_name(name)
+    assert family.check is not None or family.cannot.get(CHECK), \
+        f"{name}: no check builder and no cannot['check'] reason"
+
+
+@pytest.mark.parametrize("name", registry.TABLE.names())
+def test_every_family_kind_has_a_rebuild_builder_or_says_why_not(name):
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    from transcoder.models.rebuild import supported
+    from transcoder.models.rebuild.core import MODULES
+
+    family = registry.TABLE.by_name(name)
+    assert rebuild_gaps(family, MODULES) == []
+    rebuilt = [k for k in _nn_kinds(family) if not _cannot_rebuild(family, k)]
+    assert rebuilt, f"{name}: none of its kinds is rebuilt"
+    assert set(rebuilt) <= set(supported()["modules"])
+
+
+def test_a_family_without_its_rebuild_builder_is_caught():
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    from transcoder.models.rebuild.core import MODULES
+
+    prelu = registry.TABLE.by_name("PReLU")
+    assert rebuild_gaps(replace(prelu, rebuild=None), MODULES) == [
+        "nn.PReLU: no rebuild builder of the family and no cannot['rebuild:PReLU'] reason"]
+    untrue = replace(prelu, cannot={"rebuild:PReLU": "a reason that is not true"})
+    assert rebuild_gaps(untrue, MODULES) == [
+        "nn.PReLU has a builder, yet the family says it cannot: a reason that is not true"]
+    lstm = registry.TABLE.by_name("LSTM")
+    assert rebuild_gaps(replace(lstm, cannot={}), MODULES) == [
+        "nn.LSTMCell: no rebuild builder of the family and no cannot['rebuild:LSTMCell'] reason"]

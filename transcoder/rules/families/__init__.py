@@ -12,8 +12,13 @@ kind of layer, in one place.
   a PyTorch module and a Keras layer built from the weights' shapes with ``c.nn`` and
   ``c.layers``. No module-level torch or keras import: this package stays numpy-only.
 - ``rebuild``: the builder the Keras rebuild of a traced PyTorch model calls for the family's
-  modules (see ``transcoder/models/rebuild``).
-- ``cannot``: for a stage without a builder, the reason (``{"check": "..."}``).
+  modules, ``(b, module, *args, **kwargs) -> Value``. It gets everything through ``b`` (a
+  ``Build``, ``transcoder/models/rebuild/core.py``): ``b.layers`` (``keras.layers``),
+  ``b.new``, ``b.weights``, ``b.view``, layouts (``b.spatial``, ``b.channels_last``,
+  ``b.sequence``, ``b.last_axes``), padding (``b.zero_pad``, ``b.pad_value``) and errors
+  (``b.unsupported``). It is registered for every ``torch.nn`` class in ``torch_kinds``.
+- ``cannot``: for a stage without a builder, the reason: ``{"check": "..."}``, or
+  ``{"rebuild:<torch kind>": "..."}`` for one PyTorch class the rebuild does not cover.
 
 To add a family: write ``families/<name>.py`` defining the LayerRule (and its ops and builders),
 then add it to ``TABLE`` in ``rules/registry.py``. ``tests/test_structure.py`` fails while a

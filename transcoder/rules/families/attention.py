@@ -301,6 +301,29 @@ def _keras_geometry(name: str, kernels: list, out: tuple[str, TensorRef]) -> tup
     return heads, shapes[1][0] == e and shapes[2][0] == e
 
 
+# ---------------------------------------------------------------- the Keras rebuild (b: a Build)
+
+def rebuild_attention(b, m, query, key, value, *args, **kwargs):
+    """Self- or cross-attention without masks; the attention weights (the second output) are
+    refused only if the model uses them."""
+    a = b.bind(m.forward, query, key, value, *args, **kwargs)
+    if a["key_padding_mask"] is not None or a["attn_mask"] is not None or a["is_causal"]:
+        raise b.unsupported("attention masks (attn_mask, key_padding_mask, is_causal)")
+    if m.bias_k is not None:
+        raise b.unsupported("add_bias_kv=True")
+    perm = b.sequence(m.batch_first)
+    q, k, v = (b.view(t, perm) for t in (query, key, value))
+    layer = b.new(b.layers.MultiHeadAttention, num_heads=m.num_heads, key_dim=m.head_dim,
+                  value_dim=m.head_dim, use_bias=m.in_proj_bias is not None, dropout=m.dropout)
+    b.weights(layer)
+    out = b.value(layer(q, v, key=k), perm)
+    weights = b.refused("its attention weights (call it with need_weights=False, or do not use "
+                        "the second output)") if a["need_weights"] else None
+    return out, weights
+
+
+# ---------------------------------------------------------------- the family
+
 MULTIHEAD_ATTENTION = AttentionRule(
     "MultiheadAttention", ("MultiheadAttention",), "MultiHeadAttention",
     (Param(("in_proj_weight", "in_proj_bias"), IN_KERAS, InProjection()),
@@ -309,7 +332,7 @@ MULTIHEAD_ATTENTION = AttentionRule(
     note="needs num_heads (--rules [[layer]] num_heads = N, or --model); out_proj joins the layer; "
          "no biases: the bias names drop out; add_bias_kv is refused",
     nested=(("in_proj_weight", "out_proj"), ("q_proj_weight", "out_proj")),
-    check=check_attention,
+    check=check_attention, rebuild=rebuild_attention,
     separate=Param((*SEPARATE, "in_proj_bias"), IN_KERAS, InProjection(packed=False)))
 
 FAMILIES = (MULTIHEAD_ATTENTION,)

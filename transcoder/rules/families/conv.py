@@ -46,6 +46,58 @@ def _check_conv_transpose(n: int) -> Callable[[LayerCase], Built]:
     return build
 
 
+# ---------------------------------------------------------------- the Keras rebuild (b: a Build)
+
+def conv_pads(m, n: int) -> list[tuple[int, int]]:
+    """A convolution module's padding as explicit (before, after) pairs per spatial axis."""
+    if m.padding == "valid":
+        return [(0, 0)] * n
+    if m.padding == "same":   # PyTorch puts the odd element at the end, like Keras
+        totals = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+        return [(t // 2, t - t // 2) for t in totals]
+    return [(p, p) for p in m.padding]
+
+
+def rebuild_conv(b, m, x):
+    n = len(m.kernel_size)
+    perm = b.spatial(x, n)
+    pads = conv_pads(m, n)
+    if m.padding_mode == "zeros":
+        y = b.zero_pad(b.view(x, perm), pads)
+    elif m.padding_mode == "reflect":
+        y = b.pad_value(b.view(x, perm), pads, 0.0, mode="reflect")
+    else:
+        raise b.unsupported(f"padding_mode={m.padding_mode!r}")
+    layer = b.new(getattr(b.layers, f"Conv{n}D"), m.out_channels, m.kernel_size,
+                  strides=m.stride, padding="valid", dilation_rate=m.dilation, groups=m.groups,
+                  use_bias=m.bias is not None)
+    b.weights(layer)
+    return b.value(layer(y), perm)
+
+
+def rebuild_conv_transpose(b, m, x, output_size=None):
+    n = len(m.kernel_size)
+    perm = b.spatial(x, n)
+    if output_size is not None:
+        raise b.unsupported("an output_size argument")
+    if m.groups != 1:
+        raise b.unsupported(f"groups={m.groups} (Keras Conv{n}DTranspose has no groups)")
+    if m.padding_mode != "zeros":
+        raise b.unsupported(f"padding_mode={m.padding_mode!r}")
+    layer = b.new(getattr(b.layers, f"Conv{n}DTranspose"), m.out_channels, m.kernel_size,
+                  strides=m.stride, padding="valid", output_padding=m.output_padding,
+                  dilation_rate=m.dilation, use_bias=m.bias is not None)
+    b.weights(layer)
+    y = layer(b.view(x, perm))
+    if any(m.padding):   # PyTorch crops `padding` from both ends of the full output
+        crop = [(p, p) for p in m.padding]
+        y = b.new(getattr(b.layers, f"Cropping{n}D"), crop[0] if n == 1 else tuple(crop),
+                  suffix="crop")(y)
+    return b.value(y, perm)
+
+
+# ---------------------------------------------------------------- the families
+
 def _conv(n: int, transposed: bool) -> LayerRule:
     axes = tuple(range(2, n + 2)) + (1, 0)
     name = f"ConvTranspose{n}d" if transposed else f"Conv{n}d"
@@ -56,7 +108,8 @@ def _conv(n: int, transposed: bool) -> LayerRule:
     check = _check_conv_transpose(n) if transposed else _check_conv(n)
     return LayerRule(name, (name,), keras, (Param("weight", "kernel", Permute(axes)),
                                             Param("bias", "bias", required=False)),
-                     note=note, hints=TRANSPOSED_HINTS if transposed else (), check=check)
+                     note=note, hints=TRANSPOSED_HINTS if transposed else (), check=check,
+                     rebuild=rebuild_conv_transpose if transposed else rebuild_conv)
 
 
 CONVOLUTIONS = tuple(_conv(n, False) for n in (1, 2, 3))

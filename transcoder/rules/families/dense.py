@@ -25,6 +25,24 @@ def check_embedding(c: LayerCase) -> Built:
     return Built(c.nn.Embedding(num, dim), c.layers.Embedding(num, dim), [tokens])
 
 
+# ---------------------------------------------------------------- the Keras rebuild (b: a Build)
+
+def rebuild_linear(b, m, x):
+    perm = b.last_axes(x)
+    layer = b.new(b.layers.Dense, m.out_features, use_bias=m.bias is not None)
+    b.weights(layer)
+    return b.value(layer(b.view(x, perm)), perm)
+
+
+def rebuild_embedding(b, m, x):
+    if m.max_norm is not None:
+        raise b.unsupported("max_norm (renormalises the table at lookup)")
+    x = b.as_value(x)
+    layer = b.new(b.layers.Embedding, m.num_embeddings, m.embedding_dim)
+    b.weights(layer)
+    return b.value(layer(b.view(x, b.identity(x.rank))))
+
+
 LINEAR = LayerRule(
     "Linear", ("Linear", "LazyLinear", "NonDynamicallyQuantizableLinear"), "Dense",
     (Param("weight", "kernel", T), Param("bias", "bias", required=False)),
@@ -32,11 +50,17 @@ LINEAR = LayerRule(
     hints=("fc", "linear", "lin", "proj", "dense", "head", "classifier", "out", "mlp", "lm",
            "query", "key", "value", "q", "k", "v", "o", "gate", "up", "down", "ffn", "fc1", "fc2",
            "w1", "w2", "w3", "c_fc", "c_proj", "c_attn", "attn", "logits", "score"),
-    check=check_linear)
+    check=check_linear, rebuild=rebuild_linear,
+    cannot={"rebuild:LazyLinear": "a LazyLinear becomes a Linear at its first call; before, it "
+                                  "has no weights",
+            "rebuild:NonDynamicallyQuantizableLinear": "only a MultiheadAttention's out_proj, "
+                                                       "rebuilt with its attention layer"})
 
 EMBEDDING = LayerRule(
     "Embedding", ("Embedding", "EmbeddingBag"), "Embedding", (Param("weight", "embeddings"),),
     note="(num, dim) unchanged: never transposed",
     hints=("embed", "embeds", "embedding", "embeddings", "emb", "wte", "wpe", "tok", "token",
            "tokens", "vocab", "lookup", "word", "words", "position", "positions"),
-    check=check_embedding)
+    check=check_embedding, rebuild=rebuild_embedding,
+    cannot={"rebuild:EmbeddingBag": "it reduces bags of lookups (offsets, per_sample_weights); "
+                                    "no Keras layer does"})

@@ -7,6 +7,8 @@ side (epsilon, groups, momentum): see each family's note.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..checkcase import BATCH, Built, LayerCase, Skip
 from ..table import LayerRule, Param
 
@@ -68,6 +70,65 @@ def check_instance_norm(c: LayerCase) -> Built:
     return Built(module, layer, [c.normal((BATCH, channels, 6))], True)
 
 
+# ---------------------------------------------------------------- the Keras rebuild (b: a Build)
+
+INSTANCE_NORM_AXES = {"InstanceNorm1d": 1, "InstanceNorm2d": 2, "InstanceNorm3d": 3}
+
+
+def rebuild_batch_norm(b, m, x):
+    if m.running_mean is None:
+        raise b.unsupported("track_running_stats=False (it normalises with batch statistics)")
+    x = b.as_value(x)
+    perm = b.channels_last(x.rank)
+    momentum = 0.1 if m.momentum is None else m.momentum   # None: cumulative; inference only
+    layer = b.new(b.layers.BatchNormalization, axis=-1, epsilon=m.eps, momentum=1 - momentum,
+                  center=m.affine, scale=m.affine)
+    b.weights(layer)
+    return b.value(layer(b.view(x, perm)), perm)
+
+
+def rebuild_layer_norm(b, m, x):
+    k = len(m.normalized_shape)
+    perm = b.last_axes(x, k)
+    layer = b.new(b.layers.LayerNormalization, axis=list(range(-k, 0)) if k > 1 else -1,
+                  epsilon=m.eps, center=getattr(m, "bias", None) is not None,
+                  scale=m.weight is not None)
+    b.weights(layer)
+    return b.value(layer(b.view(x, perm)), perm)
+
+
+def rebuild_rms_norm(b, m, x):
+    if len(m.normalized_shape) != 1:
+        raise b.unsupported("RMSNorm over more than one axis")
+    if m.weight is None:
+        raise b.unsupported("elementwise_affine=False (Keras RMSNormalization always scales)")
+    eps = float(np.finfo(np.float32).eps) if m.eps is None else m.eps   # PyTorch's default
+    perm = b.last_axes(x)
+    layer = b.new(b.layers.RMSNormalization, axis=-1, epsilon=eps)
+    b.weights(layer)
+    return b.value(layer(b.view(x, perm)), perm)
+
+
+def rebuild_group_norm(b, m, x):
+    perm = b.channels_last(b.as_value(x).rank)
+    layer = b.new(b.layers.GroupNormalization, groups=m.num_groups, axis=-1, epsilon=m.eps,
+                  center=m.affine, scale=m.affine)
+    b.weights(layer)
+    return b.value(layer(b.view(x, perm)), perm)
+
+
+def rebuild_instance_norm(b, m, x):
+    if m.track_running_stats:
+        raise b.unsupported("track_running_stats=True")
+    perm = b.spatial(x, INSTANCE_NORM_AXES[type(m).__name__])
+    layer = b.new(b.layers.GroupNormalization, groups=-1, axis=-1, epsilon=m.eps,
+                  center=m.affine, scale=m.affine)
+    b.weights(layer)
+    return b.value(layer(b.view(x, perm)), perm)
+
+
+# ---------------------------------------------------------------- the families
+
 def _affine(name: str, kinds: tuple[str, ...], keras: str, note: str, stats: bool = False,
             **more) -> LayerRule:
     params = [Param("weight", "gamma", required=False), Param("bias", "beta", required=False)]
@@ -81,19 +142,22 @@ BATCH_NORM = _affine("BatchNorm", ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "B
                                    "SyncBatchNorm"), "BatchNormalization",
                      "set Keras epsilon=1e-5 and momentum=1-torch momentum", stats=True,
                      proof=(("running_mean", "running_var"), "running statistics"),
-                     check=check_batch_norm)
+                     check=check_batch_norm, rebuild=rebuild_batch_norm)
 LAYER_NORM = _affine("LayerNorm", ("LayerNorm",), "LayerNormalization", "set Keras epsilon=1e-5",
                      hints=("ln", "layernorm", "layer_norm", "ln_f", "ln1", "ln2", "ln_1",
-                            "ln_2"), check=check_layer_norm)
+                            "ln_2"), check=check_layer_norm, rebuild=rebuild_layer_norm)
 RMS_NORM = LayerRule(
     "RMSNorm", ("RMSNorm",), "RMSNormalization", (Param("weight", "scale"),),
     note="Keras RMSNormalization(epsilon=...); not LayerNormalization(rms_scaling=True), which "
-         "scales by the variance", hints=("rms", "rmsnorm"), check=check_rms_norm)
+         "scales by the variance", hints=("rms", "rmsnorm"), check=check_rms_norm,
+    rebuild=rebuild_rms_norm)
 GROUP_NORM = _affine("GroupNorm", ("GroupNorm",), "GroupNormalization", "set Keras epsilon=1e-5",
-                     hints=("gn", "group", "groupnorm"), check=check_group_norm)
+                     hints=("gn", "group", "groupnorm"), check=check_group_norm,
+                     rebuild=rebuild_group_norm)
 INSTANCE_NORM = _affine("InstanceNorm", ("InstanceNorm", "InstanceNorm1d", "InstanceNorm2d",
                                          "InstanceNorm3d"), "GroupNormalization",
                         "affine weights only; Keras GroupNormalization(groups=-1, epsilon=1e-5)",
-                        hints=("instance", "instancenorm", "inorm"), check=check_instance_norm)
+                        hints=("instance", "instancenorm", "inorm"), check=check_instance_norm,
+                        rebuild=rebuild_instance_norm)
 
 FAMILIES = (BATCH_NORM, LAYER_NORM, RMS_NORM, GROUP_NORM, INSTANCE_NORM)

@@ -12,6 +12,18 @@ def check_prelu(c: LayerCase) -> Built:
     return Built(c.nn.PReLU(channels), c.layers.PReLU(), [c.normal((BATCH, channels))])
 
 
+def rebuild_prelu(b, m, x):
+    """One slope per channel (PyTorch axis 1) or one for all; the rule table's (C,) alpha is
+    given the layer's unit axes when loaded."""
+    x = b.as_value(x)
+    keep = {b.axis(x, 1)} if m.num_parameters > 1 else set()
+    shared = [a for a in range(1, x.rank) if a not in keep]
+    layer = b.new(b.layers.PReLU, shared_axes=shared or None)
+    b.weights(layer)
+    return b.elementwise(layer, x)
+
+
 PRELU = LayerRule("PReLU", ("PReLU",), "PReLU", (Param("weight", "alpha"),),
                   note="alpha (C,); give keras_shape in --rules for a PReLU with shared_axes",
-                  hints=("prelu", "act", "activation"), check=check_prelu)
+                  hints=("prelu", "act", "activation"), check=check_prelu,
+                  rebuild=rebuild_prelu)

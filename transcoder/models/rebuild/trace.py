@@ -1,31 +1,11 @@
-"""Rebuild a PyTorch module as an equivalent Keras 3 functional model, weights from the rules.
+"""From a traced forward to a Keras model: the tracer, the dynamic batch, the interpreter.
 
-``rebuild(module, example_inputs)`` traces ``module.forward`` with ``torch.fx`` and turns every
-call into Keras layers through the builder tables (``rebuild_ops``, ``rebuild_functions``,
-``rebuild_seq``). The weights come from our rule table: the module's state dict goes through
-``make_plan(..., "keras").apply(...)``, and each Keras layer is loaded from the converted
-checkpoint under its name (:func:`weights_from_checkpoint`), so a forward check of the rebuilt
-model tests the rule table itself.
-
-Conventions:
-  - Keras layer names are module paths (``encoder.conv1d_U``; a stacked RNN ``M.l0``, ``M.l1``);
-    helper layers are ``<path>.<what>`` (``conv.pad``, ``conv.channels_last``); function and
-    method calls take the trace's unique names (``relu``, ``add_1``, ``view``).
-  - Layouts: by default the model takes and returns tensors in the PyTorch layout (same shapes
-    as the module). Inside, spatial layers run channels last and a layout change is a
-    ``Permute`` layer only where an op needs it. ``channels_last=True`` takes and returns every
-    input and output of rank >= 3 with axis 1 moved last (N, ..., C): the image / sequence
-    convention of Keras deployments, with no transposes left at the borders of a conv stack.
-  - Shapes: sizes read in ``forward`` (``b, t, c = x.shape``) are evaluated at the example
-    shapes. The leading axis of every input is left dynamic (``None``) when the trace proves
-    it safe: the module is run again with those axes doubled and every tensor must grow along
-    at most one axis, with no size-derived number used except as a view/reshape target
-    (whose growing axis is then written -1). Otherwise every shape is fixed to the example.
-  - Unsupported calls raise :class:`UnsupportedError` naming the op and the module path;
-    so do forwards torch.fx cannot trace (data-dependent control flow). ``torch.export`` is
-    not used: every model of the issue traces with fx.
-  - Inference only: the module runs in eval mode while traced (its modes are restored);
-    Dropout is the identity, BatchNorm uses its running statistics. float32 models.
+:func:`trace_module` traces ``module.forward`` with ``torch.fx``, keeping every module with a
+builder as one call. :func:`growth` runs the graph at the example shapes and at twice the
+leading axes, to find which tensors grow with the batch. :class:`Rebuilder` runs the graph in
+PyTorch and, node by node, calls the builders of the tables in ``core`` (filled by
+``builders/`` and the rule families) to build the Keras graph beside it, then loads the
+layers' weights from the rule table's output (:func:`weights_from_checkpoint`).
 """
 from __future__ import annotations
 
@@ -41,56 +21,14 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.node import map_aggregate, map_arg
 
-from ..checkpoint import LAYOUT_KERAS, Checkpoint
-from ..errors import MappingError, UnsupportedError
-from ..frameworks import torch_from_numpy
-from ..options import InputOptions
-from ..rules import make_plan
-from . import rebuild_functions, rebuild_ops, rebuild_seq  # noqa: F401  (fill the tables)
-from .inputs import InputSpec, embedding_ranges, make_inputs
-from .rebuild_core import (FUNCTIONS, KERAS_DTYPES, METHODS, MODULES, Build, Graph, NeedStatic,
-                           Refused, Value, channels_last, identity)
-from .torch_side import checkpoint_of_module, forward
+from ...checkpoint import Checkpoint
+from ...errors import MappingError, UnsupportedError
+from .core import (FUNCTIONS, KERAS_DTYPES, METHODS, MODULES, Build, Graph, Refused, Value,
+                   channels_last, identity)
 
 #: Calls whose size arguments may depend on the batch size: their target is the traced
 #: output shape with the growing axis written -1.
 RESHAPES = {"view", "reshape", torch.reshape}
-
-
-def rebuild(module: torch.nn.Module, example_inputs: tuple, *, channels_last: bool = False,
-            keras_ckpt: Checkpoint | None = None) -> keras.Model:
-    """A Keras functional model computing ``module``'s eval-mode forward on these inputs.
-
-    ``keras_ckpt``: the weights in the Keras layout (default: :func:`keras_checkpoint` of the
-    module, i.e. the rule table applied to its state dict).
-    """
-    example_inputs = tuple(example_inputs)
-    with _eval_mode(module), torch.no_grad():
-        gm = trace(module)
-        keras_ckpt = keras_checkpoint(module) if keras_ckpt is None else keras_ckpt
-        grow = _growth(gm, example_inputs)
-        try:
-            builder = _Rebuilder(gm, module, keras_ckpt, grow or {}, channels_last)
-            return builder.build(example_inputs)
-        except NeedStatic:   # a builder needs a size the dynamic version leaves open
-            return _Rebuilder(gm, module, keras_ckpt, {}, channels_last).build(example_inputs)
-
-
-def rebuild_for_inputs(module: torch.nn.Module, specs: list[InputSpec], inputs: InputOptions,
-                       keras_ckpt: Checkpoint | None = None) -> keras.Model:
-    """:func:`rebuild` traced on seeded example inputs of these specs, in ``inputs``' layout."""
-    highs, _ = embedding_ranges(torch, module, specs)
-    example = [torch_from_numpy(x) for x in make_inputs(specs, inputs.seed, highs)]
-    with _eval_mode(module):
-        forward(module, example)   # a model that fails on these inputs: a usage error
-    return rebuild(module, tuple(example), channels_last=inputs.channels_last,
-                   keras_ckpt=keras_ckpt)
-
-
-def keras_checkpoint(module: torch.nn.Module) -> Checkpoint:
-    """The module's state dict converted by the rule table to the Keras layout."""
-    ckpt = checkpoint_of_module(module)
-    return make_plan(ckpt, LAYOUT_KERAS).apply(ckpt)
 
 
 def weights_from_checkpoint(keras_ckpt: Checkpoint, layer_name: str) -> list[np.ndarray]:
@@ -99,13 +37,6 @@ def weights_from_checkpoint(keras_ckpt: Checkpoint, layer_name: str) -> list[np.
         if layer["name"] == layer_name:
             return [keras_ckpt[f"{layer_name}/{w}"].load() for w in layer["weights"]]
     return []
-
-
-def supported() -> dict[str, list[str]]:
-    """What the rebuild covers: module classes, functions and Tensor methods."""
-    return {"modules": sorted(c.__name__ for c in MODULES),
-            "functions": sorted({_function_label(f) for f in FUNCTIONS}),
-            "methods": sorted(METHODS)}
 
 
 # ---------------------------------------------------------------- tracing
@@ -117,7 +48,8 @@ class _Tracer(torch.fx.Tracer):
         return type(m) in MODULES or super().is_leaf_module(m, qualname)
 
 
-def trace(module: torch.nn.Module) -> torch.fx.GraphModule:
+def trace_module(module: torch.nn.Module) -> torch.fx.GraphModule:
+    """``module.forward`` as an fx graph; in-place calls are refused, dead code dropped."""
     try:
         graph = _Tracer().trace(module)
     except Exception as exc:   # fx's errors are of many types; say what and where
@@ -142,7 +74,7 @@ def _refuse_in_place(gm: torch.fx.GraphModule) -> None:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
+def eval_mode(module: torch.nn.Module):
     modes = {m: m.training for m in module.modules()}
     module.eval()
     try:
@@ -173,9 +105,9 @@ def _leaves(value) -> list:
     return [value]
 
 
-def _growth(gm: torch.fx.GraphModule, inputs: tuple) -> dict | None:
+def growth(gm: torch.fx.GraphModule, inputs: tuple) -> dict | None:
     """``{node: axis}`` for tensors that grow with the inputs' leading axes, or None if the
-    model must keep the example shapes (see the module docstring)."""
+    model must keep the example shapes (see "Shapes" in the package docstring)."""
     if any(not isinstance(x, torch.Tensor) or x.dim() == 0 for x in inputs):
         return None
     run1 = _Recorder(gm).results(inputs)
@@ -215,7 +147,7 @@ def _sizes_only(user: torch.fx.Node, tensorish: dict) -> bool:
 
 # ---------------------------------------------------------------- building
 
-class _Rebuilder(torch.fx.Interpreter):
+class Rebuilder(torch.fx.Interpreter):
     """Runs the traced graph in PyTorch and builds the Keras graph beside it, call by call."""
 
     def __init__(self, gm: torch.fx.GraphModule, module: torch.nn.Module, keras_ckpt: Checkpoint,
@@ -276,8 +208,8 @@ class _Rebuilder(torch.fx.Interpreter):
         if builder is None:
             raise UnsupportedError(f"no Keras rebuild for {label} (module {n.target})",
                                    hint="see the README's list of what the rebuild covers")
-        b = Build(self.g, n.target, label=label, where=n.target, path=n.target, module=module,
-                  result=result, grow=self.grow.get(n))
+        b = Build(self.g, n.target, label=label, where=n.target, module=module, result=result,
+                  grow=self.grow.get(n))
         args, kwargs = self._args(n)
         with _keras_errors(b):
             return builder(b, module, *args, **kwargs)
@@ -347,7 +279,7 @@ def _set_weights(layer, arrays: list) -> None:
 
 # ---------------------------------------------------------------- labels for messages
 
-def _function_label(fn) -> str:
+def function_label(fn) -> str:
     name = getattr(fn, "__name__", "")
     for namespace, prefix in ((F, "F."), (torch.linalg, "torch.linalg."), (torch, "torch."),
                               (operator, "operator."), (builtins, "")):
@@ -364,7 +296,7 @@ def _label(root: torch.nn.Module, n: torch.fx.Node) -> str:
                f"{cls.__name__}"
     if n.op == "call_method":
         return f"Tensor.{n.target}"
-    return _function_label(n.target)
+    return function_label(n.target)
 
 
 def _where(n: torch.fx.Node) -> str:

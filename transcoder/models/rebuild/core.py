@@ -9,10 +9,13 @@ once per value and layout, only where an op asks for it.
 
 Builders are small functions ``builder(b, *args, **kwargs) -> Value`` (modules get the module
 after ``b``), registered in :data:`MODULES` (by class), :data:`FUNCTIONS` (by function) and
-:data:`METHODS` (by ``Tensor`` method name).
+:data:`METHODS` (by ``Tensor`` method name). ``b`` is a :class:`Build`: everything a builder
+needs (``b.layers`` is ``keras.layers``; layouts, padding, weights, errors), so that the rule
+families' builders (``transcoder/rules/families``) import neither torch nor keras.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,8 +23,8 @@ import keras
 import numpy as np
 import torch
 
-from ..errors import UnsupportedError
-from .keras_layers import Constant, TensorOp
+from ...errors import UnsupportedError
+from ..keras_layers import Constant, TensorOp
 
 Perm = tuple[int, ...]
 Builder = Callable[..., Any]
@@ -72,6 +75,10 @@ def identity(n: int) -> Perm:
 def channels_last(n: int) -> Perm:
     """PyTorch (N, C, ...) -> Keras (N, ..., C); ranks below 3 have no spatial axes."""
     return (0, *range(2, n), 1) if n >= 3 else identity(n)
+
+
+#: PyTorch (T, N, F) held as Keras (N, T, F): a sequence that is not batch first
+SEQUENCE_FIRST = (1, 0, 2)
 
 
 def inverse(p: Perm) -> Perm:
@@ -153,12 +160,20 @@ class Build:
 
     ``name`` names the call's Keras layer (the module path for a module, a unique readable
     name from the trace for a function or method); helper layers are ``<name>.<suffix>``.
+    ``path`` is the module path of a module call (None for a function or method call).
+    Builders get everything through it, so that the rule families' builders import neither
+    torch nor keras.
     """
 
-    def __init__(self, graph: Graph, name: str, *, label: str, where: str, path: str | None = None,
-                 module: Any = None, result: Any = None, grow: int | None = None) -> None:
+    layers = keras.layers                   # what builders make layers from
+    identity = staticmethod(identity)       # layouts: PyTorch order, channels last
+    channels_last = staticmethod(channels_last)
+
+    def __init__(self, graph: Graph, name: str, *, label: str, where: str, module: Any = None,
+                 result: Any = None, grow: int | None = None) -> None:
         self.g, self.name, self.label, self.where = graph, name, label, where
-        self.path, self.module, self.result, self.grow = path, module, result, grow
+        self.module, self.result, self.grow = module, result, grow
+        self.path = name if module is not None else None
 
     # ------------------------------------------------------------ errors
 
@@ -166,10 +181,21 @@ class Build:
         return UnsupportedError(f"{self.label} in {self.where}: {reason}",
                                 hint="see the README's list of what the rebuild covers")
 
+    def refused(self, reason: str) -> Refused:
+        """A result the rebuild cannot give: an error only if something uses it."""
+        return Refused(UnsupportedError(f"{self.label} in {self.where}: {reason}"))
+
     def static(self, size: int | None) -> int:
         if size is None:
             raise NeedStatic(self.label)
         return size
+
+    @staticmethod
+    def bind(fn: Callable, *args, **kwargs) -> dict[str, Any]:
+        """A call's arguments by the names and defaults of PyTorch's own ``fn``."""
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments
 
     # ------------------------------------------------------------ layers
 
@@ -237,6 +263,19 @@ class Build:
         x = self.as_value(x)
         return self.value(layer(x.tensor), x.perm, name=layer.name)
 
+    @staticmethod
+    def sequence(batch_first: bool) -> Perm:
+        """The layout of a (N, T, F) or (T, N, F) PyTorch sequence held as Keras (N, T, F)."""
+        return identity(3) if batch_first else SEQUENCE_FIRST
+
+    def spatial(self, x, n: int) -> Perm:
+        """The layout for an n-d spatial op on ``x`` (channels last), refusing unbatched input."""
+        x = self.as_value(x)
+        if x.rank != n + 2:
+            raise self.unsupported(f"an input of rank {x.rank} (expected batched (N, C, {n}-d) "
+                                   f"input)")
+        return channels_last(n + 2)
+
     def axis(self, x: Value, dim: int) -> int:
         """The Keras axis holding PyTorch axis ``dim`` of ``x``."""
         return x.perm.index(dim % x.rank)
@@ -251,6 +290,24 @@ class Build:
         self.weights(layer, [tensor.detach().cpu().numpy()] if source is None else source)
         return self.value(layer(self.g.anchor), name=layer.name)
 
+    # ------------------------------------------------------------ padding (channels last)
+
+    def zero_pad(self, y, pads: list[tuple[int, int]], suffix: str = "pad"):
+        """Explicit, possibly asymmetric zero padding of the spatial axes of a channels-last
+        Keras tensor (never "same")."""
+        if not any(lo or hi for lo, hi in pads):
+            return y
+        padding = pads[0] if len(pads) == 1 else tuple(pads)
+        return self.new(getattr(keras.layers, f"ZeroPadding{len(pads)}D"), padding,
+                        suffix=suffix)(y)
+
+    def pad_value(self, y, pads: list[tuple[int, int]], value: float, mode: str = "constant"):
+        """Pad the spatial axes of a channels-last Keras tensor with ``value`` (or reflect)."""
+        if not any(lo or hi for lo, hi in pads):
+            return y
+        width = [(0, 0), *pads, (0, 0)]
+        return self.op("pad", y, suffix="pad", pad_width=width, mode=mode, value=value)
+
     # ------------------------------------------------------------ composite modules
 
     def sub(self, attr: str, *args, **kwargs):
@@ -263,7 +320,7 @@ class Build:
         if isinstance(child, torch.nn.Module):
             builder = MODULES.get(type(child))
             label = f"nn.{type(child).__name__}"
-            b = Build(self.g, path, label=label, where=path, path=path, module=child)
+            b = Build(self.g, path, label=label, where=path, module=child)
             args = (child, *args)
         else:
             builder = FUNCTIONS.get(child)
