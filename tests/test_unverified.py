@@ -10,6 +10,7 @@ import sys
 import pytest
 torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'")
 from torch import nn  # noqa: E402
+import numpy as np  # noqa: E402
 
 from conftest import FIXTURES, ROOT, to_numpy  # noqa: E402
 
@@ -187,3 +188,42 @@ def test_the_per_layer_check_of_the_command_runs_without_tensorflow(tmp_path):
                           cwd=ROOT, env=env)
     assert proc.stdout.strip().splitlines()[-1] == "0 False torch", proc.stderr
     assert "check passed: 0 of 9 layers differ" in proc.stdout
+
+
+def test_rules_work_for_a_keras_source_and_the_check_follows_them(cli, tmp_path):
+    """A Keras file with a custom layer no rule knows: [[layer]] carry keeps it, [[tensor]]
+    maps one of its weights; [[layer]] kind reads a layer as a family."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    kernel, scale = rng.standard_normal((4, 3)).astype("f4"), rng.standard_normal((3,)).astype("f4")
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, name="fc")
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([kernel, scale])
+    model.save_weights(tmp_path / "m.weights.h5")
+    with h5py.File(tmp_path / "legacy.h5", "w") as f:      # written as Keras 2 wrote custom layers
+        f.attrs["layer_names"] = [b"fc", b"film"]
+        f.attrs["keras_version"], f.attrs["backend"] = b"2.4.0", b"tensorflow"
+        for name, weights in (("fc", {"kernel:0": kernel, "bias:0": scale}),
+                              ("film", {"gain:0": scale, "shift:0": scale * 2})):
+            g = f.create_group(name)
+            g.attrs["weight_names"] = [f"{name}/{w}".encode() for w in weights]
+            for w, value in weights.items():
+                g.create_dataset(f"{name}/{w}", data=value)
+    code, _, err = cli(tmp_path / "legacy.h5", tmp_path / "out.pt", "--no-check")
+    assert code == 2 and "film" in err                    # no rule knows it: a way out is needed
+    (tmp_path / "r.toml").write_text('[[layer]]\nmatch = "film"\nkind = "carry"\n\n'
+                                     '[[tensor]]\ntorch = "head.gain"\nkeras = "film/gain"\n')
+    code, out, err = cli(tmp_path / "legacy.h5", tmp_path / "out.pt", "--rules",
+                         tmp_path / "r.toml", "--report", tmp_path / "r.json")
+    assert code == 0, err
+    state = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert sorted(state) == ["fc.bias", "fc.weight", "film.shift", "head.gain"]
+    assert np.array_equal(state["fc.weight"].numpy(), kernel.T)
+    assert np.array_equal(state["head.gain"].numpy(), scale)
+    assert np.array_equal(state["film.shift"].numpy(), scale * 2)
+    entries = json.loads((tmp_path / "r.json").read_text())["entries"]
+    assert [(e["name"], e["status"]) for e in entries] == [
+        ("fc", "SUCCESS"), ("film", "NOT CHECKED"), ("film", "NOT CHECKED")]
+    assert "[[tensor]]" in entries[1]["message"] and "--rules says carry" in entries[2]["message"]

@@ -78,7 +78,7 @@ def check_layers(src: Checkpoint, plan: Plan | None = None, target: Checkpoint |
     run = LayerCheck(torch_ckpt, keras_ckpt,
                      CompareSettings(Tolerance(atol, rtol), src.layout, CHANNELS_LAST), seed,
                      import_torch(), import_keras())
-    kinds, known = src.meta.get("module_kinds", {}), _options(src, options)
+    kinds, known = src.meta.get("module_kinds", {}), _options(src, plan, options)
     for name, layer in plan.layers.items():
         steps = [s for s in plan.steps if s.layer == name]
         module = _module_path(name, steps)
@@ -86,6 +86,9 @@ def check_layers(src: Checkpoint, plan: Plan | None = None, target: Checkpoint |
                   "keras_kind": layer.class_name}
         if module in plan.ambiguous:
             entry = Comparison.not_checked(name, _kind_unknown(plan.ambiguous[module]), **labels)
+        elif layer.rule == BY_USER_RULES:
+            entry = Comparison.not_checked(name, "mapped by a --rules [[tensor]] entry: no layer "
+                                                 "family to build it with", **labels)
         else:
             entry = _check_one(run, layer, steps, known.get(module, {}), labels)
         entry.extra.update(module=module, rule=layer.rule)
@@ -101,10 +104,13 @@ def _kind_unknown(kinds: tuple[str, ...]) -> str:
             f"they map alike, but compute differently); state it with --rules or --model")
 
 
-def _options(src: Checkpoint, options: dict[str, dict] | None) -> dict[str, dict]:
-    known = {**src.meta.get("module_options", {})}
-    for path, opts in (options or {}).items():
-        known[path] = {**known.get(path, {}), **opts}
+def _options(src: Checkpoint, plan: Plan, options: dict[str, dict] | None) -> dict[str, dict]:
+    """Per module: what ``--model`` recorded, what the plan was made with (``--rules``
+    options), and what the caller adds."""
+    known: dict[str, dict] = {}
+    for layer in (src.meta.get("module_options", {}), plan.options, options or {}):
+        for path, opts in layer.items():
+            known[path] = {**known.get(path, {}), **opts}
     return known
 
 
@@ -135,10 +141,7 @@ def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCas
     when the family has no builder or the builder cannot make this layer."""
     family = registry.TABLE.by_name(layer.rule)
     if family is None or family.check is None:
-        raise Skip("mapped by a --rules [[tensor]] entry" if layer.rule == BY_USER_RULES
-                   else f"no per-layer builder for the {layer.rule or 'unknown'} family")
-    if "keras_shape" in options:
-        raise Skip("reshaped by a --rules keras_shape: the Keras geometry is the user's")
+        raise Skip(f"no per-layer builder for the {layer.rule or 'unknown'} family")
     rng = np.random.default_rng([run.seed, zlib.crc32(layer.name.encode())])
     module = _module_path(layer.name, steps)
     try:
@@ -180,12 +183,21 @@ def _load_both(run: LayerCheck, layer, case: LayerCase, built: Built) -> tuple[s
         return (FAIL if mapped else SKIPPED), message
     try:
         _keras_call(built)(built.keras_layer, _keras_inputs(built))   # builds the layer
-        built.keras_layer.set_weights(case.keras)
+        built.keras_layer.set_weights(_as_built(case, built))
     except (ValueError, TypeError) as exc:
         message = (f"the {'' if mapped else 'mapped '}Keras weights do not fit a "
                    f"{layer.class_name or family}: {one_line(exc)}")
         return (SKIPPED if mapped else FAIL), message
     return None
+
+
+def _as_built(case: LayerCase, built: Built) -> list[np.ndarray]:
+    """The Keras weights; reshaped to the built layer's shapes where a ``--rules`` keras_shape
+    gave them another (same values, same order: only the user's geometry differs)."""
+    if "keras_shape" not in case.options:
+        return case.keras
+    shapes = [tuple(w.shape) for w in built.keras_layer.weights]
+    return [w.reshape(s) if w.size == int(np.prod(s)) else w for w, s in zip(case.keras, shapes)]
 
 
 def _compare_built(run: LayerCheck, layer, steps: list, case: LayerCase, built: Built,

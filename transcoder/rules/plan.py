@@ -15,6 +15,7 @@ from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import MappingError, TranscoderError, UnsupportedError
 from . import registry
 from .infer import RULES_HINT, infer_keras_kind, infer_torch_kind
+from .ops import Identity
 from .steps import BY_USER_RULES, COPY, TO_KERAS, TO_TORCH, Step, check_shapes, note_inverse
 from .table import Inference
 from .user import CARRY, UserRules
@@ -46,6 +47,8 @@ class Plan:
     ambiguous: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: module path -> why its weights are carried verbatim instead of mapped
     unmapped: dict[str, str] = field(default_factory=dict)
+    #: module path -> the options its family was planned with (--model, --rules)
+    options: dict[str, dict] = field(default_factory=dict)
 
     def add(self, step: Step, class_name: str | None = None, reason: str = "") -> None:
         layer = self.layers.setdefault(step.layer, KerasLayer(step.layer, class_name, [], step.rule,
@@ -127,6 +130,8 @@ def _plan_module(plan: Plan, path: str, params: dict[str, TensorRef], known_kind
     if rule is None:
         _carry_module(plan, path, params, found)
         return
+    if options:
+        plan.options[path] = options
     if found.alternatives:
         plan.ambiguous[path] = (found.kind, *found.alternatives)
         plan.notes.append(f"{path or 'top level'}: {found.reason}; written as a {found.kind}, "
@@ -207,16 +212,39 @@ def _blocker(op, blocks_fn, refs: list[TensorRef], name: str):
 
 # ---------------------------------------------------------------- Keras -> PyTorch
 
-def plan_to_torch(ckpt: Checkpoint) -> Plan:
+def plan_to_torch(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
+    """The plan of a Keras checkpoint: replayed from our own conversion record when the file
+    has one (exact), else layer by layer: ``--rules`` first (``[[tensor]]`` by Keras name,
+    ``[[layer]]`` by Keras layer name), then the layer's class, then its weights' names."""
+    user = user or UserRules()
     stored = ckpt.meta.get("transcoder") or {}
     if stored.get("steps"):
-        return _replay(ckpt, stored)
+        plan = _replay(ckpt, stored)
+        if user.layers or user.tensors:
+            plan.notes.append("the file's own conversion record is replayed; --rules is not used")
+        return plan
     plan = Plan(TO_TORCH)
     for layer, weights in _keras_layers(ckpt):
-        _plan_keras_layer(plan, layer, weights)
+        weights = _take_user_weights(plan, layer["name"], weights, user)
+        if weights:
+            _plan_keras_layer(plan, layer, weights, user)
     plan.carried = list(ckpt.meta.get("carried", []))
     plan.torch_order = [n for s in plan.steps for n in s.torch] + plan.carried
     return plan
+
+
+def _take_user_weights(plan: Plan, layer: str, weights: dict[str, TensorRef],
+                       user: UserRules) -> dict[str, TensorRef]:
+    """Weights a ``[[tensor]]`` entry maps by its Keras name; the others, to plan as usual."""
+    rest = {}
+    for path, ref in weights.items():
+        tmap = user.tensor_map_keras(ref.name)
+        if tmap is None:
+            rest[path] = ref
+        else:
+            plan.add(Step((tmap.torch,), (ref.name,), tmap.op, BY_USER_RULES, layer),
+                     reason="[[tensor]] in --rules")
+    return rest
 
 
 def _replay(ckpt: Checkpoint, stored: dict) -> Plan:
@@ -253,10 +281,18 @@ def _keras_layers(ckpt: Checkpoint):
         yield layer, weights
 
 
-def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef]) -> None:
+def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef],
+                      user: UserRules) -> None:
     name, class_name = layer["name"], layer.get("class_name")
-    rule = registry.TABLE.for_keras_kind(class_name) if class_name else None
-    reason = f"Keras class {class_name}"
+    hint = user.layer_hint(name)
+    if hint is not None and hint.kind == CARRY:
+        _carry_keras_layer(plan, name, weights)
+        return
+    if hint is not None:
+        rule, reason = registry.TABLE.for_torch_kind(hint.kind), f"--rules match {hint.match!r}"
+    else:
+        rule = registry.TABLE.for_keras_kind(class_name) if class_name else None
+        reason = f"Keras class {class_name}"
     if rule is None:
         found = infer_keras_kind(name, weights)
         rule = registry.TABLE.for_keras_kind(found.kind) if found.kind else None
@@ -269,6 +305,17 @@ def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef]) ->
         raise UnsupportedError(f"no rule maps Keras layer {name!r} ({class_name or reason})",
                                hint="see `transcode rules`")
     rule.plan_from_keras(plan, layer, weights, reason)
+
+
+def _carry_keras_layer(plan: Plan, name: str, weights: dict[str, TensorRef]) -> None:
+    """``kind = "carry"`` for a Keras layer: its weights go to PyTorch verbatim, under
+    ``<layer>.<weight path with / as .>`` (a custom layer no rule knows)."""
+    for path, ref in weights.items():
+        plan.steps.append(Step((f"{name}.{path.replace('/', '.')}",), (ref.name,), Identity(),
+                               CARRY, name))
+    plan.unmapped[name] = "--rules says carry"
+    plan.notes.append(f"Keras layer {name!r}: weights carried verbatim, not mapped (--rules says "
+                      f"carry); the check cannot verify them")
 
 
 def _apply_to_torch(plan: Plan, src: Checkpoint) -> Checkpoint:
@@ -306,4 +353,4 @@ def make_plan(ckpt: Checkpoint, target_layout: str, user: UserRules | None = Non
         return plan_copy(ckpt)
     if target_layout == LAYOUT_KERAS:
         return plan_to_keras(ckpt, user)
-    return plan_to_torch(ckpt)
+    return plan_to_torch(ckpt, user)

@@ -7,10 +7,14 @@ kind = "Embedding"      # a rule family (transcode rules), or "carry" to keep ve
 # further keys are options for that family, e.g. num_heads = 8, keras_shape = [1, 1, 64]
 
 [[tensor]]              # map one tensor yourself
-torch = "head.scale"    # PyTorch name (glob allowed)
-keras = "head/gamma"    # Keras "<layer>/<weight>"
-permute = [1, 0]        # optional; default: copy
+torch = "head.scale"    # PyTorch name (glob allowed when PyTorch is the source)
+keras = "head/gamma"    # Keras "<layer>/<weight>" (glob allowed when Keras is the source)
+permute = [1, 0]        # optional (PyTorch -> Keras order); default: copy
 ```
+
+For a Keras source, ``[[layer]]`` entries match Keras layer names (our convention makes them
+PyTorch module paths), and ``kind = "carry"`` keeps a layer's weights under
+``<layer>.<weight path, / as .>``.
 """
 from __future__ import annotations
 
@@ -56,6 +60,16 @@ class UserRules:
 
     def tensor_map(self, torch_name: str) -> TensorMap | None:
         hits = [t for t in self.tensors if fnmatchcase(torch_name, t.torch)]
+        return hits[-1] if hits else None
+
+    def tensor_map_keras(self, keras_name: str) -> TensorMap | None:
+        """For a Keras source: the entry whose ``keras`` (a glob) matches; its ``torch`` must
+        then be one name, the tensor the Keras weight becomes."""
+        hits = [t for t in self.tensors if fnmatchcase(keras_name, t.keras)]
+        if hits and any(c in hits[-1].torch for c in "*?["):
+            raise UsageError(f"[[tensor]] keras={hits[-1].keras!r}: for a Keras source, torch "
+                             f"must be the one name the weight becomes, not a pattern",
+                             path=self.source)
         return hits[-1] if hits else None
 
 
