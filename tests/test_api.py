@@ -106,6 +106,8 @@ def test_a_rebuilt_keras_file_loads_after_import_transcoder_alone(tmp_path):
     module, result = _rebuilt_keras(tmp_path, "Encoder", (4, 10, 128))
     with zipfile.ZipFile(tmp_path / "m.keras") as archive:   # one of our layers is in it
         assert '"transcoder>TensorOp"' in archive.read("config.json").decode()
+    assert [n for n in result.notes if "m.keras uses transcoder's own Keras layers "
+            "(TensorOp reshape x2)" in n]
     x = np.random.default_rng(1).standard_normal((4, 10, 128)).astype(np.float32)
     got, _ = _load_in_fresh_process(tmp_path, x, "transcoder, keras")
     with torch.no_grad():
@@ -122,6 +124,7 @@ def test_a_rebuilt_keras_file_of_built_in_layers_loads_without_transcoder(tmp_pa
     with zipfile.ZipFile(tmp_path / "m.keras") as archive:
         config = archive.read("config.json").decode()
     assert "transcoder" not in config and "GlobalAveragePooling1D" in config
+    assert [n for n in result.notes if "m.keras holds Keras built-in layers only" in n]
     x = np.random.default_rng(2).standard_normal((5, 4, 9)).astype(np.float32)  # another batch
     got, loaded = _load_in_fresh_process(tmp_path, x, "keras")
     assert loaded == "[]"     # transcoder was never imported
