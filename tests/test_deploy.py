@@ -167,6 +167,37 @@ def test_channels_last_savedmodel_takes_the_deployment_layout(exports):
     assert_close(got, torch_output(exports.module("CNN2d"), x), rtol=RTOL, atol=ATOL)
 
 
+def test_several_inputs_are_fed_by_name(exports, tmp_path):
+    """SmallCNN takes (tokens, image); the flatbuffer's signature lists them sorted (image,
+    tokens): the check feeds them by the forward's argument names."""
+    import models
+
+    torch.manual_seed(0)
+    module = models.SmallCNN().eval()
+    torch.save(module.state_dict(), tmp_path / "small.pt")
+    result = transcoder.convert(tmp_path / "small.pt", tmp_path / "small.tflite",
+                                model=f"{MODELS}:SmallCNN", input_shape=["2,7", "2,4,8,8"],
+                                input_dtype=["int64", "float32"])
+    report = result.report
+    assert report.passed and [e.name for e in report.entries] == ["output[0]", "output[1]"]
+    assert report.artifact["inputs"] == ["tokens", "image"]
+    assert report.artifact["outputs"] == ["output_0", "output_1"]
+    assert max(e.max_abs_error for e in report.entries) <= WORST_FLOAT32
+
+
+def test_inputs_are_never_matched_by_guess():
+    from pathlib import Path
+
+    from transcoder.checks.artifacts import Artifact, feeding_order
+
+    artifact = Artifact(Path("m.tflite"), "tflite", "test", ["a", "b"], ["output_0"], dict)
+    assert feeding_order(artifact, ["b", "a"]) == ["b", "a"]
+    with pytest.raises(transcoder.TranscoderError, match="cannot tell which input is which: "
+                                                         "the signature takes a, b, the model's "
+                                                         "inputs are x, y"):
+        feeding_order(artifact, ["x", "y"])
+
+
 # ---------------------------------------------------------------- sabotaged artifacts fail
 
 def test_a_wrong_weight_in_the_savedmodel_variables_fails_with_exit_1(exports, cli, tmp_path):

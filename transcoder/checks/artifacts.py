@@ -106,6 +106,14 @@ class Artifact:
                          rtol if asked.rtol is None else asked.rtol)
 
 
+def _quantized_note(artifact: Artifact, asked: Tolerance) -> str:
+    atol, rtol = QUANTIZED_TOLERANCES[artifact.quantization]
+    default = f"atol {atol:g}, rtol {rtol:g}"
+    how = f"its default tolerance, {default}" if asked == Tolerance() else \
+        f"its default tolerance ({default}) where --atol/--rtol do not say"
+    return f"{artifact.path.name} holds {artifact.quantization}-quantized weights: {how}"
+
+
 def open_artifact(path: Path, fmt: str, input_names: list[str]) -> Artifact:
     """Load the artifact at ``path`` (``fmt`` "savedmodel" or "tflite") to run it; its
     inputs fed in the order of ``input_names``."""
@@ -217,9 +225,7 @@ class ArtifactCheck:
                               keras_layout=self.keras_layout, localise="never")
         report.artifact = artifact.to_dict()
         if artifact.quantization is not None:
-            atol, rtol = QUANTIZED_TOLERANCES[artifact.quantization]
-            report.notes.append(f"{artifact.path.name} holds {artifact.quantization}-quantized "
-                                f"weights: default tolerance atol {atol:g}, rtol {rtol:g}")
+            report.notes.append(_quantized_note(artifact, tolerance))
         if not report.passed and report.status != SKIPPED:
             self._localise(report, tolerance)
         return report
