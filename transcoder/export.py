@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import UnsupportedError, UsageError, one_line
 from .formats import Format
-from .frameworks import _stderr_silenced, import_keras
+from .frameworks import import_keras, native_stderr_silenced
 from .models.inputs import from_options
 from .options import CHANNELS_LAST, Architecture
 
@@ -65,9 +65,11 @@ def write(model, path: Path, request: ExportRequest) -> list[str]:
         raise UsageError(f"exporting {request.fmt.description} needs Keras on its TensorFlow "
                          f"backend, not {keras.backend.backend()}",
                          hint="unset KERAS_BACKEND or set it to tensorflow")
-    if request.fmt.name == "tflite":
-        return write_tflite(model, path, request)
-    _saved_model(model, path)
+    return WRITERS[request.fmt.name](model, path, request)
+
+
+def write_saved_model(model, folder: Path, request: ExportRequest) -> list[str]:
+    _saved_model(model, folder)
     return [describe(model)]
 
 
@@ -88,7 +90,7 @@ def _dtype_name(dtype) -> str:
 
 def _saved_model(model, folder: Path, input_signature=None) -> None:
     try:
-        with _stderr_silenced():
+        with native_stderr_silenced():
             model.export(str(folder), format="tf_saved_model", verbose=False,
                          input_signature=input_signature)
     except (ValueError, TypeError, NotImplementedError) as exc:
@@ -114,9 +116,10 @@ def write_tflite(model, path: Path, request: ExportRequest) -> list[str]:
         notes.append(f"input shapes fixed to --input-shape (with a dynamic batch size the "
                      f"TFLite converter refused: {refused})")
     if request.quantize and quantization(_tensor_dtypes(flatbuffer)) != request.quantize:
-        notes.append(f"--quantize {request.quantize} left every weight in float32 (TensorFlow "
-                     f"quantizes only weights of 1024 elements or more): it computes as the "
-                     f"float32 export does")
+        why = " (TensorFlow quantizes only weights of 1024 elements or more)" \
+            if request.quantize == "dynamic" else ""
+        notes.append(f"--quantize {request.quantize} left every weight in float32{why}: it "
+                     f"computes as the float32 export does")
     return notes
 
 
@@ -158,7 +161,7 @@ def _tflite(model, near: Path, quantize: str | None, input_signature=None) -> by
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         try:
-            with _stderr_silenced():
+            with native_stderr_silenced():
                 return converter.convert()
         except Exception as exc:  # noqa: BLE001 - the converter raises many types
             raise ConverterError(f"the TFLite converter cannot convert this model with TFLite's "
@@ -189,6 +192,9 @@ def static_signature(model, arch: Architecture, reason: str) -> list:
         fixed = [s if d is None else d for d, s in zip(tensor.shape, shape)]
         out.append(tf.TensorSpec(fixed, dtype=tensor.dtype, name=tensor.name))
     return out
+
+
+WRITERS = {"savedmodel": write_saved_model, "tflite": write_tflite}
 
 
 def keras_shape(shape: tuple[int, ...], is_float: bool, layout: str) -> tuple[int, ...]:

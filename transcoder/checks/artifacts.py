@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import FormatError, UsageError, one_line
 from ..export import SIGNATURE, quantization
-from ..frameworks import _stderr_silenced, import_keras
+from ..frameworks import import_keras, native_stderr_silenced
 from ..options import TORCH_LAYOUT, Tolerance
 from .compare import SKIPPED
 from .models import check_models
@@ -69,7 +69,7 @@ class Artifact:
                              f"({', '.join(self.input_names)}), not {len(arrays)}")
         feeds = {name: self._fit(name, x) for name, x in zip(self.input_names, arrays)}
         try:
-            with _stderr_silenced():   # LiteRT's INFO lines on its first run
+            with native_stderr_silenced():   # LiteRT's INFO lines on its first run
                 out = self.run(feeds)
         except Exception as exc:  # noqa: BLE001 - TensorFlow's and LiteRT's errors
             shapes = [list(a.shape) for a in arrays]
@@ -119,7 +119,7 @@ def open_artifact(path: Path, fmt: str, input_names: list[str]) -> Artifact:
     inputs fed in the order of ``input_names``."""
     opener = {"savedmodel": _saved_model, "tflite": _tflite}[fmt]
     import_keras()   # TensorFlow quietly (its C++ start-up notices)
-    with _stderr_silenced():
+    with native_stderr_silenced():
         artifact = opener(Path(path))
     artifact.input_names = feeding_order(artifact, input_names)
     return artifact
