@@ -325,6 +325,20 @@ def test_keras_model_as_the_architecture(exports, cli, tmp_path):
     assert code == 0 and out.splitlines()[-1].startswith("check passed: 0 of 1 outputs of twin")
 
 
+def test_an_export_from_a_keras_file_says_how_to_check_it(exports, cli, tmp_path):
+    args = ("--model", f"{MODELS}:CNN1d", "--input-shape", "3,4,9")
+    assert cli(exports.checkpoint("CNN1d"), tmp_path / "m.h5", "--no-check")[0] == 0
+    code, _, err = cli(tmp_path / "m.h5", tmp_path / "m.savedmodel", *args)
+    assert code == 0 and "no check ran: checking" in err and "m.h5 holds the Keras layout: run " \
+        "transcode check model.pt" in err
+    x = fresh_input("CNN1d", 3)
+    assert_close(run_savedmodel(tmp_path / "m.savedmodel", x),
+                 torch_output(exports.module("CNN1d"), x), rtol=RTOL, atol=ATOL)
+    code, _, err = cli("check", tmp_path / "m.h5", tmp_path / "m.savedmodel", *args)
+    assert code == 2 and "holds the Keras layout" in err
+    assert cli("check", exports.checkpoint("CNN1d"), tmp_path / "m.savedmodel", *args)[0] == 0
+
+
 def test_force_replaces_an_existing_artifact_whole(exports, cli, tmp_path, monkeypatch):
     src, dst = exports.checkpoint("CNN1d"), tmp_path / "m.savedmodel"
     args = ("--model", f"{MODELS}:CNN1d", "--input-shape", "3,4,9", "--no-check")

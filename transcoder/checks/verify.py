@@ -38,6 +38,9 @@ LIVE_PACKAGES = ("torch", "keras", "tensorflow")
 SAME_LAYOUT = "both files hold the PyTorch layout: tensors were copied, nothing was mapped"
 ARTIFACT_NEEDS = ("checking {} runs it beside the PyTorch module: pass --model and "
                   "--input-shape")
+ARTIFACT_FROM_KERAS = ("checking {} runs it beside the PyTorch module loaded with a PyTorch "
+                       "checkpoint, and {} holds the Keras layout: run transcode check "
+                       "model.pt {} with the same options")
 
 
 def unavailable() -> str | None:
@@ -71,14 +74,16 @@ def check_conversion(src: Path, dst: Path, request: CheckRequest, *, asked: bool
                      same_layout: bool = False) -> tuple[CheckReport | None, list[str]]:
     """The check after a conversion as the policy (:func:`decide`) has it: the report (None
     when no check ran) and the notes for the user."""
-    decision = decide(asked, same_layout)
+    artifact = exported(dst) is not None
+    decision = decide(asked, same_layout and not artifact)
     if not decision.run:
         return None, [decision.note] if decision.note else []
     arch, notes = request.arch, []
-    if exported(dst) and not (arch.model and arch.inputs.input_shapes):
-        if asked:
-            raise UsageError(ARTIFACT_NEEDS.format(dst))
-        return None, [f"no check ran: {ARTIFACT_NEEDS.format(dst)}"]
+    why = _artifact_unchecked(src, dst, arch) if artifact else None
+    if why and asked:
+        raise UsageError(why)
+    if why:
+        return None, [f"no check ran: {why}"]
     full = bool(arch.model) and (bool(arch.inputs.input_shapes) or bool(asked))
     if arch.model and not full:
         notes.append("full-model check skipped (give --input-shape); checking each layer on its own")
@@ -90,12 +95,21 @@ def check_conversion(src: Path, dst: Path, request: CheckRequest, *, asked: bool
 def check_files(src: Path, dst: Path, request: CheckRequest) -> tuple[CheckReport, list[str]]:
     """``transcode check``: two files of one layout bit for bit (numpy only), else the check
     across frameworks, which needs torch and Keras (MissingDependencyError without them)."""
-    if formats.layout_of(src) == formats.layout_of(dst):
+    if formats.layout_of(src) == formats.layout_of(dst) and not exported(dst):
         report, notes = verify(src, dst, request), []
         report.strict = request.strict
     else:
         report, notes = check_conversion(src, dst, request, asked=True)
     return report, notes
+
+
+def _artifact_unchecked(src: Path, dst: Path, arch: Architecture) -> str | None:
+    """Why the check of the exported artifact ``dst`` cannot run (None: it can)."""
+    if formats.layout_of(src) != LAYOUT_TORCH:
+        return ARTIFACT_FROM_KERAS.format(dst, src, dst)
+    if not (arch.model and arch.inputs.input_shapes):
+        return ARTIFACT_NEEDS.format(dst)
+    return None
 
 
 def exported(path: Path) -> formats.Format | None:
