@@ -385,7 +385,7 @@ def test_a_folder_is_swapped_whole_without_renameat2(tmp_path, monkeypatch):
     def no_libc(*args, **kwargs):
         raise OSError("no renameat2 here")
 
-    monkeypatch.setattr(pipeline.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr("ctypes.CDLL", no_libc)
     dst = tmp_path / "m.savedmodel"
     dst.mkdir()
     (dst / "old").write_text("old")

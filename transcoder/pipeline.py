@@ -7,7 +7,6 @@ are renamed into place only when complete, so a failure leaves nothing behind. A
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import tempfile
@@ -16,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import export, formats
+from . import export
+from . import formats
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
 from .frameworks import import_frameworks
@@ -175,6 +175,8 @@ def atomic_folder(dst: Path, *, force: bool = False) -> Iterator[Path]:
 def _exchange(a: Path, b: Path) -> None:
     """Swap the names ``a`` and ``b`` (files or folders): ``renameat2(RENAME_EXCHANGE)``, one
     atomic step (Linux); elsewhere three renames, ``b`` absent for a moment but never mixed."""
+    import ctypes
+
     at_fdcwd, exchange = -100, 2
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
