@@ -68,29 +68,70 @@ def test_convert_and_check_return_reports_like_the_command(tmp_path):
     assert report.entries[0].max_abs_error <= 1e-5
 
 
-def test_a_rebuilt_keras_file_loads_after_import_transcoder_alone(tmp_path):
-    """In a fresh process with only `import transcoder` (never transcoder.models)."""
+def _rebuilt_keras(tmp_path, name: str, shape: tuple[int, ...]):
+    """``name`` from fixtures/models.py saved as .pt and converted to .keras (rebuilt); returns
+    the module and the API's result."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("keras")
     sys.path.insert(0, str(FIXTURES))
     import models
 
     torch.manual_seed(0)
-    module = models.CNN1d().eval()
+    module = getattr(models, name)().eval()
     torch.save(module.state_dict(), tmp_path / "m.pt")
-    transcoder.convert(tmp_path / "m.pt", tmp_path / "m.keras", check=False,
-                       model=f"{FIXTURES / 'models.py'}:CNN1d", input_shape=["3,4,9"])
-    with zipfile.ZipFile(tmp_path / "m.keras") as archive:   # one of our layers is in it
-        assert '"transcoder>' in archive.read("config.json").decode()
-    x = np.random.default_rng(1).standard_normal((3, 4, 9)).astype(np.float32)
+    result = transcoder.convert(tmp_path / "m.pt", tmp_path / "m.keras", check=False,
+                                model=f"{FIXTURES / 'models.py'}:{name}",
+                                input_shape=[",".join(map(str, shape))])
+    return module, result
+
+
+def _load_in_fresh_process(tmp_path, x: np.ndarray, imports: str, prelude: str = ""
+                           ) -> tuple[np.ndarray, str]:
+    """The output of m.keras on ``x``, loaded by keras.models.load_model in a new process that
+    runs ``prelude`` then imports only ``imports``; and the transcoder modules it had loaded."""
     np.save(tmp_path / "x.npy", x)
-    code = ("import sys, numpy as np, transcoder, keras; "
+    code = (f"import sys; {prelude}import numpy as np, {imports}; "
             "m = keras.models.load_model(sys.argv[1]); "
-            "np.save(sys.argv[2], np.asarray(m(np.load(sys.argv[3]))))")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras"), str(tmp_path / "y.npy"),
-                    str(tmp_path / "x.npy")], check=True, capture_output=True, cwd=tmp_path)
+            "np.save(sys.argv[2], np.asarray(m(np.load(sys.argv[3])))); "
+            "print(sorted(n for n, m in sys.modules.items() "
+            "if m is not None and n.split('.')[0] == 'transcoder'))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras"),
+                           str(tmp_path / "y.npy"), str(tmp_path / "x.npy")], check=True,
+                          capture_output=True, text=True, cwd=tmp_path)
+    return np.load(tmp_path / "y.npy"), done.stdout.strip()
+
+
+def test_a_rebuilt_keras_file_loads_after_import_transcoder_alone(tmp_path):
+    """In a fresh process with only `import transcoder` (never transcoder.models): the Encoder's
+    batch-changing reshapes have no Keras built-in, so its .keras holds our TensorOp."""
+    torch = pytest.importorskip("torch")
+    module, result = _rebuilt_keras(tmp_path, "Encoder", (4, 10, 128))
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive:   # one of our layers is in it
+        assert '"transcoder>TensorOp"' in archive.read("config.json").decode()
+    assert [n for n in result.notes if "m.keras uses transcoder's own Keras layers "
+            "(TensorOp reshape x2)" in n]
+    x = np.random.default_rng(1).standard_normal((4, 10, 128)).astype(np.float32)
+    got, _ = _load_in_fresh_process(tmp_path, x, "transcoder, keras")
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
-    got = np.load(tmp_path / "y.npy")
     assert np.max(np.abs(got - expected)) <= 1e-5 + 1e-4 * np.max(np.abs(expected))
     assert_bit_exact(np.load(tmp_path / "x.npy"), x)
+
+
+def test_a_rebuilt_keras_file_of_built_in_layers_loads_without_transcoder(tmp_path):
+    """CNN1d (padded Conv1d, BatchNorm, ReLU, Conv1d, a mean over time) rebuilds from Keras
+    built-in layers only: a process that never imports transcoder loads its .keras."""
+    torch = pytest.importorskip("torch")
+    module, result = _rebuilt_keras(tmp_path, "CNN1d", (3, 4, 9))
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive:
+        config = archive.read("config.json").decode()
+    assert "transcoder" not in config and "GlobalAveragePooling1D" in config
+    assert [n for n in result.notes if "m.keras holds Keras built-in layers only" in n]
+    x = np.random.default_rng(2).standard_normal((5, 4, 9)).astype(np.float32)  # another batch
+    # transcoder cannot even be imported there: sys.modules["transcoder"] = None
+    got, loaded = _load_in_fresh_process(tmp_path, x, "keras", "sys.modules['transcoder'] = None; ")
+    assert loaded == "[]"
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    assert got.shape == expected.shape == (5, 8)
+    assert np.max(np.abs(got - expected)) <= 1e-5 + 1e-4 * np.max(np.abs(expected))

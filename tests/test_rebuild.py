@@ -326,6 +326,43 @@ def test_sequence_ops(tmp_path):
     assert_weights_from_rules(module, model)
 
 
+class BuiltInOps(nn.Module):
+    """Ops a Keras built-in layer computes exactly: residual arithmetic of one shape, numbers
+    (add, subtract both ways, multiply, divide by a power of two), global means and maxima,
+    L2 normalisation, log-softmax over the last axis; and their near misses, which keep ours."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):                                             # x: (N, 3, 5, 5)
+        y = self.conv(x)
+        z = torch.relu(y) + y * 0.5 - torch.sigmoid(y)                 # Add, Subtract, Rescaling
+        z = torch.maximum(z - 1, 2 - z) / 4 - z.amax(dim=(2, 3), keepdim=True)
+        pooled = z.mean(dim=(2, 3))                                    # GlobalAveragePooling2D
+        rows = z.mean(dim=2)                                           # over one spatial axis: ours
+        return (F.normalize(pooled, dim=-1), F.log_softmax(pooled, dim=-1), rows / 3,
+                F.normalize(rows, p=1.0, dim=1), z.flatten(1) - z.flatten(1).mean(dim=1, keepdim=True))
+
+
+def test_built_in_layers_where_they_compute_the_same(tmp_path):
+    model = check(BuiltInOps(), floats(3, 5, 5), tmp_path)
+    classes = {}
+    for layer in model.layers:
+        classes.setdefault(type(layer).__name__, []).append(getattr(layer, "op", None))
+    for built_in in ("Add", "Maximum", "Subtract", "Rescaling", "GlobalAveragePooling2D",
+                     "GlobalMaxPooling2D", "UnitNormalization", "Activation"):
+        assert built_in in classes, built_in
+    # a mean over one of two spatial axes or over a rank-2 tensor, broadcasting subtractions,
+    # a division by 3, an L1 norm: no built-in computes them exactly, so ours do
+    assert sorted(classes["TensorOp"]) == ["mean", "mean", "normalize", "subtract", "subtract"]
+    assert classes["Scalar"] == ["divide"]
+    rescalings = [(layer.scale, layer.offset) for layer in model.layers
+                  if type(layer).__name__ == "Rescaling"]
+    assert (0.5, -0.0) in rescalings and (1.0, -1.0) in rescalings and (-1.0, 2.0) in rescalings
+    assert (0.25, -0.0) in rescalings
+
+
 # ---------------------------------------------------------------- shapes, errors
 
 class BatchMean(nn.Module):

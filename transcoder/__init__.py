@@ -9,7 +9,8 @@ imports only modules of its own layer or of lower ones (imports inside functions
   3. frameworks, options             importing torch/keras quietly; the options users give
   4. formats, rules                  readers and writers; the rule table, ops and plans (numpy)
   5. models                          live PyTorch and Keras models, inputs, the Keras rebuild
-  6. pipeline, live                  read -> plan -> write; live models in the pipeline
+  6. pipeline, live, export          read -> plan -> write; live models in the pipeline;
+                                     SavedModel and TFLite exports of a Keras model
   7. checks                          the forward check and its report
   8. bulk, tables, api               a tree of checkpoints; printed tables; the Python API
   9. cli, __main__                   the ``transcode`` command

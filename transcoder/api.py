@@ -63,9 +63,10 @@ class Inspection:
     notes: list[str] = field(default_factory=list)
 
 
-def _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last) -> Architecture:
+def _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
+                  quantize=None) -> Architecture:
     return Architecture(model, keras_model, InputOptions(list(input_shape), list(input_dtype),
-                                                         seed, channels_last))
+                                                         seed, channels_last), quantize)
 
 
 def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool = False,
@@ -73,12 +74,16 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
             keras_model: str | None = None, input_shape: Sequence[str] = (),
             input_dtype: Sequence[str] = (), seed: int = 0, channels_last: bool = False,
             check: bool | None = None, atol: float | None = None, rtol: float | None = None,
-            strict: bool = False, source_format: str | None = None) -> Conversion:
+            strict: bool = False, source_format: str | None = None,
+            quantize: str | None = None) -> Conversion:
     """``transcode SRC DST``: convert, then check as the command does (``check=None``: when
-    torch and Keras are installed; True: or raise MissingDependencyError; False: never)."""
+    torch and Keras are installed; True: or raise MissingDependencyError; False: never).
+    ``dst`` ending in ``.savedmodel`` or ``.tflite`` is exported, and the check runs it;
+    ``quantize`` ("float16" or "dynamic") for a ``.tflite``."""
     src, dst = Path(src), Path(dst)
     rules = Path(rules) if rules is not None else None
-    arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
+    arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
+                         quantize)
     request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
     if dry_run:
         return _dry_run(src, dst, request)

@@ -74,6 +74,9 @@ StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Fail the check (exit 1) unless every layer was verified: none SKIPPED or "
                      "NOT CHECKED.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+QuantizeOpt = Annotated[Optional[str], typer.Option(
+    "--quantize", help="A .tflite export's weights: float16, or dynamic (int8 weights of 1024 "
+                       "elements or more); the check's default tolerance follows it.")]
 FromOpt = Annotated[Optional[str], typer.Option(
     "--from", help="Read SRC as this format (pt, safetensors, keras_h5, keras_zip), whatever "
                    "its content and name say.")]
@@ -81,9 +84,9 @@ FromOpt = Annotated[Optional[str], typer.Option(
 
 def _architecture(model: Optional[str], keras_model: Optional[str],
                   input_shape: Optional[list[str]], input_dtype: Optional[list[str]], seed: int,
-                  channels_last: bool) -> Architecture:
+                  channels_last: bool, quantize: Optional[str] = None) -> Architecture:
     return Architecture(model, keras_model, InputOptions(input_shape or [], input_dtype or [],
-                                                         seed, channels_last))
+                                                         seed, channels_last), quantize)
 
 
 @dataclass
@@ -110,8 +113,9 @@ def _note(message: str) -> None:
 def convert_cmd(
     src: Annotated[Path, typer.Argument(help="Checkpoint to read (.pt .pth .bin .ckpt "
                                              ".safetensors .h5 .keras).")],
-    dst: Annotated[Path, typer.Argument(help="File to write; its extension picks the format "
-                                             "and layout.")],
+    dst: Annotated[Path, typer.Argument(help="File to write (.h5 .weights.h5 .keras .pt "
+                                             ".safetensors .savedmodel .tflite); its extension "
+                                             "picks the format and layout.")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite DST if it exists.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")
                        ] = False,
@@ -120,16 +124,19 @@ def convert_cmd(
     input_shape: InputShapeOpt = None, input_dtype: InputDtypeOpt = None,
     atol: AtolOpt = None, rtol: RtolOpt = None, seed: SeedOpt = 0,
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
-    strict: StrictOpt = False, source_format: FromOpt = None,
+    strict: StrictOpt = False, source_format: FromOpt = None, quantize: QuantizeOpt = None,
 ) -> None:
     """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
 
     The check runs by default when torch and Keras are installed: the full-model check with
     --model and --input-shape, else every mapped layer on its own. --no-check skips it.
     DST stays whatever the check finds: exit 1 when it differs, 2 when it cannot run.
+    DST.savedmodel and DST.tflite are exported from the Keras model (--model rebuilt, or
+    --keras-model), and the check runs the exported artifact itself.
     """
     started = time.perf_counter()
-    arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
+    arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
+                         quantize)
     request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
     if dry_run:
         _dry_run(src, dst, request)
@@ -210,7 +217,8 @@ def _dry_run(src: Path, dst: Path, request: CheckRequest) -> None:
 @app.command("check")
 def check_cmd(
     src: Annotated[Path, typer.Argument(help="The original checkpoint.")],
-    dst: Annotated[Path, typer.Argument(help="Its conversion (the file to validate).")],
+    dst: Annotated[Path, typer.Argument(help="Its conversion (the file, SavedModel or TFLite "
+                                             "artifact to validate).")],
     key: KeyOpt = None, rules: RulesOpt = None,
     model: ModelOpt = None, keras_model: KerasModelOpt = None,
     input_shape: InputShapeOpt = None, input_dtype: InputDtypeOpt = None,
@@ -228,7 +236,7 @@ def check_cmd(
     (a.pt and a.safetensors): every tensor is compared bit for bit.
     """
     for path in (src, dst):
-        if not path.is_file():
+        if not path.exists():
             raise UsageError("no such file", path=path)
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
     from .checks.verify import check_files

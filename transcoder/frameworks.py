@@ -29,6 +29,13 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+def native_stderr_silenced():
+    """A context in which what C++ code writes to the stderr descriptor (TensorFlow's and
+    LiteRT's notices, the TFLite converter's MLIR dumps) is dropped; Python errors still
+    propagate."""
+    return _stderr_silenced()
+
+
 #: Set before Keras is first imported: the TensorFlow backend, and no C++ start-up logging.
 QUIET_FRAMEWORKS = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
 CHECK_EXTRA = "pip install 'transcoder[check]'"

@@ -9,6 +9,11 @@
 - PyTorch -> Keras + ``--keras-model``: our layers are paired with the model's and the file is
   written through Keras' savers (``.weights.h5``, ``.keras``) or, for a legacy ``.h5``, by our
   writer under the model's layer names and order.
+- A deployment artifact (SavedModel, TFLite) is exported from that Keras model, the user's or
+  the module rebuilt in Keras (:mod:`.export`).
+
+After writing, ``notes`` say what the written model needs where it is loaded: a ``.keras``
+holding our own layers loads only after ``import transcoder``.
 """
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import export
 from .checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from .errors import UsageError
-from .formats import for_path
+from .formats import Format, for_path
 from .models import keras_side, torch_side
 from .models.inputs import from_options
 from .options import Architecture
@@ -31,12 +37,14 @@ class LiveModels:
     keras_model: Any = None
     pairs: list = field(default_factory=list)
     inputs: Any = None  # InputOptions with input shapes, to rebuild the module in Keras
+    arch: Architecture | None = None   # as given (an export reads --quantize from it)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, arch: Architecture) -> "LiveModels":
         return cls(torch_side.load_spec(arch.model) if arch.model else None,
                    keras_side.load_spec(arch.keras_model) if arch.keras_model else None,
-                   inputs=arch.inputs)
+                   inputs=arch.inputs, arch=arch)
 
     # -------------------------------------------------------------- before planning
 
@@ -80,18 +88,29 @@ class LiveModels:
     def write(self, target: Checkpoint, tmp: Path, dst: Path) -> bool:
         """Write through a Keras model (the user's, or the module rebuilt in Keras) where the
         format needs one; False: the format's own writer should write."""
-        keras_saved = for_path(dst).needs_model
-        if target.layout != LAYOUT_KERAS or (self.keras_model is None and not keras_saved):
+        fmt = for_path(dst)
+        if target.layout != LAYOUT_KERAS or (self.keras_model is None and not fmt.needs_model):
             return False
-        if self.keras_model is None:
-            keras_side.save(self._rebuilt(target, dst), tmp, dst.name)
-        elif keras_saved:
-            keras_side.fill(self.pairs, target)
-            keras_side.save(self.keras_model, tmp, dst.name)
-        else:
+        if not fmt.needs_model:   # a legacy .h5 under the user's layer names, by our writer
             order = [info.name for info in keras_side.layers_of_model(self.keras_model)]
-            for_path(dst).write(keras_side.renamed_to_theirs(self.pairs, target, order), tmp)
+            fmt.write(keras_side.renamed_to_theirs(self.pairs, target, order), tmp)
+            return True
+        model = self.keras_model_of(target, dst)
+        if fmt.exported:
+            request = export.ExportRequest(fmt, self.arch or Architecture(inputs=self.inputs))
+            self.notes += [f"{dst.name}: {note}" for note in export.write(model, tmp, request)]
+        else:
+            keras_side.save(model, tmp, dst.name)
+            self.notes += _classes_note(model, fmt, dst)
         return True
+
+    def keras_model_of(self, target: Checkpoint, dst: Path):
+        """The Keras model holding ``target``'s weights: the user's ``--keras-model`` filled
+        with them, or the ``--model`` module rebuilt in Keras with them."""
+        if self.keras_model is None:
+            return self._rebuilt(target, dst)
+        keras_side.fill(self.pairs, target)
+        return self.keras_model
 
     def _rebuilt(self, target: Checkpoint, dst: Path):
         if self.torch_model is None:
@@ -103,3 +122,31 @@ class LiveModels:
 
         return rebuild_for_inputs(self.torch_model, from_options(self.inputs), self.inputs,
                                   keras_ckpt=target)
+
+
+#: formats that store the model's layer classes, which Keras must find to load them
+STORES_CLASSES = ("keras_zip",)
+
+
+def _classes_note(model, fmt: Format, dst: Path) -> list[str]:
+    """One line: which of our registered Keras layers the written model uses, if any."""
+    if fmt.name not in STORES_CLASSES:
+        return []
+    ours = [layer for layer in _all_layers(model) if type(layer).__module__.startswith("transcoder.")]
+    if not ours:
+        return [f"{dst.name} holds Keras built-in layers only: keras.models.load_model loads "
+                f"it without transcoder"]
+    counts: dict[str, int] = {}
+    for layer in ours:
+        label = " ".join(filter(None, (type(layer).__name__, getattr(layer, "op", None))))
+        counts[label] = counts.get(label, 0) + 1
+    used = ", ".join(f"{label} x{n}" if n > 1 else label for label, n in counts.items())
+    return [f"{dst.name} uses transcoder's own Keras layers ({used}): load it after "
+            f"`import transcoder`"]
+
+
+def _all_layers(model) -> list:
+    found = []
+    for layer in getattr(model, "layers", []):
+        found += [layer, *_all_layers(layer)]
+    return found

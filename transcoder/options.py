@@ -40,12 +40,14 @@ class Tolerance:
 
 @dataclass
 class Architecture:
-    """What the user told about the model: ``--model`` and/or ``--keras-model`` specs, and the
-    inputs that rebuilding ``--model`` in Keras needs."""
+    """What the user told about the model: ``--model`` and/or ``--keras-model`` specs, the
+    inputs that rebuilding ``--model`` in Keras needs, and how a TFLite export of that Keras
+    model quantizes its weights (``--quantize``: None, "float16" or "dynamic")."""
 
     model: str | None = None
     keras_model: str | None = None
     inputs: InputOptions = field(default_factory=InputOptions)
+    quantize: str | None = None
 
     def __bool__(self) -> bool:
         return bool(self.model or self.keras_model)

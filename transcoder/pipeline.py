@@ -2,17 +2,20 @@
 
 ``transcode(src, dst)`` is the whole one-file conversion; ``prepare`` stops after planning
 (for ``--dry-run`` and ``inspect``). Outputs go to a temporary file beside the target and
-are renamed into place only when complete, so a failure leaves nothing behind.
+are renamed into place only when complete, so a failure leaves nothing behind. A folder
+(a SavedModel) is written beside too and published whole (:func:`atomic_folder`).
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import export
 from . import formats
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
@@ -39,6 +42,7 @@ class Prepared:
         """Write the converted checkpoint to ``tmp`` (later renamed to ``dst``)."""
         target = self.plan.apply(self.source)
         if self.live is not None and self.live.write(target, tmp, dst):
+            self.plan.notes += self.live.notes   # what the written model needs, holds
             return
         self.target_format.write(target, tmp)
 
@@ -94,12 +98,14 @@ def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str
     refuse_same_file(src, dst)
     if dst.exists() and not force:
         raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
+    fmt = formats.for_path(dst)
     if not arch:
-        formats.for_path(dst).check_writable(dst)
-    prepared = prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch,
-                       source_format=source_format)
+        fmt.check_writable(dst)
+    export.validate(fmt, arch)
+    prepared = prepare(src, fmt, key=key, rules=rules, arch=arch, source_format=source_format)
+    publish = atomic_folder if fmt.folder else atomic_output
     try:
-        with atomic_output(dst, force=force) as tmp:
+        with publish(dst, force=force) as tmp:
             try:
                 prepared.write(tmp, dst)
             except TranscoderError as exc:
@@ -140,3 +146,58 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ---------------------------------------------------------------- folders (SavedModel)
+
+@contextmanager
+def atomic_folder(dst: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``dst``; publish it as ``dst`` only on success.
+    An existing ``dst`` (with ``force``) is swapped out whole, then removed: at every moment
+    ``dst`` is the complete old artifact or the complete new one, never a mixture."""
+    dst = Path(dst)
+    if os.path.lexists(dst) and not force:
+        raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
+    if not dst.parent.is_dir():
+        raise UsageError("destination folder does not exist", path=dst.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if os.path.lexists(dst):
+            _exchange(tmp, dst)   # tmp now holds the old artifact, removed below
+        else:
+            os.rename(tmp, dst)
+    finally:
+        _remove(tmp)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap the names ``a`` and ``b`` (files or folders): ``renameat2(RENAME_EXCHANGE)``, one
+    atomic step (Linux); elsewhere three renames, ``b`` absent for a moment but never mixed."""
+    import ctypes
+
+    at_fdcwd, exchange = -100, 2
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None and renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
+                                           exchange) == 0:
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{b.name}.", suffix=".old", dir=b.parent))
+    os.rmdir(aside)
+    os.rename(b, aside)
+    try:
+        os.rename(a, b)
+    except BaseException:
+        os.rename(aside, b)
+        raise
+    os.rename(aside, a)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink()

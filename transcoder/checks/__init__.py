@@ -10,6 +10,8 @@ By concept:
   with each family's builder (``LayerRule.check``).
 - :mod:`.report`: :class:`CheckReport` (``passed``, ``exit_code``, JSON, JUnit); :mod:`.display`
   prints it (a table on a terminal, plain lines in a log).
+- :mod:`.artifacts`: an exported SavedModel or TFLite flatbuffer run as deployed, in the
+  Keras model's place (:class:`~.artifacts.ArtifactCheck`).
 - :mod:`.verify`: the check as the commands run it, and when it runs (:func:`decide`).
 
 Model inputs are :mod:`transcoder.models.inputs`. Importing this package imports neither

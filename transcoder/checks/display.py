@@ -34,11 +34,14 @@ def print_table(report: CheckReport, console=None, out=None) -> None:
         return STYLES[r["status"]]
 
     title = "model outputs" if report.kind == "model" else "layers (built from the weights alone)"
+    if report.artifact:
+        title = f"outputs of {report.artifact['path']} (run by {report.artifact['runtime']})"
     print_rows([row(e) for e in report.entries], COLUMNS, title=title, out=out, style=style,
                console=console)
     if report.trace:
+        where = "the Keras model it is exported from: " if report.artifact else ""
         print_rows([row(e) for e in report.trace], COLUMNS, out=out, style=style, console=console,
-                   title="paired layers, in PyTorch execution order")
+                   title=f"{where}paired layers, in PyTorch execution order")
     for note in report.notes:
         print_line(f"note: {note}", style="dim", out=out, console=console)
     verdict = SUCCESS if report.passed else report.status if report.status != SUCCESS else FAIL

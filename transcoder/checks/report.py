@@ -67,6 +67,7 @@ class CheckReport:
     first_divergence: dict | None = None
     notes: list[str] = field(default_factory=list)
     strict: bool = False               # everything must be verified (no SKIPPED, NOT CHECKED)
+    artifact: dict | None = None       # the exported artifact whose outputs were compared
     versions: dict[str, str | None] = field(default_factory=library_versions)
 
     # ------------------------------------------------------------ verdict
@@ -113,6 +114,8 @@ class CheckReport:
     def summary(self) -> str:
         """One line: the verdict, the counts and the first divergence."""
         what = self.what
+        if self.artifact:
+            what = f"{what} of {Path(self.artifact['path']).name}"
         if self.status == SKIPPED:
             line = f"check {SKIPPED}: nothing was compared ({self._unverified_counts(what)})"
         else:
@@ -163,6 +166,7 @@ class CheckReport:
             "strict": self.strict,
             "failed": len(self.failures),
             "first_divergence": _json_safe(self.first_divergence),
+            "artifact": self.artifact,
             "versions": dict(self.versions),
             "notes": list(self.notes),
             "entries": [e.to_dict() for e in self.entries],
@@ -190,6 +194,7 @@ class CheckReport:
                             ("input_shapes", json.dumps(self.input_shapes)),
                             ("input_dtypes", json.dumps(self.input_dtypes)),
                             ("reference", self.reference)] + \
+                [(f"artifact.{k}", v) for k, v in (self.artifact or {}).items()] + \
                 [(f"version.{k}", v) for k, v in self.versions.items()]:
             ET.SubElement(props, "property", {"name": name, "value": str(value)})
         for group, entry in cases:

@@ -7,12 +7,15 @@
   loaded with the PyTorch-layout file; the Keras side the ``--keras-model`` loaded with the
   Keras-layout file by Keras' own loader, or else the module rebuilt in Keras with that file's
   weights). Without: the per-layer check of every mapped layer, against DST's tensors.
+- An exported artifact (SavedModel, TFLite) is checked only in full, the artifact itself in
+  the Keras model's place (:mod:`.artifacts`): it needs ``--model`` and the input shapes.
 
 Both read the files back, so what is checked is what was written.
 """
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from ..models import keras_side, torch_side
 from ..models.inputs import from_options
 from ..options import Architecture, CheckRequest
 from ..pipeline import prepare, read
+from .artifacts import ArtifactCheck, open_artifact
 from .layers import check_layers
 from .models import check_models
 from .report import CheckReport
@@ -32,6 +36,11 @@ from .tensors import compare_tensors
 
 LIVE_PACKAGES = ("torch", "keras", "tensorflow")
 SAME_LAYOUT = "both files hold the PyTorch layout: tensors were copied, nothing was mapped"
+ARTIFACT_NEEDS = ("checking {} runs it beside the PyTorch module: pass --model and "
+                  "--input-shape")
+ARTIFACT_FROM_KERAS = ("checking {} runs it beside the PyTorch module loaded with a PyTorch "
+                       "checkpoint, and {} holds the Keras layout: run transcode check "
+                       "model.pt {} with the same options")
 
 
 def unavailable() -> str | None:
@@ -65,10 +74,16 @@ def check_conversion(src: Path, dst: Path, request: CheckRequest, *, asked: bool
                      same_layout: bool = False) -> tuple[CheckReport | None, list[str]]:
     """The check after a conversion as the policy (:func:`decide`) has it: the report (None
     when no check ran) and the notes for the user."""
-    decision = decide(asked, same_layout)
+    artifact = exported(dst) is not None
+    decision = decide(asked, same_layout and not artifact)
     if not decision.run:
         return None, [decision.note] if decision.note else []
     arch, notes = request.arch, []
+    why = _artifact_unchecked(src, dst, arch) if artifact else None
+    if why and asked:
+        raise UsageError(why)
+    if why:
+        return None, [f"no check ran: {why}"]
     full = bool(arch.model) and (bool(arch.inputs.input_shapes) or bool(asked))
     if arch.model and not full:
         notes.append("full-model check skipped (give --input-shape); checking each layer on its own")
@@ -80,12 +95,27 @@ def check_conversion(src: Path, dst: Path, request: CheckRequest, *, asked: bool
 def check_files(src: Path, dst: Path, request: CheckRequest) -> tuple[CheckReport, list[str]]:
     """``transcode check``: two files of one layout bit for bit (numpy only), else the check
     across frameworks, which needs torch and Keras (MissingDependencyError without them)."""
-    if formats.layout_of(src) == formats.layout_of(dst):
+    if formats.layout_of(src) == formats.layout_of(dst) and not exported(dst):
         report, notes = verify(src, dst, request), []
         report.strict = request.strict
     else:
         report, notes = check_conversion(src, dst, request, asked=True)
     return report, notes
+
+
+def _artifact_unchecked(src: Path, dst: Path, arch: Architecture) -> str | None:
+    """Why the check of the exported artifact ``dst`` cannot run (None: it can)."""
+    if formats.layout_of(src) != LAYOUT_TORCH:
+        return ARTIFACT_FROM_KERAS.format(dst, src, dst)
+    if not (arch.model and arch.inputs.input_shapes):
+        return ARTIFACT_NEEDS.format(dst)
+    return None
+
+
+def exported(path: Path) -> formats.Format | None:
+    """The format of an exported artifact (SavedModel, TFLite) at ``path``, else None."""
+    fmt = formats.for_source(path)[0] if Path(path).exists() else formats.for_path(path)
+    return fmt if fmt.exported else None
 
 
 def after_write(exc: TranscoderError, dst: Path) -> TranscoderError:
@@ -160,6 +190,9 @@ def _check_model(src: Path, dst: Path, request: CheckRequest) -> CheckReport:
     module = torch_side.load_spec(arch.model)
     with (_read_source(src, request) if torch_file == src else read(torch_file)) as ckpt:
         torch_side.load_strict(module, ckpt)
+    fmt = exported(keras_file)
+    if fmt is not None:
+        return _check_artifact(torch_file, keras_file, fmt, module, request)
     keras_model = _keras_side(module, keras_file, arch, specs)
     pairs = keras_side.pairs_by_path(module, keras_model) if arch.keras_model else None
     return check_models(module, keras_model, specs, seed=arch.inputs.seed,
@@ -180,3 +213,36 @@ def _keras_side(module, keras_file: Path, arch: Architecture, specs):
         return rebuild_for_inputs(module, specs, arch.inputs, keras_ckpt=ckpt)
     finally:
         ckpt.close()
+
+
+def _check_artifact(torch_file: Path, path: Path, fmt, module, request: CheckRequest
+                    ) -> CheckReport:
+    """The artifact at ``path`` run beside ``module``; a divergence is localised in the Keras
+    model it is exported from, made again from ``torch_file`` as the conversion made it."""
+    arch = request.arch
+    specs = from_options(arch.inputs)
+    artifact = open_artifact(path, fmt.name, _input_names(module, arch, len(specs)))
+
+    def exported_from():
+        prepared = prepare(torch_file, fmt, key=request.key, rules=request.rules, arch=arch,
+                           source_format=request.source_format)
+        try:
+            model = prepared.live.keras_model_of(prepared.plan.apply(prepared.source), path)
+        finally:
+            prepared.close()
+        return model, keras_side.pairs_by_path(module, model) if arch.keras_model else None
+
+    check = ArtifactCheck(module, artifact, exported_from, specs, arch.inputs.seed,
+                          arch.inputs.keras_layout)
+    return check.run(request.tolerance)
+
+
+def _input_names(module, arch: Architecture, count: int) -> list[str]:
+    """The Keras model's input names, in order: the ``--keras-model``'s, or (a rebuilt model)
+    the module's ``forward`` arguments, which name its inputs."""
+    if arch.keras_model:
+        return [t.name for t in keras_side.load_spec(arch.keras_model).inputs]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in inspect.signature(module.forward).parameters.values()
+             if p.kind in kinds]
+    return names[:count]

@@ -47,20 +47,28 @@ class Format:
     can_read: bool = True
     #: written only through a Keras model (Keras' own savers): the architecture is needed
     needs_model: bool = False
+    #: a deployment artifact exported from that Keras model (transcoder.export); the check
+    #: runs the artifact itself
+    exported: bool = False
+    #: the artifact is a folder, published whole (pipeline.atomic_folder)
+    folder: bool = False
 
     def _load(self, attr: str) -> Callable:
         return getattr(importlib.import_module(self.module), attr)
 
     def read(self, path: Path, options: ReadOptions | None = None) -> Checkpoint:
         if not self.can_read:
-            raise UsageError(f"{self.description or self.name} files cannot be read", path=path)
+            raise UsageError(f"{self.description or self.name} cannot be read as a checkpoint",
+                             path=path, hint="convert from the checkpoint it was exported from"
+                             if self.exported else None)
         check_magic(self, path)
         return self._load("read")(path, options or ReadOptions())
 
     def check_writable(self, path: Path) -> None:
         """UsageError when this format cannot be written from weights alone."""
         if self.needs_model:
-            raise UsageError(NEEDS_ARCH.format(self.suffixes[0]), path=path)
+            message = NEEDS_ARCH_EXPORT if self.exported else NEEDS_ARCH
+            raise UsageError(message.format(self.suffixes[0], self.description), path=path)
 
     def write(self, ckpt: Checkpoint, path: Path) -> None:
         self.check_writable(path)
@@ -74,6 +82,8 @@ PICKLE = b"\x80"
 NEEDS_ARCH = ("writing a Keras 3 {} file needs the architecture: pass --keras-model (or --model "
               "with --input-shape), or write a legacy .h5 (loads with "
               "model.load_weights(path, by_name=True))")
+NEEDS_ARCH_EXPORT = ("writing a {1} needs the architecture: pass --model (with --input-shape) "
+                     "or --keras-model")
 
 BUILTIN_FORMATS: tuple[Format, ...] = (
     Format("pt", (".pt", ".pth", ".bin", ".ckpt"), "torch", "transcoder.formats.pt",
@@ -86,6 +96,11 @@ BUILTIN_FORMATS: tuple[Format, ...] = (
            (HDF5,), "Keras legacy HDF5 (weights-only or full model)"),
     Format("keras_zip", (".keras",), "keras", "transcoder.formats.keras_zip",
            (ZIP,), "Keras 3 model archive (.keras)", needs_model=True),
+    Format("savedmodel", (".savedmodel",), "keras", "transcoder.export", (),
+           "TensorFlow SavedModel folder", can_read=False, needs_model=True, exported=True,
+           folder=True),
+    Format("tflite", (".tflite",), "keras", "transcoder.export", (),
+           "TFLite flatbuffer", can_read=False, needs_model=True, exported=True),
 )
 
 

@@ -117,8 +117,11 @@ def softmax(b: Build, x, dim, log: bool = False):
         raise b.unsupported("softmax without dim")
     x = b.as_value(x)
     axis = b.axis(x, dim)
-    layer = b.new(TensorOp, "log_softmax", {"axis": axis}) if log else b.new(L.Softmax, axis=axis)
-    return b.elementwise(layer, x)
+    if not log:
+        return b.elementwise(b.new(L.Softmax, axis=axis), x)
+    if axis == x.rank - 1:   # Keras' log_softmax activation: ops.log_softmax over the last axis
+        return b.elementwise(b.new(L.Activation, "log_softmax"), x)
+    return b.elementwise(b.new(TensorOp, "log_softmax", {"axis": axis}), x)
 
 
 @modules(nn.Softmax)
