@@ -35,7 +35,8 @@ from .report import CheckReport
 from .tensors import compare_tensors
 
 LIVE_PACKAGES = ("torch", "keras", "tensorflow")
-SAME_LAYOUT = "both files hold the PyTorch layout: tensors were copied, nothing was mapped"
+SAME_LAYOUT = ("both files hold one layout: tensors were copied, nothing was mapped (transcode "
+               "check SRC DST compares them bit for bit)")
 ARTIFACT_NEEDS = ("checking {} runs it beside the PyTorch module: pass --model and "
                   "--input-shape")
 ARTIFACT_FROM_KERAS = ("checking {} runs it beside the PyTorch module loaded with a PyTorch "
