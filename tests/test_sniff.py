@@ -65,3 +65,13 @@ def test_from_overrides_and_the_destination_keeps_its_name(cli, tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     code, _, err = cli(tmp_path / "notes.txt", tmp_path / "x.h5", "--no-check")
     assert code == 2 and "unknown file type" in err
+
+
+def test_deployment_artifacts_are_recognised_by_content(tmp_path):
+    (tmp_path / "export" / "1").mkdir(parents=True)
+    (tmp_path / "export" / "1" / "saved_model.pb").write_bytes(b"\x08\x01")
+    assert sniff(tmp_path / "export" / "1") == "savedmodel"
+    assert sniff(tmp_path / "export") is None
+    (tmp_path / "m.bin").write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 24)
+    assert sniff(tmp_path / "m.bin") == "tflite"
+    assert formats.for_source(tmp_path / "export" / "1")[0].name == "savedmodel"

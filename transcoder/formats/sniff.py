@@ -5,6 +5,9 @@
   ``data.pkl`` member: a ``torch.save`` or TorchScript archive.
 - a pickle's PROTO opcode (0x80, protocol 2-5): a legacy ``torch.save`` file.
 - an 8-byte little-endian length then ``{``, the length within the file: safetensors.
+- a folder holding ``saved_model.pb``: a TensorFlow SavedModel (TF Serving's ``export/1``);
+  a flatbuffer with the ``TFL3`` identifier: a TFLite model. Both are deployment artifacts,
+  which ``transcode check`` runs; they are not read as checkpoints.
 
 Only the zip's central directory is read (by :mod:`zipfile`), never a member's data.
 """
@@ -20,6 +23,8 @@ ZIP = b"PK\x03\x04"
 
 def sniff(path: Path) -> str | None:
     """The name of the built-in format the content is, or None when it is none of them."""
+    if Path(path).is_dir():
+        return "savedmodel" if (Path(path) / "saved_model.pb").is_file() else None
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -30,6 +35,8 @@ def sniff(path: Path) -> str | None:
         return "keras_h5"
     if head.startswith(ZIP):
         return _zip_kind(path)
+    if head[4:8] == b"TFL3":
+        return "tflite"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pt"
     length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
