@@ -5,6 +5,14 @@ the call's arguments under PyTorch's names (from the module's attributes, or fro
 PyTorch's argument order) into one :class:`Pooling`; the same builder then makes the layers.
 Pooling runs channels last; PyTorch's padding is explicit (zeros for average pooling, the
 lowest float for max pooling, so it never wins).
+
+``ceil_mode=True`` adds a last window where the input does not fill one (PyTorch lets it start
+inside the input or its left padding, never past them). It is padded explicitly too, and sees
+only what PyTorch lets it see: max pooling pads it with the lowest float; average pooling pads
+it with zeros and divides every window by PyTorch's own count (the window's elements inside
+the padded input, or inside the input with ``count_include_pad=False``, or
+``divisor_override``): Keras divides by the whole window, so the rebuild multiplies by a
+constant ``window / count`` where the two differ.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from keras import layers as L
 from torch import nn
@@ -69,26 +78,72 @@ def _arguments(b: Build, given: dict) -> Pooling:
     return Pooling(**given)
 
 
+@dataclass(frozen=True)
+class Window:
+    """One spatial axis of a pooling: input size, kernel, stride, padding, ceil_mode."""
+
+    size: int
+    kernel: int
+    stride: int
+    pad: int
+    ceil: bool
+
+    @property
+    def out(self) -> int:
+        """PyTorch's output size (``pooling_output_shape``: the last window starts inside the
+        input or its left padding)."""
+        span = self.size + 2 * self.pad - self.kernel + (self.stride - 1 if self.ceil else 0)
+        out = span // self.stride + 1
+        return out - 1 if self.ceil and (out - 1) * self.stride >= self.size + self.pad else out
+
+    @property
+    def extra(self) -> int:
+        """Elements past the right padding that ceil_mode's last window covers."""
+        return max(0, (self.out - 1) * self.stride + self.kernel - self.size - 2 * self.pad)
+
+    def counts(self, include_pad: bool) -> np.ndarray:
+        """Per output position, the elements PyTorch's average divides by (one axis)."""
+        start = np.arange(self.out) * self.stride - self.pad
+        if include_pad:
+            return np.minimum(start + self.kernel, self.size + self.pad) - start
+        return np.minimum(start + self.kernel, self.size) - np.maximum(start, 0)
+
+
 def pool(b: Build, x, kind: str, n: int, a: Pooling) -> Value:
     """Max or average pooling over a sliding window."""
     x = b.as_value(x)
     perm = b.spatial(x, n)
     kernel, padding = ntuple(a.kernel_size, n), ntuple(a.padding, n)
     stride = ntuple(a.stride if a.stride not in (None, []) else kernel, n)
-    if ntuple(a.dilation, n) != (1,) * n or a.divisor_override:
-        raise b.unsupported("dilation or divisor_override")
-    if kind == "avg" and any(padding) and not a.count_include_pad:
-        raise b.unsupported("count_include_pad=False with padding")
-    sizes = [b.static(s) for s in x.shape[2:]]
-    floor = tuple((s + 2 * p - k) // st + 1 for s, p, k, st in zip(sizes, padding, kernel, stride))
-    if a.ceil_mode and b.result is not None and tuple(b.result.shape[2:]) != floor:
-        raise b.unsupported("ceil_mode=True where it adds a window")
-    pads = [(p, p) for p in padding]
+    if ntuple(a.dilation, n) != (1,) * n:
+        raise b.unsupported("dilation")
+    windows = [Window(b.static(s), k, st, p, bool(a.ceil_mode))
+               for s, k, st, p in zip(x.shape[2:], kernel, stride, padding)]
+    if b.result is not None and tuple(b.result.shape[2:]) != tuple(w.out for w in windows):
+        raise b.unsupported(f"an output of {list(b.result.shape[2:])}, where PyTorch's size "
+                            f"rule gives {[w.out for w in windows]}")
+    pads = [(w.pad, w.pad + w.extra) for w in windows]
     y = b.view(x, perm)
     y = b.zero_pad(y, pads) if kind == "avg" else b.pad_value(y, pads, LOWEST)
     layer = b.new(getattr(L, WINDOW[kind].format(n=n)), pool_size=kernel, strides=stride,
                   padding="valid")
-    return b.value(layer(y), perm)
+    y = layer(y)
+    return b.value(_divisor(b, y, windows, a) if kind == "avg" else y, perm)
+
+
+def _divisor(b: Build, y, windows: list[Window], a: Pooling):
+    """Keras' average divides by the whole window; rescale where PyTorch divides by less."""
+    whole = float(np.prod([w.kernel for w in windows]))
+    if a.divisor_override:
+        counts = np.full([w.out for w in windows], float(a.divisor_override))
+    else:
+        counts = np.ones([])
+        for w in windows:
+            counts = np.multiply.outer(counts, w.counts(bool(a.count_include_pad)))
+    if np.all(counts == whole):
+        return y
+    scale = torch.from_numpy((whole / counts).astype(np.float32))[None, ..., None]
+    return b.op("multiply", [y, b.constant(scale).tensor], suffix="divisor")
 
 
 def adaptive_pool(b: Build, x, kind: str, n: int, a: Pooling) -> Value:
