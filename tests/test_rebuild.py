@@ -417,8 +417,8 @@ def test_unsupported_module_names_class_and_path():
 
 
 def test_unsupported_option_is_refused():
-    module = _Holder(nn.AvgPool2d(3, padding=1, count_include_pad=False))
-    with pytest.raises(UnsupportedError, match=r"nn\.AvgPool2d in block: count_include_pad"):
+    module = _Holder(nn.MaxPool2d(3, padding=1, dilation=2))
+    with pytest.raises(UnsupportedError, match=r"nn\.MaxPool2d in block: dilation"):
         rebuild(module, (torch.randn(2, 3, 6, 6),))
 
 
