@@ -11,8 +11,8 @@ inside the input or its left padding, never past them). It is padded explicitly 
 only what PyTorch lets it see: max pooling pads it with the lowest float; average pooling pads
 it with zeros and divides every window by PyTorch's own count (the window's elements inside
 the padded input, or inside the input with ``count_include_pad=False``, or
-``divisor_override``): Keras divides by the whole window, so the rebuild multiplies by a
-constant ``window / count`` where the two differ.
+``divisor_override``): Keras divides by the whole window, so the rebuild multiplies by
+``window / count`` where the two differ, constants of the layer config (no weights).
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from keras import layers as L
 from torch import nn
 
+from ...keras_layers import Scalar
 from ..core import Build, Value, functions, modules
 
 LOWEST = float(np.finfo(np.float32).min)   # max-pool padding: never wins a max
@@ -132,18 +132,21 @@ def pool(b: Build, x, kind: str, n: int, a: Pooling) -> Value:
 
 
 def _divisor(b: Build, y, windows: list[Window], a: Pooling):
-    """Keras' average divides by the whole window; rescale where PyTorch divides by less."""
-    whole = float(np.prod([w.kernel for w in windows]))
+    """Keras' average divides by the whole window; rescale where PyTorch divides by less
+    (PyTorch's count is a product over the axes: one factor per axis, constants in the layer
+    config, so the model holds no extra weights)."""
     if a.divisor_override:
-        counts = np.full([w.out for w in windows], float(a.divisor_override))
-    else:
-        counts = np.ones([])
-        for w in windows:
-            counts = np.multiply.outer(counts, w.counts(bool(a.count_include_pad)))
-    if np.all(counts == whole):
-        return y
-    scale = torch.from_numpy((whole / counts).astype(np.float32))[None, ..., None]
-    return b.op("multiply", [y, b.constant(scale).tensor], suffix="divisor")
+        whole = float(np.prod([w.kernel for w in windows]))
+        return b.new(Scalar, "multiply", whole / a.divisor_override, suffix="divisor")(y)
+    for axis, w in enumerate(windows):
+        counts = w.counts(bool(a.count_include_pad))
+        if np.all(counts == w.kernel):
+            continue
+        shape = [1] * (len(windows) + 2)
+        shape[axis + 1] = w.out
+        factor = (w.kernel / counts).astype(np.float32).reshape(shape).tolist()
+        y = b.op("multiply_by", y, suffix="divisor", factor=factor)
+    return y
 
 
 def adaptive_pool(b: Build, x, kind: str, n: int, a: Pooling) -> Value:
