@@ -1,8 +1,11 @@
 """``--keras-model SPEC``: the user's Keras model, paired layer by layer with ours.
 
 Pairing: by name first (our Keras layer names are PyTorch module paths), the rest by order;
-every pair must agree in kind, weight count and shapes, or the error names both sides. Writing
-goes through Keras' own savers so the file loads the way users load it.
+every pair must agree in kind, weight count and shapes, or the error names both sides. A Keras
+layer that holds the same bytes in other shapes (a PReLU with ``shared_axes``, a
+``DepthwiseConv``), or one layer for two of ours (a ``SeparableConv``), pairs too, its weights
+reshaped both ways (:mod:`.readings`). Writing goes through Keras' own savers so the file loads
+the way users load it.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import MappingError, UnsupportedError, UsageError
 from ..rules import plan_to_keras
+from . import readings
 from .spec import build_from_spec
 from .torch_side import checkpoint_of_module
 
@@ -36,10 +40,31 @@ class LayerInfo:
     weights: list[str]
     shapes: list[tuple[int, ...]]
     layer: Any = field(default=None, repr=False)  # the live Keras layer, for theirs
+    #: our layers joined into this one (a SeparableConv of two of ours); else just itself
+    parts: tuple["LayerInfo", ...] = field(default=(), repr=False)
+
+    @property
+    def tensors(self) -> list[str]:
+        """The full tensor names of the weights, in Keras order."""
+        if self.parts:
+            return [t for part in self.parts for t in part.tensors]
+        return [f"{self.name}/{w}" for w in self.weights]
 
     def compatible(self, other: "LayerInfo") -> bool:
         kinds = {FAMILY.get(c, c) for c in (self.class_name, other.class_name) if c}
-        return len(kinds) <= 1 and self.shapes == other.shapes
+        if len(kinds) <= 1 and self.shapes == other.shapes:
+            return True
+        return not self.parts and readings.same_bytes((self.class_name, self.shapes),
+                                                      (other.class_name, other.shapes))
+
+    def joined(self, second: "LayerInfo", theirs: "LayerInfo") -> "LayerInfo | None":
+        """This layer and the next of ours as one, when ``theirs`` holds both (SeparableConv)."""
+        if not readings.joins((self.class_name, self.shapes), (second.class_name, second.shapes),
+                              (theirs.class_name, theirs.shapes)):
+            return None
+        return LayerInfo(f"{self.name} + {second.name}", f"{self.class_name} + {second.class_name}",
+                         self.weights + second.weights, self.shapes + second.shapes,
+                         parts=(self, second))
 
 
 @dataclass
@@ -47,6 +72,15 @@ class Pair:
     ours: LayerInfo
     theirs: LayerInfo
     how: str  # "name" or "order"
+
+    def links(self) -> list[tuple[str, tuple, str, tuple]]:
+        """Per weight in Keras order: (our tensor, its shape, their weight, its shape)."""
+        return list(zip(self.ours.tensors, self.ours.shapes, self.theirs.weights,
+                        self.theirs.shapes))
+
+    @property
+    def our_layers(self) -> tuple[LayerInfo, ...]:
+        return self.ours.parts or (self.ours,)
 
 
 def load_spec(spec: str):
@@ -105,18 +139,49 @@ def pair(ours: list[LayerInfo], theirs: list[LayerInfo]) -> list[Pair]:
         if not p.ours.compatible(p.theirs):
             raise MappingError(f"{_describe(p.ours, 'PyTorch module')} does not fit "
                                f"{_describe(p.theirs, 'Keras layer')} (same name)")
+    pairs.update(_joined_by_name(ours, theirs, pairs))
     rest = [t for t in theirs if t.name not in {p.theirs.name for p in pairs.values()}]
-    for o in (o for o in ours if o.name not in pairs):
-        match = next((t for t in rest if o.compatible(t)), None)
-        if match is None:
+    for i, o in enumerate(ours):
+        if o.name in pairs:
+            continue
+        pair_ = _next_fit(o, ours[i + 1] if i + 1 < len(ours) else None, rest, pairs)
+        if pair_ is None:
             raise MappingError(f"no Keras layer left fits {_describe(o, 'PyTorch module')}; "
                                f"unpaired Keras layers: {', '.join(_describe(t) for t in rest[:4])}")
-        rest.remove(match)
-        pairs[o.name] = Pair(o, match, "order")
+        rest.remove(pair_.theirs)
+        pairs.update((part.name, pair_) for part in pair_.our_layers)
     if rest:
         raise MappingError(f"Keras layers with no PyTorch counterpart: "
                            f"{', '.join(_describe(t) for t in rest[:4])}")
-    return [pairs[o.name] for o in ours]
+    return list({id(pairs[o.name]): pairs[o.name] for o in ours}.values())
+
+
+def _next_fit(o: LayerInfo, following: LayerInfo | None, rest: list[LayerInfo],
+              pairs: dict) -> Pair | None:
+    """The first of their layers left that fits ``o``, or ``o`` and the layer after it."""
+    for t in rest:
+        if o.compatible(t):
+            return Pair(o, t, "order")
+        both = o.joined(following, t) if following and following.name not in pairs else None
+        if both is not None:
+            return Pair(both, t, "order")
+    return None
+
+
+def _joined_by_name(ours: list[LayerInfo], theirs: list[LayerInfo], pairs: dict) -> dict:
+    """Their layer ``M`` and our consecutive ``M.<a>``, ``M.<b>`` that it holds both of."""
+    found = {}
+    for first, second in zip(ours, ours[1:]):
+        parent = first.name.rpartition(".")[0]
+        if not parent or second.name.rpartition(".")[0] != parent or {first.name, second.name} & (
+                set(pairs) | set(found)):
+            continue
+        t = next((t for t in theirs if t.name == parent), None)
+        both = first.joined(second, t) if t is not None else None
+        if both is not None:
+            joined = Pair(both, t, "name")
+            found.update({first.name: joined, second.name: joined})
+    return found
 
 
 def layers_of_module(module) -> list[LayerInfo]:
@@ -131,7 +196,8 @@ def pairs_by_path(module, keras_model) -> list[tuple[str, str]]:
     modules = dict(module.named_modules())
     pairs = []
     for p in pair(layers_of_module(module), layers_of_model(keras_model)):
-        path = p.ours.name if p.ours.name in modules else p.ours.name.rsplit(".l", 1)[0]
+        last = p.our_layers[-1].name   # a SeparableConv's output is its pointwise part's
+        path = last if last in modules else last.rsplit(".l", 1)[0]
         pairs.append((path, p.theirs.name))
     return pairs
 
@@ -152,8 +218,16 @@ def _refusal(layer) -> str | None:
 def fill(pairs: list[Pair], target: Checkpoint) -> None:
     """Set each of their layers' weights from our target checkpoint (in Keras weight order)."""
     for p in pairs:
-        arrays = [target[f"{p.ours.name}/{w}"].load() for w in p.ours.weights]
-        p.theirs.layer.set_weights(arrays)
+        p.theirs.layer.set_weights([target[ours].load().reshape(shape)
+                                    for ours, _, _, shape in p.links()])
+
+
+def _reshaped(ref: TensorRef, name: str, shape: tuple) -> TensorRef:
+    """``ref`` under another name and shape: the same bytes (a reading of :mod:`.readings`)."""
+    if tuple(shape) == tuple(ref.shape):
+        return TensorRef(name, ref.shape, ref.dtype, ref.loader, ref.blocker)
+    return TensorRef(name, tuple(shape), ref.dtype, lambda: ref.load().reshape(shape),
+                     ref.blocker)
 
 
 def renamed_to_theirs(pairs: list[Pair], target: Checkpoint, order: list[str]) -> Checkpoint:
@@ -162,10 +236,9 @@ def renamed_to_theirs(pairs: list[Pair], target: Checkpoint, order: list[str]) -
     out = Checkpoint(OrderedDict(), LAYOUT_KERAS, target.source, target.format, dict(target.meta))
     layers = []
     for p in sorted(pairs, key=lambda p: order.index(p.theirs.name)):
-        for ours_w, theirs_w in zip(p.ours.weights, p.theirs.weights):
-            ref = target[f"{p.ours.name}/{ours_w}"]
-            name = f"{p.theirs.name}/{theirs_w}"
-            out.tensors[name] = TensorRef(name, ref.shape, ref.dtype, ref.loader)
+        for ours, _, theirs, shape in p.links():
+            name = f"{p.theirs.name}/{theirs}"
+            out.tensors[name] = _reshaped(target[ours], name, shape)
         layers.append({"name": p.theirs.name, "class_name": p.theirs.class_name,
                        "weights": list(p.theirs.weights)})
     for name in target.meta.get("carried", []):
@@ -179,12 +252,10 @@ def renamed_to_ours(pairs: list[Pair], source: Checkpoint) -> Checkpoint:
     """A Keras checkpoint's tensors under our layer names (the reverse of the above)."""
     out = Checkpoint(OrderedDict(), LAYOUT_KERAS, source.source, source.format, {})
     for p in pairs:
-        for ours_w, theirs_w in zip(p.ours.weights, p.theirs.weights):
-            ref = source[f"{p.theirs.name}/{theirs_w}"]
-            name = f"{p.ours.name}/{ours_w}"
-            out.tensors[name] = TensorRef(name, ref.shape, ref.dtype, ref.loader)
-    out.meta["keras_layers"] = [{"name": p.ours.name, "class_name": p.ours.class_name,
-                                 "weights": list(p.ours.weights)} for p in pairs]
+        for ours, shape, theirs, _ in p.links():
+            out.tensors[ours] = _reshaped(source[f"{p.theirs.name}/{theirs}"], ours, shape)
+    out.meta["keras_layers"] = [{"name": o.name, "class_name": o.class_name,
+                                 "weights": list(o.weights)} for p in pairs for o in p.our_layers]
     return out
 
 

@@ -74,6 +74,10 @@ class LayerRule:
     #: ``(parameter, child)``: a module holding that parameter takes in the child module, both
     #: forming one Keras layer (a MultiheadAttention and its ``out_proj``)
     nested: tuple[tuple[str, str], ...] = ()
+    #: child modules whose tensors form this family's one Keras layer, named by their parent
+    #: (a SeparableConv ``M`` is ``M.depthwise`` and ``M.pointwise``): joined when a ``--rules``
+    #: entry or the model names the parent's kind
+    parts: tuple[str, ...] = ()
     check: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     rebuild: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     #: stage (CHECK, REBUILD) or "rebuild:<torch kind>" -> why there is no builder for it
