@@ -75,7 +75,8 @@ def plan_to_keras(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
     plan = Plan(TO_KERAS, torch_order=list(ckpt.tensors))
     kinds = ckpt.meta.get("module_kinds", {})
     options = ckpt.meta.get("module_options", {})  # hyper-parameters (num_heads ...), from --model
-    for path, params in absorb_children(group_modules(ckpt.tensors)).items():
+    modules = join_parts(absorb_children(group_modules(ckpt.tensors)), user, kinds)
+    for path, params in modules.items():
         params = _take_user_tensors(plan, params, user)
         if params:
             _plan_module(plan, path, params, kinds.get(path), user, options.get(path, {}))
@@ -101,6 +102,30 @@ def absorb_children(modules: "OrderedDict[str, dict[str, TensorRef]]") -> "Order
         inner = modules.pop(f"{path}.{child}", None) if child and path else None
         params.update((f"{child}.{n}", ref) for n, ref in (inner or {}).items())
     return modules
+
+
+def join_parts(modules: "OrderedDict[str, dict[str, TensorRef]]", user: UserRules,
+               kinds: dict[str, str]) -> "OrderedDict":
+    """Join the child modules of a parent whose kind (``--rules``, else the model) is a family
+    made of parts (``LayerRule.parts``: a SeparableConv ``M`` of ``M.depthwise`` and
+    ``M.pointwise``) into the parent, as ``part.param``, where the first part was."""
+    parents = {path.rpartition(".")[0] for path in modules if "." in path}
+    joined: OrderedDict[str, dict[str, TensorRef]] = OrderedDict()
+    for path, params in modules.items():
+        parent = path.rpartition(".")[0]
+        family = _family_of(parent, user, kinds) if parent in parents else None
+        part = path[len(parent) + 1:]
+        if family is None or part not in family.parts:
+            joined.setdefault(path, {}).update(params)
+            continue
+        joined.setdefault(parent, {}).update((f"{part}.{n}", ref) for n, ref in params.items())
+    return joined
+
+
+def _family_of(path: str, user: UserRules, kinds: dict[str, str]):
+    hint = user.layer_hint(path)
+    kind = hint.kind if hint is not None else kinds.get(path)
+    return registry.TABLE.for_torch_kind(kind) if kind and kind != CARRY else None
 
 
 def _take_user_tensors(plan: Plan, params: dict[str, TensorRef], user: UserRules) -> dict:
