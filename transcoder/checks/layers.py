@@ -192,8 +192,12 @@ def _load_both(run: LayerCheck, layer, case: LayerCase, built: Built) -> tuple[s
 
 
 def _as_built(case: LayerCase, built: Built) -> list[np.ndarray]:
-    """The Keras weights; reshaped to the built layer's shapes where a ``--rules`` keras_shape
-    gave them another (same values, same order: only the user's geometry differs)."""
+    """The Keras weights as the built layer loads them: converted by the builder where their
+    layout has no Keras 3 layer (a CuDNNLSTM's), reshaped to the built layer's shapes where a
+    ``--rules`` keras_shape gave them another (same values, same order: only the user's
+    geometry differs)."""
+    if built.keras_weights is not None:
+        return built.keras_weights(case.keras)
     if "keras_shape" not in case.options:
         return case.keras
     shapes = [tuple(w.shape) for w in built.keras_layer.weights]

@@ -56,6 +56,9 @@ class Built:
     channels_last: bool = False               # Keras takes and gives the channel axis last
     torch_call: Callable | None = None        # (module, [tensors]) -> tensor
     keras_call: Callable | None = None        # (layer, [arrays]) -> tensor
+    #: the Keras weights as the Keras layer loads them, when their layout has no Keras 3 layer
+    #: (a Keras 2 CuDNNLSTM's, converted as tf.keras converts them)
+    keras_weights: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
     note: str = ""
 
 

@@ -5,9 +5,9 @@ The engine reads ``registry.TABLE`` when it plans, so a test may swap in a chang
 """
 from __future__ import annotations
 
-from .families import attention, conv, dense, norm, prelu, recurrent, separable
+from .families import attention, conv, cudnn, dense, norm, prelu, recurrent, separable
 from .table import RuleTable
 
 TABLE = RuleTable([dense.LINEAR, *conv.CONVOLUTIONS, *conv.TRANSPOSED, *separable.FAMILIES,
                    *norm.FAMILIES, dense.EMBEDDING, prelu.PRELU, *recurrent.FAMILIES,
-                   *attention.FAMILIES])
+                   *cudnn.FAMILIES, *attention.FAMILIES])

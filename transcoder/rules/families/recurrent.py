@@ -44,6 +44,10 @@ SUFFIXES: dict[str, str] = {"forward": "", "backward": "_reverse", "": ""}
 #: gate blocks in weight_hh (G*H, H) / recurrent_kernel (H, G*H) -> PyTorch family, Keras class.
 GATES: dict[int, tuple[str, str]] = {4: ("LSTM", "LSTM"), 3: ("GRU", "GRU"),
                                      1: ("RNN", "SimpleRNN")}
+#: gate count -> Keras 2 cuDNN class (``families/cudnn.py``), told apart by a (2*G*H,) bias.
+CUDNN: dict[int, str] = {4: "CuDNNLSTM", 3: "CuDNNGRU"}
+CUDNN_HINT = (": (2*G*H,) is the bias of a Keras 2 CuDNNLSTM/CuDNNGRU, which this layer's class "
+              "contradicts; fix the class in the file's model_config")
 
 
 def _blocks(x: np.ndarray, order: tuple[int, ...], axis: int = 0) -> np.ndarray:
@@ -186,6 +190,7 @@ class RecurrentRule(LayerRule):
     gates: int = 1
     activation_note: bool = False      # the activation is not in the weights
     reset_after: bool = False          # Keras must be GRU(reset_after=True): bias (2, G*H)
+    cudnn: bool = False                # Keras 2 CuDNNLSTM/CuDNNGRU: bias (2*G*H,)
 
     # ------------------------------------------------------------ kind inference
 
@@ -294,6 +299,18 @@ class RecurrentRule(LayerRule):
                 f"Keras layer {name!r} is a GRU with reset_after=False (bias {list(bias[1].shape)}): "
                 f"it computes what no PyTorch GRU can, so it is not converted",
                 tensor=bias[1].name, hint="train the Keras model with GRU(reset_after=True)")
+        if bias is not None and tuple(bias[1].shape) != self.bias_shape(shape[0]):
+            raise MappingError(
+                f"Keras layer {name!r}: a {self.keras_kind} of {shape[0]} units has a bias of "
+                f"shape {list(self.bias_shape(shape[0]))}, not {list(bias[1].shape)}"
+                + (CUDNN_HINT if tuple(bias[1].shape) == (2 * self.gates * shape[0],) else ""),
+                tensor=bias[1].name)
+
+    def bias_shape(self, units: int) -> tuple[int, ...]:
+        """The Keras bias of this family for ``units``."""
+        if self.cudnn:
+            return (2 * self.gates * units,)
+        return (2, self.gates * units) if self.reset_after else (self.gates * units,)
 
     # ------------------------------------------------------------ the per-layer check
 
@@ -399,15 +416,23 @@ def _gates(shape: tuple, rows_are_gates: bool) -> int | None:
     return big // h if h and big % h == 0 else None
 
 
+def _leaf(weights: dict[str, TensorRef], leaf: str) -> TensorRef | None:
+    return next((ref for w, ref in weights.items() if w.rsplit("/", 1)[-1] == leaf), None)
+
+
 def keras_kind(weights: dict[str, TensorRef]) -> Inference | None:
-    """The Keras class of a layer holding a recurrent_kernel, from its gate count."""
-    rk = next((ref for w, ref in weights.items() if w.rsplit("/", 1)[-1] == "recurrent_kernel"),
-              None)
+    """The Keras class of a layer holding a recurrent_kernel, from its gate count; a bias of
+    (2*G*H,) is the Keras 2 cuDNN layout (tf.keras itself tells them apart so)."""
+    rk = _leaf(weights, "recurrent_kernel")
     if rk is None:
         return None
     gates = _gates(rk.shape, rows_are_gates=False)
     if gates not in GATES:
         return Inference(None, f"a recurrent_kernel of shape {list(rk.shape)} fits no gate count")
+    bias = _leaf(weights, "bias")
+    if gates in CUDNN and bias is not None and tuple(bias.shape) == (2 * gates * rk.shape[0],):
+        return Inference(CUDNN[gates], f"recurrent_kernel {list(rk.shape)}: {gates} gates; bias "
+                                       f"{list(bias.shape)} = [input; recurrent]: the cuDNN layout")
     return Inference(GATES[gates][1], f"recurrent_kernel {list(rk.shape)}: {gates} gate(s)")
 
 
