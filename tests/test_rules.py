@@ -52,6 +52,8 @@ def test_conv1d_permutation_matches_design_table():
     (("conv.weight",), ((4, 6, 3, 3),), "Conv2D"),
     (("c.weight",), ((4, 6, 3, 3, 3),), "Conv3D"),
     (("deconv.weight",), ((4, 6, 2, 2),), "Conv2DTranspose"),
+    (("up.weight", "up.bias"), ((8, 6, 4), (6,)), "Conv1DTranspose"),    # bias: out = axis 1
+    (("up.weight", "up.bias"), ((6, 6, 4), (6,)), "Conv1D"),             # either: a Conv
     (("tok_embeddings.weight",), ((100, 8),), "Embedding"),
     (("lm_head.weight",), ((100, 8),), "Dense"),
     (("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"), ((5,), (5,), (5,), (5,)),
@@ -63,7 +65,7 @@ def test_conv1d_permutation_matches_design_table():
 ])
 def test_kind_inference(names, shapes, expected):
     plan = make_plan(ckpt_of({n: rand(*s) for n, s in zip(names, shapes)}), LAYOUT_KERAS)
-    assert list(kinds(plan).values()) == [expected]
+    assert list(kinds(plan).values()) == ([expected] if expected else [])
 
 
 def test_bias_free_2d_weight_without_a_telling_name_is_ambiguous():

@@ -55,7 +55,7 @@ def _by_shapes(path: str, params: dict[str, TensorRef]) -> Inference:
     if bias is not None and bias.shape == weight.shape:
         return _affine_norm(path)
     if len(weight.shape) in (3, 4, 5):
-        return _conv(path, len(weight.shape) - 2)
+        return _conv(path, len(weight.shape) - 2, bias, weight)
     if len(weight.shape) == 2 and bias is not None and bias.shape == weight.shape[:1]:
         return Inference("Linear", "2-d weight with a bias of its output size")
     if len(weight.shape) == 2 and bias is None:
@@ -90,9 +90,14 @@ def _a(words: str) -> str:
     return f"{'an' if words[:1] in 'AEIOU' else 'a'} {words}"
 
 
-def _conv(path: str, n: int) -> Inference:
+def _conv(path: str, n: int, bias: TensorRef | None = None,
+          weight: TensorRef | None = None) -> Inference:
     if _hinted(path, f"ConvTranspose{n}d"):
         return Inference(f"ConvTranspose{n}d", f"{n + 2}-d weight, named like a transposed convolution")
+    if bias is not None and weight is not None and len(bias.shape) == 1 \
+            and bias.shape[0] != weight.shape[0] and bias.shape[0] % weight.shape[1] == 0:
+        return Inference(f"ConvTranspose{n}d", f"{n + 2}-d weight whose bias {list(bias.shape)} is "
+                                               f"its axis 1 (out channels of a transposed one)")
     return Inference(f"Conv{n}d", f"{n + 2}-d weight (ConvTranspose{n}d maps with the same permutation)")
 
 
