@@ -151,7 +151,7 @@ def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCas
                          options, rng, run.torch.nn, run.keras.layers, steps)
         with run.torch.random.fork_rng():
             run.torch.manual_seed(run.seed)
-            return case, family.check(case)
+            return case, family.build_check(case)
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise Skip(f"cannot build a {layer.rule} from these tensors ({exc})") from None
 
@@ -169,7 +169,7 @@ def _float32(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype.kind not in "fc" and array.dtype.name != "bfloat16":
         raise Skip(f"a {array.dtype} weight (only floating weights are checked)")
-    return np.ascontiguousarray(array.astype(np.float32))
+    return np.array(array, dtype=np.float32, order="C")   # a 0-d weight stays 0-d
 
 
 def _load_both(run: LayerCheck, layer, case: LayerCase, built: Built) -> tuple[str, str] | None:

@@ -34,7 +34,19 @@ def load_spec(spec: str):
 
 def module_kinds(model) -> dict[str, str]:
     """``{module path: class name}`` for every module holding tensors of its own."""
-    return {path: type(m).__name__ for path, m in model.named_modules() if _owns_tensors(m)}
+    return {path: kind_of(m) for path, m in model.named_modules() if _owns_tensors(m)}
+
+
+def original_class(m) -> type:
+    """A module's class; for one torch.nn.utils.parametrize changed (weight norm's new API:
+    ``ParametrizedConv1d``), the class it was made from."""
+    cls = type(m)
+    base = cls.__bases__[0] if cls.__bases__ else cls
+    return base if cls.__name__ == f"Parametrized{base.__name__}" else cls
+
+
+def kind_of(m) -> str:
+    return original_class(m).__name__
 
 
 def module_options(model) -> dict[str, dict[str, Any]]:
@@ -49,7 +61,9 @@ def module_options(model) -> dict[str, dict[str, Any]]:
 
 
 def _owns_tensors(m) -> bool:
-    return any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
+    """Parameters or buffers of its own (a parametrized module's live in its parametrizations)."""
+    return any(True for _ in m.parameters(recurse=False)) or any(
+        True for _ in m.buffers(recurse=False)) or original_class(m) is not type(m)
 
 
 def check_fit(model, ckpt: Checkpoint) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import MappingError, TranscoderError, UnsupportedError
-from . import registry
+from . import registry, weightnorm
 from .infer import RULES_HINT, infer_keras_kind, infer_torch_kind
 from .ops import Identity
 from .steps import BY_USER_RULES, COPY, TO_KERAS, TO_TORCH, Step, check_shapes, note_inverse
@@ -75,7 +75,8 @@ def plan_to_keras(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
     plan = Plan(TO_KERAS, torch_order=list(ckpt.tensors))
     kinds = ckpt.meta.get("module_kinds", {})
     options = ckpt.meta.get("module_options", {})  # hyper-parameters (num_heads ...), from --model
-    modules = join_parts(absorb_children(group_modules(ckpt.tensors)), user, kinds)
+    modules = join_parts(absorb_parametrizations(absorb_children(group_modules(ckpt.tensors))),
+                         user, kinds)
     for path, params in modules.items():
         params = _take_user_tensors(plan, params, user)
         if params:
@@ -102,6 +103,21 @@ def absorb_children(modules: "OrderedDict[str, dict[str, TensorRef]]") -> "Order
         inner = modules.pop(f"{path}.{child}", None) if child and path else None
         params.update((f"{child}.{n}", ref) for n, ref in (inner or {}).items())
     return modules
+
+
+def absorb_parametrizations(modules: "OrderedDict[str, dict[str, TensorRef]]") -> "OrderedDict":
+    """A weight-normed module of the new API holds ``parametrizations.weight.original0/1`` in a
+    child of its own: move them into the module, where its bias is (``rules/weightnorm.py``)."""
+    suffix = "." + weightnorm.PARAMETRIZATION
+    joined: OrderedDict[str, dict[str, TensorRef]] = OrderedDict()
+    for path, params in modules.items():
+        if path.endswith(suffix) and set(params) == weightnorm.ORIGINALS:
+            parent = path[:-len(suffix)]
+            joined.setdefault(parent, {}).update(
+                (f"{weightnorm.PARAMETRIZATION}.{n}", ref) for n, ref in params.items())
+        else:
+            joined.setdefault(path, {}).update(params)
+    return joined
 
 
 def join_parts(modules: "OrderedDict[str, dict[str, TensorRef]]", user: UserRules,
@@ -150,8 +166,11 @@ def _plan_module(plan: Plan, path: str, params: dict[str, TensorRef], known_kind
     elif known_kind:  # from --model or a TorchScript archive: a kind without a rule is carried
         found = Inference(known_kind, "module type known from the model")
     else:
-        found = infer_torch_kind(path, params)
+        found = infer_torch_kind(path, weightnorm.plain(params))
     rule = registry.TABLE.for_torch_kind(found.kind) if found.kind and found.kind != CARRY else None
+    if rule is not None and weightnorm.names(params) and not rule.weight_norm:
+        found, rule = Inference(None, f"weight norm is folded for Linear, Conv and "
+                                      f"ConvTranspose only, not {rule.name}"), None
     if rule is None:
         _carry_module(plan, path, params, found)
         return

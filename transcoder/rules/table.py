@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..checkpoint import TensorRef
 from ..errors import MappingError, UnsupportedError
+from . import weightnorm
 from .ops import Identity, Op, Permute, Reshape
 from .steps import Step, check_shapes
 
@@ -82,6 +83,8 @@ class LayerRule:
     rebuild: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     #: stage (CHECK, REBUILD) or "rebuild:<torch kind>" -> why there is no builder for it
     cannot: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: a weight-normed module of this family has its ``weight`` folded (``rules/weightnorm.py``)
+    weight_norm: bool = False
 
     def __post_init__(self) -> None:
         torch_names = [n for p in self.params for n in p.torch] + list(self.carried)
@@ -113,8 +116,13 @@ class LayerRule:
     def plan_from_torch(self, plan, path: str, params: dict[str, TensorRef], options: dict,
                         reason: str) -> None:
         """Add the steps mapping the module at ``path`` (its tensors ``params``) to ``plan``."""
+        normed = weightnorm.names(params) if self.weight_norm else None
         for param in self.params:
             ref = params.get(param.torch[0])
+            if ref is None and normed and param.torch[0] == "weight":
+                self._plan_weight_norm(plan, path, param, [params[n] for n in normed], reason)
+                plan.notes.append(weightnorm.note(path, normed))
+                continue
             if ref is None:
                 if param.required:
                     raise MappingError(f"a {self.name} needs a '{param.torch[0]}' tensor beside "
@@ -124,10 +132,25 @@ class LayerRule:
                         self._op(param.op, ref, options), self.name, path)
             check_shapes(step, [ref.shape])
             plan.add(step, self.keras_kind, reason)
-        leftover = [ref.name for name, ref in params.items() if self.param(name) is None]
+        leftover = [ref.name for name, ref in params.items()
+                    if self.param(name) is None and name not in (normed or ())]
         unexpected = [n for n in leftover if n.rpartition(".")[2] not in self.carried]
         plan.carry(leftover, f"{path}: kept verbatim, no Keras weight in a {self.name}: "
                              f"{', '.join(unexpected)}" if unexpected else None)
+
+    def _plan_weight_norm(self, plan, path: str, param: Param, refs: list[TensorRef],
+                          reason: str) -> None:
+        """``weight`` is weight norm's (g, v): the fold goes to the Keras weight, g and v are
+        carried (``rules/weightnorm.py``)."""
+        if not isinstance(param.op, (Identity, Permute)):
+            raise UnsupportedError(f"weight norm on a {self.name} is not supported",
+                                   tensor=refs[0].name)
+        op = weightnorm.WeightNorm(param.op.axes if isinstance(param.op, Permute) else ())
+        names = tuple(r.name for r in refs)
+        plan.carry(list(names))
+        step = Step(names, (f"{path}/{param.keras[0]}", *names), op, self.name, path)
+        check_shapes(step, [r.shape for r in refs])
+        plan.add(step, self.keras_kind, reason)
 
     def _op(self, op: Op, ref: TensorRef, options: dict) -> Op:
         """The param's op, or a reshape to a ``keras_shape`` the user gave (``--rules``)."""
@@ -157,6 +180,12 @@ class LayerRule:
 
     # ------------------------------------------------------------ the per-layer check
 
+    def build_check(self, case):
+        """The family's check builder on ``case``; a weight-normed module gets weight norm."""
+        if self.weight_norm and weightnorm.names(case.torch):
+            return weightnorm.check(self.check, case)
+        return self.check(case)
+
     def check_name(self, local: str) -> str:
         """A tensor's local name in the module the per-layer check builds for one Keras layer."""
         return local
@@ -171,6 +200,13 @@ class LayerRule:
                                   param.op.describe(), "" if i else self.note))
         rows += [self._row(name, "", "carried", "kept verbatim for the way back")
                  for name in self.carried]
+        weight = self.param("weight")
+        if self.weight_norm and weight is not None:
+            axes = weight.op.axes if isinstance(weight.op, Permute) else ()
+            rows.append(self._row(" | ".join(", ".join(api) for api in (weightnorm.OLD_API,
+                                                                        weightnorm.NEW_API)),
+                                  weight.keras[0], weightnorm.WeightNorm(axes).describe(),
+                                  "weight norm (either API): folded, g and v carried"))
         return rows
 
     def _row(self, torch: str, keras: str, op: str, note: str) -> dict:

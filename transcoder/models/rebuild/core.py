@@ -25,6 +25,7 @@ import torch
 
 from ...errors import UnsupportedError
 from ..keras_layers import Constant, TensorOp
+from ..torch_side import original_class
 
 Perm = tuple[int, ...]
 Builder = Callable[..., Any]
@@ -36,6 +37,12 @@ METHODS: dict[str, Builder] = {}
 KERAS_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
                 torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32",
                 torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}
+
+
+def module_builder(module) -> Builder | None:
+    """The builder of a module's class; a parametrized module (weight norm's new API) is built
+    as the class it was made from, with the weights the rule table folded."""
+    return MODULES.get(original_class(module))
 
 
 def modules(*classes: type) -> Callable[[Builder], Builder]:
@@ -318,7 +325,7 @@ class Build:
             child = getattr(self.module, attr)   # a function such as F.relu
         path = f"{self.path}.{attr}"
         if isinstance(child, torch.nn.Module):
-            builder = MODULES.get(type(child))
+            builder = module_builder(child)
             label = f"nn.{type(child).__name__}"
             b = Build(self.g, path, label=label, where=path, module=child)
             args = (child, *args)

@@ -23,8 +23,8 @@ from torch.fx.node import map_aggregate, map_arg
 
 from ...checkpoint import Checkpoint
 from ...errors import MappingError, UnsupportedError
-from .core import (FUNCTIONS, KERAS_DTYPES, METHODS, MODULES, Build, Graph, Refused, Value,
-                   channels_last, identity)
+from .core import (FUNCTIONS, KERAS_DTYPES, METHODS, Build, Graph, Refused, Value,
+                   channels_last, identity, module_builder)
 
 #: Calls whose size arguments may depend on the batch size: their target is the traced
 #: output shape with the growing axis written -1.
@@ -45,7 +45,7 @@ class _Tracer(torch.fx.Tracer):
     """torch.fx's tracer, keeping every module with a builder as one call (a leaf)."""
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
-        return type(m) in MODULES or super().is_leaf_module(m, qualname)
+        return module_builder(m) is not None or super().is_leaf_module(m, qualname)
 
 
 def trace_module(module: torch.nn.Module) -> torch.fx.GraphModule:
@@ -203,7 +203,7 @@ class Rebuilder(torch.fx.Interpreter):
 
     def _keras_call_module(self, n, result):
         module = self.module.get_submodule(n.target)
-        builder = MODULES.get(type(module))
+        builder = module_builder(module)
         label = _label(self.module, n)
         if builder is None:
             raise UnsupportedError(f"no Keras rebuild for {label} (module {n.target})",

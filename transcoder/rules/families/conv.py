@@ -109,7 +109,8 @@ def _conv(n: int, transposed: bool) -> LayerRule:
     return LayerRule(name, (name,), keras, (Param("weight", "kernel", Permute(axes)),
                                             Param("bias", "bias", required=False)),
                      note=note, hints=TRANSPOSED_HINTS if transposed else (), check=check,
-                     rebuild=rebuild_conv_transpose if transposed else rebuild_conv)
+                     rebuild=rebuild_conv_transpose if transposed else rebuild_conv,
+                     weight_norm=True)
 
 
 CONVOLUTIONS = tuple(_conv(n, False) for n in (1, 2, 3))

@@ -50,7 +50,7 @@ LINEAR = LayerRule(
     hints=("fc", "linear", "lin", "proj", "dense", "head", "classifier", "out", "mlp", "lm",
            "query", "key", "value", "q", "k", "v", "o", "gate", "up", "down", "ffn", "fc1", "fc2",
            "w1", "w2", "w3", "c_fc", "c_proj", "c_attn", "attn", "logits", "score"),
-    check=check_linear, rebuild=rebuild_linear,
+    check=check_linear, rebuild=rebuild_linear, weight_norm=True,
     cannot={"rebuild:LazyLinear": "a LazyLinear becomes a Linear at its first call; before, it "
                                   "has no weights",
             "rebuild:NonDynamicallyQuantizableLinear": "only a MultiheadAttention's out_proj, "
