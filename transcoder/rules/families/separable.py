@@ -98,7 +98,8 @@ class DepthwiseKernel(Op):
 
 
 def _multiplier(ref, options: dict, family: str) -> int:
-    """m for a PyTorch depthwise weight (C*m, 1, k..): ``depth_multiplier``, or C*m / groups."""
+    """m for a PyTorch depthwise weight (C*m, 1, k..): ``depth_multiplier``, or C*m / groups
+    (``groups`` of the convolution itself, from --model)."""
     channels = ref.shape[0] if ref.shape else 0
     if options.get("depth_multiplier"):
         return int(options["depth_multiplier"])
@@ -106,8 +107,7 @@ def _multiplier(ref, options: dict, family: str) -> int:
         return channels // int(options["groups"])
     raise MappingError(f"a {family} needs its depth_multiplier, which the weight "
                        f"{list(ref.shape)} does not say", tensor=ref.name,
-                       hint="add depth_multiplier = <m> to its [[layer]] entry in --rules, or "
-                            "pass --model (groups)")
+                       hint="add depth_multiplier = <m> to its [[layer]] entry in --rules")
 
 
 class DepthwiseRule(LayerRule):
