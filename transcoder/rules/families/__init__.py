@@ -19,6 +19,13 @@ kind of layer, in one place.
   (``b.unsupported``). It is registered for every ``torch.nn`` class in ``torch_kinds``.
 - ``cannot``: for a stage without a builder, the reason: ``{"check": "..."}``, or
   ``{"rebuild:<torch kind>": "..."}`` for one PyTorch class the rebuild does not cover.
+- Flags for what some families take: ``parts`` (child modules joined into one Keras layer, a
+  SeparableConv's ``depthwise`` and ``pointwise``), ``weight_norm`` (a weight-normed module's
+  weight is folded, ``rules/weightnorm.py``).
+
+Keras layouts with no PyTorch module of their own (DepthwiseConv, SeparableConv, CuDNNLSTM)
+are families too, named like PyTorch kinds (``DepthwiseConv2d``) for ``--rules``; their
+``cannot["rebuild"]`` says which family rebuilds the modules they stand for.
 
 To add a family: write ``families/<name>.py`` defining the LayerRule (and its ops and builders),
 then add it to ``TABLE`` in ``rules/registry.py``. ``tests/test_structure.py`` fails while a
