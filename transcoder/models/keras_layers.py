@@ -77,9 +77,6 @@ FUNCTIONS = {
     "add": ops.add, "subtract": ops.subtract, "multiply": ops.multiply, "divide": ops.divide,
     "floor_divide": ops.floor_divide, "power": ops.power, "maximum": ops.maximum,
     "minimum": ops.minimum, "matmul": ops.matmul,
-    # a tensor times constant factors given in the config (nested lists: no weights to load)
-    "multiply_by": lambda x, factor: ops.multiply(x, ops.cast(ops.convert_to_tensor(factor),
-                                                              x.dtype)),
 }
 
 

@@ -12,7 +12,7 @@ only what PyTorch lets it see: max pooling pads it with the lowest float; averag
 it with zeros and divides every window by PyTorch's own count (the window's elements inside
 the padded input, or inside the input with ``count_include_pad=False``, or
 ``divisor_override``): Keras divides by the whole window, so the rebuild multiplies by
-``window / count`` where the two differ, constants of the layer config (no weights).
+``window / count`` where the two differ (a built-in ``Rescaling``, constants in its config).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from keras import layers as L
 from torch import nn
 
-from ...keras_layers import Scalar
 from ..core import Build, Value, functions, modules
 
 LOWEST = float(np.finfo(np.float32).min)   # max-pool padding: never wins a max
@@ -132,12 +131,12 @@ def pool(b: Build, x, kind: str, n: int, a: Pooling) -> Value:
 
 
 def _divisor(b: Build, y, windows: list[Window], a: Pooling):
-    """Keras' average divides by the whole window; rescale where PyTorch divides by less
-    (PyTorch's count is a product over the axes: one factor per axis, constants in the layer
-    config, so the model holds no extra weights)."""
+    """Keras' average divides by the whole window; rescale where PyTorch divides by less.
+    PyTorch's count is a product over the axes: one built-in ``Rescaling`` per axis that needs
+    it, its factors constants of the layer config (no weights, no layer of ours)."""
     if a.divisor_override:
         whole = float(np.prod([w.kernel for w in windows]))
-        return b.new(Scalar, "multiply", whole / a.divisor_override, suffix="divisor")(y)
+        return b.new(L.Rescaling, whole / a.divisor_override, suffix="divisor")(y)
     for axis, w in enumerate(windows):
         counts = w.counts(bool(a.count_include_pad))
         if np.all(counts == w.kernel):
@@ -145,7 +144,7 @@ def _divisor(b: Build, y, windows: list[Window], a: Pooling):
         shape = [1] * (len(windows) + 2)
         shape[axis + 1] = w.out
         factor = (w.kernel / counts).astype(np.float32).reshape(shape).tolist()
-        y = b.op("multiply_by", y, suffix="divisor", factor=factor)
+        y = b.new(L.Rescaling, factor, suffix="divisor")(y)
     return y
 
 
