@@ -54,6 +54,8 @@ def test_conv1d_permutation_matches_design_table():
     (("deconv.weight",), ((4, 6, 2, 2),), "Conv2DTranspose"),
     (("up.weight", "up.bias"), ((8, 6, 4), (6,)), "Conv1DTranspose"),    # bias: out = axis 1
     (("up.weight", "up.bias"), ((6, 6, 4), (6,)), "Conv1D"),             # either: a Conv
+    (("pre.weight_g", "pre.weight_v", "pre.bias"), ((8, 1, 1), (8, 4, 3), (8,)), "Conv1D"),
+    (("up.weight", "up.weight_g", "up.weight_v", "up.bias"), ((8, 6, 4),) * 3 + ((6,),), None),
     (("tok_embeddings.weight",), ((100, 8),), "Embedding"),
     (("lm_head.weight",), ((100, 8),), "Dense"),
     (("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"), ((5,), (5,), (5,), (5,)),
