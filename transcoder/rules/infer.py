@@ -95,7 +95,8 @@ def _conv(path: str, n: int, bias: TensorRef | None = None,
     if _hinted(path, f"ConvTranspose{n}d"):
         return Inference(f"ConvTranspose{n}d", f"{n + 2}-d weight, named like a transposed convolution")
     if bias is not None and weight is not None and len(bias.shape) == 1 \
-            and bias.shape[0] != weight.shape[0] and bias.shape[0] % weight.shape[1] == 0:
+            and bias.shape[0] != weight.shape[0] and weight.shape[1] \
+            and bias.shape[0] % weight.shape[1] == 0:
         return Inference(f"ConvTranspose{n}d", f"{n + 2}-d weight whose bias {list(bias.shape)} is "
                                                f"its axis 1 (out channels of a transposed one)")
     return Inference(f"Conv{n}d", f"{n + 2}-d weight (ConvTranspose{n}d maps with the same permutation)")
