@@ -66,7 +66,8 @@ def fold(g: np.ndarray, v: np.ndarray) -> np.ndarray:
     wide = v.astype(np.float64)
     axes = _norm_axes(g.shape, v.shape)
     norm = np.sqrt(np.sum(wide * wide, axis=axes, keepdims=True))
-    return (wide * (g.astype(np.float64) / norm)).astype(v.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):   # a zero v: NaN, as in PyTorch
+        return (wide * (g.astype(np.float64) / norm)).astype(v.dtype)
 
 
 def unfold(weight: np.ndarray, g_shape: tuple) -> list[np.ndarray]:

@@ -101,10 +101,14 @@ def _multiplier(ref, options: dict, family: str) -> int:
     """m for a PyTorch depthwise weight (C*m, 1, k..): ``depth_multiplier``, or C*m / groups
     (``groups`` of the convolution itself, from --model)."""
     channels = ref.shape[0] if ref.shape else 0
-    if options.get("depth_multiplier"):
-        return int(options["depth_multiplier"])
-    if options.get("groups"):
-        return channels // int(options["groups"])
+    given = options.get("depth_multiplier")
+    if given is not None:
+        if not isinstance(given, int) or isinstance(given, bool) or given <= 0:
+            raise MappingError(f"depth_multiplier must be a positive integer, not {given!r}",
+                               tensor=ref.name)
+        return given
+    if isinstance(options.get("groups"), int) and options["groups"] > 0:
+        return channels // options["groups"]
     raise MappingError(f"a {family} needs its depth_multiplier, which the weight "
                        f"{list(ref.shape)} does not say", tensor=ref.name,
                        hint="add depth_multiplier = <m> to its [[layer]] entry in --rules")
