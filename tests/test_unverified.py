@@ -227,3 +227,21 @@ def test_rules_work_for_a_keras_source_and_the_check_follows_them(cli, tmp_path)
     assert [(e["name"], e["status"]) for e in entries] == [
         ("fc", "SUCCESS"), ("film", "NOT CHECKED"), ("film", "NOT CHECKED")]
     assert "[[tensor]]" in entries[1]["message"] and "--rules says carry" in entries[2]["message"]
+
+
+def test_a_keras_weights_file_checks_against_the_twin_it_was_read_with(cli, tmp_path):
+    """The twin's unnamed layers are named by Keras' process-wide counter: the conversion and
+    its check use one build of it, so both see the same names."""
+    twins = FIXTURES / "keras_twins.py"
+    code, _, err = cli(FIXTURES / "encoder.pt", tmp_path / "enc.weights.h5", "--no-check",
+                       "--model", f"{FIXTURES / 'models.py'}:Encoder",
+                       "--keras-model", f"{twins}:encoder_answer")
+    assert code == 0, err
+    code, out, err = cli(tmp_path / "enc.weights.h5", tmp_path / "back.pt",
+                         "--keras-model", f"{twins}:encoder_answer")
+    assert code == 0, err
+    assert "check passed: 0 of 1 layers differ" in out
+    state = torch.load(tmp_path / "back.pt", weights_only=True)
+    original = torch.load(FIXTURES / "encoder.pt", weights_only=True)
+    assert [tuple(v.shape) for v in state.values()] == [tuple(v.shape) for v in original.values()]
+    assert all(torch.equal(a, b) for a, b in zip(state.values(), original.values()))

@@ -150,7 +150,9 @@ def _read_source(src: Path, request: CheckRequest):
 
 def _check_layers(src: Path, dst: Path, request: CheckRequest) -> CheckReport:
     arch, tolerance = request.arch, request.tolerance
-    kinds_from = Architecture(model=arch.model) if arch.model else None
+    # read SRC as the conversion did: kinds from --model; a Keras SRC named by --keras-model
+    keras_src = formats.layout_of(src) == LAYOUT_KERAS and arch.keras_model
+    kinds_from = Architecture(model=arch.model, keras_model=arch.keras_model if keras_src else None)
     prepared = prepare(src, formats.layout_of(dst), key=request.key, rules=request.rules,
                        arch=kinds_from, source_format=request.source_format)
     try:

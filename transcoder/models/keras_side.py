@@ -83,7 +83,23 @@ class Pair:
         return self.ours.parts or (self.ours,)
 
 
+#: --keras-model specs built in this process. Keras names unnamed layers by a process-wide
+#: counter (conv1d, then conv1d_1 ...), so building a spec twice would name its layers
+#: differently for the conversion and for its check: it is built once.
+_BUILT: dict[str, object] = {}
+
+
 def load_spec(spec: str):
+    """The Keras model ``spec`` names, built once per process (see ``_BUILT``) while its file
+    is unchanged."""
+    where = Path(spec.rpartition(":")[0])
+    key = f"{spec}@{where.stat().st_mtime_ns}" if where.suffix == ".py" and where.is_file() else spec
+    if key not in _BUILT:
+        _BUILT[key] = _build(spec)
+    return _BUILT[key]
+
+
+def _build(spec: str):
     import keras
 
     model = build_from_spec(spec, "--keras-model")
