@@ -8,11 +8,14 @@
    both buffers before the GIL is released, so a wrong call raises ValueError instead of
    reading or writing out of bounds.
 
-   The innermost work is a 2-D tile copy between the destination's last axis and the axis the
-   source is contiguous along. On x86-64 with AVX2, 4-byte elements move in 8x8 register
-   transposes and 2-byte elements in SSE2 8x8 transposes; everything else (and every other
-   machine) uses a plain blocked loop. Optional: without a compiler the package falls back to
-   numpy (transcoder/rules/transpose.py). */
+   The work is a 2-D tile copy between two merged runs of axes: `a`, the destination's trailing
+   axes (contiguous in the destination), and `b`, the axes the source is contiguous along, fastest
+   first (a Conv1d kernel (out, in, k) -> (k, in, out) has a = out and b = (k, in): runs of k*in
+   elements, not of k). The other side's offsets of each run are computed per cache block, so
+   any permutation moves in whole register tiles. On x86-64 with AVX2, 4-byte elements move in
+   8x8 register transposes and 2-byte elements in SSE2 8x8 transposes; everything else (and
+   every other machine) uses a plain loop over the same blocks. Optional: without a compiler the
+   package falls back to numpy (transcoder/rules/transpose.py). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -26,76 +29,70 @@
 #include <immintrin.h>
 #endif
 
+/* Axes merged into one index, fastest first; `step` is each one's byte stride on the side
+   along which the run is not contiguous. */
 typedef struct {
-    Py_ssize_t nb, na;        /* extents: b = axis the source is contiguous along, a = dst's last */
-    Py_ssize_t sb, sa, db;    /* byte strides: source along b and a, destination along b */
-    Py_ssize_t item;          /* element size; the destination stride along a */
-} Plane;
+    int n;
+    int axis[MAX_DIMS];
+    Py_ssize_t ext[MAX_DIMS], step[MAX_DIMS];
+    Py_ssize_t size; /* product of ext */
+} Run;
 
-/* Plain blocked copy of one plane, any element size. */
-#define SCALAR_PLANE(NAME, T)                                                               \
-    static void NAME(const char *s, char *d, const Plane *p) {                             \
-        for (Py_ssize_t b0 = 0; b0 < p->nb; b0 += BLOCK) {                                  \
-            Py_ssize_t b1 = b0 + BLOCK < p->nb ? b0 + BLOCK : p->nb;                        \
-            for (Py_ssize_t a0 = 0; a0 < p->na; a0 += BLOCK) {                              \
-                Py_ssize_t a1 = a0 + BLOCK < p->na ? a0 + BLOCK : p->na;                    \
-                for (Py_ssize_t b = b0; b < b1; b++) {                                      \
-                    const char *sr = s + b * p->sb;                                         \
-                    T *dr = (T *)(d + b * p->db);                                           \
-                    for (Py_ssize_t a = a0; a < a1; a++) {                                  \
-                        T v;                                                                \
-                        memcpy(&v, sr + a * p->sa, sizeof(T));                              \
-                        memcpy(dr + a, &v, sizeof(T));                                      \
-                    }                                                                       \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
+/* The other side's byte offsets of run indices start .. start + count - 1. */
+static void run_offsets(const Run *r, Py_ssize_t start, Py_ssize_t count, Py_ssize_t *out) {
+    Py_ssize_t digit[MAX_DIMS], off = 0;
+    for (int k = 0; k < r->n; k++) {
+        digit[k] = start % r->ext[k];
+        start /= r->ext[k];
+        off += digit[k] * r->step[k];
     }
-
-SCALAR_PLANE(plane_1, uint8_t)
-SCALAR_PLANE(plane_2, uint16_t)
-SCALAR_PLANE(plane_4, uint32_t)
-SCALAR_PLANE(plane_8, uint64_t)
-
-/* Rows contiguous on both sides: one memcpy per row. */
-static void plane_rows(const char *s, char *d, const Plane *p) {
-    for (Py_ssize_t b = 0; b < p->nb; b++)
-        memcpy(d + b * p->db, s + b * p->sb, (size_t)(p->na * p->item));
-}
-
-static void plane_any(const char *s, char *d, const Plane *p) {
-    for (Py_ssize_t b = 0; b < p->nb; b++)
-        for (Py_ssize_t a = 0; a < p->na; a++)
-            memcpy(d + b * p->db + a * p->item, s + b * p->sb + a * p->sa, (size_t)p->item);
-}
-
-/* Copies the part of the plane the vector kernels left: b in [b_done, nb) or a in [a_done, na). */
-static void plane_rest(const char *s, char *d, const Plane *p, Py_ssize_t b_done, Py_ssize_t a_done,
-                       void (*scalar)(const char *, char *, const Plane *)) {
-    Plane rest = *p;
-    if (b_done < p->nb) {
-        rest.nb = p->nb - b_done;
-        scalar(s + b_done * p->sb, d + b_done * p->db, &rest);
-    }
-    if (a_done < p->na && b_done > 0) {
-        rest.nb = b_done;
-        rest.na = p->na - a_done;
-        scalar(s + a_done * p->sa, d + a_done * p->item, &rest);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        out[i] = off;
+        for (int k = 0; k < r->n; k++) {
+            off += r->step[k];
+            if (++digit[k] < r->ext[k]) break;
+            off -= r->step[k] * r->ext[k];
+            digit[k] = 0;
+        }
     }
 }
+
+/* One cache block: dst[boff[b] + a*item] = src[aoff[a] + b*sb] for a < na, b < nb, where sb is
+   the item size unless the source is contiguous along no axis. The source is `s` at the
+   block's first b, the destination `d` at its first a. The edge loops copy what the 8x8 tiles
+   left: a >= a_done for b < b_done, and every a for b >= b_done. */
+#define SCALAR_EDGE(NAME, T)                                                                  \
+    static void NAME(const char *s, Py_ssize_t sb, const Py_ssize_t *aoff, char *d,           \
+                     const Py_ssize_t *boff, Py_ssize_t na, Py_ssize_t nb, Py_ssize_t a_done, \
+                     Py_ssize_t b_done) {                                                     \
+        for (Py_ssize_t b = 0; b < nb; b++) {                                                 \
+            const char *srow = s + b * sb;                                                    \
+            T *db = (T *)(d + boff[b]);                                                       \
+            for (Py_ssize_t a = b < b_done ? a_done : 0; a < na; a++) {                       \
+                T v;                                                                          \
+                memcpy(&v, srow + aoff[a], sizeof(T));                                          \
+                memcpy(db + a, &v, sizeof(T));                                                \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+SCALAR_EDGE(edge_1, uint8_t)
+SCALAR_EDGE(edge_2, uint16_t)
+SCALAR_EDGE(edge_4, uint32_t)
+SCALAR_EDGE(edge_8, uint64_t)
 
 #ifdef HAVE_X86
 /* 8 source rows (along a) of 8 floats (along b) -> 8 destination rows (along b) of 8 floats. */
 __attribute__((target("avx2"))) static inline void
-t8x8_f32(const char *s, Py_ssize_t sa, char *d, Py_ssize_t db) {
-    __m256 r0 = _mm256_loadu_ps((const float *)(s + 0 * sa));
-    __m256 r1 = _mm256_loadu_ps((const float *)(s + 1 * sa));
-    __m256 r2 = _mm256_loadu_ps((const float *)(s + 2 * sa));
-    __m256 r3 = _mm256_loadu_ps((const float *)(s + 3 * sa));
-    __m256 r4 = _mm256_loadu_ps((const float *)(s + 4 * sa));
-    __m256 r5 = _mm256_loadu_ps((const float *)(s + 5 * sa));
-    __m256 r6 = _mm256_loadu_ps((const float *)(s + 6 * sa));
-    __m256 r7 = _mm256_loadu_ps((const float *)(s + 7 * sa));
+t8x8_f32(const char *s, const Py_ssize_t *so, char *d, const Py_ssize_t *dof) {
+    __m256 r0 = _mm256_loadu_ps((const float *)(s + so[0]));
+    __m256 r1 = _mm256_loadu_ps((const float *)(s + so[1]));
+    __m256 r2 = _mm256_loadu_ps((const float *)(s + so[2]));
+    __m256 r3 = _mm256_loadu_ps((const float *)(s + so[3]));
+    __m256 r4 = _mm256_loadu_ps((const float *)(s + so[4]));
+    __m256 r5 = _mm256_loadu_ps((const float *)(s + so[5]));
+    __m256 r6 = _mm256_loadu_ps((const float *)(s + so[6]));
+    __m256 r7 = _mm256_loadu_ps((const float *)(s + so[7]));
     __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
     __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
     __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -108,26 +105,26 @@ t8x8_f32(const char *s, Py_ssize_t sa, char *d, Py_ssize_t db) {
     __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
     __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
     __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    _mm256_storeu_ps((float *)(d + 0 * db), _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps((float *)(d + 1 * db), _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps((float *)(d + 2 * db), _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps((float *)(d + 3 * db), _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps((float *)(d + 4 * db), _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps((float *)(d + 5 * db), _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps((float *)(d + 6 * db), _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_storeu_ps((float *)(d + 7 * db), _mm256_permute2f128_ps(u3, u7, 0x31));
+    _mm256_storeu_ps((float *)(d + dof[0]), _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps((float *)(d + dof[1]), _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps((float *)(d + dof[2]), _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps((float *)(d + dof[3]), _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps((float *)(d + dof[4]), _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps((float *)(d + dof[5]), _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps((float *)(d + dof[6]), _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps((float *)(d + dof[7]), _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
 /* The same for 2-byte elements, in 128-bit registers. */
-static inline void t8x8_u16(const char *s, Py_ssize_t sa, char *d, Py_ssize_t db) {
-    __m128i r0 = _mm_loadu_si128((const __m128i *)(s + 0 * sa));
-    __m128i r1 = _mm_loadu_si128((const __m128i *)(s + 1 * sa));
-    __m128i r2 = _mm_loadu_si128((const __m128i *)(s + 2 * sa));
-    __m128i r3 = _mm_loadu_si128((const __m128i *)(s + 3 * sa));
-    __m128i r4 = _mm_loadu_si128((const __m128i *)(s + 4 * sa));
-    __m128i r5 = _mm_loadu_si128((const __m128i *)(s + 5 * sa));
-    __m128i r6 = _mm_loadu_si128((const __m128i *)(s + 6 * sa));
-    __m128i r7 = _mm_loadu_si128((const __m128i *)(s + 7 * sa));
+static inline void t8x8_u16(const char *s, const Py_ssize_t *so, char *d, const Py_ssize_t *dof) {
+    __m128i r0 = _mm_loadu_si128((const __m128i *)(s + so[0]));
+    __m128i r1 = _mm_loadu_si128((const __m128i *)(s + so[1]));
+    __m128i r2 = _mm_loadu_si128((const __m128i *)(s + so[2]));
+    __m128i r3 = _mm_loadu_si128((const __m128i *)(s + so[3]));
+    __m128i r4 = _mm_loadu_si128((const __m128i *)(s + so[4]));
+    __m128i r5 = _mm_loadu_si128((const __m128i *)(s + so[5]));
+    __m128i r6 = _mm_loadu_si128((const __m128i *)(s + so[6]));
+    __m128i r7 = _mm_loadu_si128((const __m128i *)(s + so[7]));
     __m128i a0 = _mm_unpacklo_epi16(r0, r1), a1 = _mm_unpackhi_epi16(r0, r1);
     __m128i a2 = _mm_unpacklo_epi16(r2, r3), a3 = _mm_unpackhi_epi16(r2, r3);
     __m128i a4 = _mm_unpacklo_epi16(r4, r5), a5 = _mm_unpackhi_epi16(r4, r5);
@@ -136,70 +133,168 @@ static inline void t8x8_u16(const char *s, Py_ssize_t sa, char *d, Py_ssize_t db
     __m128i b2 = _mm_unpacklo_epi32(a1, a3), b3 = _mm_unpackhi_epi32(a1, a3);
     __m128i b4 = _mm_unpacklo_epi32(a4, a6), b5 = _mm_unpackhi_epi32(a4, a6);
     __m128i b6 = _mm_unpacklo_epi32(a5, a7), b7 = _mm_unpackhi_epi32(a5, a7);
-    _mm_storeu_si128((__m128i *)(d + 0 * db), _mm_unpacklo_epi64(b0, b4));
-    _mm_storeu_si128((__m128i *)(d + 1 * db), _mm_unpackhi_epi64(b0, b4));
-    _mm_storeu_si128((__m128i *)(d + 2 * db), _mm_unpacklo_epi64(b1, b5));
-    _mm_storeu_si128((__m128i *)(d + 3 * db), _mm_unpackhi_epi64(b1, b5));
-    _mm_storeu_si128((__m128i *)(d + 4 * db), _mm_unpacklo_epi64(b2, b6));
-    _mm_storeu_si128((__m128i *)(d + 5 * db), _mm_unpackhi_epi64(b2, b6));
-    _mm_storeu_si128((__m128i *)(d + 6 * db), _mm_unpacklo_epi64(b3, b7));
-    _mm_storeu_si128((__m128i *)(d + 7 * db), _mm_unpackhi_epi64(b3, b7));
+    _mm_storeu_si128((__m128i *)(d + dof[0]), _mm_unpacklo_epi64(b0, b4));
+    _mm_storeu_si128((__m128i *)(d + dof[1]), _mm_unpackhi_epi64(b0, b4));
+    _mm_storeu_si128((__m128i *)(d + dof[2]), _mm_unpacklo_epi64(b1, b5));
+    _mm_storeu_si128((__m128i *)(d + dof[3]), _mm_unpackhi_epi64(b1, b5));
+    _mm_storeu_si128((__m128i *)(d + dof[4]), _mm_unpacklo_epi64(b2, b6));
+    _mm_storeu_si128((__m128i *)(d + dof[5]), _mm_unpackhi_epi64(b2, b6));
+    _mm_storeu_si128((__m128i *)(d + dof[6]), _mm_unpacklo_epi64(b3, b7));
+    _mm_storeu_si128((__m128i *)(d + dof[7]), _mm_unpackhi_epi64(b3, b7));
 }
 
-typedef void (*Tile8)(const char *, Py_ssize_t, char *, Py_ssize_t);
-
-/* Whole 8x8 tiles in cache blocks; the scalar copy takes the edges. */
-#define VECTOR_PLANE(NAME, TILE, SCALAR, ATTR)                                             \
-    ATTR static void NAME(const char *s, char *d, const Plane *p) {                       \
-        Py_ssize_t nb8 = p->nb & ~(Py_ssize_t)7, na8 = p->na & ~(Py_ssize_t)7;             \
-        for (Py_ssize_t b0 = 0; b0 < nb8; b0 += BLOCK) {                                  \
-            Py_ssize_t b1 = b0 + BLOCK < nb8 ? b0 + BLOCK : nb8;                          \
-            for (Py_ssize_t a0 = 0; a0 < na8; a0 += BLOCK) {                              \
-                Py_ssize_t a1 = a0 + BLOCK < na8 ? a0 + BLOCK : na8;                      \
-                for (Py_ssize_t b = b0; b < b1; b += 8)                                   \
-                    for (Py_ssize_t a = a0; a < a1; a += 8)                               \
-                        TILE(s + a * p->sa + b * p->sb, p->sa, d + b * p->db + a * p->item, \
-                             p->db);                                                      \
-            }                                                                             \
-        }                                                                                 \
-        plane_rest(s, d, p, nb8, na8, SCALAR);                                            \
+/* Whole 8x8 tiles of one block, then the scalar edge. */
+#define VECTOR_BLOCK(NAME, TILE, ITEM, EDGE, ATTR)                                            \
+    ATTR static void NAME(const char *s, Py_ssize_t sb, const Py_ssize_t *aoff, char *d,      \
+                          const Py_ssize_t *boff, Py_ssize_t na, Py_ssize_t nb) {             \
+        Py_ssize_t na8 = na & ~(Py_ssize_t)7, nb8 = nb & ~(Py_ssize_t)7;                      \
+        for (Py_ssize_t b = 0; b < nb8; b += 8)                                               \
+            for (Py_ssize_t a = 0; a < na8; a += 8)                                           \
+                TILE(s + b * ITEM, aoff + a, d + a * ITEM, boff + b);                         \
+        EDGE(s, sb, aoff, d, boff, na, nb, na8, nb8);                                         \
     }
 
-VECTOR_PLANE(plane_f32_avx2, t8x8_f32, plane_4, __attribute__((target("avx2"))))
-VECTOR_PLANE(plane_u16_sse2, t8x8_u16, plane_2, )
+VECTOR_BLOCK(block_f32_avx2, t8x8_f32, 4, edge_4, __attribute__((target("avx2"))))
+VECTOR_BLOCK(block_u16_sse2, t8x8_u16, 2, edge_2, )
 #endif
 
-typedef void (*PlaneFn)(const char *, char *, const Plane *);
+#define SCALAR_BLOCK(NAME, EDGE)                                                              \
+    static void NAME(const char *s, Py_ssize_t sb, const Py_ssize_t *aoff, char *d,           \
+                     const Py_ssize_t *boff, Py_ssize_t na, Py_ssize_t nb) {                  \
+        EDGE(s, sb, aoff, d, boff, na, nb, 0, 0);                                             \
+    }
 
-static PlaneFn plane_for(const Plane *p) {
-    int packed = p->sb == p->item; /* the source is contiguous along b */
-    if (p->sa == p->item) return plane_rows;
+SCALAR_BLOCK(block_1, edge_1)
+SCALAR_BLOCK(block_2, edge_2)
+SCALAR_BLOCK(block_4, edge_4)
+SCALAR_BLOCK(block_8, edge_8)
+
+typedef void (*BlockFn)(const char *, Py_ssize_t, const Py_ssize_t *, char *, const Py_ssize_t *,
+                        Py_ssize_t, Py_ssize_t);
+
+static BlockFn block_for(Py_ssize_t item, Py_ssize_t sb, Py_ssize_t nb) {
 #ifdef HAVE_X86
-    if (packed && p->item == 4 && __builtin_cpu_supports("avx2")) return plane_f32_avx2;
-    if (packed && p->item == 2) return plane_u16_sse2;
+    if (sb == item && nb >= 8 && item == 4 && __builtin_cpu_supports("avx2")) return block_f32_avx2;
+    if (sb == item && nb >= 8 && item == 2) return block_u16_sse2;
 #endif
-    (void)packed;
-    switch (p->item) {
-    case 1: return plane_1;
-    case 2: return plane_2;
-    case 4: return plane_4;
-    case 8: return plane_8;
-    default: return plane_any;
+    (void)nb;
+    (void)sb;
+    switch (item) {
+    case 1: return block_1;
+    case 2: return block_2;
+    case 4: return block_4;
+    case 8: return block_8;
+    default: return NULL;
     }
 }
 
-/* Every index of the axes other than a and b, in C order, with its source and destination offsets. */
-static void copy_planes(const char *s, char *d, int nd, const Py_ssize_t *shape,
-                        const Py_ssize_t *ss, const Py_ssize_t *ds, int a, int b) {
-    Plane p = {b >= 0 ? shape[b] : 1, shape[a], b >= 0 ? ss[b] : 0, ss[a], b >= 0 ? ds[b] : 0, ds[a]};
-    PlaneFn fn = plane_for(&p);
+/* The plane of runs a and b; `a` indices are contiguous in the destination, `b` in the source
+   (b * sb bytes from its start; sb is the item size but where the source is contiguous along
+   no axis). */
+typedef struct {
+    Run a, b;
+    Py_ssize_t item, sb;
+    BlockFn block; /* NULL: an element size without a typed loop, copied with memcpy */
+} Plane;
+
+static void block_any(const char *s, const Plane *p, const Py_ssize_t *aoff, char *d,
+                      const Py_ssize_t *boff, Py_ssize_t na, Py_ssize_t nb) {
+    for (Py_ssize_t b = 0; b < nb; b++)
+        for (Py_ssize_t a = 0; a < na; a++)
+            memcpy(d + boff[b] + a * p->item, s + aoff[a] + b * p->sb, (size_t)p->item);
+}
+
+static void copy_plane(const char *s, char *d, const Plane *p) {
+    Py_ssize_t aoff[BLOCK], boff[BLOCK], item = p->item;
+    for (Py_ssize_t b0 = 0; b0 < p->b.size; b0 += BLOCK) {
+        Py_ssize_t nb = p->b.size - b0 < BLOCK ? p->b.size - b0 : BLOCK;
+        run_offsets(&p->b, b0, nb, boff);
+        for (Py_ssize_t a0 = 0; a0 < p->a.size; a0 += BLOCK) {
+            Py_ssize_t na = p->a.size - a0 < BLOCK ? p->a.size - a0 : BLOCK;
+            run_offsets(&p->a, a0, na, aoff);
+            if (p->block)
+                p->block(s + b0 * p->sb, p->sb, aoff, d + a0 * item, boff, na, nb);
+            else
+                block_any(s + b0 * p->sb, p, aoff, d + a0 * item, boff, na, nb);
+        }
+    }
+}
+
+static void run_add(Run *r, int axis, Py_ssize_t ext, Py_ssize_t step) {
+    r->axis[r->n] = axis;
+    r->ext[r->n] = ext;
+    r->step[r->n] = step;
+    r->n++;
+    r->size *= ext;
+}
+
+/* The next destination axis before run a (skipping size-1 axes), or -1 if b holds it. */
+static int next_a(const Run *a, const char *used, const Py_ssize_t *shape) {
+    int k = a->axis[a->n - 1] - 1;
+    while (k >= 0 && shape[k] == 1) k--;
+    return k >= 0 && !used[k] ? k : -1;
+}
+
+/* An unused axis along which the source continues run b contiguously, or -1. */
+static int next_b(const Run *b, const char *used, int nd, const Py_ssize_t *shape,
+                  const Py_ssize_t *ss, Py_ssize_t item) {
+    for (int k = 0; k < nd; k++)
+        if (!used[k] && shape[k] > 1 && ss[k] == item * b->size) return k;
+    return -1;
+}
+
+/* Grows a (the destination's last axes) and b (the source's contiguous axes), the shorter one
+   first, until neither can grow. Marks their axes in `used`. Where the source is contiguous
+   along no axis, b is the axis with the smallest source stride (cache blocks still help). */
+static void choose_runs(Plane *p, int nd, const Py_ssize_t *shape, const Py_ssize_t *ss,
+                        const Py_ssize_t *ds, int last, char *used) {
+    p->a.n = p->b.n = 0;
+    p->a.size = p->b.size = 1;
+    run_add(&p->a, last, shape[last], ss[last]);
+    used[last] = 1;
+    for (;;) {
+        int ka = next_a(&p->a, used, shape);
+        int kb = next_b(&p->b, used, nd, shape, ss, p->item);
+        if (ka >= 0 && (kb < 0 || p->a.size <= p->b.size)) {
+            run_add(&p->a, ka, shape[ka], ss[ka]);
+            used[ka] = 1;
+        } else if (kb >= 0) {
+            run_add(&p->b, kb, shape[kb], ds[kb]);
+            used[kb] = 1;
+        } else {
+            break;
+        }
+    }
+    p->sb = p->item;
+    if (p->b.n == 0) {
+        int k = -1;
+        for (int j = 0; j < nd; j++)
+            if (!used[j] && shape[j] > 1 && (k < 0 || ss[j] < ss[k])) k = j;
+        if (k >= 0) {
+            run_add(&p->b, k, shape[k], ds[k]);
+            used[k] = 1;
+            p->sb = ss[k];
+        }
+    }
+}
+
+/* Calls fn for every index of the axes not marked in `used`, in C order, with the source and
+   destination offsets of that index. */
+typedef struct {
+    const char *s;
+    char *d;
+} Ptrs;
+
+static void each_outer(Ptrs base, int nd, const Py_ssize_t *shape, const Py_ssize_t *ss,
+                       const Py_ssize_t *ds, const char *used,
+                       void (*fn)(const char *, char *, const void *), const void *arg) {
     Py_ssize_t idx[MAX_DIMS] = {0};
     Py_ssize_t so = 0, dof = 0;
     for (;;) {
-        fn(s + so, d + dof, &p);
+        fn(base.s + so, base.d + dof, arg);
         int k = nd - 1;
         for (; k >= 0; k--) {
-            if (k == a || k == b) continue;
+            if (used[k] || shape[k] == 1) continue;
             if (++idx[k] < shape[k]) {
                 so += ss[k];
                 dof += ds[k];
@@ -213,18 +308,39 @@ static void copy_planes(const char *s, char *d, int nd, const Py_ssize_t *shape,
     }
 }
 
+static void plane_fn(const char *s, char *d, const void *arg) { copy_plane(s, d, (const Plane *)arg); }
+
+static void rows_fn(const char *s, char *d, const void *arg) {
+    memcpy(d, s, *(const size_t *)arg);
+}
+
 static void copy_view(const char *s, char *d, int nd, const Py_ssize_t *shape,
                       const Py_ssize_t *ss, Py_ssize_t item) {
     Py_ssize_t ds[MAX_DIMS];
+    char used[MAX_DIMS] = {0};
     Py_ssize_t step = item;
     for (int k = nd - 1; k >= 0; k--) {
         ds[k] = step;
         step *= shape[k];
     }
-    int a = nd - 1, b = -1;
-    for (int k = 0; k < nd - 1; k++)  /* b: the smallest source stride, other than a's */
-        if (shape[k] > 1 && (b < 0 || ss[k] < ss[b])) b = k;
-    copy_planes(s, d, nd, shape, ss, ds, a, b);
+    int last = nd - 1;
+    while (last > 0 && shape[last] == 1) last--;
+    Ptrs base = {s, d};
+    if (ss[last] == item || shape[last] == 1) {
+        /* rows contiguous on both sides: the trailing axes the source continues, one memcpy each */
+        size_t len = (size_t)item;
+        for (int k = last; k >= 0 && (shape[k] == 1 || ss[k] == (Py_ssize_t)len); k--) {
+            len *= (size_t)shape[k];
+            used[k] = 1;
+        }
+        each_outer(base, nd, shape, ss, ds, used, rows_fn, &len);
+        return;
+    }
+    Plane p;
+    p.item = item;
+    choose_runs(&p, nd, shape, ss, ds, last, used);
+    p.block = block_for(item, p.sb, p.b.size);
+    each_outer(base, nd, shape, ss, ds, used, plane_fn, &p);
 }
 
 static int read_sizes(PyObject *seq, Py_ssize_t *out, Py_ssize_t n, const char *what) {

@@ -3,13 +3,16 @@
 Most of a conversion's bytes are Linear and Conv weights whose axes Keras stores in another
 order, so the permutation is the hot loop. ``np.ascontiguousarray(x.transpose(axes))`` runs at
 about 0.5 GiB/s here (it misses the cache on every read); the C kernel in ``_transpose.c``
-copies 8x8 register tiles inside cache blocks at about 5 GiB/s for float32 on one core. Where
-the kernel is not built (no compiler at install time), numpy tiles do the same copy at about
-1.1 GiB/s. Both give the same bytes; tests compare them.
+copies 8x8 register tiles between merged runs of axes inside cache blocks: on one core here,
+4.5-7 GiB/s for Linear kernels and 6-9 GiB/s for Conv1d/2d/3d kernels (float32, float16,
+bfloat16) with the source coming from memory (``bench/kernel_bench.py``). Where the kernel is
+not built (no compiler at install time), numpy tiles do the same copy at about 1.1 GiB/s.
+Both give the same bytes; tests compare them.
 
 :func:`permuted_blocks` yields the permuted tensor as consecutive blocks of whole output rows
 written into one reusable buffer, so a writer streams a 64 MiB tensor through a few MiB of
-memory that stays in the cache.
+memory that stays in the cache. :func:`permuted_pieces` yields it as pieces with their
+offsets, cut where the copy is fastest, and in shares that threads can fill side by side.
 """
 from __future__ import annotations
 
@@ -48,23 +51,91 @@ def permuted_blocks(x: np.ndarray, axes: tuple[int, ...], scratch: np.ndarray) -
     convolution's kernel still comes in many blocks. When the permutation moves no data the
     whole tensor comes as one block, a view of ``x``.
     """
+    for _, block in permuted_pieces(x, axes, scratch, ordered=True):
+        yield block
+
+
+Piece = tuple[int, np.ndarray]   # (byte offset in the permuted tensor, its bytes there)
+
+
+def permuted_pieces(x: np.ndarray, axes: tuple[int, ...], scratch: np.ndarray,
+                    part: tuple[int, int] = (0, 1), ordered: bool = False) -> Iterator[Piece]:
+    """Share ``part`` = (k, n) of ``x.transpose(axes)``'s C-order bytes (the k-th of n about
+    equal shares) as ``(offset, block)`` pieces, written into ``scratch`` like
+    :func:`permuted_blocks` (each valid until the next one is asked for); together the n
+    shares cover every byte once.
+
+    Pieces come in any order unless ``ordered``. Unordered, the output is cut along the axis
+    that keeps the source's contiguous runs long (:func:`split_axis`): a Conv1d kernel
+    (out, in, k) -> (k, in, out) cut along its first output axis k would read every k-th
+    element; cut along ``in`` it reads runs of k*in elements and comes as k pieces per block.
+    When the permutation moves no data the pieces are views of ``x``.
+    """
     x = np.ascontiguousarray(x)
     if x.size == 0:
         return
     view = x.transpose(axes)
     if view.flags.c_contiguous:
-        yield _bytes(x)
+        lo, hi = _share(x.nbytes // x.itemsize, part)
+        yield lo * x.itemsize, _bytes(x)[lo * x.itemsize:hi * x.itemsize]
         return
     shape, strides = simplify(view.shape, view.strides)
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * x.itemsize
-    rows = max(1, len(scratch) // row_bytes)
-    if rows * row_bytes > len(scratch):
-        scratch = np.empty(row_bytes, np.uint8)
-    for start in range(0, shape[0], rows):
-        stop = min(start + rows, shape[0])
-        block = scratch[:(stop - start) * row_bytes]
-        _copy(x, start * strides[0], ((stop - start,) + shape[1:], strides), block)
-        yield block
+    axis = 0 if ordered else split_axis(shape, strides, x.itemsize, len(scratch))
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64)) * x.itemsize
+    rows = max(1, len(scratch) // (outer * inner))
+    if rows * outer * inner > len(scratch):
+        scratch = np.empty(outer * inner, np.uint8)
+    lo, hi = _share(shape[axis], part)
+    for start in range(lo, hi, rows):
+        n = min(rows, hi - start)
+        block = scratch[:outer * n * inner]
+        _copy(x, start * strides[axis], (shape[:axis] + (n,) + shape[axis + 1:], strides), block)
+        for o in range(outer):
+            yield (o * shape[axis] + start) * inner, block[o * n * inner:(o + 1) * n * inner]
+
+
+def _share(count: int, part: tuple[int, int]) -> tuple[int, int]:
+    """The index range of share k of n of ``range(count)``."""
+    k, n = part
+    if not 0 <= k < n:
+        raise ValueError(f"no share {k} of {n}")
+    return count * k // n, count * (k + 1) // n
+
+
+#: a cut that leaves the source contiguous for fewer bytes than a cache line wastes the rest of
+#: each line it reads (and the kernel's register tiles need 8 elements)
+MIN_RUN_BYTES = 64
+#: pieces smaller than this cost a write call each for little data
+MIN_PIECE = 16 << 10
+
+
+def split_axis(shape: tuple[int, ...], strides: tuple[int, ...], item: int, scratch: int) -> int:
+    """The first axis of a simplified view along which blocks of output rows that fit in
+    ``scratch`` bytes keep the source contiguous for MIN_RUN_BYTES or more, in pieces of
+    MIN_PIECE bytes or more; 0 if none does."""
+    total = int(np.prod(shape, dtype=np.int64)) * item
+    for axis in range(len(shape)):
+        rows = min(shape[axis], scratch // (total // shape[axis]))
+        piece = rows * int(np.prod(shape[axis + 1:], dtype=np.int64)) * item
+        if rows >= 1 and (axis == 0 or piece >= MIN_PIECE) \
+                and _source_run(shape, strides, item, axis, rows) * item >= MIN_RUN_BYTES:
+            return axis
+    return 0
+
+
+def _source_run(shape: tuple[int, ...], strides: tuple[int, ...], item: int, axis: int,
+                rows: int) -> float:
+    """For how many elements the source is contiguous in a block of ``rows`` along ``axis``
+    (infinite if along the output's last axis: whole rows are copied)."""
+    run = 1
+    while (k := next((k for k, s in enumerate(strides) if s == run * item), None)) is not None:
+        if k == len(shape) - 1:
+            return run if run > 1 else float("inf")
+        if k == axis and rows < shape[k]:
+            return run * rows
+        run *= shape[k]
+    return run
 
 
 def _copy(x: np.ndarray, offset: int, view: View, out: np.ndarray) -> None:
