@@ -1,4 +1,7 @@
 """Atomic outputs, filling pre-allocated output regions (rawfill) and memory-mapped reads."""
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -39,17 +42,57 @@ def test_fill_writes_each_tensor_at_its_offset(tmp_path):
     assert np.array_equal(np.frombuffer(data[10:82], np.int64), np.arange(9))
 
 
-def test_fill_streams_permuted_blocks_through_a_small_scratch(tmp_path, monkeypatch):
-    """A permuted tensor larger than the scratch buffer arrives block by block, bit-exact."""
+@pytest.mark.parametrize("share_bytes", [1 << 30, 40_000, 1000])
+def test_fill_streams_permuted_blocks_through_a_small_scratch(tmp_path, monkeypatch, share_bytes):
+    """A permuted tensor larger than the scratch buffer arrives block by block, bit-exact,
+    whole or in shares (one share per row, and more shares than rows)."""
     x = np.random.default_rng(0).standard_normal((300, 70, 3), dtype=np.float32)
     op = Permute((2, 1, 0))
     ref = TensorRef("w", op.forward_shapes([x.shape])[0], "float32", lambda: op.forward([x])[0],
-                    lambda scratch: op.forward_blocks([x], scratch))
+                    lambda scratch, part=None: op.forward_blocks([x], scratch, part))
     monkeypatch.setattr(rawfill, "SCRATCH_BYTES", 4096)
+    monkeypatch.setattr(rawfill, "SHARE_BYTES", share_bytes)
     path = tmp_path / "out"
     path.write_bytes(bytes(8 + x.nbytes))
     rawfill.fill(path, [rawfill.Region(8, ref)])
     assert path.read_bytes()[8:] == np.ascontiguousarray(x.transpose(2, 1, 0)).tobytes()
+
+
+def _counted(array):
+    calls = []
+
+    def load():
+        calls.append(1)
+        return array
+    return load, calls
+
+
+@pytest.mark.parametrize("permuted", [True, False])
+def test_a_large_tensor_is_filled_in_shares_on_every_thread(tmp_path, monkeypatch, permuted):
+    """Its shares run on both threads and load the source once between them."""
+    x = np.random.default_rng(1).standard_normal((256, 64, 5), dtype=np.float32)
+    load, calls = _counted(x)
+    source = TensorRef("w", x.shape, "float32", load)
+    axes = (2, 1, 0) if permuted else (0, 1, 2)
+    ref = source   # a reader's tensor: no blocker, its loaded bytes in shares
+    if permuted:
+        op = Permute(axes)
+        ref = TensorRef("k", op.forward_shapes([x.shape])[0], "float32", lambda: op.forward([x])[0],
+                        lambda scratch, part=None: op.forward_blocks([source.load()], scratch, part))
+    threads = set()
+    write = rawfill.pwrite_all
+
+    def slow_write(fd, data, offset):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.002)
+        write(fd, data, offset)
+    monkeypatch.setattr(rawfill, "pwrite_all", slow_write)
+    monkeypatch.setattr(rawfill, "SHARE_BYTES", x.nbytes // 16)
+    path = tmp_path / "out"
+    path.write_bytes(bytes(x.nbytes))
+    rawfill.fill(path, [rawfill.Region(0, ref)])
+    assert path.read_bytes() == np.ascontiguousarray(x.transpose(axes)).tobytes()
+    assert len(threads) == rawfill.WORKERS and len(calls) == 1
 
 
 def test_fill_raises_the_first_error_in_order(tmp_path):
@@ -59,14 +102,42 @@ def test_fill_raises_the_first_error_in_order(tmp_path):
         rawfill.fill(path, [rawfill.Region(24 * i, _ref(i, fail=i == 1)) for i in range(3)])
 
 
-@pytest.mark.parametrize("blocks", [[16], [16, 16, 1], [40]])
-def test_fill_refuses_data_of_the_wrong_size(tmp_path, blocks):
+def _pieces(sizes):
+    """A blocker that yields consecutive pieces of these sizes, in every share."""
+    def blocker(scratch, part=None):
+        offset = 0
+        for n in sizes:
+            yield offset, np.zeros(n, np.uint8)
+            offset += n
+    return blocker
+
+
+@pytest.mark.parametrize("shares", [1, 3])
+@pytest.mark.parametrize("blocks", [[16], [16, 16, 1], [40], [8, 8]])
+def test_fill_refuses_data_of_the_wrong_size(tmp_path, monkeypatch, blocks, shares):
+    """Too few or too many bytes in all (whole, or over all shares: each share here yields the
+    same pieces), or bytes past the end, fail the fill."""
+    monkeypatch.setattr(rawfill, "SHARE_BYTES", 32 // shares - 1 if shares > 1 else 1 << 20)
     path = tmp_path / "out"
     path.write_bytes(bytes(48))
-    wrong = TensorRef("t", (4,), "int64", lambda: np.zeros(4, np.int64),
-                      lambda scratch: iter([np.zeros(n, np.uint8) for n in blocks]))
+    wrong = TensorRef("t", (4,), "int64", lambda: np.zeros(4, np.int64), _pieces(blocks))
     with pytest.raises(FormatError, match="does not have the 32 bytes"):
         rawfill.fill(path, [rawfill.Region(0, wrong)])
+
+
+def test_an_error_in_one_share_fails_the_fill(tmp_path, monkeypatch):
+    x = np.arange(4096, dtype=np.float32).reshape(64, 64)
+
+    def blocker(scratch, part=None):
+        if part is not None and part[0] == 5:
+            raise FormatError("broken share", tensor="w")
+        yield from Permute((1, 0)).forward_blocks([x], scratch, part)
+    monkeypatch.setattr(rawfill, "SHARE_BYTES", 1024)
+    path = tmp_path / "out"
+    path.write_bytes(bytes(x.nbytes))
+    ref = TensorRef("w", (64, 64), "float32", lambda: x.T.copy(), blocker)
+    with pytest.raises(FormatError, match="broken share"):
+        rawfill.fill(path, [rawfill.Region(0, ref)])
 
 
 def test_fill_without_os_pwrite_seeks_and_writes(tmp_path, monkeypatch):
@@ -78,9 +149,11 @@ def test_fill_without_os_pwrite_seeks_and_writes(tmp_path, monkeypatch):
     assert np.array_equal(np.frombuffer(path.read_bytes(), np.int64), np.arange(9))
 
 
+@pytest.mark.parametrize("share_bytes", [1 << 30, 256])
 @pytest.mark.parametrize("source", ["small_cnn.pt", "encoder.pt", "encoder.safetensors"])
-def test_memory_mapped_tensors_round_trip(tmp_path, monkeypatch, source):
-    """Every tensor through the memory-map path (filemap), to .h5 and back, bit for bit."""
+def test_memory_mapped_tensors_round_trip(tmp_path, monkeypatch, source, share_bytes):
+    """Every tensor through the memory-map path (filemap), to .h5 and back, bit for bit; whole
+    or filled in shares of a few hundred bytes."""
     from pathlib import Path
 
     from transcoder.pipeline import read, transcode
@@ -90,6 +163,7 @@ def test_memory_mapped_tensors_round_trip(tmp_path, monkeypatch, source):
     want = {n: r.load().copy() for n, r in read(src).tensors.items()}
     monkeypatch.setattr(pt, "MAP_FROM_BYTES", 1)
     monkeypatch.setattr(safetensors_format, "MAP_FROM_BYTES", 1)
+    monkeypatch.setattr(rawfill, "SHARE_BYTES", share_bytes)
     transcode(src, tmp_path / "m.h5")
     transcode(tmp_path / "m.h5", tmp_path / ("back" + src.suffix))
     back = read(tmp_path / ("back" + src.suffix))
@@ -120,6 +194,28 @@ def test_h5_writer_fails_whole_when_a_tensor_fails_while_filling(tmp_path):
                for i, r in enumerate(refs)}
     dst = tmp_path / "out.h5"
     with pytest.raises(FormatError, match="broken"):
+        with atomic_output(dst, force=False) as tmp:
+            keras_h5.write(Checkpoint(tensors, LAYOUT_KERAS), tmp)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_h5_writer_fails_whole_when_one_share_of_a_tensor_fails(tmp_path, monkeypatch):
+    """Shares of one tensor run on both threads: an error in one of them fails the write and
+    leaves nothing behind."""
+    from transcoder.checkpoint import LAYOUT_KERAS, Checkpoint
+    from transcoder.formats import keras_h5
+
+    x = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+
+    def blocker(scratch, part=None):
+        if part is not None and part[0] == 9:
+            raise FormatError("broken share", tensor="d/kernel")
+        yield from Permute((1, 0)).forward_blocks([x], scratch, part)
+    monkeypatch.setattr(rawfill, "SHARE_BYTES", 1024)
+    tensors = {"d/kernel": TensorRef("d/kernel", (64, 64), "float32", lambda: x.T.copy(), blocker),
+               "d/bias": TensorRef.from_array("d/bias", np.ones(64, np.float32))}
+    dst = tmp_path / "out.h5"
+    with pytest.raises(FormatError, match="broken share"):
         with atomic_output(dst, force=False) as tmp:
             keras_h5.write(Checkpoint(tensors, LAYOUT_KERAS), tmp)
     assert list(tmp_path.iterdir()) == []

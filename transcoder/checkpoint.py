@@ -7,7 +7,10 @@ tensor. Only numpy crosses module borders; bfloat16 is ``ml_dtypes.bfloat16``.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -80,6 +83,10 @@ def dtype_name(dtype: Any) -> str:
     raise FormatError(f"unsupported dtype {dt}")
 
 
+#: (byte offset in a tensor's C-order data, those bytes as 1-d uint8)
+Piece = tuple[int, np.ndarray]
+
+
 @dataclass
 class TensorRef:
     """A named tensor whose data is read only when :meth:`load` is called."""
@@ -88,8 +95,9 @@ class TensorRef:
     shape: tuple[int, ...]
     dtype: str
     loader: Callable[[], np.ndarray] = field(repr=False)
-    #: optional: what :meth:`blocks` yields, given the scratch buffer
-    blocker: Callable[[np.ndarray], Iterator[np.ndarray]] | None = field(default=None, repr=False)
+    #: optional: ``blocker(scratch, part=None)`` yields the pieces of :meth:`pieces` (all of
+    #: them in order when ``part`` is None), written into the scratch buffer where data moves
+    blocker: Callable[..., Iterator[Piece]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_array(cls, name: str, array: np.ndarray) -> "TensorRef":
@@ -105,18 +113,73 @@ class TensorRef:
         that stream. Blocks may be written into ``scratch`` (a uint8 buffer), so each is valid
         only until the next one is asked for. Without a ``blocker``: the loaded array, whole."""
         if self.blocker is not None:
-            yield from self.blocker(scratch)
+            for _, block in self.blocker(scratch):
+                yield block
         else:
-            yield np.ascontiguousarray(self.load()).reshape(-1).view(np.uint8)
+            yield _bytes(self.load())
+
+    def pieces(self, scratch: np.ndarray, part: tuple[int, int] = (0, 1)) -> Iterator[Piece]:
+        """Share ``part`` = (k, n) of the data (the k-th of n about equal shares; together they
+        cover every byte once) as ``(offset, bytes)`` pieces in any order, for writers that put
+        each piece at its place; threads can fill the shares of one tensor side by side (see
+        :class:`SharedLoads`). Pieces may be written into ``scratch`` like :meth:`blocks`."""
+        if self.blocker is not None:
+            yield from self.blocker(scratch, part)
+            return
+        data = _bytes(self.load())
+        k, n = part
+        lo, hi = (len(data) * k // n, len(data) * (k + 1) // n)
+        if hi > lo:
+            yield lo, data[lo:hi]
 
     def load(self) -> np.ndarray:
-        """Read the data; raises FormatError if it does not match the declared shape/dtype."""
+        """Read the data; raises FormatError if it does not match the declared shape/dtype.
+        Inside :meth:`SharedLoads.active`, every thread gets the array the first one loaded."""
+        shared = _SHARED.get()
+        return self._load() if shared is None else shared.load(self)
+
+    def _load(self) -> np.ndarray:
         array = np.asarray(self.loader())
         if tuple(array.shape) != tuple(self.shape) or dtype_name(array.dtype) != self.dtype:
             raise FormatError(
                 f"data is {array.dtype}{list(array.shape)}, header says {self.dtype}{list(self.shape)}",
                 tensor=self.name)
         return array
+
+
+def _bytes(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+_SHARED: ContextVar["SharedLoads | None"] = ContextVar("transcoder_shared_loads", default=None)
+
+
+class SharedLoads:
+    """Loads each tensor once for all the threads that fill shares of one large tensor.
+
+    Inside :meth:`active` (entered on each of those threads), :meth:`TensorRef.load` returns
+    the array the first caller loaded, the source of a permuted tensor included; the others
+    wait for that load instead of repeating it (an ``.h5`` dataset is read whole). The arrays
+    are kept until this object is dropped.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # re-entered: a tensor's loader loads its sources
+        self._arrays: dict[int, tuple[TensorRef, np.ndarray]] = {}
+
+    def load(self, ref: TensorRef) -> np.ndarray:
+        with self._lock:
+            if id(ref) not in self._arrays:
+                self._arrays[id(ref)] = (ref, ref._load())  # the ref is kept: its id stays unique
+            return self._arrays[id(ref)][1]
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        token = _SHARED.set(self)
+        try:
+            yield
+        finally:
+            _SHARED.reset(token)
 
 
 @dataclass

@@ -1,13 +1,17 @@
-"""Writing tensors' bytes into byte ranges an output file has already set aside, two at a time.
+"""Writing tensors' bytes into byte ranges an output file has already set aside, on two threads.
 
 The ``.h5`` and ``.safetensors`` writers lay out the file (HDF5 datasets allocated up front,
 the safetensors header) and hand each tensor with the file offset of its data to a
 :class:`Filler` (the ``.h5`` writer as soon as HDF5 has allocated the dataset, while it lays out
-the rest). Each worker thread takes a tensor, asks it for its bytes in blocks
-(:meth:`TensorRef.blocks`: a permuted tensor is permuted block by block into the thread's
-scratch buffer, which stays in the cache) and writes every block with ``pwrite`` at its offset.
-The permutation kernel and ``pwrite`` release the GIL, so on two cores one thread permutes
-while the other writes; no tensor is ever held whole in fresh memory.
+the rest). Each worker thread takes a task, asks the tensor for its bytes in pieces
+(:meth:`TensorRef.pieces`: a permuted tensor is permuted block by block into the thread's
+scratch buffer, which stays in the cache) and writes every piece with ``pwrite`` at its offset.
+The permutation kernel and ``pwrite`` release the GIL, so on two cores both threads work at
+once; no tensor is ever held whole in fresh memory.
+
+A tensor larger than ``2 * SHARE_BYTES`` becomes several tasks, one per share of its bytes,
+so that one huge tensor (an LLM's embedding) keeps every thread busy; its shares load their
+source once between them (:class:`SharedLoads`).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import TensorRef
+from ..checkpoint import SharedLoads, TensorRef
 from ..errors import FormatError
 
 WORKERS = 2
@@ -28,6 +32,8 @@ WORKERS = 2
 #: 0.49 s, 2 MiB 1.5 s (not explained yet; page-aligned 1 MiB pwrites of a plain buffer were
 #: slow too, so the kernel's page-cache allocation for large writes is the likely cause).
 SCRATCH_BYTES = 1 << 20
+#: Tensors of more than twice this many bytes are filled in shares of about this size.
+SHARE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,24 @@ class Region:
 
     offset: int
     ref: TensorRef
+
+
+class _Shares:
+    """The tasks of one region: how many, the loads they share, the bytes they wrote."""
+
+    def __init__(self, region: Region, count: int) -> None:
+        self.region, self.count = region, count
+        self.loads = SharedLoads()
+        self._lock = threading.Lock()
+        self._left, self._written = count, 0
+
+    def done(self, written: int) -> None:
+        """Count a finished share; after the last one, check the tensor's size."""
+        with self._lock:
+            self._left -= 1
+            self._written += written
+            if self._left == 0 and self._written != self.region.ref.nbytes:
+                raise _wrong_size(self.region.ref)
 
 
 class Filler:
@@ -52,12 +76,17 @@ class Filler:
         self._local = threading.local()
 
     def add(self, region: Region) -> None:
-        self._futures.append(self._pool.submit(self._one, region))
+        shares = _Shares(region, max(1, region.ref.nbytes // SHARE_BYTES)
+                         if region.ref.nbytes > 2 * SHARE_BYTES else 1)
+        for k in range(shares.count):
+            self._futures.append(self._pool.submit(self._one, shares, k))
 
-    def _one(self, region: Region) -> None:
+    def _one(self, shares: _Shares, k: int) -> None:
         if not hasattr(self._local, "scratch"):
             self._local.scratch = np.empty(SCRATCH_BYTES, np.uint8)
-        _write_tensor(self._fd, region, self._local.scratch)
+        with shares.loads.active():
+            written = _write_share(self._fd, shares.region, (k, shares.count), self._local.scratch)
+        shares.done(written)
 
     def __enter__(self) -> "Filler":
         return self
@@ -79,16 +108,15 @@ def fill(path: Path, regions: list[Region], workers: int = WORKERS) -> None:
             filler.add(region)
 
 
-def _write_tensor(fd: int, region: Region, scratch: np.ndarray) -> None:
-    ref, at = region.ref, region.offset
-    end = at + ref.nbytes
-    for block in ref.blocks(scratch):
-        if at + len(block) > end:
+def _write_share(fd: int, region: Region, part: tuple[int, int], scratch: np.ndarray) -> int:
+    """Write share ``part`` of the region's tensor; the number of bytes written."""
+    ref, written = region.ref, 0
+    for offset, block in ref.pieces(scratch, part):
+        if offset < 0 or offset + len(block) > ref.nbytes:
             raise _wrong_size(ref)
-        pwrite_all(fd, block, at)
-        at += len(block)
-    if at != end:
-        raise _wrong_size(ref)
+        pwrite_all(fd, block, region.offset + offset)
+        written += len(block)
+    return written
 
 
 def _wrong_size(ref: TensorRef) -> FormatError:

@@ -12,8 +12,9 @@ from typing import ClassVar, Iterator
 
 import numpy as np
 
+from ..checkpoint import Piece
 from ..errors import MappingError
-from .transpose import permute_array, permuted_blocks
+from .transpose import permute_array, permuted_pieces
 
 Shape = tuple[int, ...]
 
@@ -39,15 +40,18 @@ class Op:
     def inverse_shapes(self, shapes: list[Shape]) -> list[Shape]:
         return list(shapes)
 
-    def forward_blocks(self, xs: list[np.ndarray], scratch: np.ndarray) -> Iterator[np.ndarray]:
-        """The one Keras-side tensor as consecutive uint8 blocks in C order, written into
-        ``scratch`` where data moves (see :func:`.transpose.permuted_blocks`); only for ops
-        with ``streams`` set."""
-        return permuted_blocks(xs[0], tuple(range(xs[0].ndim)), scratch)
+    def forward_blocks(self, xs: list[np.ndarray], scratch: np.ndarray,
+                       part: tuple[int, int] | None = None) -> Iterator[Piece]:
+        """The one Keras-side tensor's C-order bytes as ``(offset, block)`` pieces, written
+        into ``scratch`` where data moves: all of them in order when ``part`` is None, else
+        share ``part`` = (k, n) in any order (see :func:`.transpose.permuted_pieces`); only
+        for ops with ``streams`` set."""
+        return _pieces(xs[0], tuple(range(xs[0].ndim)), scratch, part)
 
-    def inverse_blocks(self, ys: list[np.ndarray], scratch: np.ndarray) -> Iterator[np.ndarray]:
+    def inverse_blocks(self, ys: list[np.ndarray], scratch: np.ndarray,
+                       part: tuple[int, int] | None = None) -> Iterator[Piece]:
         """The same for the one PyTorch-side tensor."""
-        return permuted_blocks(ys[0], tuple(range(ys[0].ndim)), scratch)
+        return _pieces(ys[0], tuple(range(ys[0].ndim)), scratch, part)
 
     def inverse_note(self, refs: list, step) -> str | None:
         """What the inverse will do when that depends on the data (a note for the plan)."""
@@ -96,13 +100,13 @@ class Permute(Op):
         self._check(ys[0].shape)
         return [permute_array(ys[0], self.inverse_axes)]
 
-    def forward_blocks(self, xs, scratch):
+    def forward_blocks(self, xs, scratch, part=None):
         self._check(xs[0].shape)
-        return permuted_blocks(xs[0], self.axes, scratch)
+        return _pieces(xs[0], self.axes, scratch, part)
 
-    def inverse_blocks(self, ys, scratch):
+    def inverse_blocks(self, ys, scratch, part=None):
         self._check(ys[0].shape)
-        return permuted_blocks(ys[0], self.inverse_axes, scratch)
+        return _pieces(ys[0], self.inverse_axes, scratch, part)
 
     def forward_shapes(self, shapes):
         self._check(shapes[0])
@@ -146,6 +150,11 @@ class Reshape(Op):
     def spec(self) -> dict:
         return {"op": self.kind, "keras_shape": list(self.keras_shape),
                 "torch_shape": list(self.torch_shape)}
+
+
+def _pieces(x: np.ndarray, axes: tuple[int, ...], scratch: np.ndarray,
+            part: tuple[int, int] | None) -> Iterator[Piece]:
+    return permuted_pieces(x, axes, scratch, part or (0, 1), ordered=part is None)
 
 
 #: op name -> class, for rebuilding ops from stored specs (``op_from_spec``).

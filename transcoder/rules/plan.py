@@ -246,9 +246,9 @@ def _blocker(op, blocks_fn, refs: list[TensorRef], name: str):
     if not op.streams:
         return None
 
-    def blocks(scratch):
+    def blocks(scratch, part=None):
         try:
-            yield from blocks_fn([refs[0].load()], scratch)
+            yield from blocks_fn([refs[0].load()], scratch, part)
         except TranscoderError as exc:
             raise exc.with_context(tensor=name) from None
     return blocks

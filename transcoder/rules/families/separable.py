@@ -32,7 +32,7 @@ from ...errors import MappingError
 from ..checkcase import BATCH, Built, LayerCase, Skip, spatial_sizes
 from ..ops import Op, Permute, register_op
 from ..table import Inference, LayerRule, Param
-from ..transpose import permute_array, permuted_blocks
+from ..transpose import permute_array
 
 #: words of a Keras layer name that say "depthwise" (Keras' own default names included)
 DEPTHWISE_WORDS = ("depthwise", "dw", "dwconv", "depthwise_conv1d", "depthwise_conv2d")
@@ -81,14 +81,14 @@ class DepthwiseKernel(Op):
         self._keras(shapes[0])
         return [(shapes[0][-2] * shapes[0][-1], 1, *shapes[0][:-2])]
 
-    def forward_blocks(self, xs, scratch):
+    def forward_blocks(self, xs, scratch, part=None):
         self._torch(xs[0].shape)
-        return permuted_blocks(xs[0], _conv_axes(xs[0].ndim), scratch)
+        return Permute(_conv_axes(xs[0].ndim)).forward_blocks(xs, scratch, part)
 
-    def inverse_blocks(self, ys, scratch):
+    def inverse_blocks(self, ys, scratch, part=None):
         self._keras(ys[0].shape)
         flat = ys[0].reshape(*ys[0].shape[:-2], 1, -1)
-        return permuted_blocks(flat, Permute(_conv_axes(flat.ndim)).inverse_axes, scratch)
+        return Permute(_conv_axes(flat.ndim)).inverse_blocks([flat], scratch, part)
 
     def describe(self) -> str:
         return "permute as a Conv, read as (k.., C, m)"
