@@ -1,4 +1,6 @@
 """Atomic outputs, filling pre-allocated output regions (rawfill) and memory-mapped reads."""
+import errno
+import os
 import threading
 import time
 
@@ -219,3 +221,70 @@ def test_h5_writer_fails_whole_when_one_share_of_a_tensor_fails(tmp_path, monkey
         with atomic_output(dst, force=False) as tmp:
             keras_h5.write(Checkpoint(tensors, LAYOUT_KERAS), tmp)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_file_range_finds_the_bytes_of_a_mapped_view(tmp_path):
+    from transcoder.formats.filemap import file_range, map_range
+
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(256)) * 64)
+    with open(path, "rb") as fh:
+        mapped = map_range(fh.fileno(), 70000 % 16384, 9000)
+        as_floats = mapped[2:8002].view(np.float32).reshape(50, 40)
+        block = np.ascontiguousarray(as_floats).reshape(-1).view(np.uint8)[100:300]
+        fd, offset = file_range(block)
+        assert fd == fh.fileno() and offset == 70000 % 16384 + 2 + 100
+        assert os.pread(fd, 200, offset) == block.tobytes()
+        assert file_range(np.frombuffer(bytes(10), np.uint8)) is None
+        assert file_range(mapped[::2]) is None
+    assert file_range(block) is None   # the file is closed
+
+
+def _mapped_ref(tmp_path, x):
+    """A tensor whose data is a map of the file it was saved in, as the readers give them."""
+    from transcoder.formats.filemap import map_range
+
+    path = tmp_path / "src"
+    path.write_bytes(b"head" + x.tobytes())
+    fh = open(path, "rb")
+    return fh, TensorRef("e", x.shape, "float32",
+                         lambda: map_range(fh.fileno(), 4, x.nbytes).view(np.float32).reshape(x.shape))
+
+
+@pytest.mark.parametrize("refuse", [None, errno.EXDEV, errno.ENOSYS, "missing"])
+def test_unchanged_mapped_tensors_are_copied_file_to_file(tmp_path, monkeypatch, refuse):
+    """By copy_file_range in shares; where the kernel refuses (other file system, old kernel)
+    or Python lacks it, by pwrite: the same bytes either way."""
+    x = np.random.default_rng(0).standard_normal((512, 300), dtype=np.float32)
+    calls = []
+    copy = os.copy_file_range
+
+    def copy_file_range(src, dst, count, offset_src, offset_dst):
+        calls.append(count)
+        if refuse is not None:
+            raise OSError(refuse, os.strerror(refuse))
+        return copy(src, dst, count, offset_src, offset_dst)
+    if refuse == "missing":
+        monkeypatch.delattr(os, "copy_file_range")
+    else:
+        monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(rawfill, "SHARE_BYTES", x.nbytes // 5)
+    fh, ref = _mapped_ref(tmp_path, x)
+    with fh:
+        path = tmp_path / "out"
+        path.write_bytes(bytes(16 + x.nbytes))
+        rawfill.fill(path, [rawfill.Region(16, ref)])
+    assert path.read_bytes() == bytes(16) + x.tobytes()
+    assert len(calls) == {None: 5, "missing": 0}.get(refuse, 1)   # refused once: never again
+
+
+def test_a_real_copy_error_fails_the_fill(tmp_path, monkeypatch):
+    def broken(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "copy_file_range", broken)
+    x = np.ones((1024, 300), np.float32)
+    fh, ref = _mapped_ref(tmp_path, x)
+    with fh, pytest.raises(OSError, match="No space"):
+        path = tmp_path / "out"
+        path.write_bytes(bytes(x.nbytes))
+        rawfill.fill(path, [rawfill.Region(0, ref)])

@@ -12,10 +12,21 @@ once; no tensor is ever held whole in fresh memory.
 A tensor larger than ``2 * SHARE_BYTES`` becomes several tasks, one per share of its bytes,
 so that one huge tensor (an LLM's embedding) keeps every thread busy; its shares load their
 source once between them (:class:`SharedLoads`).
+
+Two things the kernel does better than we can (see :class:`_Output`): each tensor's range of
+the output gets its disk blocks before it is written (``fallocate``: ext4 then skips its
+delayed allocation for every page written; 1 GiB of 1 MiB pwrites here took 0.15-0.2 s
+instead of 0.25-0.35 s), and bytes that move unchanged from a source file (a tensor copied
+as it is, memory-mapped by the reader) are copied from file to file by ``copy_file_range``
+without passing through this process, falling back to ``pwrite`` where the kernel or the
+file systems refuse it.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +36,7 @@ import numpy as np
 
 from ..checkpoint import SharedLoads, TensorRef
 from ..errors import FormatError
+from . import filemap
 
 WORKERS = 2
 #: Per worker: stays in a core's L2 cache between the permutation and the write. Measured on a
@@ -70,14 +82,15 @@ class Filler:
     """
 
     def __init__(self, path: Path, workers: int = WORKERS) -> None:
-        self._fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+        self._out = _Output(os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0)))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="transcoder-fill")
         self._futures: list[Future] = []
         self._local = threading.local()
 
     def add(self, region: Region) -> None:
-        shares = _Shares(region, max(1, region.ref.nbytes // SHARE_BYTES)
-                         if region.ref.nbytes > 2 * SHARE_BYTES else 1)
+        nbytes = region.ref.nbytes
+        self._out.reserve(region.offset, nbytes)
+        shares = _Shares(region, max(1, nbytes // SHARE_BYTES) if nbytes > 2 * SHARE_BYTES else 1)
         for k in range(shares.count):
             self._futures.append(self._pool.submit(self._one, shares, k))
 
@@ -85,7 +98,7 @@ class Filler:
         if not hasattr(self._local, "scratch"):
             self._local.scratch = np.empty(SCRATCH_BYTES, np.uint8)
         with shares.loads.active():
-            written = _write_share(self._fd, shares.region, (k, shares.count), self._local.scratch)
+            written = _write_share(self._out, shares.region, (k, shares.count), self._local.scratch)
         shares.done(written)
 
     def __enter__(self) -> "Filler":
@@ -98,7 +111,7 @@ class Filler:
                     future.result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            os.close(self._fd)
+            os.close(self._out.fd)
 
 
 def fill(path: Path, regions: list[Region], workers: int = WORKERS) -> None:
@@ -108,15 +121,78 @@ def fill(path: Path, regions: list[Region], workers: int = WORKERS) -> None:
             filler.add(region)
 
 
-def _write_share(fd: int, region: Region, part: tuple[int, int], scratch: np.ndarray) -> int:
+def _write_share(out: "_Output", region: Region, part: tuple[int, int], scratch: np.ndarray) -> int:
     """Write share ``part`` of the region's tensor; the number of bytes written."""
     ref, written = region.ref, 0
     for offset, block in ref.pieces(scratch, part):
         if offset < 0 or offset + len(block) > ref.nbytes:
             raise _wrong_size(ref)
-        pwrite_all(fd, block, region.offset + offset)
+        out.put(block, region.offset + offset)
         written += len(block)
     return written
+
+
+#: errors that mean "copy_file_range cannot do this here", not "the output is broken"
+_NO_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM,
+            errno.ETXTBSY, errno.EOVERFLOW}
+
+
+class _Output:
+    """The output file's descriptor and what the kernel lets us do with it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.copies = hasattr(os, "copy_file_range")   # until the kernel refuses once
+        self._fallocate = _fallocate()
+
+    def reserve(self, offset: int, nbytes: int) -> None:
+        """Give the range its disk blocks now, without changing the file's size (a hint: file
+        systems without ``fallocate`` are left alone)."""
+        if self._fallocate is not None and nbytes:
+            self._fallocate(self.fd, 1, offset, nbytes)   # 1: FALLOC_FL_KEEP_SIZE
+
+    def put(self, block: np.ndarray, offset: int) -> None:
+        """Write ``block`` at ``offset``: copied inside the kernel if it is a view of a source
+        file's map, else (or for what the kernel did not copy) with pwrite."""
+        source = filemap.file_range(block) if self.copies else None
+        done = self._copy(source, len(block), offset) if source is not None else 0
+        if done < len(block):
+            pwrite_all(self.fd, block[done:], offset + done)
+            filemap.release(block)   # a huge tensor written from its map: pages not kept
+
+    def _copy(self, source: tuple[int, int], nbytes: int, offset: int) -> int:
+        """Bytes copied from ``source`` (descriptor, offset) by the kernel before it refused."""
+        fd, at = source
+        done = 0
+        try:
+            while done < nbytes:
+                step = os.copy_file_range(fd, self.fd, nbytes - done, at + done, offset + done)
+                if step == 0:   # reading the map there would raise SIGBUS
+                    raise FormatError("the source file ends early (did it change while being "
+                                      "converted?)")
+                done += step
+        except OSError as exc:
+            if exc.errno not in _NO_COPY:
+                raise
+            self.copies = False
+        return done
+
+
+@functools.cache
+def _fallocate():
+    """libc's ``fallocate`` (never emulated by writing zeros, as ``posix_fallocate`` is), or None
+    off Linux."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _wrong_size(ref: TensorRef) -> FormatError:
