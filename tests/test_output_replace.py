@@ -288,3 +288,36 @@ def test_a_real_copy_error_fails_the_fill(tmp_path, monkeypatch):
         path = tmp_path / "out"
         path.write_bytes(bytes(x.nbytes))
         rawfill.fill(path, [rawfill.Region(0, ref)])
+
+
+@pytest.mark.parametrize("share_bytes", [1 << 30, 3000])
+def test_bfloat16_goes_to_h5_as_exact_float32_through_the_fill(tmp_path, monkeypatch, share_bytes):
+    """Streamed like the other dtypes (permuted or not, whole or in shares), bfloat16 lands in
+    the .h5 as the same float32 bits and attribute as the in-memory writer gives it, and comes
+    back bit for bit, NaN payloads included."""
+    import h5py
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    from transcoder.formats import h5safety
+    from transcoder.pipeline import read, transcode
+
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 1 << 16, 64 * 48 + 40 * 24, dtype=np.uint16)
+    tensors = {"fc.weight": bits[:64 * 48].view(ml_dtypes.bfloat16).reshape(64, 48),
+               "embed.weight": bits[64 * 48:].view(ml_dtypes.bfloat16).reshape(40, 24)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    monkeypatch.setattr(rawfill, "SHARE_BYTES", share_bytes)
+    transcode(tmp_path / "m.safetensors", tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5") as f:
+        for path, want in (("fc/fc/kernel", tensors["fc.weight"].T), ("embed/embed/embeddings",
+                                                                          tensors["embed.weight"])):
+            ds = f[path]
+            assert ds.dtype == np.float32 and ds.attrs["transcoder_dtype"] == "bfloat16"
+            assert ds[()].tobytes() == h5safety.bf16_to_float32(np.ascontiguousarray(want)).tobytes()
+    transcode(tmp_path / "m.h5", tmp_path / "back.safetensors")
+    back = read(tmp_path / "back.safetensors")
+    for name, array in tensors.items():
+        got = back[name].load()
+        assert got.dtype == array.dtype and got.tobytes() == array.tobytes(), name
+    back.close()

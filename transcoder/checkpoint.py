@@ -126,9 +126,9 @@ class TensorRef:
         if self.blocker is not None:
             yield from self.blocker(scratch, part)
             return
-        data = _bytes(self.load())
-        k, n = part
-        lo, hi = (len(data) * k // n, len(data) * (k + 1) // n)
+        array = self.load()
+        data, count, k, n = _bytes(array), array.size, *part
+        lo, hi = (count * k // n * array.itemsize, count * (k + 1) // n * array.itemsize)
         if hi > lo:
             yield lo, data[lo:hi]
 

@@ -278,20 +278,25 @@ def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, 
                      filler: rawfill.Filler) -> None:
     """Every dataset, in job order. Those whose bytes HDF5 stores as they are in memory get
     their file space now and their data from ``filler``'s threads, written beside HDF5 (the
-    space is HDF5's raw data, which it never touches again: no fill value); the rest
-    (bfloat16, bool, complex, scalars, empty) are written here."""
+    space is HDF5's raw data, which it never touches again: no fill value); so do bfloat16
+    tensors, as the exact float32 that ``h5s.write_array`` stores; the rest (bool, complex,
+    scalars, empty) are written here."""
     for grp, rel, name in jobs:
         ref = ckpt.tensors[name]
         if ref.dtype in RAW_DTYPES and ref.shape and ref.nbytes:  # HDF5 gives scalars no offset
-            ds = _allocate(grp, rel, ref)
+            ds = _allocate(grp, rel, ref.shape, ref.dtype)
             filler.add(rawfill.Region(ds.id.get_offset(), ref))
+        elif ref.dtype == "bfloat16" and ref.shape and ref.nbytes:
+            ds = _allocate(grp, rel, ref.shape, "float32")
+            ds.attrs["transcoder_dtype"] = "bfloat16"   # as h5s.write_array marks it
+            filler.add(rawfill.Region(ds.id.get_offset(), ref, as_float32=True))
         else:
             ds = _write_array(grp, rel, ref.load(), name, path)
         if grp.name == "/" + CARRIED_GROUP:  # no layer may take this name (RESERVED_NAMES)
             ds.attrs["name"] = name
 
 
-def _allocate(grp: h5py.Group, rel: str, ref: TensorRef) -> h5py.Dataset:
+def _allocate(grp: h5py.Group, rel: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
     """A contiguous dataset whose file space is allocated now and never filled by HDF5.
     (h5py's low-level calls: ``create_dataset`` costs 0.1 ms more per dataset in Python.)"""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -300,9 +305,9 @@ def _allocate(grp: h5py.Group, rel: str, ref: TensorRef) -> h5py.Dataset:
     lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
     lcpl.set_create_intermediate_group(True)   # weight paths hold groups: conv/conv/kernel
     lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)
-    space = h5py.h5s.create_simple(ref.shape)
-    dtype = h5py.h5t.py_create(np.dtype(ref.dtype))
-    return h5py.Dataset(h5py.h5d.create(grp.id, rel.encode("utf8"), dtype, space, dcpl=dcpl,
+    space = h5py.h5s.create_simple(shape)
+    h5type = h5py.h5t.py_create(np.dtype(dtype))
+    return h5py.Dataset(h5py.h5d.create(grp.id, rel.encode("utf8"), h5type, space, dcpl=dcpl,
                                         lcpl=lcpl))
 
 

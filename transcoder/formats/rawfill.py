@@ -50,10 +50,13 @@ SHARE_BYTES = 8 << 20
 
 @dataclass(frozen=True)
 class Region:
-    """Where a tensor's bytes go in the output file."""
+    """Where a tensor's bytes go in the output file; ``as_float32``: a bfloat16 tensor stored as
+    the float32 numbers it holds (each value's bits shifted up 16: exact, NaN payloads too),
+    twice its size."""
 
     offset: int
     ref: TensorRef
+    as_float32: bool = False
 
 
 class _Shares:
@@ -89,7 +92,7 @@ class Filler:
 
     def add(self, region: Region) -> None:
         nbytes = region.ref.nbytes
-        self._out.reserve(region.offset, nbytes)
+        self._out.reserve(region.offset, 2 * nbytes if region.as_float32 else nbytes)
         shares = _Shares(region, max(1, nbytes // SHARE_BYTES) if nbytes > 2 * SHARE_BYTES else 1)
         for k in range(shares.count):
             self._futures.append(self._pool.submit(self._one, shares, k))
@@ -127,7 +130,10 @@ def _write_share(out: "_Output", region: Region, part: tuple[int, int], scratch:
     for offset, block in ref.pieces(scratch, part):
         if offset < 0 or offset + len(block) > ref.nbytes:
             raise _wrong_size(ref)
-        out.put(block, region.offset + offset)
+        if region.as_float32:
+            out.put_float32(block, region.offset + 2 * offset)
+        else:
+            out.put(block, region.offset + offset)
         written += len(block)
     return written
 
@@ -144,6 +150,7 @@ class _Output:
         self.fd = fd
         self.copies = hasattr(os, "copy_file_range")   # until the kernel refuses once
         self._fallocate = _fallocate()
+        self._local = threading.local()
 
     def reserve(self, offset: int, nbytes: int) -> None:
         """Give the range its disk blocks now, without changing the file's size (a hint: file
@@ -159,6 +166,19 @@ class _Output:
         if done < len(block):
             pwrite_all(self.fd, block[done:], offset + done)
             filemap.release(block)   # a huge tensor written from its map: pages not kept
+
+    def put_float32(self, block: np.ndarray, offset: int) -> None:
+        """Write the bfloat16 values of ``block`` at ``offset`` as float32, through a scratch
+        buffer of each thread's own."""
+        if not hasattr(self._local, "wide"):
+            self._local.wide = np.empty(2 * SCRATCH_BYTES, np.uint8)
+        step = SCRATCH_BYTES
+        for at in range(0, len(block), step):
+            narrow = block[at:at + step].view(np.uint16)
+            wide = self._local.wide[:2 * narrow.nbytes].view(np.uint32)
+            np.left_shift(narrow, 16, out=wide, dtype=np.uint32)
+            pwrite_all(self.fd, wide.view(np.uint8), offset + 2 * at)
+        filemap.release(block)
 
     def _copy(self, source: tuple[int, int], nbytes: int, offset: int) -> int:
         """Bytes copied from ``source`` (descriptor, offset) by the kernel before it refused."""
