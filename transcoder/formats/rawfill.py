@@ -46,6 +46,8 @@ WORKERS = 2
 SCRATCH_BYTES = 1 << 20
 #: Tensors of more than twice this many bytes are filled in shares of about this size.
 SHARE_BYTES = 8 << 20
+#: Smaller ranges are not given their disk blocks up front (the call costs more than it saves).
+RESERVE_FROM_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,6 @@ class Filler:
 
     def add(self, region: Region) -> None:
         nbytes = region.ref.nbytes
-        self._out.reserve(region.offset, 2 * nbytes if region.as_float32 else nbytes)
         shares = _Shares(region, max(1, nbytes // SHARE_BYTES) if nbytes > 2 * SHARE_BYTES else 1)
         for k in range(shares.count):
             self._futures.append(self._pool.submit(self._one, shares, k))
@@ -100,6 +101,9 @@ class Filler:
     def _one(self, shares: _Shares, k: int) -> None:
         if not hasattr(self._local, "scratch"):
             self._local.scratch = np.empty(SCRATCH_BYTES, np.uint8)
+        region = shares.region
+        if k == 0:  # on the worker: a call takes about 0.1 ms
+            self._out.reserve(region.offset, region.ref.nbytes * (2 if region.as_float32 else 1))
         with shares.loads.active():
             written = _write_share(self._out, shares.region, (k, shares.count), self._local.scratch)
         shares.done(written)
@@ -153,9 +157,9 @@ class _Output:
         self._local = threading.local()
 
     def reserve(self, offset: int, nbytes: int) -> None:
-        """Give the range its disk blocks now, without changing the file's size (a hint: file
-        systems without ``fallocate`` are left alone)."""
-        if self._fallocate is not None and nbytes:
+        """Give a range of RESERVE_FROM_BYTES or more its disk blocks now, without changing the
+        file's size (a hint: file systems without ``fallocate`` are left alone)."""
+        if self._fallocate is not None and nbytes >= RESERVE_FROM_BYTES:
             self._fallocate(self.fd, 1, offset, nbytes)   # 1: FALLOC_FL_KEEP_SIZE
 
     def put(self, block: np.ndarray, offset: int) -> None:
