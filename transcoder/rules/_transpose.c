@@ -204,13 +204,18 @@ static void block_any(const char *s, const Plane *p, const Py_ssize_t *aoff, cha
             memcpy(d + boff[b] + a * p->item, s + aoff[a] + b * p->sb, (size_t)p->item);
 }
 
+/* A block is BLOCK x BLOCK elements, or as many along a when b is shorter (up to MAX_A). */
+#define MAX_A (8 * BLOCK)
+
 static void copy_plane(const char *s, char *d, const Plane *p) {
-    Py_ssize_t aoff[BLOCK], boff[BLOCK], item = p->item;
+    Py_ssize_t aoff[MAX_A], boff[BLOCK], item = p->item;
+    Py_ssize_t ablock = p->b.size < BLOCK ? BLOCK * BLOCK / p->b.size : BLOCK;
+    ablock = ablock > MAX_A ? MAX_A : ablock & ~(Py_ssize_t)7;
     for (Py_ssize_t b0 = 0; b0 < p->b.size; b0 += BLOCK) {
         Py_ssize_t nb = p->b.size - b0 < BLOCK ? p->b.size - b0 : BLOCK;
         run_offsets(&p->b, b0, nb, boff);
-        for (Py_ssize_t a0 = 0; a0 < p->a.size; a0 += BLOCK) {
-            Py_ssize_t na = p->a.size - a0 < BLOCK ? p->a.size - a0 : BLOCK;
+        for (Py_ssize_t a0 = 0; a0 < p->a.size; a0 += ablock) {
+            Py_ssize_t na = p->a.size - a0 < ablock ? p->a.size - a0 : ablock;
             run_offsets(&p->a, a0, na, aoff);
             if (p->block)
                 p->block(s + b0 * p->sb, p->sb, aoff, d + a0 * item, boff, na, nb);
