@@ -275,7 +275,10 @@ def test_unchanged_mapped_tensors_are_copied_file_to_file(tmp_path, monkeypatch,
         path.write_bytes(bytes(16 + x.nbytes))
         rawfill.fill(path, [rawfill.Region(16, ref)])
     assert path.read_bytes() == bytes(16) + x.tobytes()
-    assert len(calls) == {None: 5, "missing": 0}.get(refuse, 1)   # refused once: never again
+    if refuse in (None, "missing"):
+        assert len(calls) == {None: 5, "missing": 0}[refuse]
+    else:  # refused once on each thread at most (both may try at once), then never again
+        assert 1 <= len(calls) <= rawfill.WORKERS
 
 
 def test_a_real_copy_error_fails_the_fill(tmp_path, monkeypatch):

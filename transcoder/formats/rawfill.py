@@ -136,6 +136,8 @@ def _write_share(out: "_Output", region: Region, part: tuple[int, int], scratch:
             raise _wrong_size(ref)
         if region.as_float32:
             out.put_float32(block, region.offset + 2 * offset)
+        elif block.base is scratch:   # permuted here: no file holds these bytes
+            pwrite_all(out.fd, block, region.offset + offset)
         else:
             out.put(block, region.offset + offset)
         written += len(block)
