@@ -27,9 +27,11 @@ too, which is why even `cp` shows about 15 MiB: this script imports nothing heav
 reason). Before each run the output is deleted and ``sync`` flushes earlier writes, so no run
 pays for another's write-back. Sources stay in the page cache for all tools alike.
 
-Prints a Markdown table: the best wall time and the median (min-max), peak RSS (largest over
-runs), ratios of bests and of medians to `cp` and to the plain script, and whether the
-issue's targets (judged on the best of the runs, as the issue states them) are met.
+Prints a Markdown table: the best wall time and the median (min-max), the median CPU time
+(user + system: what the run cost, which other jobs on the machine disturb less than the wall
+time), peak RSS (largest over runs), ratios of bests and of medians to `cp` and to the plain
+script, and whether the issue's targets (judged on the best of the runs, as the issue states
+them) are met.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ CASES = ("linear", "conv1d", "small", "bulk", "llm")
 class Run:
     wall: float
     rss_mib: float
+    cpu: float   # user + system time of the process (and of the children it waited for)
 
 
 Tools = dict[str, tuple[list[str], Path]]   # tool name -> (command, the file or folder it writes)
@@ -167,7 +170,8 @@ def measure(command: list[str], output: Path) -> Run:
             raise SystemExit(f"bench: {' '.join(command)} failed ({proc.returncode}):\n"
                              f"{err.read().decode(errors='replace')}")
     _remove(output)
-    return Run(wall, usage.ru_maxrss / 1024)  # ru_maxrss is in KiB on Linux
+    return Run(wall, usage.ru_maxrss / 1024,  # ru_maxrss is in KiB on Linux
+               usage.ru_utime + usage.ru_stime)
 
 
 def run_cases(cases: list[Case], runs: int, log) -> None:
@@ -177,12 +181,13 @@ def run_cases(cases: list[Case], runs: int, log) -> None:
                 run = measure(command, output)
                 case.runs.setdefault(tool, []).append(run)
                 log(f"  round {round_ + 1}/{runs}  {case.name:34s} {tool:18s} "
-                    f"{run.wall:7.2f} s {run.rss_mib:8.1f} MiB")
+                    f"{run.wall:7.2f} s {run.rss_mib:8.1f} MiB {run.cpu:7.2f} s CPU")
 
 
 def table(cases: list[Case]) -> str:
-    rows = ["| case | tool | best | median (min-max) | peak RSS | best / cp | median / cp "
-            "| best / plain | target (on bests) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| case | tool | best | median (min-max) | CPU, median | peak RSS | best / cp "
+            "| median / cp | best / plain | target (on bests) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for case in cases:
         for tool, runs in case.runs.items():
             walls = [r.wall for r in runs]
@@ -190,8 +195,9 @@ def table(cases: list[Case]) -> str:
             to_cp = best / case.best(CP)
             to_plain = best / case.best(PLAIN) if case.best(PLAIN) else None
             plain_cell = "" if to_plain is None else f"{to_plain:.2f}"
+            cpu = statistics.median(r.cpu for r in runs)
             rows.append(f"| {case.name} | {tool} | {best:.2f} s | {median:.2f} s ({min(walls):.2f}-"
-                        f"{max(walls):.2f}) | {rss:.0f} MiB | {to_cp:.2f} | "
+                        f"{max(walls):.2f}) | {cpu:.2f} s | {rss:.0f} MiB | {to_cp:.2f} | "
                         f"{median / case.median(CP):.2f} | {plain_cell} | "
                         f"{verdict(case, tool, to_cp, to_plain, rss)} |")
     return "\n".join(rows)
