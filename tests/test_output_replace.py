@@ -324,3 +324,15 @@ def test_bfloat16_goes_to_h5_as_exact_float32_through_the_fill(tmp_path, monkeyp
         got = back[name].load()
         assert got.dtype == array.dtype and got.tobytes() == array.tobytes(), name
     back.close()
+
+
+def test_a_source_that_ends_early_fails_the_fill_by_name(tmp_path, monkeypatch):
+    """copy_file_range copying nothing means the source file shrank since it was mapped:
+    reading the map there would crash the process (SIGBUS), so the fill stops with an error."""
+    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)
+    x = np.ones((1024, 300), np.float32)
+    fh, ref = _mapped_ref(tmp_path, x)
+    with fh, pytest.raises(FormatError, match="e: the source file ends early"):
+        path = tmp_path / "out"
+        path.write_bytes(bytes(x.nbytes))
+        rawfill.fill(path, [rawfill.Region(0, ref)])

@@ -41,8 +41,8 @@ from . import filemap
 WORKERS = 2
 #: Per worker: stays in a core's L2 cache between the permutation and the write. Measured on a
 #: 1 GiB .pt -> .h5 (medians of 7 interleaved runs): 256 KiB 0.72 s, 512 KiB 0.60 s, 1 MiB
-#: 0.49 s, 2 MiB 1.5 s (not explained yet; page-aligned 1 MiB pwrites of a plain buffer were
-#: slow too, so the kernel's page-cache allocation for large writes is the likely cause).
+#: 0.49 s, 2 MiB 1.5 s. Since the ranges get their disk blocks first (fallocate), 1, 2 and
+#: 4 MiB cost the same CPU time (0.37-0.45 s for the data of 1 GiB, interleaved runs).
 SCRATCH_BYTES = 1 << 20
 #: Tensors of more than twice this many bytes are filled in shares of about this size.
 SHARE_BYTES = 8 << 20
@@ -139,7 +139,10 @@ def _write_share(out: "_Output", region: Region, part: tuple[int, int], scratch:
         elif block.base is scratch:   # permuted here: no file holds these bytes
             pwrite_all(out.fd, block, region.offset + offset)
         else:
-            out.put(block, region.offset + offset)
+            try:
+                out.put(block, region.offset + offset)
+            except FormatError as exc:
+                raise exc.with_context(tensor=ref.name) from None
         written += len(block)
     return written
 
