@@ -18,6 +18,12 @@ from .errors import FormatError
 LAYOUT_TORCH = "torch"
 LAYOUT_KERAS = "keras"
 
+#: numpy's own limit on dimensions (HDF5 allows 32).
+MAX_DIMS = 64
+#: No tensor is larger than this, whatever a file declares (2^62 bytes keeps every size and
+#: offset computed from it inside a signed 64-bit integer).
+MAX_TENSOR_BYTES = 1 << 62
+
 # ml_dtypes (for bfloat16) is imported only when a bfloat16 tensor is met: it is slow to import.
 _NUMPY_DTYPES: dict[str, np.dtype | None] = {
     "float64": np.dtype(np.float64),
@@ -80,6 +86,46 @@ def dtype_name(dtype: Any) -> str:
     raise FormatError(f"unsupported dtype {dt}")
 
 
+def check_name(name: object) -> None:
+    """FormatError unless ``name`` can be a tensor name in every format we write: a string
+    without NUL (HDF5 cuts names there) that encodes as UTF-8 (no lone surrogates)."""
+    if not isinstance(name, str):
+        raise FormatError(f"tensor name is not a string: {type(name).__name__}")
+    if "\0" in name:
+        raise FormatError("tensor name holds a NUL character", tensor=name)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError("tensor name is not valid Unicode (lone surrogate)", tensor=name) from None
+
+
+def check_shape(shape: Any, itemsize: int, name: str | None = None) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints; FormatError for negative or non-integer sizes, more than
+    :data:`MAX_DIMS` dimensions or more than :data:`MAX_TENSOR_BYTES` bytes."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise FormatError("tensor shape is not a list of sizes", tensor=name) from None
+    if len(dims) > MAX_DIMS:
+        raise FormatError(f"tensor has {len(dims)} dimensions (at most {MAX_DIMS} are supported)",
+                          tensor=name)
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+               for d in dims):
+        raise FormatError("tensor shape holds a size that is not a non-negative integer",
+                          tensor=name)
+    dims = tuple(int(d) for d in dims)
+    count = 1
+    for d in dims:
+        count *= d
+    if count * itemsize > MAX_TENSOR_BYTES:
+        raise FormatError(f"tensor declares {count * itemsize} bytes (more than 2^62)", tensor=name)
+    return dims
+
+
+def _itemsize(dtype: str) -> int:
+    return 2 if dtype == "bfloat16" else _NUMPY_DTYPES[dtype].itemsize
+
+
 @dataclass
 class TensorRef:
     """A named tensor whose data is read only when :meth:`load` is called."""
@@ -90,6 +136,12 @@ class TensorRef:
     loader: Callable[[], np.ndarray] = field(repr=False)
     #: optional: what :meth:`blocks` yields, given the scratch buffer
     blocker: Callable[[np.ndarray], Iterator[np.ndarray]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.dtype not in _NUMPY_DTYPES:
+            raise FormatError(f"unsupported dtype {self.dtype!r}"[:120], tensor=self.name)
+        self.shape = check_shape(self.shape, _itemsize(self.dtype), self.name)
 
     @classmethod
     def from_array(cls, name: str, array: np.ndarray) -> "TensorRef":
