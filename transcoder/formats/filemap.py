@@ -8,7 +8,8 @@ were the expensive part, not the copy). The mapping lives as long as the array (
 the whole file (1.1 GiB RSS for a 1 GiB file, measured). Arrays are read-only.
 
 If another process truncates the file while a tensor is being used, reading the lost pages
-raises SIGBUS instead of an error; the size is checked right before mapping.
+raises SIGBUS; the size is checked right before mapping, and :mod:`.sigbus` turns a SIGBUS
+in a mapping into a one-line error (exit code 2) that names the file.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import mmap
 import os
 
 import numpy as np
+
+from . import sigbus
 
 #: Smaller ranges are read: a map costs system calls and page-table setup that a copy of a few
 #: KiB does not.
@@ -34,4 +37,6 @@ def map_range(fd: int, offset: int, nbytes: int) -> np.ndarray | None:
                            offset=start)
     except (OSError, ValueError):
         return None
-    return np.frombuffer(mapped, np.uint8, count=nbytes, offset=offset - start)
+    array = np.frombuffer(mapped, np.uint8, count=nbytes, offset=offset - start)
+    sigbus.watch(array.__array_interface__["data"][0] - (offset - start), len(mapped), fd)
+    return array
