@@ -6,6 +6,7 @@ tensor. Only numpy crosses module borders; bfloat16 is ``ml_dtypes.bfloat16``.
 """
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+        return math.prod(self.shape) * _itemsize(self.dtype)
 
     def blocks(self, scratch: np.ndarray) -> Iterator[np.ndarray]:
         """The data in C order as consecutive 1-d uint8 blocks, ``nbytes`` in all, for writers

@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
-from ..errors import FormatError, MappingError, UnsupportedError, UsageError
-from . import ReadOptions, rawfill
+from ..errors import FormatError, MappingError, UnsafeFileError, UnsupportedError, UsageError
+from . import ReadOptions, jsonsafe, limits, rawfill, sigbus
 from . import h5safety as h5s
 from . import keras_v3
 
@@ -123,6 +123,7 @@ def read_legacy(f: h5py.File, root: h5py.Group, path: Path, size: int, fmt: str)
     classes = model_classes(config)
     layers: list[dict] = []
     tensors: dict[str, TensorRef] = {}
+    used = _Used(path)
     for name in _layer_names(root):
         grp = h5s.group(root, name, path)
         weight_names = h5s.attr_strings(grp, "weight_names") or []
@@ -135,22 +136,39 @@ def read_legacy(f: h5py.File, root: h5py.Group, path: Path, size: int, fmt: str)
             tensor = f"{name}/{short}"
             if tensor in tensors:
                 raise FormatError("two weights of the layer map to this name", path=path, tensor=tensor)
-            ds = h5s.resolve(grp, weight_name, path)
+            ds = used.once(h5s.resolve(grp, weight_name, path), tensor)
             tensors[tensor] = h5s.tensor_ref(tensor, ds, size, path)
         layers.append({"name": name, "class_name": cls, "weights": shorts})
     meta: dict[str, Any] = {"keras_layers": layers}
     if config is not None:
         meta["keras_config"] = config
-    _read_ours(f, tensors, meta, path, size)
+    _read_ours(f, tensors, meta, path, size, used)
+    limits.check_file(sum(t.nbytes for t in tensors.values()), size, path=path)
     return Checkpoint(tensors, LAYOUT_KERAS, str(path), fmt, meta)
 
 
+class _Used:
+    """Datasets already read: Keras never stores one dataset under two weights, and one stored
+    under a thousand names would be written a thousand times."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, {}
+
+    def once(self, ds: h5py.HLObject, tensor: str) -> h5py.HLObject:
+        key = h5s.object_key(ds)
+        if key in self.seen:
+            raise UnsafeFileError(f"HDF5 object {ds.name} is both {self.seen[key]} and "
+                                  f"{tensor}; refusing a file that reuses datasets", path=self.path)
+        self.seen[key] = tensor
+        return ds
+
+
 def _read_ours(f: h5py.File, tensors: dict[str, TensorRef], meta: dict, path: Path,
-               size: int) -> None:
+               size: int, used: _Used) -> None:
     """Our own additions: the ``transcoder`` attribute and the carried tensors."""
     ours = h5s.attr_json(f, "transcoder", path)
     if ours is not None:
-        meta["transcoder"] = ours
+        meta["transcoder"] = jsonsafe.check_stored_meta(ours, path)
     if not h5s.has(f, CARRIED_GROUP):
         return
     carried = []
@@ -162,7 +180,7 @@ def _read_ours(f: h5py.File, tensors: dict[str, TensorRef], meta: dict, path: Pa
             raise FormatError(f"carried tensor {CARRIED_GROUP}/{key} has no name", path=path)
         if name in tensors:
             raise FormatError("carried tensor duplicates a Keras weight", path=path, tensor=name)
-        tensors[name] = h5s.tensor_ref(name, ds, size, path)
+        tensors[name] = h5s.tensor_ref(name, used.once(ds, name), size, path)
         carried.append(name)
     meta["carried"] = carried
 
@@ -192,7 +210,7 @@ def write(ckpt: Checkpoint, path: Path) -> None:
             jobs += _create_carried(f, carried)
             _create_datasets(jobs, ckpt, path, filler)
     except OSError as exc:
-        raise UsageError(f"cannot write: {exc.strerror or exc}", path=path) from None
+        raise sigbus.write_failure(exc, path) from None
 
 
 def layers_to_write(ckpt: Checkpoint) -> list[dict]:
@@ -280,30 +298,50 @@ def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, 
     their file space now and their data from ``filler``'s threads, written beside HDF5 (the
     space is HDF5's raw data, which it never touches again: no fill value); the rest
     (bfloat16, bool, complex, scalars, empty) are written here."""
+    plists, group_names = _plists(), {}
     for grp, rel, name in jobs:
         ref = ckpt.tensors[name]
-        if ref.dtype in RAW_DTYPES and ref.shape and ref.nbytes:  # HDF5 gives scalars no offset
-            ds = _allocate(grp, rel, ref)
-            filler.add(rawfill.Region(ds.id.get_offset(), ref))
+        if ref.dtype in RAW_DTYPES and ref.shape:  # HDF5 gives scalars no offset
+            dsid = _allocate(grp, rel, ref, plists)
+            if ref.nbytes:
+                filler.add(rawfill.Region(dsid.get_offset(), ref))
         else:
-            ds = _write_array(grp, rel, ref.load(), name, path)
-        if grp.name == "/" + CARRIED_GROUP:  # no layer may take this name (RESERVED_NAMES)
-            ds.attrs["name"] = name
+            dsid = _write_array(grp, rel, ref.load(), name, path).id
+        if id(grp) not in group_names:  # each look-up asks HDF5
+            group_names[id(grp)] = grp.name
+        if group_names[id(grp)] == "/" + CARRIED_GROUP:  # no layer may take it (RESERVED_NAMES)
+            _name_attr(dsid, name)
 
 
-def _allocate(grp: h5py.Group, rel: str, ref: TensorRef) -> h5py.Dataset:
-    """A contiguous dataset whose file space is allocated now and never filled by HDF5.
-    (h5py's low-level calls: ``create_dataset`` costs 0.1 ms more per dataset in Python.)"""
+_NAME_TYPE = h5py.h5t.string_dtype("utf-8")
+
+
+def _name_attr(dsid: h5py.h5d.DatasetID, name: str) -> None:
+    """``ds.attrs["name"] = name`` through h5py's low-level calls (a third of the time per
+    carried tensor went to the high-level ones)."""
+    attr = h5py.h5a.create(dsid, b"name", h5py.h5t.py_create(_NAME_TYPE, logical=True),
+                           h5py.h5s.create(h5py.h5s.SCALAR))
+    attr.write(np.array(name, dtype=_NAME_TYPE))
+
+
+def _plists() -> tuple[h5py.h5p.PropDCID, h5py.h5p.PropLCID]:
+    """Dataset and link creation properties for :func:`_allocate` (made once per file)."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
     lcpl.set_create_intermediate_group(True)   # weight paths hold groups: conv/conv/kernel
     lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)
+    return dcpl, lcpl
+
+
+def _allocate(grp: h5py.Group, rel: str, ref: TensorRef, plists: tuple) -> h5py.h5d.DatasetID:
+    """A contiguous dataset whose file space is allocated now and never filled by HDF5.
+    (h5py's low-level calls: ``create_dataset`` costs 0.1 ms more per dataset in Python.)"""
+    dcpl, lcpl = plists
     space = h5py.h5s.create_simple(ref.shape)
     dtype = h5py.h5t.py_create(np.dtype(ref.dtype))
-    return h5py.Dataset(h5py.h5d.create(grp.id, rel.encode("utf8"), dtype, space, dcpl=dcpl,
-                                        lcpl=lcpl))
+    return h5py.h5d.create(grp.id, rel.encode("utf8"), dtype, space, dcpl=dcpl, lcpl=lcpl)
 
 
 def _write_array(grp: h5py.Group, rel: str, array: np.ndarray, name: str,

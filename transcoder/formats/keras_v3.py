@@ -20,6 +20,7 @@ import h5py
 from ..checkpoint import TensorRef
 from ..errors import FormatError, UnsafeFileError
 from . import h5safety as h5s
+from . import limits
 
 KERNEL_BIAS = ("kernel", "bias")
 RNN = (("cell/vars", ("kernel", "recurrent_kernel", "bias")),)
@@ -356,7 +357,8 @@ def read_tree(root: h5py.Group, path: object, file_size: int,
                 name = f"{found.name}/{short}"
                 if name in tensors:
                     raise FormatError("two weights have the same name", path=path, tensor=name)
-                tensors[name] = h5s.tensor_ref(name, ds, file_size, path)
+                tensors[name] = h5s.tensor_ref(name, ctx.enter(ds), file_size, path)
             entries.append({"name": found.name, "class_name": found.class_name,
                             "weights": [w for w, _ in weights], "h5_path": found.group.name})
+    limits.check_file(sum(t.nbytes for t in tensors.values()), file_size, path=path)
     return entries, tensors

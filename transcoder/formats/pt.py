@@ -30,7 +30,7 @@ from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError, UsageError
 from .brief import brief
 from .filemap import MAP_FROM_BYTES, map_range
-from . import ReadOptions, limits, zipsafe
+from . import ReadOptions, limits, sigbus, zipsafe
 from .torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
                            UnsupportedTensor, dump_state_dict, is_tensor)
 from .unpickler import unpickle
@@ -479,7 +479,7 @@ def write(ckpt: Checkpoint, path: Path) -> None:
             _write_archive(TorchZipWriter(fh, ARCHIVE_PREFIX), ckpt, entries)
     except OSError as exc:
         path.unlink(missing_ok=True)
-        raise TranscoderError(f"cannot write: {exc.strerror or exc}", path=path) from None
+        raise sigbus.write_failure(exc, path) from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -47,8 +47,9 @@ def check_members(zf: zipfile.ZipFile, path: Path, file_size: int,
                                   f"{info.compress_type}, which the format's writers never use; "
                                   "refusing it", path=path)
         if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
-            raise FormatError(f"archive member {name} is stored but declares {info.file_size} "
-                              f"bytes in {info.compress_size}: the archive is corrupt", path=path)
+            raise UnsafeFileError(f"archive member {name} is stored but declares {info.file_size} "
+                                  f"bytes in {info.compress_size}: refusing a possible zip bomb",
+                                  path=path)
         limits.check_tensor(info.file_size, info.compress_size, f"archive member {name}",
                             path=path)
         total += info.file_size
