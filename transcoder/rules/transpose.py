@@ -48,6 +48,9 @@ def permuted_blocks(x: np.ndarray, axes: tuple[int, ...], scratch: np.ndarray) -
     convolution's kernel still comes in many blocks. When the permutation moves no data the
     whole tensor comes as one block, a view of ``x``.
     """
+    if x.ndim == 0:  # ascontiguousarray would make it 1-d, and transpose(()) then fails
+        yield _bytes(np.ascontiguousarray(x))
+        return
     x = np.ascontiguousarray(x)
     if x.size == 0:
         return
