@@ -228,3 +228,38 @@ def state_dict_pickle(entries: list[Entry]) -> bytes:
         out += text(e.name) + glob("torch._utils", "_rebuild_tensor_v2") + args + empty_odict
         out += b"tR"
     return out + b"u" + STOP
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras files and safetensors headers written by hand
+# ---------------------------------------------------------------------------------------------
+
+def legacy_h5(path: Path, layers: dict[str, dict[str, "np.ndarray"]], **dataset_options) -> Path:
+    """A legacy weights-only ``.h5``: ``{layer: {weight: array}}``, weight names ``layer/weight``."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode() for n in layers])
+        for layer, weights in layers.items():
+            grp = f.create_group(layer)
+            grp.attrs["weight_names"] = np.array([f"{layer}/{w}".encode() for w in weights])
+            for weight, array in weights.items():
+                grp.create_dataset(f"{layer}/{weight}", data=array, **dataset_options)
+    return path
+
+
+def safetensors_raw(path: Path, header: bytes, data: bytes = b"") -> Path:
+    """A safetensors file with exactly this header text (8-byte length first)."""
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+def keras_archive(path: Path, config: bytes, weights: bytes,
+                  compression: int = zipfile.ZIP_STORED) -> Path:
+    """A ``.keras`` zip of config.json, metadata.json and model.weights.h5."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", config)
+        zf.writestr("metadata.json", b'{"keras_version": "3.15.0"}')
+        zf.writestr("model.weights.h5", weights, compress_type=compression)
+    return path
