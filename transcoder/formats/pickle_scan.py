@@ -22,6 +22,7 @@ before the unpickler allocates whatever a length field declares.
 from __future__ import annotations
 
 import pickletools
+import warnings
 from typing import IO, Callable
 
 from ..errors import FormatError
@@ -204,9 +205,11 @@ def scan(file: IO[bytes]) -> int:
     """
     machine = Machine()
     try:
-        for opcode, arg, _ in pickletools.genops(file):
-            machine.opcodes += 1
-            STEPS[opcode.name](machine, arg)
+        with warnings.catch_warnings():  # "invalid escape sequence" in STRING opcodes
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for opcode, arg, _ in pickletools.genops(file):
+                machine.opcodes += 1
+                STEPS[opcode.name](machine, arg)
     except FormatError:
         raise
     except _ERRORS as exc:

@@ -259,6 +259,8 @@ def find_state_dict(root: Any, key: str | None, is_tensor: IsTensor) -> tuple[st
     """
     if key:
         return key, select(root, key, is_tensor)
+    if isinstance(root, Mapping) and not root:
+        return None, StateDict({})  # torch.save({}): what an empty checkpoint converts to
     state = as_state_dict(root, is_tensor)
     if state is not None:
         return None, state
