@@ -71,7 +71,9 @@ def is_bfloat16(dtype: Any) -> bool:
     """Whether ``dtype`` is ml_dtypes' bfloat16. Such data exists only once ml_dtypes is
     imported, so this never imports it."""
     ml_dtypes = sys.modules.get("ml_dtypes")
-    return ml_dtypes is not None and np.dtype(dtype) == ml_dtypes.bfloat16
+    # another thread may be importing it (a partly initialised module): no such data exists yet
+    bfloat16 = getattr(ml_dtypes, "bfloat16", None)
+    return bfloat16 is not None and np.dtype(dtype) == bfloat16
 
 
 def dtype_name(dtype: Any) -> str:
