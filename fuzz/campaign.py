@@ -116,7 +116,7 @@ def chunks(formats: list[str], inputs: int) -> list[tuple[str, int, int]]:
 def campaign(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     todo, running, serial = chunks(args.formats, args.inputs), {}, 0
-    started = time.time()
+    started = shown = time.time()
     while todo or running:
         while todo and len(running) < args.jobs:
             fmt, start, count = todo.pop(0)
@@ -132,9 +132,10 @@ def campaign(args) -> None:
             if proc.returncode != 0:  # a hang or a crash: record it, go on after it
                 rest = resume_after(args, tag, fmt, start, count, proc.returncode)
                 todo[:0] = [rest] if rest[2] > 0 else []
-        print(f"\r{progress(args.out)} inputs in {time.time() - started:.0f} s", end="",
-              file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if time.time() - shown > (1 if sys.stderr.isatty() else 60):
+            shown = time.time()
+            print(f"{progress(args.out)} inputs in {shown - started:.0f} s", file=sys.stderr,
+                  flush=True)
     report(args)
 
 
