@@ -291,5 +291,7 @@ def test_a_source_truncated_while_mapped_is_one_line_and_exit_2(tmp_path, target
                for i in range(6) for p in ("weight", "bias")}, str(src))
     done = subprocess.run([sys.executable, "-c", _TRUNCATE, src, tmp_path / target],
                           capture_output=True, text=True, timeout=60)
-    assert_refused(done.returncode, done.stderr, src, tmp_path, {"big.safetensors"})
-    assert "truncated or changed while it was being read" in done.stderr
+    line = assert_refused(done.returncode, done.stderr, src, tmp_path, {"big.safetensors"})
+    # a mapped tensor faults (SIGBUS, or EFAULT in a write call); a small one read after the
+    # cut finds the file short: which comes first depends on the two fill threads
+    assert "truncated or changed while it was being read" in line or "ends early" in line
