@@ -36,6 +36,8 @@ sys.path.insert(0, str(HERE))
 CHUNK = 1000
 ADDRESS_SPACE = 6 << 30      # a worker's limit: a bomb that got through fails, not the machine
 CANARY_EVERY = 250
+MUTATOR_SECONDS = 300         # the fuzzer's own time to make an input (not transcoder's)
+MUTATING = "mutating"
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,9 +69,11 @@ def worker(fmt: str, start: int, count: int, seed: int, out: Path, tag: str) -> 
         check(canary, folder)
         baseline = peak_mib()
         for number in range(start, start + count):
-            marker.write_text(f"{fmt} {number}")
-            faulthandler.dump_traceback_later(3 * SECONDS, exit=True)
+            marker.write_text(f"{fmt} {number} {MUTATING}")
+            faulthandler.dump_traceback_later(MUTATOR_SECONDS, exit=True)
             case = case_for(seed, fmt, number)
+            marker.write_text(f"{fmt} {number} checking")
+            faulthandler.dump_traceback_later(3 * SECONDS, exit=True)
             outcome = check(case, folder, baseline)
             if outcome.problem:
                 save_break(out, fmt, number, case, outcome.problem)
@@ -140,15 +144,19 @@ def campaign(args) -> None:
 
 
 def resume_after(args, tag: str, fmt: str, start: int, count: int, returncode: int):
+    """Record the input the worker died on (a break, unless it died making it) and go on."""
     marker = args.out / f"current-{tag}"
-    number = int(marker.read_text().split()[1]) if marker.exists() else start
+    _, number, phase = marker.read_text().split() if marker.exists() else (fmt, start, "?")
+    number = int(number)
     marker.unlink(missing_ok=True)
-    case = case_for(args.seed, fmt, number)
-    problem = f"the worker died (exit {returncode}): a hang past the watchdog or a crash"
-    save_break(args.out, fmt, number, case, problem)
+    record = {"format": fmt, "number": number, "code": None}
+    if phase == MUTATING:
+        record["fuzzer_error"] = f"the mutator died making this input (exit {returncode})"
+    else:
+        record["problem"] = f"the worker died (exit {returncode}): a hang past the watchdog or a crash"
+        save_break(args.out, fmt, number, case_for(args.seed, fmt, number), record["problem"])
     with open(args.out / f"results-{tag}.jsonl", "a") as log:
-        log.write(json.dumps({"format": fmt, "number": number, "code": None,
-                              "problem": problem}) + "\n")
+        log.write(json.dumps(record) + "\n")
     return fmt, number + 1, start + count - number - 1
 
 
@@ -167,6 +175,7 @@ def report(args) -> None:
         row["inputs"] += 1
         row[f"exit {record['code']}"] += 1
         row["breaks"] += bool(record.get("problem"))
+        row["fuzzer errors"] += bool(record.get("fuzzer_error"))
         row["seconds"] += record.get("seconds") or 0
     (args.out / "summary.json").write_text(json.dumps(rows, indent=1))
     print("| format | inputs | exit 0 | exit 2 | breaks | ms/input |\n|---|---|---|---|---|---|")
@@ -174,6 +183,9 @@ def report(args) -> None:
         row = rows.get(fmt, Counter())
         print(f"| {fmt} | {row['inputs']} | {row['exit 0']} | {row['exit 2']} | {row['breaks']} | "
               f"{1000 * row['seconds'] / max(row['inputs'], 1):.0f} |")
+    errors = sum(row["fuzzer errors"] for row in rows.values())
+    if errors:
+        print(f"({errors} inputs the fuzzer itself failed to make; not counted as inputs' breaks)")
 
 
 def replay(folder: Path) -> int:

@@ -28,6 +28,8 @@ from seeds import Case
 
 INTS = (0, 1, -1, 2, 3, 7, 255, 256, 1 << 16, (1 << 31) - 1, 1 << 31, 1 << 32, 1 << 40, 1 << 62,
         (1 << 63) - 1, 1 << 63, 1 << 64, 10 ** 30, -(1 << 63))
+#: Values that pass the readers' checks, so that what follows (plans, writers) is reached too.
+SMALL = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 20, 36)
 TEXTS = ("", "a", "0", "1", "storage", "cpu", "weight", "state_dict", "module.", "_orig_mod.",
          "..", "/", "a/b", "a\x00b", "\ud800", "é", "\u2028", "x" * 5000, "__metadata__",
          "transcoder_carried", "layers", "vars", "conv", "fc", "kernel", "bias", "0" * 40)
@@ -38,7 +40,16 @@ GLOBALS = (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_pa
            ("torch.nn.modules.linear", "Linear"), ("argparse", "Namespace"),
            ("__torch__.torch.nn.modules.conv", "Conv2d"), ("os", "system"),
            ("builtins", "eval"), ("builtins", "getattr"), ("torch", "load"),
-           ("torch._tensor", "_rebuild_from_type_v2"), ("collections", "defaultdict"))
+           ("torch._tensor", "_rebuild_from_type_v2"), ("collections", "defaultdict"),
+           ("torch", "BFloat16Storage"), ("torch", "LongStorage"), ("torch", "BoolStorage"),
+           ("torch", "ComplexFloatStorage"), ("torch", "QInt8Storage"), ("torch", "ByteStorage"),
+           ("torch", "UntypedStorage"), ("torch", "float8_e4m3fn"))
+
+
+def an_int(rng: Random) -> int:
+    """Half the time a value the checks accept (a small size, stride or offset), else a
+    boundary value."""
+    return rng.choice(SMALL) if rng.random() < 0.5 else rng.choice(INTS)
 
 
 # -------------------------------------------------------------------------------- pickles
@@ -69,7 +80,7 @@ def _dag(rng: Random, base: int) -> bytes:
 def _snippet(rng: Random, memo: int) -> bytes:
     kind = rng.randrange(8)
     if kind == 0:
-        return _int_op(rng.choice(INTS))
+        return _int_op(an_int(rng))
     if kind == 1:
         return _text_op(rng.choice(TEXTS))
     if kind == 2:
@@ -96,7 +107,7 @@ def opcode_segments(data: bytes) -> tuple[list[bytes], bytes]:
 def _replace_argument(rng: Random, segment: bytes) -> bytes:
     code = segment[:1]
     if code in (b"K", b"M", b"J", b"\x8a", b"I", b"L"):
-        return _int_op(rng.choice(INTS))
+        return _int_op(an_int(rng))
     if code in (b"X", b"\x8c", b"\x8d", b"V"):
         return _text_op(rng.choice(TEXTS))
     if code in (b"h", b"j", b"g"):
@@ -252,7 +263,7 @@ def mutate_zip(rng: Random, data: bytes, member: Callable[[Random, str, bytes], 
 def _random_json(rng: Random, depth: int = 0) -> Any:
     choice = rng.randrange(9)
     if choice == 0:
-        return rng.choice(INTS)
+        return an_int(rng)
     if choice == 1:
         return rng.choice(TEXTS)
     if choice == 2:
