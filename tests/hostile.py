@@ -5,8 +5,13 @@ torch. Pickles are assembled opcode by opcode (``pickletools`` names in comments
 """
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 PROTO2 = b"\x80\x02"
@@ -125,12 +130,6 @@ def torch_zip(path: Path, data_pkl: bytes, records: dict[str, bytes] | None = No
 # ---------------------------------------------------------------------------------------------
 # Running the command under bounds, and the contract for bad input
 # ---------------------------------------------------------------------------------------------
-
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 _CHILD = """
 import resource, sys

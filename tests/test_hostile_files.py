@@ -295,3 +295,35 @@ def test_a_source_truncated_while_mapped_is_one_line_and_exit_2(tmp_path, target
     # a mapped tensor faults (SIGBUS, or EFAULT in a write call); a small one read after the
     # cut finds the file short: which comes first depends on the two fill threads
     assert "truncated or changed while it was being read" in line or "ends early" in line
+
+
+def _loop_heap(path):
+    """Make the free-space object of the file's global heap collection size 0: HDF5 1.14.6
+    loops forever decoding it (found by the fuzz campaign)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"GCOL")
+    end, place = at + struct.unpack_from("<Q", data, at + 8)[0], at + 16
+    while place + 16 <= end:
+        index, size = struct.unpack_from("<H", data, place)[0], struct.unpack_from("<Q", data, place + 8)[0]
+        if index == 0:
+            struct.pack_into("<Q", data, place + 8, 0)
+            break
+        place += 16 + (size + 7) // 8 * 8
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["h5", "keras"])
+def test_a_global_heap_that_would_hang_hdf5_is_refused(tmp_path, where):
+    h5 = legacy_h5(tmp_path / "m.h5", {"fc": {"kernel": np.ones((3, 4), np.float32)}})
+    with h5py.File(h5, "a") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential"})  # a str: vlen, heap
+    _loop_heap(h5)
+    src = h5
+    if where == "keras":
+        src = keras_archive(tmp_path / "m.keras", b"{}", h5.read_bytes())
+        h5.unlink()
+    run = run_bounded([src, tmp_path / "out.pt", "--no-check"], tmp_path, timeout=60)
+    line = assert_refused(run.code, run.stderr, src, tmp_path, {src.name})
+    assert "global heap" in line and run.seconds < 30

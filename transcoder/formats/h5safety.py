@@ -13,7 +13,10 @@ legacy ``.h5``. Our writer stores it as exact float32 data with the attribute
 from __future__ import annotations
 
 import contextlib
+import io
 import math
+import os
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import h5py
@@ -21,7 +24,7 @@ import numpy as np
 
 from ..checkpoint import DTYPES, TensorRef, dtype_name, is_bfloat16
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError
-from . import jsonsafe, limits
+from . import h5heap, jsonsafe, limits
 
 #: An HDF5 object header holds at most 64 KiB; Keras splits longer attributes (same limit).
 ATTR_LIMIT_BYTES = 64512
@@ -48,9 +51,27 @@ def h5_errors(path: object, tensor: str | None = None) -> Iterator[None]:
 
 
 def open_file(source: Any, path: object) -> h5py.File:
-    """Open an HDF5 file (a path or a seekable binary file object) read-only."""
+    """Open an HDF5 file (a path or a seekable binary file object) read-only, once its global
+    heaps are known not to hang the library (:mod:`.h5heap`)."""
     with h5_errors(path):
-        return h5py.File(source, "r")
+        f = h5py.File(source, "r")
+    try:
+        with h5_errors(path):
+            if isinstance(source, (str, os.PathLike)):
+                with open(source, "rb") as fh:
+                    h5heap.check(f, lambda at, n: os.pread(fh.fileno(), n, at),
+                                 os.fstat(fh.fileno()).st_size, path)
+            else:
+                h5heap.check(f, partial(_read_at, source), source.seek(0, io.SEEK_END), path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _read_at(fh: Any, offset: int, size: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
 
 
 # -- attributes ------------------------------------------------------------------------------
