@@ -230,3 +230,17 @@ def test_tensor_names_no_format_can_hold_are_refused(cli, tmp_path, name):
         code, _, err = cli(src, tmp_path / target, "--no-check")
         line = assert_refused(code, err, src, tmp_path, {"names.pt"})
         assert "\\x00" in line or "\\ud800" in line  # shown escaped, on one line
+
+
+def test_large_bytes_beside_the_weights_still_convert(cli, tmp_path):
+    """Protocol 2 pickles bytes as _codecs.encode(text): 96 MiB of them costs one call's worth
+    of work, within the budget that grows with the pickle's size (20,000 such calls would not)."""
+    value = hostile.glob("_codecs", "encode") + hostile.text("\x01" * (96 << 20))
+    value += hostile.text("latin1") + b"\x86R"   # TUPLE2, REDUCE: what pickle writes for bytes
+    pkl = state_dict_pickle([Entry("w", "0", 4, (4,), (1,))])
+    data = pkl[:-2] + hostile.text("_note") + value + pkl[-2:]   # one more item before SETITEMS
+    src = torch_zip(tmp_path / "blob.pt", data, {"0": np.arange(4, dtype=np.float32).tobytes()})
+    code, _, err = cli(src, tmp_path / "blob.safetensors", "--no-check")
+    assert code == 0, err
+    with read(tmp_path / "blob.safetensors") as ckpt:
+        assert_bit_exact(ckpt["w"].load(), np.arange(4, dtype=np.float32))

@@ -27,10 +27,13 @@ from typing import IO, Callable
 
 from ..errors import FormatError
 
-#: Hash work allowed for any pickle, plus WORK_PER_OPCODE per opcode read so far. Real
-#: state-dict pickles cost about one unit per opcode (each tensor's argument tuple, each key).
+#: Hash work allowed for any pickle, plus WORK_PER_OPCODE per opcode and WORK_PER_BYTE per byte
+#: read so far. Real state-dict pickles cost about one unit per opcode (each tensor's argument
+#: tuple, each key); a string costs one per 64 bytes, once, so a pickle holding large bytes
+#: (protocol 2 pickles them through ``_codecs.encode``) stays well within the byte allowance.
 BASE_WORK = 1_000_000
 WORK_PER_OPCODE = 16
+WORK_PER_BYTE = 1 / 8
 #: Tuples nested deeper than this are refused (real pickles nest a handful of levels).
 MAX_NESTING = 100
 
@@ -53,6 +56,7 @@ class Machine:
         self.memo: dict[int, Cost] = {}
         self.work = 0
         self.opcodes = 0
+        self.position = 0   # bytes read so far
 
     def push(self, cost: Cost) -> None:
         self.stack.append(cost)
@@ -87,7 +91,7 @@ class Machine:
 
     def hashes(self, costs: list[Cost]) -> None:
         self.work += sum(c for c, _ in costs)
-        limit = BASE_WORK + WORK_PER_OPCODE * self.opcodes
+        limit = work_budget(self.opcodes, self.position)
         if self.work > limit:
             raise FormatError("the pickle reuses objects so that loading it would take more than "
                               f"{limit} steps (a hash bomb); refusing it")
@@ -197,8 +201,8 @@ STEPS: dict[str, Callable[[Machine, object], None]] = {
 _ERRORS = (ValueError, UnicodeDecodeError, OverflowError, MemoryError, EOFError, KeyError)
 
 
-def scan(file: IO[bytes]) -> int:
-    """Walk one pickle from ``file``'s position to its STOP; returns the number of opcodes.
+def scan(file: IO[bytes]) -> tuple[int, int]:
+    """Walk one pickle from ``file``'s position to its STOP; returns (opcodes, bytes).
 
     FormatError if the stream is corrupt or the hash work it implies exceeds the budget.
     The caller rewinds ``file`` before unpickling.
@@ -207,16 +211,18 @@ def scan(file: IO[bytes]) -> int:
     try:
         with warnings.catch_warnings():  # "invalid escape sequence" in STRING opcodes
             warnings.simplefilter("ignore", DeprecationWarning)
-            for opcode, arg, _ in pickletools.genops(file):
+            start = file.tell()
+            for opcode, arg, position in pickletools.genops(file):
                 machine.opcodes += 1
+                machine.position = position - start
                 STEPS[opcode.name](machine, arg)
     except FormatError:
         raise
     except _ERRORS as exc:
         raise FormatError(f"corrupt pickle ({type(exc).__name__}: {exc})"[:300]) from None
-    return machine.opcodes
+    return machine.opcodes, machine.position + 1
 
 
-def work_budget(opcodes: int) -> int:
-    """Hash work a pickle of this many opcodes may cause in stand-ins at run time."""
-    return BASE_WORK + WORK_PER_OPCODE * opcodes
+def work_budget(opcodes: int, nbytes: int) -> int:
+    """Work a pickle of this many opcodes and bytes may cause (hashing, stand-ins' calls)."""
+    return int(BASE_WORK + WORK_PER_OPCODE * opcodes + WORK_PER_BYTE * nbytes)

@@ -187,9 +187,9 @@ def unpickle(file: IO[bytes]) -> tuple[Any, dict[str, StorageRef]]:
     a bomb, UnsafeFileError for a pickle that names code or tries to modify a function.
     """
     start = file.tell()
-    opcodes = scan(file)
+    opcodes, nbytes = scan(file)
     file.seek(start)
-    unpickler = RestrictedUnpickler(file, work_budget(opcodes))
+    unpickler = RestrictedUnpickler(file, work_budget(opcodes, nbytes))
     try:
         root = unpickler.load()
     except FormatError:
