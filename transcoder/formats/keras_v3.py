@@ -409,7 +409,8 @@ def read_tree(root: h5py.Group, path: object, file_size: int,
     tensors: dict[str, TensorRef] = {}
     with h5s.h5_errors(path):
         tops = model_layers(root, ctx, config)
-        names = _Names(path, {t.name for t in tops if t.class_name not in keras_config.MODEL_CLASSES})
+        names = _Names(path, {t.name for t in tops
+                              if t.class_name not in keras_config.MODEL_CLASSES})
         for found, models in [pair for top in tops for pair in flat_layers(top, ctx)]:
             weights = _named_weights(found, ctx)
             if not weights:

@@ -1,0 +1,148 @@
+"""What a Keras layer's class and config decide when it is planned to PyTorch.
+
+A legacy full-model ``.h5`` or a ``.keras`` states each layer's class and config (the readers
+keep them in ``meta["keras_layers"]``). The class decides the family: a wrapper
+(``Bidirectional``, ``TimeDistributed``) by the class it wraps; a class no family maps (one
+from another package such as ``my_pkg>Scaler``, or a Keras class without a family yet) is an
+error that names the layer and the ways out, never a guess from the weights. The config gives
+the hyper-parameters the weights cannot say, under the names ``--model`` records for PyTorch
+modules (:data:`OPTIONS`), so that the per-layer check builds the layer as the file says. A
+config that asks for what the PyTorch counterpart cannot compute (Keras 2's default
+``hard_sigmoid`` gates, ``GRU(reset_after=False)``, ``rms_scaling``) is refused.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from ..checkpoint import TensorRef
+from ..errors import UnsupportedError
+from ..formats.keras_config import LayerSpec, is_foreign, wrapped
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _torch_momentum(value: Any) -> Any:
+    """Keras' moving-average momentum is PyTorch's 1 - momentum."""
+    return round(1 - value, 12) if isinstance(value, (int, float)) else None
+
+
+def _option(name: str, convert: Callable[[Any], Any] = _same, missing: Any = None
+            ) -> tuple[str, Callable, Any]:
+    """An option read from a config key: its name, how the value converts, and what a config
+    without the key means (Keras 2 convolutions had no ``groups``: 1)."""
+    return name, convert, missing
+
+
+EPSILON = {"epsilon": _option("eps")}
+GROUPS = {"groups": _option("groups", missing=1)}
+DEPTH = {"depth_multiplier": _option("depth_multiplier", missing=1)}
+RECURRENT = {"units": _option("hidden_size")}
+
+#: Keras class -> {config key: (PyTorch-side option, conversion, value when missing)}: the
+#: hyper-parameters the families read (eps, groups, num_groups, num_heads, nonlinearity, ...),
+#: as ``--model`` names them.
+OPTIONS: dict[str, dict[str, tuple[str, Callable, Any]]] = {
+    "BatchNormalization": {**EPSILON, "momentum": _option("momentum", _torch_momentum)},
+    "LayerNormalization": EPSILON,
+    "RMSNormalization": EPSILON,
+    "GroupNormalization": {**EPSILON, "groups": _option("num_groups")},
+    "Conv1D": GROUPS, "Conv2D": GROUPS, "Conv3D": GROUPS,
+    "DepthwiseConv1D": DEPTH, "DepthwiseConv2D": DEPTH,
+    "SeparableConv1D": DEPTH, "SeparableConv2D": DEPTH,
+    "MultiHeadAttention": {"num_heads": _option("num_heads")},
+    "PReLU": {"shared_axes": _option("shared_axes")},
+    "LSTM": RECURRENT, "CuDNNLSTM": RECURRENT, "CuDNNGRU": RECURRENT,
+    "GRU": {**RECURRENT, "reset_after": _option("reset_after")},
+    "SimpleRNN": {**RECURRENT, "activation": _option("nonlinearity")},
+}
+
+#: Keras class -> {config key: (values PyTorch computes, the value a config without the key
+#: means, why)}: any other value is refused. A GRU config without ``reset_after`` is from Keras
+#: before 2.1.3, whose GRU applied the reset gate before the recurrent matmul.
+COMPUTABLE: dict[str, dict[str, tuple[tuple, Any, str]]] = {
+    "LSTM": {"activation": (("tanh",), "tanh", "PyTorch's LSTM applies tanh"),
+             "recurrent_activation": (("sigmoid",), "sigmoid", "PyTorch's LSTM gates are "
+                                                               "sigmoid")},
+    "GRU": {"activation": (("tanh",), "tanh", "PyTorch's GRU applies tanh"),
+            "recurrent_activation": (("sigmoid",), "sigmoid", "PyTorch's GRU gates are sigmoid"),
+            "reset_after": ((True,), False, "PyTorch's GRU applies the reset gate after the "
+                                            "recurrent matmul")},
+    "SimpleRNN": {"activation": (("tanh", "relu"), "tanh", "PyTorch's RNN applies tanh or relu")},
+    "LayerNormalization": {"rms_scaling": ((False,), False, "it scales by the variance, which no "
+                                                            "PyTorch layer does")},
+}
+
+
+def family_class(spec: LayerSpec) -> LayerSpec | None:
+    """The layer whose class decides the family: a wrapper's wrapped layer (None when the
+    wrapper's config does not say it), else the layer itself."""
+    if spec.class_name in ("Bidirectional", "TimeDistributed"):
+        return wrapped(spec)
+    return spec
+
+
+def _value(raw: Any) -> Any:
+    """A config value; Keras 3 may serialise an activation as ``{"config": "tanh", ...}``."""
+    if isinstance(raw, dict) and isinstance(raw.get("config"), str):
+        return raw["config"]
+    return raw
+
+
+def uncomputable(spec: LayerSpec) -> str | None:
+    """What in the config PyTorch's layer of the family cannot compute, if anything."""
+    for key, (allowed, missing, why) in COMPUTABLE.get(spec.class_name or "", {}).items():
+        value = _value(spec.config.get(key, missing))
+        if value not in allowed:
+            return f"{key}={value!r}: {why}"
+    return None
+
+
+def refusal(name: str, spec: LayerSpec, why: str, kind: str) -> UnsupportedError:
+    """The error for a layer whose config PyTorch cannot compute, with the ways out."""
+    return UnsupportedError(
+        f"Keras layer {name!r} ({spec.class_name}) has {why}, so its weights would compute "
+        f"something else", hint=f"map them anyway with --rules ([[layer]] match = {toml(name)}, "
+        f"kind = {toml(kind)}), knowing the outputs will differ, or keep them with kind = "
+        f"\"carry\"")
+
+
+def options(spec: LayerSpec, weights: dict[str, TensorRef]) -> dict[str, Any]:
+    """The layer's hyper-parameters from its config, as the families read them."""
+    found = {}
+    for key, (option, convert, missing) in OPTIONS.get(spec.class_name or "", {}).items():
+        value = _value(spec.config.get(key, missing))
+        if isinstance(value, (bool, int, float, str)) or _ints(value):
+            found[option] = convert(value)
+    if found.get("num_groups") == -1:    # GroupNormalization(groups=-1): one group per channel
+        channels = next((ref.shape[0] for ref in weights.values() if len(ref.shape) == 1), None)
+        found["num_groups"] = channels
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _ints(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                           for v in value)
+
+
+def no_rule(name: str, spec: LayerSpec, weights: dict[str, TensorRef]) -> UnsupportedError:
+    """The error for a layer whose class no family maps, with the ways out."""
+    if is_foreign(spec.class_name):
+        what = (f"is a {spec.class_name}, a class from another package (never imported): no "
+                f"rule knows what it computes")
+    else:
+        what = f"is a Keras {spec.class_name}, which no rule maps yet"
+    first, names = next(iter(weights), "<weight>"), list(weights)
+    shown = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+    return UnsupportedError(
+        f"Keras layer {name!r} {what} (weights {shown})",
+        hint=f"keep its weights with --rules: [[layer]] match = {toml(name)}, kind = \"carry\"; "
+             f"or map each with [[tensor]] keras = {toml(f'{name}/{first}')}, torch = "
+             f"\"<PyTorch name>\"")
+
+
+def toml(text: str) -> str:
+    """``text`` as a TOML string, for hints to paste into a --rules file."""
+    return json.dumps(text, ensure_ascii=False)
