@@ -21,8 +21,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from transcoder.checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef  # noqa: E402
-from transcoder.errors import FormatError, MappingError, UnsafeFileError, UsageError  # noqa: E402
-from transcoder.formats import ReadOptions, for_path, keras_h5, keras_zip  # noqa: E402
+from transcoder.errors import (FormatError, MappingError, UnsafeFileError,  # noqa: E402
+                              UnsupportedError, UsageError)
+from transcoder.formats import ReadOptions, for_path, keras_config, keras_h5, keras_zip  # noqa: E402
 from transcoder.formats.h5safety import text  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16
@@ -469,6 +470,128 @@ def test_tf_keras_2_style_full_model(tmp_path):
             ("bidirectional_1", "Bidirectional"), ("dense_1", "Dense")]
         assert ckpt.meta["keras_layers"][0]["weights"] == EXPECTED["rnn.bi"][1]
         assert same(ckpt["bidirectional_1/backward/bias"].load(), np.full((2,), 5, np.float32))
+
+
+def full_model(path: Path, config: dict | list, groups: dict[str, list[tuple[str, tuple]]],
+               version: bytes = b"2.2.4", backend: bytes = b"tensorflow") -> Path:
+    """A legacy full-model file with ``model_config`` (a Sequential of ``config`` if a list);
+    dataset ``i`` holds ``i`` everywhere, in the order of the groups' weight names."""
+    if isinstance(config, list):
+        config = {"class_name": "Sequential", "config": {"name": "sequential_1", "layers": config}}
+    with h5py.File(path, "w") as f:
+        f.attrs.update(keras_version=version, backend=backend,
+                       model_config=json.dumps(config).encode())
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([n.encode() for n in groups])
+        count = 0
+        for layer, weights in groups.items():
+            grp = mw.create_group(layer)
+            grp.attrs["weight_names"] = np.array([w.encode() for w, _ in weights])
+            for w, shape in weights:
+                grp[w] = np.full(shape, count, np.float32)
+                count += 1
+    return path
+
+
+def layer(cls: str, name: str, **config) -> dict:
+    return {"class_name": cls, "config": {"name": name, **config}}
+
+
+def read_layers(path: Path) -> list[tuple]:
+    with read(path) as ckpt:
+        return [(e["name"], e["class_name"], e["weights"],
+                 [int(ckpt[f"{e['name']}/{w}"].load().flat[0]) for w in e["weights"]])
+                for e in ckpt.meta["keras_layers"]]
+
+
+def test_names_the_class_does_not_say_go_by_position(tmp_path):
+    """Keras loads legacy files by position: weights whose names do not say what they are
+    (``param_0`` from Keras 2's writer, ``kernel_1`` uniquified by a graph, a wrapper's
+    ``dense/kernel``) take the class's weight order, minus what the config switches off."""
+    path = full_model(tmp_path / "m.h5", [
+        layer("Dense", "d", use_bias=True), layer("BatchNormalization", "bn", scale=False),
+        layer("TimeDistributed", "td", layer=layer("Dense", "inner"))], {
+        "d": [("param_0", (2, 3)), ("param_1", (3,))],
+        "bn": [("bn/beta:0", (3,)), ("bn/moving_mean_1:0", (3,)), ("bn/var:0", (3,))],
+        "td": [("td/inner/kernel", (3, 3)), ("td/inner/bias", (3,))]})
+    assert read_layers(path) == [
+        ("d", "Dense", ["kernel", "bias"], [0, 1]),
+        ("bn", "BatchNormalization", ["beta", "moving_mean", "moving_variance"], [2, 3, 4]),
+        ("td", "TimeDistributed", ["kernel", "bias"], [5, 6])]
+
+
+def test_nested_models_read_layer_by_layer_from_their_group(tmp_path):
+    """A nested model's group holds its layers' weights (trainable ones first): each goes to
+    the layer its name names, uniquified scopes and model-name prefixes included; a layer
+    named like a top-level one is prefixed with its models' names; one named like its model
+    (``inner/deeper/inner/kernel``) is the last component of that name."""
+    inner = layer("Model", "inner", layers=[
+        layer("InputLayer", "in"), layer("Dense", "dense"), layer("BatchNormalization", "bn"),
+        layer("Sequential", "deeper", layers=[layer("Custom", "inner")])])
+    path = full_model(tmp_path / "m.h5", [layer("Dense", "dense"), inner], {
+        "dense": [("dense/kernel:0", (2, 2)), ("dense/bias:0", (2,))],
+        "inner": [("inner/dense_1/kernel:0", (2, 2)), ("bn_1/gamma:0", (2,)),
+                  ("bn_1/beta:0", (2,)), ("inner/deeper/inner/kernel:0", (2, 2)),
+                  ("inner/dense_1/bias:0", (2,)), ("inner/deeper/inner/bias:0", (2,)),
+                  ("bn_1/moving_mean:0", (2,)), ("bn_1/moving_variance:0", (2,))]})
+    assert read_layers(path) == [
+        ("dense", "Dense", ["kernel", "bias"], [0, 1]),
+        ("inner.dense", "Dense", ["kernel", "bias"], [2, 6]),
+        ("bn", "BatchNormalization", ["gamma", "beta", "moving_mean", "moving_variance"],
+         [3, 4, 8, 9]),
+        ("inner", "Custom", ["kernel", "bias"], [5, 7])]     # the model is no layer now
+
+
+def test_weights_of_a_nested_model_that_name_none_of_its_layers_stay_with_it(tmp_path):
+    path = full_model(tmp_path / "m.h5", [
+        layer("Sequential", "seq", layers=[layer("Dense", "d")])], {
+        "seq": [("d/kernel:0", (2, 2)), ("seq/step:0", (1,))]})
+    assert read_layers(path) == [("d", "Dense", ["kernel"], [0]),
+                                 ("seq", "Sequential", ["step"], [1])]
+
+
+def test_keras_1_files_are_refused(tmp_path):
+    path = full_model(tmp_path / "m.h5", [layer("Dense", "dense_1")],
+                      {"dense_1": [("dense_1_W:0", (2, 2)), ("dense_1_b:0", (2,))]}, b"1.2.2")
+    with pytest.raises(UnsupportedError, match="written by Keras 1.2.2.*load it in Keras 2"):
+        read(path)
+
+
+def test_theano_convolution_kernels_are_refused(tmp_path):
+    groups = {"conv": [("conv/kernel:0", (3, 3, 1, 2))], "dense": [("dense/kernel:0", (2, 2))]}
+    config = [layer("Conv2D", "conv"), layer("Dense", "dense")]
+    with pytest.raises(UnsupportedError, match="Theano backend.*flipped") as err:
+        read(full_model(tmp_path / "conv.h5", config, groups, backend=b"theano"))
+    assert err.value.tensor == "conv/kernel"
+    dense_only = full_model(tmp_path / "dense.h5", config[1:], {"dense": groups["dense"]},
+                            backend=b"theano")
+    assert read_layers(dense_only) == [("dense", "Dense", ["kernel"], [0])]
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"class_name": "Dense", "module": "keras.layers", "registered_name": None}, "Dense"),
+    ({"class_name": "GetItem", "module": "keras.src.ops.numpy", "registered_name": "GetItem"},
+     "GetItem"),
+    ({"class_name": "Scaler", "module": None, "registered_name": "my_pkg>Scaler"}, "my_pkg>Scaler"),
+    ({"class_name": "my_pkg>Scaler"}, "my_pkg>Scaler"),                       # tf.keras 2
+    ({"class_name": "Scaler", "module": "__main__", "registered_name": "Scaler"}, "__main__.Scaler"),
+    ({"class_name": "Backbone", "module": "keras_hub.src.models.backbone"},
+     "keras_hub.src.models.backbone.Backbone"),
+    ({"class_name": 3}, None), ({}, None),
+])
+def test_classes_from_configs(entry, expected):
+    assert keras_config.class_of(entry) == expected
+    assert keras_config.is_foreign(expected) == (expected not in (None, "Dense", "GetItem"))
+
+
+@pytest.mark.parametrize("config", [
+    None, [], {"config": 3}, {"config": {"layers": {"a": 1}}}, {"config": [1, "x", None]},
+    {"config": {"layers": [{"config": {"name": 5}}, {"name": ["x"]}, {"class_name": "Model",
+                                                                       "name": "m", "config": 7}]}},
+])
+def test_configs_of_any_shape_give_specs_or_nothing(config):
+    specs = keras_config.layer_specs(config)
+    assert all(isinstance(s.name, str) and isinstance(s.config, dict) for s in specs)
 
 
 # -- hostile and broken files ------------------------------------------------------------------------

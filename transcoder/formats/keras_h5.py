@@ -265,10 +265,11 @@ def nested_weights(spec: keras_config.LayerSpec, weight_names: list[str], path: 
 
 def _owner(parts: list[str], owners: dict, models: set[str]) -> tuple[str, int] | None:
     """``(layer name, index)`` of the first component naming one of ``owners`` (exactly, else
-    uniquified), preferring components that do not name an enclosing model."""
+    uniquified) that does not name an enclosing model; else of the last one that does (a
+    layer named like its model: ``out/out/kernel``)."""
     hits = [(name, i) for i, p in enumerate(parts[:-1]) if (name := _named(p, owners))]
     outside = [(name, i) for name, i in hits if parts[i] not in models]
-    return (outside or hits or [None])[0]
+    return (outside or hits[-1:] or [None])[0]
 
 
 def _named(component: str, owners: dict) -> str | None:

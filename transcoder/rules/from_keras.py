@@ -13,6 +13,7 @@ config that asks for what the PyTorch counterpart cannot compute (Keras 2's defa
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable
 
 from ..checkpoint import TensorRef
@@ -26,7 +27,7 @@ def _same(value: Any) -> Any:
 
 def _torch_momentum(value: Any) -> Any:
     """Keras' moving-average momentum is PyTorch's 1 - momentum."""
-    return round(1 - value, 12) if isinstance(value, (int, float)) else None
+    return round(1 - value, 12) if _number(value) else None
 
 
 def _option(name: str, convert: Callable[[Any], Any] = _same, missing: Any = None
@@ -109,22 +110,40 @@ def refusal(name: str, spec: LayerSpec, why: str, kind: str) -> UnsupportedError
         f"\"carry\"")
 
 
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> bool:
+    return _int(value) and value > 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+#: What each recorded option must be: a value of another type (a corrupt config) is left out.
+VALID: dict[str, Callable[[Any], bool]] = {
+    "eps": lambda v: _number(v) and v > 0, "momentum": lambda v: _number(v) and 0 <= v <= 1,
+    "groups": _positive, "num_groups": _positive, "depth_multiplier": _positive,
+    "num_heads": _positive, "hidden_size": _positive, "reset_after": lambda v: v in (True, False),
+    "nonlinearity": lambda v: isinstance(v, str),
+    "shared_axes": lambda v: isinstance(v, list) and all(_int(a) for a in v),
+}
+
+
 def options(spec: LayerSpec, weights: dict[str, TensorRef]) -> dict[str, Any]:
     """The layer's hyper-parameters from its config, as the families read them."""
     found = {}
     for key, (option, convert, missing) in OPTIONS.get(spec.class_name or "", {}).items():
         value = _value(spec.config.get(key, missing))
-        if isinstance(value, (bool, int, float, str)) or _ints(value):
-            found[option] = convert(value)
-    if found.get("num_groups") == -1:    # GroupNormalization(groups=-1): one group per channel
-        channels = next((ref.shape[0] for ref in weights.values() if len(ref.shape) == 1), None)
-        found["num_groups"] = channels
-    return {k: v for k, v in found.items() if v is not None}
-
-
-def _ints(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
-                                           for v in value)
+        if option == "num_groups" and value == -1:   # GroupNormalization(groups=-1): per channel
+            value = next((ref.shape[0] for ref in weights.values() if len(ref.shape) == 1), None)
+        value = convert(value) if value is not None else None
+        if VALID[option](value):
+            found[option] = value
+    return found
 
 
 def no_rule(name: str, spec: LayerSpec, weights: dict[str, TensorRef]) -> UnsupportedError:
