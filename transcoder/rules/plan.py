@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import MappingError, TranscoderError, UnsupportedError
-from ..formats.keras_config import LayerSpec
-from . import from_keras, registry
+from . import registry
 from .infer import RULES_HINT, infer_keras_kind, infer_torch_kind
+from . import from_keras
 from .ops import Identity
 from .steps import BY_USER_RULES, COPY, TO_KERAS, TO_TORCH, Step, check_shapes, note_inverse
 from .table import Inference
@@ -309,13 +309,13 @@ def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef],
     rule.plan_from_keras(plan, layer, weights, reason)
 
 
-def _spec(layer: dict) -> LayerSpec:
+def _spec(layer: dict) -> from_keras.LayerSpec:
     config = layer.get("config")
-    return LayerSpec(layer["name"], layer.get("class_name"),
+    return from_keras.LayerSpec(layer["name"], layer.get("class_name"),
                      config if isinstance(config, dict) else {})
 
 
-def _keras_class_rule(name: str, family: LayerSpec, weights: dict[str, TensorRef]):
+def _keras_class_rule(name: str, family: from_keras.LayerSpec, weights: dict[str, TensorRef]):
     """The family of a layer whose class is known; an error naming it when none maps it."""
     rule = registry.TABLE.for_keras_kind(family.class_name) if family.class_name else None
     if rule is None:
@@ -323,7 +323,8 @@ def _keras_class_rule(name: str, family: LayerSpec, weights: dict[str, TensorRef
     return rule
 
 
-def _uncomputable(plan: Plan, name: str, family: LayerSpec, kind: str, stated: bool) -> None:
+def _uncomputable(plan: Plan, name: str, family: from_keras.LayerSpec, kind: str,
+                  stated: bool) -> None:
     """A config PyTorch's layer cannot compute: refused, or a note when --rules states the kind."""
     why = from_keras.uncomputable(family)
     if why is not None and not stated:
