@@ -185,7 +185,8 @@ class Checkpoint:
     ``meta`` keys used across stages (all optional, JSON-serialisable):
       - ``"keras_layers"``: list of ``{"name", "class_name" (or None), "weights": [weight paths]}``
         in Keras order, for keras-layout checkpoints (``"h5_path"`` too, from a Keras 3
-        ``.weights.h5``; weights a class table cannot name are named by index: ``"0"``, ``"1"``).
+        ``.weights.h5``; weights a class table cannot name are named by index: ``"0"``, ``"1"``;
+        ``"config"``, the layer's own config, when the file has a model config).
       - ``"module_kinds"``: ``{module path: kind}`` for torch-layout checkpoints, where known
         (TorchScript, ``--model``; ``""`` is the root module).
       - ``"module_options"``: ``{module path: {hyper-parameter: value}}`` from ``--model``

@@ -5,10 +5,14 @@ Which layout a file has is read from its content (DESIGN.md section 4):
 full model; a ``layers`` or ``vars`` group = Keras 3 ``.weights.h5`` (see :mod:`.keras_v3`).
 
 Legacy files name every weight through the layer group's ``weight_names`` attribute
-(``conv/kernel`` in Keras 3, ``conv/kernel:0`` in tf.keras 2, ``seq/conv/kernel`` for a layer
-built inside a Sequential, ``bi/forward_lstm/lstm_cell/kernel`` for a Bidirectional LSTM);
-:func:`short_weight_path` turns those into the short Keras weight paths of the checkpoint
-convention (``kernel``, ``forward/kernel``).
+(``conv/kernel`` in Keras 3, ``conv/kernel:0`` in tf.keras 2, ``conv2d_1_1/kernel:0`` in a
+scope Keras 2.0-2.2 found taken, ``seq/conv/kernel`` for a layer built inside a Sequential,
+``bi/forward_lstm/lstm_cell/kernel`` for a Bidirectional LSTM); the datasets are always found
+through those names, and :func:`short_weight_path` turns them into the short Keras weight paths
+of the checkpoint convention (``kernel``, ``forward/kernel``). A full model's ``model_config``
+(:mod:`.keras_config`) gives each layer's class and config: weights whose names do not say
+what they are take the class's weight order (:func:`by_position`), and a nested model's group
+is split into its layers (:func:`nested_weights`).
 
 :func:`write` writes the legacy weights-only layout, which Keras 3 and tf.keras 2 load with
 ``model.load_weights(path, by_name=True)``. Tensors with no Keras counterpart go to a
