@@ -214,7 +214,7 @@ class _Legacy:
                      [(w, parts, scope_index(parts, name)) for w, parts in split])
             return
         self.taken.discard(name)  # the model becomes its layers
-        for (leaf, models), items in nested_weights(spec, weight_names, self.path):
+        for (leaf, models), items in nested_weights(spec, weight_names):
             self.add(grp, self.unique(leaf.name, models), (leaf.class_name, leaf.config), items)
 
     def unique(self, name: str, models: tuple[str, ...]) -> str:
@@ -249,7 +249,7 @@ def _split(weight_name: str) -> tuple[str, list[str]]:
     return weight_name, VARIABLE_SUFFIX.sub("", weight_name).split("/")
 
 
-def nested_weights(spec: keras_config.LayerSpec, weight_names: list[str], path: Path
+def nested_weights(spec: keras_config.LayerSpec, weight_names: list[str]
                    ) -> list[tuple[tuple, list[tuple[str, list[str], int]]]]:
     """A nested model's weights by the layer they belong to, in config order: ``((layer spec,
     enclosing model names), [(weight name, components, scope index)])``. Keras lists a nested
