@@ -135,3 +135,10 @@ def test_rules_options_of_a_keras_layer_reach_the_check(tmp_path):
     rules.write_text('[[layer]]\nmatch = "n"\nkind = "GroupNorm"\nnum_groups = 2\n')
     plan = plan_of(("n", None, None, {"gamma": (4,), "beta": (4,)}), rules=load_user_rules(rules))
     assert plan.options["n"] == {"num_groups": 2} and not plan.ambiguous
+
+
+def test_a_wrapper_whose_config_does_not_say_what_it_wraps_goes_by_its_weights():
+    bi = {f"{d}/{w}": shape for d in ("forward", "backward") for w, shape in RNN.items()}
+    for config in (None, {}, {"layer": {"class_name": 3, "config": {"name": "x"}}}):
+        plan = plan_of(("bi", "Bidirectional", config, bi))
+        assert plan.layers["bi"].rule == "LSTM" and plan.options == {}

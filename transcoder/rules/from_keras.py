@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..checkpoint import TensorRef
 from ..errors import UnsupportedError
-from ..formats.keras_config import LayerSpec, is_foreign, wrapped
+from ..formats.keras_config import WRAPPERS, LayerSpec, is_foreign, wrapped
 
 
 def _same(value: Any) -> Any:
@@ -78,11 +78,11 @@ COMPUTABLE: dict[str, dict[str, tuple[tuple, Any, str]]] = {
 
 
 def family_class(spec: LayerSpec) -> LayerSpec | None:
-    """The layer whose class decides the family: a wrapper's wrapped layer (None when the
-    wrapper's config does not say it), else the layer itself."""
-    if spec.class_name in ("Bidirectional", "TimeDistributed"):
-        return wrapped(spec)
-    return spec
+    """The layer whose class decides the family: a wrapper's wrapped layer, else the layer
+    itself; None when no class is known (a wrapper whose config does not say what it wraps)."""
+    if spec.class_name in WRAPPERS:
+        spec = wrapped(spec) or LayerSpec(spec.name, None, {})
+    return spec if spec.class_name else None
 
 
 def _value(raw: Any) -> Any:

@@ -293,7 +293,7 @@ def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef],
         _carry_keras_layer(plan, name, weights)
         return
     spec = _spec(layer)
-    family = from_keras.family_class(spec) if spec.class_name else None
+    family = from_keras.family_class(spec)
     if hint is not None:
         rule, reason = registry.TABLE.for_torch_kind(hint.kind), f"--rules match {hint.match!r}"
     elif family is not None:
@@ -312,12 +312,12 @@ def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef],
 def _spec(layer: dict) -> from_keras.LayerSpec:
     config = layer.get("config")
     return from_keras.LayerSpec(layer["name"], layer.get("class_name"),
-                     config if isinstance(config, dict) else {})
+                                config if isinstance(config, dict) else {})
 
 
 def _keras_class_rule(name: str, family: from_keras.LayerSpec, weights: dict[str, TensorRef]):
     """The family of a layer whose class is known; an error naming it when none maps it."""
-    rule = registry.TABLE.for_keras_kind(family.class_name) if family.class_name else None
+    rule = registry.TABLE.for_keras_kind(family.class_name)
     if rule is None:
         raise from_keras.no_rule(name, family, weights)
     return rule
