@@ -21,8 +21,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from transcoder.checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef  # noqa: E402
-from transcoder.errors import FormatError, MappingError, UnsafeFileError, UsageError  # noqa: E402
-from transcoder.formats import ReadOptions, for_path, keras_h5, keras_zip  # noqa: E402
+from transcoder.errors import (FormatError, MappingError, UnsafeFileError,  # noqa: E402
+                              UnsupportedError, UsageError)
+from transcoder.formats import ReadOptions, for_path, keras_config, keras_h5, keras_zip  # noqa: E402
 from transcoder.formats.h5safety import text  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16
@@ -86,8 +87,11 @@ EXPECTED = {
     "img.deconv": ("Conv2DTranspose", ["kernel", "bias"]),
     "vol.conv3d": ("Conv3D", ["kernel", "bias"]),
     "tok.emb": ("Embedding", ["embeddings"]),
-    "block": ("Sequential", ["block.d1/kernel", "block.d1/bias", "block.d2/kernel"]),
+    "block.d1": ("Dense", ["kernel", "bias"]),      # the layers of a nested Sequential
+    "block.d2": ("Dense", ["kernel"]),
 }
+#: Without a config, a nested model is one layer: its group holds its layers' weights.
+NESTED_AS_ONE = ("block", ["block.d1/kernel", "block.d1/bias", "block.d2/kernel"])
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +149,14 @@ def keras_files(keras, tmp_path_factory):
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
     model.save_weights(d / "model.weights.h5")
     model.save(d / "model.keras")
-    expected = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+    expected = {layer.name: layer.get_weights() for layer in leaf_layers(model) if layer.weights}
     return d, expected
+
+
+def leaf_layers(model) -> list:
+    """The model's layers, nested models' layers in their place."""
+    return [leaf for layer in model.layers
+            for leaf in (leaf_layers(layer) if hasattr(layer, "layers") else [layer])]
 
 
 LAYOUTS = ["full.h5", "weights_only.h5", "model.weights.h5", "model.keras"]
@@ -155,19 +165,22 @@ LAYOUTS = ["full.h5", "weights_only.h5", "model.weights.h5", "model.keras"]
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_reads_keras_files_with_names_classes_and_values(keras_files, name):
     d, expected = keras_files
+    expected_layers = dict(EXPECTED)
+    if name == "weights_only.h5":
+        expected_layers = {k: (None, v[1]) for k, v in EXPECTED.items() if k[:6] != "block."}
+        expected_layers[NESTED_AS_ONE[0]] = (None, NESTED_AS_ONE[1])
+        expected = {**{k: v for k, v in expected.items() if k[:6] != "block."},
+                    "block": expected["block.d1"] + expected["block.d2"]}
     with read(d / name) as ckpt:
         layers = {e["name"]: e for e in ckpt.meta["keras_layers"]}
-        assert set(layers) == set(EXPECTED) | {"pre"}
+        assert set(layers) == set(expected_layers) | {"pre"}
         for layer, weights in expected.items():
             got = values(ckpt, layer)
             assert len(got) == len(weights), layer
             assert all(same(g, w) for g, w in zip(got, weights)), layer
-        for layer, (cls, short) in EXPECTED.items():
-            if name == "weights_only.h5":
-                assert layers[layer]["class_name"] is None
-            else:
-                assert layers[layer]["class_name"] == cls, layer
-            if not (name == "model.weights.h5" and layer in ("enc.conv1d_nb", "block")):
+        for layer, (cls, short) in expected_layers.items():
+            assert layers[layer]["class_name"] == cls, layer
+            if not (name == "model.weights.h5" and layer in ("enc.conv1d_nb", "block.d2")):
                 assert layers[layer]["weights"] == short, (name, layer)
         assert all(ckpt[t].shape == ckpt[t].load().shape for t in ckpt.tensors)
 
@@ -175,9 +188,11 @@ def test_reads_keras_files_with_names_classes_and_values(keras_files, name):
 def test_legacy_and_keras_zip_give_the_same_checkpoint(keras_files):
     d, _ = keras_files
     with read(d / "full.h5") as legacy, read(d / "model.keras") as archive:
-        strip = [{k: e[k] for k in ("name", "class_name", "weights")}
-                 for e in archive.meta["keras_layers"]]
-        assert strip == legacy.meta["keras_layers"]
+        def strip(ckpt):   # each layer's config as the file states it (objects differ in ids)
+            return [{"name": e["name"], "class_name": e["class_name"], "weights": e["weights"],
+                     "config": {k: v for k, v in e["config"].items() if not isinstance(v, dict)}}
+                    for e in ckpt.meta["keras_layers"]]
+        assert strip(archive) == strip(legacy)
         assert list(archive.tensors) == list(legacy.tensors)
         assert all(same(archive[n].load(), legacy[n].load()) for n in legacy.tensors)
         assert archive.meta["keras_config"]["class_name"] == "Functional"
@@ -191,7 +206,9 @@ def test_weights_h5_without_config_names_by_index_where_the_table_does_not_fit(k
         assert layers["enc.conv1d_nb"]["weights"] == ["0"]
         assert layers["enc.conv1d_nb"]["class_name"] == "Conv1D"
         assert layers["enc.conv1d_nb"]["h5_path"] == "/layers/conv1d_1"
-        assert layers["block"]["weights"] == ["block.d1/kernel", "block.d1/bias", "block.d2/0"]
+        assert layers["block.d1"]["weights"] == ["kernel", "bias"]
+        assert layers["block.d2"]["weights"] == ["0"]
+        assert layers["block.d2"]["h5_path"] == "/layers/sequential/layers/dense_1"
         assert ckpt.format == "keras_weights_h5"
 
 
@@ -417,6 +434,9 @@ def test_writer_refuses_to_drop_a_tensor(tmp_path):
     ("inner/in.d1/kernel", "inner", False, "in.d1/kernel"),                    # nested Sequential
     ("f.d/kernel", "subf", False, "f.d/kernel"),                               # nested Functional
     ("forward_x/kernel", "x", False, "forward_x/kernel"),                      # not a Bidirectional
+    ("conv2d_1_1/kernel:0", "conv2d_1", False, "kernel"),                      # Keras 2.0-2.2 scope
+    ("bidirectional_1_2/backward_lstm_1/bias:0", "bidirectional_1", True, "backward/bias"),
+    ("dense_10/kernel:0", "dense_1", False, "dense_10/kernel"),                # another scope
 ])
 def test_short_weight_path(weight_name, layer, bidirectional, short):
     assert keras_h5.short_weight_path(weight_name, layer, bidirectional) == short
@@ -450,6 +470,128 @@ def test_tf_keras_2_style_full_model(tmp_path):
             ("bidirectional_1", "Bidirectional"), ("dense_1", "Dense")]
         assert ckpt.meta["keras_layers"][0]["weights"] == EXPECTED["rnn.bi"][1]
         assert same(ckpt["bidirectional_1/backward/bias"].load(), np.full((2,), 5, np.float32))
+
+
+def full_model(path: Path, config: dict | list, groups: dict[str, list[tuple[str, tuple]]],
+               version: bytes = b"2.2.4", backend: bytes = b"tensorflow") -> Path:
+    """A legacy full-model file with ``model_config`` (a Sequential of ``config`` if a list);
+    dataset ``i`` holds ``i`` everywhere, in the order of the groups' weight names."""
+    if isinstance(config, list):
+        config = {"class_name": "Sequential", "config": {"name": "sequential_1", "layers": config}}
+    with h5py.File(path, "w") as f:
+        f.attrs.update(keras_version=version, backend=backend,
+                       model_config=json.dumps(config).encode())
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([n.encode() for n in groups])
+        count = 0
+        for layer, weights in groups.items():
+            grp = mw.create_group(layer)
+            grp.attrs["weight_names"] = np.array([w.encode() for w, _ in weights])
+            for w, shape in weights:
+                grp[w] = np.full(shape, count, np.float32)
+                count += 1
+    return path
+
+
+def layer(cls: str, name: str, **config) -> dict:
+    return {"class_name": cls, "config": {"name": name, **config}}
+
+
+def read_layers(path: Path) -> list[tuple]:
+    with read(path) as ckpt:
+        return [(e["name"], e["class_name"], e["weights"],
+                 [int(ckpt[f"{e['name']}/{w}"].load().flat[0]) for w in e["weights"]])
+                for e in ckpt.meta["keras_layers"]]
+
+
+def test_names_the_class_does_not_say_go_by_position(tmp_path):
+    """Keras loads legacy files by position: weights whose names do not say what they are
+    (``param_0`` from Keras 2's writer, ``kernel_1`` uniquified by a graph, a wrapper's
+    ``dense/kernel``) take the class's weight order, minus what the config switches off."""
+    path = full_model(tmp_path / "m.h5", [
+        layer("Dense", "d", use_bias=True), layer("BatchNormalization", "bn", scale=False),
+        layer("TimeDistributed", "td", layer=layer("Dense", "inner"))], {
+        "d": [("param_0", (2, 3)), ("param_1", (3,))],
+        "bn": [("bn/beta:0", (3,)), ("bn/moving_mean_1:0", (3,)), ("bn/var:0", (3,))],
+        "td": [("td/inner/kernel", (3, 3)), ("td/inner/bias", (3,))]})
+    assert read_layers(path) == [
+        ("d", "Dense", ["kernel", "bias"], [0, 1]),
+        ("bn", "BatchNormalization", ["beta", "moving_mean", "moving_variance"], [2, 3, 4]),
+        ("td", "TimeDistributed", ["kernel", "bias"], [5, 6])]
+
+
+def test_nested_models_read_layer_by_layer_from_their_group(tmp_path):
+    """A nested model's group holds its layers' weights (trainable ones first): each goes to
+    the layer its name names, uniquified scopes and model-name prefixes included; a layer
+    named like a top-level one is prefixed with its models' names; one named like its model
+    (``inner/deeper/inner/kernel``) is the last component of that name."""
+    inner = layer("Model", "inner", layers=[
+        layer("InputLayer", "in"), layer("Dense", "dense"), layer("BatchNormalization", "bn"),
+        layer("Sequential", "deeper", layers=[layer("Custom", "inner")])])
+    path = full_model(tmp_path / "m.h5", [layer("Dense", "dense"), inner], {
+        "dense": [("dense/kernel:0", (2, 2)), ("dense/bias:0", (2,))],
+        "inner": [("inner/dense_1/kernel:0", (2, 2)), ("bn_1/gamma:0", (2,)),
+                  ("bn_1/beta:0", (2,)), ("inner/deeper/inner/kernel:0", (2, 2)),
+                  ("inner/dense_1/bias:0", (2,)), ("inner/deeper/inner/bias:0", (2,)),
+                  ("bn_1/moving_mean:0", (2,)), ("bn_1/moving_variance:0", (2,))]})
+    assert read_layers(path) == [
+        ("dense", "Dense", ["kernel", "bias"], [0, 1]),
+        ("inner.dense", "Dense", ["kernel", "bias"], [2, 6]),
+        ("bn", "BatchNormalization", ["gamma", "beta", "moving_mean", "moving_variance"],
+         [3, 4, 8, 9]),
+        ("inner", "Custom", ["kernel", "bias"], [5, 7])]     # the model is no layer now
+
+
+def test_weights_of_a_nested_model_that_name_none_of_its_layers_stay_with_it(tmp_path):
+    path = full_model(tmp_path / "m.h5", [
+        layer("Sequential", "seq", layers=[layer("Dense", "d")])], {
+        "seq": [("d/kernel:0", (2, 2)), ("seq/step:0", (1,))]})
+    assert read_layers(path) == [("d", "Dense", ["kernel"], [0]),
+                                 ("seq", "Sequential", ["step"], [1])]
+
+
+def test_keras_1_files_are_refused(tmp_path):
+    path = full_model(tmp_path / "m.h5", [layer("Dense", "dense_1")],
+                      {"dense_1": [("dense_1_W:0", (2, 2)), ("dense_1_b:0", (2,))]}, b"1.2.2")
+    with pytest.raises(UnsupportedError, match="written by Keras 1.2.2.*load it in Keras 2"):
+        read(path)
+
+
+def test_theano_convolution_kernels_are_refused(tmp_path):
+    groups = {"conv": [("conv/kernel:0", (3, 3, 1, 2))], "dense": [("dense/kernel:0", (2, 2))]}
+    config = [layer("Conv2D", "conv"), layer("Dense", "dense")]
+    with pytest.raises(UnsupportedError, match="Theano backend.*flipped") as err:
+        read(full_model(tmp_path / "conv.h5", config, groups, backend=b"theano"))
+    assert err.value.tensor == "conv/kernel"
+    dense_only = full_model(tmp_path / "dense.h5", config[1:], {"dense": groups["dense"]},
+                            backend=b"theano")
+    assert read_layers(dense_only) == [("dense", "Dense", ["kernel"], [0])]
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"class_name": "Dense", "module": "keras.layers", "registered_name": None}, "Dense"),
+    ({"class_name": "GetItem", "module": "keras.src.ops.numpy", "registered_name": "GetItem"},
+     "GetItem"),
+    ({"class_name": "Scaler", "module": None, "registered_name": "my_pkg>Scaler"}, "my_pkg>Scaler"),
+    ({"class_name": "my_pkg>Scaler"}, "my_pkg>Scaler"),                       # tf.keras 2
+    ({"class_name": "Scaler", "module": "__main__", "registered_name": "Scaler"}, "__main__.Scaler"),
+    ({"class_name": "Backbone", "module": "keras_hub.src.models.backbone"},
+     "keras_hub.src.models.backbone.Backbone"),
+    ({"class_name": 3}, None), ({}, None),
+])
+def test_classes_from_configs(entry, expected):
+    assert keras_config.class_of(entry) == expected
+    assert keras_config.is_foreign(expected) == (expected not in (None, "Dense", "GetItem"))
+
+
+@pytest.mark.parametrize("config", [
+    None, [], {"config": 3}, {"config": {"layers": {"a": 1}}}, {"config": [1, "x", None]},
+    {"config": {"layers": [{"config": {"name": 5}}, {"name": ["x"]}, {"class_name": "Model",
+                                                                       "name": "m", "config": 7}]}},
+])
+def test_configs_of_any_shape_give_specs_or_nothing(config):
+    specs = keras_config.layer_specs(config)
+    assert all(isinstance(s.name, str) and isinstance(s.config, dict) for s in specs)
 
 
 # -- hostile and broken files ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ tensor. Only numpy crosses module borders; bfloat16 is ``ml_dtypes.bfloat16``.
 """
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from collections.abc import Mapping
@@ -20,6 +21,12 @@ from .errors import FormatError
 
 LAYOUT_TORCH = "torch"
 LAYOUT_KERAS = "keras"
+
+#: numpy's own limit on dimensions (HDF5 allows 32).
+MAX_DIMS = 64
+#: No tensor is larger than this, whatever a file declares (2^62 bytes keeps every size and
+#: offset computed from it inside a signed 64-bit integer).
+MAX_TENSOR_BYTES = 1 << 62
 
 # ml_dtypes (for bfloat16) is imported only when a bfloat16 tensor is met: it is slow to import.
 _NUMPY_DTYPES: dict[str, np.dtype | None] = {
@@ -67,7 +74,9 @@ def is_bfloat16(dtype: Any) -> bool:
     """Whether ``dtype`` is ml_dtypes' bfloat16. Such data exists only once ml_dtypes is
     imported, so this never imports it."""
     ml_dtypes = sys.modules.get("ml_dtypes")
-    return ml_dtypes is not None and np.dtype(dtype) == ml_dtypes.bfloat16
+    # another thread may be importing it (a partly initialised module): no such data exists yet
+    bfloat16 = getattr(ml_dtypes, "bfloat16", None)
+    return bfloat16 is not None and np.dtype(dtype) == bfloat16
 
 
 def dtype_name(dtype: Any) -> str:
@@ -87,6 +96,46 @@ def dtype_name(dtype: Any) -> str:
 Piece = tuple[int, np.ndarray]
 
 
+def check_name(name: object) -> None:
+    """FormatError unless ``name`` can be a tensor name in every format we write: a string
+    without NUL (HDF5 cuts names there) that encodes as UTF-8 (no lone surrogates)."""
+    if not isinstance(name, str):
+        raise FormatError(f"tensor name is not a string: {type(name).__name__}")
+    if "\0" in name:
+        raise FormatError("tensor name holds a NUL character", tensor=name)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError("tensor name is not valid Unicode (lone surrogate)", tensor=name) from None
+
+
+def check_shape(shape: Any, itemsize: int, name: str | None = None) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints; FormatError for negative or non-integer sizes, more than
+    :data:`MAX_DIMS` dimensions or more than :data:`MAX_TENSOR_BYTES` bytes."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise FormatError("tensor shape is not a list of sizes", tensor=name) from None
+    if len(dims) > MAX_DIMS:
+        raise FormatError(f"tensor has {len(dims)} dimensions (at most {MAX_DIMS} are supported)",
+                          tensor=name)
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+               for d in dims):
+        raise FormatError("tensor shape holds a size that is not a non-negative integer",
+                          tensor=name)
+    dims = tuple(int(d) for d in dims)
+    count = 1
+    for d in dims:
+        count *= d
+    if count * itemsize > MAX_TENSOR_BYTES:
+        raise FormatError(f"tensor declares {count * itemsize} bytes (more than 2^62)", tensor=name)
+    return dims
+
+
+def _itemsize(dtype: str) -> int:
+    return 2 if dtype == "bfloat16" else _NUMPY_DTYPES[dtype].itemsize
+
+
 @dataclass
 class TensorRef:
     """A named tensor whose data is read only when :meth:`load` is called."""
@@ -99,6 +148,12 @@ class TensorRef:
     #: them in order when ``part`` is None), written into the scratch buffer where data moves
     blocker: Callable[..., Iterator[Piece]] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.dtype not in _NUMPY_DTYPES:
+            raise FormatError(f"unsupported dtype {self.dtype!r}"[:120], tensor=self.name)
+        self.shape = check_shape(self.shape, _itemsize(self.dtype), self.name)
+
     @classmethod
     def from_array(cls, name: str, array: np.ndarray) -> "TensorRef":
         array = np.asarray(array)
@@ -106,7 +161,7 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+        return math.prod(self.shape) * _itemsize(self.dtype)
 
     def blocks(self, scratch: np.ndarray) -> Iterator[np.ndarray]:
         """The data in C order as consecutive 1-d uint8 blocks, ``nbytes`` in all, for writers
@@ -193,7 +248,8 @@ class Checkpoint:
     ``meta`` keys used across stages (all optional, JSON-serialisable):
       - ``"keras_layers"``: list of ``{"name", "class_name" (or None), "weights": [weight paths]}``
         in Keras order, for keras-layout checkpoints (``"h5_path"`` too, from a Keras 3
-        ``.weights.h5``; weights a class table cannot name are named by index: ``"0"``, ``"1"``).
+        ``.weights.h5``; weights a class table cannot name are named by index: ``"0"``, ``"1"``;
+        ``"config"``, the layer's own config, when the file has a model config).
       - ``"module_kinds"``: ``{module path: kind}`` for torch-layout checkpoints, where known
         (TorchScript, ``--model``; ``""`` is the root module).
       - ``"module_options"``: ``{module path: {hyper-parameter: value}}`` from ``--model``

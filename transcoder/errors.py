@@ -5,6 +5,12 @@ is shown only with ``TRANSCODER_DEBUG=1``.
 """
 from __future__ import annotations
 
+import re
+
+#: Characters that would break the one-line message or act on a terminal (a tensor name from a
+#: hostile file can hold NUL, escape sequences or lone surrogates): shown escaped instead.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+
 
 class TranscoderError(Exception):
     """Base of every error the tool raises on purpose (exit code 2: bad usage or input)."""
@@ -25,7 +31,7 @@ class TranscoderError(Exception):
         line = ": ".join(parts)
         if self.hint:
             line += f" ({self.hint})"
-        return " ".join(line.split())  # always one line
+        return printable(" ".join(line.split()))  # always one line
 
     def with_context(self, *, path: object = None, tensor: str | None = None) -> "TranscoderError":
         """Fill in the file or tensor if the raiser did not know it; returns self for ``raise``."""
@@ -80,3 +86,8 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, cut at ``limit`` characters (for embedding a
     library's error in ours)."""
     return " ".join(str(exc).split())[:limit]
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped (``\\x00``, ``\\ud800``)."""
+    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)

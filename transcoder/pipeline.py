@@ -7,6 +7,7 @@ are renamed into place only when complete, so a failure leaves nothing behind. A
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 
 from . import export
 from . import formats
+from .formats import sigbus
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
 from .frameworks import import_frameworks
@@ -127,6 +129,8 @@ def refuse_same_file(src: Path, dst: Path) -> None:
 def atomic_output(dst: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``dst``; rename it onto ``dst`` only on success."""
     dst = Path(dst)
+    if dst.is_dir():
+        raise UsageError("is a directory", path=dst, hint="name the file to write")
     if dst.exists() and not force:
         raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
     if not dst.parent.is_dir():
@@ -136,10 +140,58 @@ def atomic_output(dst: Path, *, force: bool = False) -> Iterator[Path]:
     tmp = Path(name)
     os.chmod(tmp, 0o666 & ~_umask())
     try:
-        yield tmp
-        os.replace(tmp, dst)  # with --force over an existing file, ext4 flushes tmp first
+        with sigbus.remove_on_fault(tmp):  # a source truncated mid-read: see formats.sigbus
+            yield tmp
+        _publish(tmp, dst, force)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, dst: Path, force: bool) -> None:
+    """Rename ``tmp`` to ``dst``. Without ``force``, never over a file that appeared since the
+    check: a hard link fails if ``dst`` exists (atomically); where the file system has no hard
+    links, ``renameat2(RENAME_NOREPLACE)``; only where neither exists, check and rename."""
+    try:
+        if force:
+            os.replace(tmp, dst)  # over an existing file, ext4 flushes tmp first
+        elif not _link(tmp, dst) and not _rename_noreplace(tmp, dst):
+            if os.path.lexists(dst):
+                raise FileExistsError
+            os.rename(tmp, dst)
+    except FileExistsError:
+        raise OutputExistsError("appeared while it was being written; it was kept", path=dst,
+                                hint="pass --force to overwrite") from None
+    except IsADirectoryError:
+        raise UsageError("is a directory", path=dst, hint="name the file to write") from None
+
+
+def _link(tmp: Path, dst: Path) -> bool:
+    """Whether ``dst`` now names ``tmp``'s file (False: no hard links here)."""
+    try:
+        os.link(tmp, dst, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except (OSError, NotImplementedError):
+        return False
+    return True
+
+
+def _rename_noreplace(tmp: Path, dst: Path) -> bool:
+    """``renameat2(..., RENAME_NOREPLACE)`` (Linux); False where it is not available."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        rename = libc.renameat2
+    except (OSError, AttributeError, ImportError):
+        return False
+    at_fdcwd, noreplace = -100, 1
+    if rename(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(dst), noreplace) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError
+    return False
 
 
 def _umask() -> int:

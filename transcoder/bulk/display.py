@@ -59,6 +59,9 @@ class Display:
         if report.failed:
             print_rows([{"source": r["source"], "error": r["error"]} for r in report.failed],
                        FAILURE_COLUMNS, title="failed")
+        if report.skipped:
+            print_rows([{"source": r["source"], "error": r["error"]} for r in report.skipped],
+                       FAILURE_COLUMNS, title="skipped (never read)")
 
     def _print(self, line: str, err: bool = False) -> None:
         if self.progress is not None:
@@ -78,6 +81,9 @@ def summary_rows(report: BulkReport) -> list[dict]:
     if report.not_run:
         rows.append({"outcome": "not run (stopped early)", "files": report.not_run, "bytes": "",
                      "seconds": ""})
+    if report.skipped:
+        rows.append({"outcome": "skipped (links leaving SRC_DIR, FIFOs, devices)",
+                     "files": len(report.skipped), "bytes": "", "seconds": ""})
     rows.append({"outcome": "ignored (not checkpoints, or --pattern)",
                  "files": len(report.ignored), "bytes": "", "seconds": ""})
     return rows

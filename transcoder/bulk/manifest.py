@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -45,17 +46,18 @@ class Manifest:
 
     def _load(self) -> None:
         try:
+            if not stat.S_ISREG(os.lstat(self.path).st_mode):
+                raise UsageError("the manifest is not a regular file (a link, FIFO or folder)",
+                                 path=self.path, hint="remove it")
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
             return
         for line in lines:
-            try:
-                entry = json.loads(line)
-                key = (entry["source"], entry["output"])
-            except (ValueError, TypeError, KeyError):
+            entry = _entry(line)
+            if entry is None:
                 self.unreadable_lines += 1  # e.g. the last line of a run that was killed
-                continue
-            self.entries[key] = entry
+            else:
+                self.entries[(entry["source"], entry["output"])] = entry
 
     def get(self, source: str, output: str) -> dict | None:
         return self.entries.get((source, output))
@@ -99,6 +101,33 @@ class Manifest:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: What each field of a line may hold (anything else makes the line unreadable, and ignored).
+_TEXT = (str,)
+_NUMBER = (int, float, type(None))
+_FIELD_TYPES = {"source": _TEXT, "output": _TEXT, "status": _TEXT, "size": _NUMBER,
+                "mtime_ns": _NUMBER, "sha256": (str, type(None)), "output_size": _NUMBER,
+                "output_mtime_ns": _NUMBER, "output_sha256": (str, type(None)),
+                "error": (str, type(None)), "seconds": _NUMBER, "options": (list, type(None))}
+
+
+def _entry(line: bytes) -> dict | None:
+    """A manifest line as a dict of FIELDS with the right types, or None (a line cut by a
+    killed run, or edited by hand into something else: it must not stop every later run)."""
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(entry, dict):
+        return None
+    entry = {k: entry.get(k) for k in FIELDS}
+    if not all(isinstance(entry[k], types) for k, types in _FIELD_TYPES.items()):
+        return None
+    options = entry["options"] or []
+    if not all(isinstance(o, (str, int, float, bool, type(None))) for o in options):
+        return None
+    return entry
 
 
 def _lock_folder(folder: Path) -> int:

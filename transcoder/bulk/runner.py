@@ -12,15 +12,15 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from ..errors import UsageError
 from ..rules import load_user_rules
 from . import engines
 from .manifest import Manifest, trusted
-from .task import DONE, FAILED, Task
-from .tree import TARGETS, Source, scan
+from .task import DONE, FAILED, SKIPPED, Task
+from .tree import TARGETS, Skipped, Source, output_folder, scan
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class BulkReport:
     results: list[dict] = field(default_factory=list)   # attempted in this run, completion order
     reused: list[dict] = field(default_factory=list)    # manifest entries trusted as done
     ignored: list[str] = field(default_factory=list)    # files that are not checkpoints
+    skipped: list[dict] = field(default_factory=list)   # never read: links out, FIFOs (tree)
     not_run: int = 0                                     # stopped early: --fail-fast, Ctrl-C
     seconds: float = 0.0
 
@@ -85,7 +86,8 @@ def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
     tree = scan(src_root, dst_root, options.to, options.pattern)
     fingerprint = _options_fingerprint(options)
     with Manifest(dst_root) as manifest:
-        report = BulkReport(manifest.path, ignored=tree.ignored)
+        report = BulkReport(manifest.path, ignored=tree.ignored,
+                            skipped=[manifest.append(_skip(s, fingerprint)) for s in tree.skipped])
         todo = []
         for src in tree.sources:
             entry = manifest.get(src.path, src.output)
@@ -168,6 +170,11 @@ def _task(src: Source, src_root: Path, dst_root: Path, options: BulkOptions, fin
                 tuple(fingerprint), options.check)
 
 
+def _skip(skipped: Skipped, fingerprint: list) -> dict:
+    return {"source": skipped.path, "output": skipped.output, "status": SKIPPED,
+            "error": f"{skipped.path}: {skipped.reason}", "seconds": 0.0, "options": fingerprint}
+
+
 def _refusal(src: Source, fingerprint: list) -> dict:
     return {"source": src.path, "output": src.output, "status": FAILED, "error": src.error,
             "exit_code": 2, "seconds": 0.0, "options": fingerprint}
@@ -178,8 +185,9 @@ def remove_stale_temps(dst_root: Path, outputs: list[str]) -> int:
     nested ones too (``..<output name>.*.tmp.*.tmp``: a writer that is itself atomic)."""
     by_folder: dict[Path, set[str]] = {}
     for rel in outputs:
-        path = dst_root / rel
-        by_folder.setdefault(path.parent, set()).add(path.name)
+        folder = output_folder(dst_root, rel, create=False)
+        if folder is not None:  # never through a link (it could lead out of DST_DIR)
+            by_folder.setdefault(folder, set()).add(PurePosixPath(rel).name)
     removed = 0
     for folder, names in by_folder.items():
         try:

@@ -17,8 +17,9 @@ from .. import formats
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
 from ..options import CheckRequest
 from ..pipeline import transcode
+from .tree import output_folder, unreadable
 
-DONE, FAILED = "done", "failed"
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,10 @@ def run_task(task: Task) -> dict:
     files = [src_root / f for f in task.files]
     record: dict = {"source": task.source, "output": task.output, "status": FAILED, "error": None}
     try:
+        _still_readable(src_root, task.files)
         before = _source_fingerprint(files, task.source)
         record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)
-        dst = dst_root / task.output
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst = _output_path(dst_root, task.output)
         transcode(src_root / task.source, dst, force=True, key=task.key, rules=task.rules)
         if task.check:
             _check(src_root / task.source, dst, task)
@@ -93,6 +94,23 @@ def run_task(task: Task) -> dict:
     record["options"] = list(task.options)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _still_readable(src_root: Path, files: tuple[str, ...]) -> None:
+    """What the scan checked, again just before reading (the tree may have changed since)."""
+    for rel in files:
+        problem = unreadable(src_root, rel)
+        if problem:
+            raise TranscoderError(problem, path=src_root / rel)
+
+
+def _output_path(dst_root: Path, output: str) -> Path:
+    """``dst_root/output``, its folders created one by one, none of them a symbolic link."""
+    folder = output_folder(dst_root, output, create=True)
+    if folder is None:
+        raise TranscoderError("its folder is (or is inside) a symbolic link or not a folder; "
+                              "outputs are never written through links", path=dst_root / output)
+    return folder / Path(output).name
 
 
 def _check(src: Path, dst: Path, task: Task) -> None:

@@ -4,17 +4,24 @@ A source is one checkpoint: usually one file, or a ``*.safetensors.index.json`` 
 the shards it lists (the shards are then not converted on their own). Its output keeps the
 relative folder and the file stem, with the extension of the target format:
 ``SRC/a/b/model.safetensors`` -> ``DST/a/b/model.h5``.
+
+What is never read (each is *skipped*, and the summary and manifest say why): a symbolic link
+whose target leaves SRC_DIR (or is broken), anything that is not a regular file (FIFOs,
+devices, sockets: reading one could block forever), and a checkpoint whose shards are such.
+A symbolic link to a file inside SRC_DIR is converted like the file, under the link's name.
+Symbolic links to folders are never followed, wherever they point.
 """
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .. import formats
 from ..errors import TranscoderError
+from ..formats import safetensors_format
 
 #: ``--to`` value -> output extension.
 TARGETS: dict[str, str] = {"h5": ".h5", "safetensors": ".safetensors", "pt": ".pt"}
@@ -33,38 +40,81 @@ class Source:
     error: str | None = None                   # set when the source cannot even be attempted
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """Something in SRC_DIR that is never read, and why."""
+
+    path: str       # relative to the source root
+    output: str     # the output it would have had ("" for a folder)
+    reason: str
+
+
 @dataclass
 class Tree:
     sources: list[Source] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)   # not checkpoints, or not matching --pattern
+    skipped: list[Skipped] = field(default_factory=list)  # links leaving SRC_DIR, FIFOs, ...
 
 
 def scan(src_root: Path, dst_root: Path, to: str, pattern: str | None = None) -> Tree:
     """Walk ``src_root`` (sorted, symlinked folders not followed) and plan one output per checkpoint."""
-    suffix = TARGETS[to]
     tree, candidates = Tree(), []
     skip_dir = dst_root.resolve()
     for folder, dirs, files in os.walk(src_root):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if (here / d).resolve() != skip_dir)
+        for name in [d for d in dirs if (here / d).is_symlink()]:
+            tree.skipped.append(Skipped(_rel(here / name, src_root), "",
+                                        "a symbolic link to a folder: never followed"))
+        dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink()
+                         and (here / d).resolve() != skip_dir)
         for name in sorted(files):
-            rel = (here / name).relative_to(src_root).as_posix()
-            if pattern and not _matches(rel, pattern):
-                tree.ignored.append(rel)
-            elif checkpoint_suffix(name) is None:
+            rel = _rel(here / name, src_root)
+            if (pattern and not _matches(rel, pattern)) or checkpoint_suffix(name) is None:
                 tree.ignored.append(rel)
             else:
                 candidates.append(rel)
-    shards = {s for rel in candidates if rel.endswith(INDEX_SUFFIX) for s in _shards(src_root, rel)}
+    _plan(tree, src_root, candidates, TARGETS[to])
+    tree.sources = _refuse_collisions(tree.sources)
+    return tree
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _plan(tree: Tree, src_root: Path, candidates: list[str], suffix: str) -> None:
+    """One source (or skipped entry) per candidate; shards go with their index."""
+    indexes = {rel: _shards(src_root, rel) for rel in candidates if rel.endswith(INDEX_SUFFIX)}
+    shards = {s for listed in indexes.values() for s in listed}
     for rel in candidates:
         if rel in shards:
             continue  # converted as part of its index
-        files = (rel, *sorted(_shards(src_root, rel))) if rel.endswith(INDEX_SUFFIX) else (rel,)
-        stem = rel[: len(rel) - len(checkpoint_suffix(rel))]
-        size = sum(_size(src_root / f) for f in files)
-        tree.sources.append(Source(rel, stem + suffix, files, size))
-    tree.sources = _refuse_collisions(tree.sources)
-    return tree
+        files = (rel, *sorted(indexes.get(rel, ())))
+        output = rel[: len(rel) - len(checkpoint_suffix(rel))] + suffix
+        problem = next(((f, p) for f in files if (p := unreadable(src_root, f))), None)
+        if problem:
+            reason = problem[1] if problem[0] == rel else f"its shard {problem[0]}: {problem[1]}"
+            tree.skipped.append(Skipped(rel, output, reason))
+        else:
+            tree.sources.append(Source(rel, output, files, sum(_size(src_root / f) for f in files)))
+
+
+def unreadable(src_root: Path, rel: str) -> str | None:
+    """Why ``src_root/rel`` must not be read (a link leaving the root, not a regular file),
+    or None. ``src_root`` is resolved; ``rel`` has no linked folders (the walk follows none)."""
+    path = src_root / rel
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            target = Path(os.path.realpath(path))
+            if target != src_root and src_root not in target.parents:
+                return "a symbolic link that leaves SRC_DIR: not read"
+            mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing: the conversion fails and says so
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, device or socket): not read"
+    return None
 
 
 def checkpoint_suffix(name: str) -> str | None:
@@ -87,14 +137,16 @@ def _matches(rel: str, pattern: str) -> bool:
 
 
 def _shards(src_root: Path, index_rel: str) -> set[str]:
-    """The shard files a safetensors index lists (empty if it is unreadable: conversion says why)."""
+    """The shard files a safetensors index lists (empty if it cannot or must not be read: the
+    conversion, or the skip, says why)."""
+    if unreadable(src_root, index_rel):
+        return set()
     try:
-        weight_map = json.loads((src_root / index_rel).read_text())["weight_map"]
-        names = {str(v) for v in weight_map.values()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        names = set(safetensors_format.weight_map(src_root / index_rel).values())
+    except TranscoderError:
         return set()
     folder = PurePosixPath(index_rel).parent
-    return {(folder / n).as_posix() for n in names if PurePosixPath(n).name == n}
+    return {(folder / n).as_posix() for n in names}
 
 
 def _size(path: Path) -> int:
@@ -118,3 +170,26 @@ def _refuse_collisions(sources: list[Source]) -> list[Source]:
                                f"{src.output} (rename one, or select one with --pattern)")
         out.append(src)
     return out
+
+
+def output_folder(dst_root: Path, output: str, create: bool) -> Path | None:
+    """The folder of ``output`` inside ``dst_root`` (created, if ``create``), or None if any part
+    of it below ``dst_root`` is a symbolic link or not a folder: outputs are never written, and
+    stale temporary files never deleted, through a link (it could lead out of DST_DIR)."""
+    folder = dst_root
+    for part in PurePosixPath(output).parent.parts:
+        folder = folder / part
+        if create:
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                pass
+            except OSError:
+                return None
+        try:
+            mode = os.lstat(folder).st_mode
+        except OSError:
+            return None
+        if not stat.S_ISDIR(mode):
+            return None
+    return folder

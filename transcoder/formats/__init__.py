@@ -13,6 +13,8 @@ suffix always wins.
 from __future__ import annotations
 
 import importlib
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -166,9 +168,16 @@ def _longest_match(name: str, formats) -> Format | None:
 
 
 def check_magic(fmt: Format, path: Path) -> None:
-    """FormatError unless the file starts with one of the format's magic byte strings."""
+    """FormatError unless ``path`` is a regular file starting with one of the format's magic
+    byte strings. (Opened without blocking: a FIFO or a device is refused, not waited on.)"""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise FormatError("not a regular file (a FIFO, device or socket)", path=path)
             head = fh.read(16)
     except FileNotFoundError:
         raise FormatError("no such file", path=path) from None

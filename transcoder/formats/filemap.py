@@ -13,7 +13,8 @@ in the file, so that it can copy them inside the kernel), and one written from t
 back the pages it wrote (:func:`release`).
 
 If another process truncates the file while a tensor is being used, reading the lost pages
-raises SIGBUS instead of an error; the size is checked right before mapping.
+raises SIGBUS; the size is checked right before mapping, and :mod:`.sigbus` turns a SIGBUS
+in a mapping into a one-line error (exit code 2) that names the file.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import mmap
 import os
 
 import numpy as np
+
+from . import sigbus
 
 #: Smaller ranges are read: a map costs system calls and page-table setup that a copy of a few
 #: KiB does not.
@@ -52,6 +55,7 @@ def map_range(fd: int, offset: int, nbytes: int) -> np.ndarray | None:
     whole = np.frombuffer(mapped, np.uint8)
     mapped.fd, mapped.ident, mapped.start = fd, (stat.st_dev, stat.st_ino), start
     mapped.address = whole.__array_interface__["data"][0]
+    sigbus.watch(mapped.address, len(mapped), fd)   # a truncated file: one line, not SIGBUS
     return whole[offset - start:]
 
 

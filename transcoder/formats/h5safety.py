@@ -13,8 +13,10 @@ legacy ``.h5``. Our writer stores it as exact float32 data with the attribute
 from __future__ import annotations
 
 import contextlib
-import json
+import io
 import math
+import os
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import h5py
@@ -22,13 +24,10 @@ import numpy as np
 
 from ..checkpoint import DTYPES, TensorRef, dtype_name, is_bfloat16
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError
+from . import h5heap, jsonsafe, limits
 
 #: An HDF5 object header holds at most 64 KiB; Keras splits longer attributes (same limit).
 ATTR_LIMIT_BYTES = 64512
-#: Deflate cannot compress better than ~1032:1, so a larger ratio means a decompression bomb.
-MAX_COMPRESSION_RATIO = 1100
-#: Small compressed datasets are never refused (fill-value-only chunks of a tiny tensor).
-BOMB_FLOOR_BYTES = 1 << 20
 #: No single tensor is larger than this, whatever the file says.
 MAX_DATASET_BYTES = 1 << 40
 #: Nesting deeper than this is not a Keras file.
@@ -52,9 +51,27 @@ def h5_errors(path: object, tensor: str | None = None) -> Iterator[None]:
 
 
 def open_file(source: Any, path: object) -> h5py.File:
-    """Open an HDF5 file (a path or a seekable binary file object) read-only."""
+    """Open an HDF5 file (a path or a seekable binary file object) read-only, once its global
+    heaps are known not to hang the library (:mod:`.h5heap`)."""
     with h5_errors(path):
-        return h5py.File(source, "r")
+        f = h5py.File(source, "r")
+    try:
+        with h5_errors(path):
+            if isinstance(source, (str, os.PathLike)):
+                with open(source, "rb") as fh:
+                    h5heap.check(f, lambda at, n: os.pread(fh.fileno(), n, at),
+                                 os.fstat(fh.fileno()).st_size, path)
+            else:
+                h5heap.check(f, partial(_read_at, source), source.seek(0, io.SEEK_END), path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _read_at(fh: Any, offset: int, size: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
 
 
 # -- attributes ------------------------------------------------------------------------------
@@ -90,10 +107,7 @@ def attr_json(obj: h5py.HLObject, name: str, path: object) -> Any:
     raw = attr_text(obj, name)
     if raw is None:
         return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise FormatError(f"attribute {name!r} is not valid JSON", path=path) from None
+    return jsonsafe.loads(raw, f"attribute {name!r}", path)
 
 
 def write_strings_attr(obj: h5py.HLObject, name: str, values: list[str]) -> None:
@@ -187,7 +201,9 @@ def _dtype_of(ds: h5py.Dataset) -> str:
 
 
 def check_dataset(ds: h5py.Dataset, file_size: int, path: object) -> None:
-    """Refuse external/virtual storage and datasets declaring more bytes than can be stored."""
+    """Refuse external/virtual storage and datasets declaring more bytes than can be stored:
+    beyond the file's size, or (compressed chunks, chunks never written and read as the fill
+    value) beyond :mod:`.limits`' ratio to what the file stores for them."""
     if ds.shape is None:
         raise FormatError(f"dataset {ds.name} has no data space", path=path)
     if ds.external:
@@ -197,13 +213,10 @@ def check_dataset(ds: h5py.Dataset, file_size: int, path: object) -> None:
     declared = math.prod(ds.shape) * ds.dtype.itemsize
     compressed = ds.id.get_create_plist().get_nfilters() > 0
     stored = ds.id.get_storage_size()
-    bomb = declared > MAX_DATASET_BYTES or (
-        declared > BOMB_FLOOR_BYTES and declared > MAX_COMPRESSION_RATIO * stored
-        if compressed else declared > file_size)
-    if bomb:
-        raise UnsafeFileError(f"dataset {ds.name} declares {declared} bytes but the file stores "
-                              f"{stored} ({file_size} in all): refusing a possible shape bomb",
-                              path=path)
+    if declared > MAX_DATASET_BYTES or (not compressed and declared > file_size):
+        raise UnsafeFileError(f"dataset {ds.name} declares {declared} bytes but the file holds "
+                              f"{file_size}: refusing a possible shape bomb", path=path)
+    limits.check_tensor(declared, stored, f"dataset {ds.name}", path=path)
 
 
 def _bf16_from_float32(array: np.ndarray) -> np.ndarray:

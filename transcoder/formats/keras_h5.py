@@ -5,10 +5,14 @@ Which layout a file has is read from its content (DESIGN.md section 4):
 full model; a ``layers`` or ``vars`` group = Keras 3 ``.weights.h5`` (see :mod:`.keras_v3`).
 
 Legacy files name every weight through the layer group's ``weight_names`` attribute
-(``conv/kernel`` in Keras 3, ``conv/kernel:0`` in tf.keras 2, ``seq/conv/kernel`` for a layer
-built inside a Sequential, ``bi/forward_lstm/lstm_cell/kernel`` for a Bidirectional LSTM);
-:func:`short_weight_path` turns those into the short Keras weight paths of the checkpoint
-convention (``kernel``, ``forward/kernel``).
+(``conv/kernel`` in Keras 3, ``conv/kernel:0`` in tf.keras 2, ``conv2d_1_1/kernel:0`` in a
+scope Keras 2.0-2.2 found taken, ``seq/conv/kernel`` for a layer built inside a Sequential,
+``bi/forward_lstm/lstm_cell/kernel`` for a Bidirectional LSTM); the datasets are always found
+through those names, and :func:`short_weight_path` turns them into the short Keras weight paths
+of the checkpoint convention (``kernel``, ``forward/kernel``). A full model's ``model_config``
+(:mod:`.keras_config`) gives each layer's class and config: weights whose names do not say
+what they are take the class's weight order (:func:`by_position`), and a nested model's group
+is split into its layers (:func:`nested_weights`).
 
 :func:`write` writes the legacy weights-only layout, which Keras 3 and tf.keras 2 load with
 ``model.load_weights(path, by_name=True)``. Tensors with no Keras counterpart go to a
@@ -26,10 +30,10 @@ import h5py
 import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
-from ..errors import FormatError, MappingError, UnsupportedError, UsageError
-from . import ReadOptions, rawfill
+from ..errors import FormatError, MappingError, UnsafeFileError, UnsupportedError, UsageError
+from . import ReadOptions, jsonsafe, limits, rawfill, sigbus
 from . import h5safety as h5s
-from . import keras_v3
+from . import keras_config, keras_v3
 
 #: What the written files claim. Loaders special-case only keras_version "1" and backend "theano".
 KERAS_VERSION = "3.15.1"
@@ -44,6 +48,9 @@ CLASS_ATTR = "transcoder_class_name"
 RNN_CELL = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm|peephole_lstm)_cell(_\d+)?$")
 DIRECTION = re.compile(r"^(forward|backward)_.+$")
 VARIABLE_SUFFIX = re.compile(r":\d+$")
+#: What a TensorFlow graph appends to a name scope already taken (``conv2d_1`` -> ``conv2d_1_1``).
+UNIQUIFIED = re.compile(r"(_\d+)+")
+UNIQUIFIED_TAIL = re.compile(r"_\d+$")
 
 #: Stored byte for byte as numpy holds them (little-endian): written by :mod:`.rawfill`.
 RAW_DTYPES = frozenset({"float64", "float32", "float16", "int64", "int32", "int16", "int8",
@@ -79,26 +86,51 @@ def _read_open(f: h5py.File, path: Path) -> Checkpoint:
                       "layers or vars group)", path=path)
 
 
-def model_classes(config: Any) -> dict[str, str]:
-    """Layer name -> Keras class name from a legacy ``model_config`` (top-level layers)."""
-    entries = keras_v3.config_layers(config) or []
-    return {keras_v3.config_name(e): e.get("class_name") for e in entries
-            if keras_v3.config_name(e) and isinstance(e.get("class_name"), str)}
-
-
 def short_weight_path(weight_name: str, layer: str, bidirectional: bool = False) -> str:
     """``seq/lstm/lstm_cell/kernel:0`` in layer ``lstm`` -> ``kernel``.
 
-    Drops the ``:0`` suffix, everything up to the last component equal to the layer name (the
-    name scope the layer was built in), RNN cell components, and for a Bidirectional maps
-    ``forward_<x>``/``backward_<x>`` to ``forward``/``backward``.
+    Drops the ``:0`` suffix, everything up to the layer's name scope (:func:`scope_index`), RNN
+    cell components, and for a Bidirectional maps ``forward_<x>``/``backward_<x>`` to
+    ``forward``/``backward``.
     """
     parts = VARIABLE_SUFFIX.sub("", weight_name).split("/")
-    cut = max((i for i, p in enumerate(parts[:-1]) if p == layer), default=-1)
-    parts = [p for p in parts[cut + 1:-1] if not RNN_CELL.match(p)] + parts[-1:]
+    return _short(parts, scope_index(parts, layer), bidirectional)
+
+
+def _short(parts: list[str], scope: int, bidirectional: bool) -> str:
+    """The components after the name scope at index ``scope``, cells dropped."""
+    parts = [p for p in parts[scope + 1:-1] if not RNN_CELL.match(p)] + parts[-1:]
     if bidirectional and len(parts) > 1 and DIRECTION.match(parts[0]):
         parts[0] = parts[0].split("_", 1)[0]
     return "/".join(parts)
+
+
+def uniquifies(component: str, layer: str) -> bool:
+    """Whether ``component`` is ``layer`` as a graph uniquified it (``conv2d_1_1``)."""
+    return component.startswith(layer) and UNIQUIFIED.fullmatch(component[len(layer):]) is not None
+
+
+def scope_index(parts: list[str], layer: str) -> int:
+    """Where the layer's name scope is among a weight name's components: the last one equal to
+    the layer name (``seq/conv/kernel``, ``d/d/kernel``), else the last one that is the name
+    uniquified (``conv2d_1_1/kernel``: Keras 2.0-2.2 found the scope taken in the graph); -1
+    when none is (the name starts inside the layer)."""
+    for found in (lambda p: p == layer, lambda p: uniquifies(p, layer)):
+        hits = [i for i, p in enumerate(parts[:-1]) if found(p)]
+        if hits:
+            return hits[-1]
+    return -1
+
+
+def by_position(shorts: list[str], order: list[str] | None) -> list[str]:
+    """The short names in the class's weight ``order``: names the order knows are kept, the
+    others (``param_0``, ``kernel_1``, a wrapper's ``dense/kernel``) take the order's remaining
+    names by position, as Keras itself loads legacy files by position. Unchanged when the
+    counts differ or a name repeats (then the rule reports what it does not know)."""
+    if order is None or len(order) != len(shorts) or len(set(shorts)) != len(shorts):
+        return shorts
+    rest = iter([n for n in order if n not in shorts])
+    return [s if s in order else next(rest) for s in shorts]
 
 
 def _is_bidirectional(class_name: str | None, weight_names: list[str], layer: str) -> bool:
@@ -118,39 +150,165 @@ def _layer_names(root: h5py.Group) -> list[str]:
 
 
 def read_legacy(f: h5py.File, root: h5py.Group, path: Path, size: int, fmt: str) -> Checkpoint:
-    """Legacy layouts: iterate ``layer_names`` and resolve each weight through ``weight_names``."""
+    """Legacy layouts: iterate ``layer_names`` and resolve each weight through ``weight_names``;
+    with a ``model_config``, each layer's class and config name its weights, and the layers of
+    a nested model (whose weights are in the nested model's group) are read one by one."""
     config = h5s.attr_json(f, "model_config", path)
-    classes = model_classes(config)
-    layers: list[dict] = []
-    tensors: dict[str, TensorRef] = {}
-    for name in _layer_names(root):
+    _refuse_keras_1(f, root, path)
+    specs = {s.name: s for s in keras_config.layer_specs(config)}
+    names = _layer_names(root)
+    reader = _Legacy(path, size, set(names))
+    for name in names:
         grp = h5s.group(root, name, path)
         weight_names = h5s.attr_strings(grp, "weight_names") or []
-        if not weight_names:
-            continue
-        cls = classes.get(name) or h5s.attr_text(grp, CLASS_ATTR)
-        bidi = _is_bidirectional(cls, weight_names, name)
-        shorts = [short_weight_path(w, name, bidi) for w in weight_names]
-        for weight_name, short in zip(weight_names, shorts):
-            tensor = f"{name}/{short}"
-            if tensor in tensors:
-                raise FormatError("two weights of the layer map to this name", path=path, tensor=tensor)
-            ds = h5s.resolve(grp, weight_name, path)
-            tensors[tensor] = h5s.tensor_ref(tensor, ds, size, path)
-        layers.append({"name": name, "class_name": cls, "weights": shorts})
-    meta: dict[str, Any] = {"keras_layers": layers}
+        if weight_names:
+            reader.group(grp, name, specs.get(name), weight_names)
+    meta: dict[str, Any] = {"keras_layers": reader.layers}
     if config is not None:
         meta["keras_config"] = config
-    _read_ours(f, tensors, meta, path, size)
-    return Checkpoint(tensors, LAYOUT_KERAS, str(path), fmt, meta)
+    _refuse_theano_kernels(f, root, reader.tensors, path)
+    _read_ours(f, reader.tensors, meta, path, size, reader.used)
+    limits.check_file(sum(t.nbytes for t in reader.tensors.values()), size, path=path)
+    return Checkpoint(reader.tensors, LAYOUT_KERAS, str(path), fmt, meta)
+
+
+def _version_attr(f: h5py.File, root: h5py.Group, name: str) -> str:
+    return h5s.attr_text(f, name) or h5s.attr_text(root, name) or ""
+
+
+def _refuse_keras_1(f: h5py.File, root: h5py.Group, path: Path) -> None:
+    version = _version_attr(f, root, "keras_version")
+    if version.split(".")[0] == "1":
+        raise UnsupportedError(f"written by Keras {version}, whose weights have other names and "
+                               f"layouts (Keras 2 converted them when loading)", path=path,
+                               hint="load it in Keras 2 and save it again")
+
+
+def _refuse_theano_kernels(f: h5py.File, root: h5py.Group, tensors: dict[str, TensorRef],
+                           path: Path) -> None:
+    """Keras 2 flipped the convolution kernels of files written with Theano when loading them."""
+    flipped = [n for n, t in tensors.items() if len(t.shape) >= 3]
+    if _version_attr(f, root, "backend") == "theano" and flipped:
+        raise UnsupportedError("written with the Theano backend, whose convolution kernels are "
+                               "flipped (Keras converted them when loading)", path=path,
+                               tensor=flipped[0], hint="load it in Keras 2 with the TensorFlow "
+                               "backend and save it again")
+
+
+class _Legacy:
+    """The layers and tensors of a legacy file, read group by group."""
+
+    def __init__(self, path: Path, size: int, taken: set[str]) -> None:
+        self.path, self.size, self.taken = path, size, taken
+        self.used = _Used(path)
+        self.layers: list[dict] = []
+        self.tensors: dict[str, TensorRef] = {}
+
+    def group(self, grp: h5py.Group, name: str, spec: keras_config.LayerSpec | None,
+              weight_names: list[str]) -> None:
+        """One group of ``layer_names``: a layer, or a nested model holding its layers' weights."""
+        if spec is None or not spec.is_model:
+            cls = spec.class_name if spec else h5s.attr_text(grp, CLASS_ATTR)
+            split = [_split(w) for w in weight_names]
+            self.add(grp, name, (cls, spec.config if spec else None),
+                     [(w, parts, scope_index(parts, name)) for w, parts in split])
+            return
+        self.taken.discard(name)  # the model becomes its layers
+        for (leaf, models), items in nested_weights(spec, weight_names):
+            self.add(grp, self.unique(leaf.name, models), (leaf.class_name, leaf.config), items)
+
+    def unique(self, name: str, models: tuple[str, ...]) -> str:
+        """A nested model's layer keeps its name, prefixed by its models' when that is taken."""
+        if name in self.taken:
+            name = ".".join((*models, name))
+        self.taken.add(name)
+        return name
+
+    def add(self, grp: h5py.Group, layer: str, kind: tuple[str | None, dict | None],
+            items: list[tuple[str, list[str], int]]) -> None:
+        """Layer ``layer`` of class and config ``kind``, its weights ``(weight name, its
+        components, index of the layer's name scope)`` resolved in ``grp``."""
+        cls, cfg = kind
+        bidi = _is_bidirectional(cls, [w for w, _, _ in items], layer)
+        shorts = by_position([_short(parts, scope, bidi) for _, parts, scope in items],
+                             keras_v3.weight_order(cls, cfg or {}))
+        for (weight_name, _, _), short in zip(items, shorts):
+            tensor = f"{layer}/{short}"
+            if tensor in self.tensors:
+                raise FormatError("two weights of the layer map to this name", path=self.path,
+                                  tensor=tensor)
+            ds = self.used.once(h5s.resolve(grp, weight_name, self.path), tensor)
+            self.tensors[tensor] = h5s.tensor_ref(tensor, ds, self.size, self.path)
+        entry = {"name": layer, "class_name": cls, "weights": shorts}
+        if cfg is not None:
+            entry["config"] = cfg
+        self.layers.append(entry)
+
+
+def _split(weight_name: str) -> tuple[str, list[str]]:
+    return weight_name, VARIABLE_SUFFIX.sub("", weight_name).split("/")
+
+
+def nested_weights(spec: keras_config.LayerSpec, weight_names: list[str]
+                   ) -> list[tuple[tuple, list[tuple[str, list[str], int]]]]:
+    """A nested model's weights by the layer they belong to, in config order: ``((layer spec,
+    enclosing model names), [(weight name, components, scope index)])``. Keras lists a nested
+    model's trainable weights first, so names decide, never positions: a weight belongs to
+    the layer its first name component names (``inner/d1/kernel``, ``d1_1/kernel:0``), not
+    counting components that name the enclosing models; weights naming none of its layers
+    stay with the model itself."""
+    owners = {leaf.name: (leaf, models) for leaf, models in keras_config.leaves(spec)}
+    found: dict[str, list] = {}
+    for weight_name, parts in map(_split, weight_names):
+        hit = _owner(parts, owners, {spec.name, *(m for _, ms in owners.values() for m in ms)})
+        key, scope = hit if hit else ("", scope_index(parts, spec.name))
+        found.setdefault(key, []).append((weight_name, parts, scope))
+    order = [name for name in owners if name in found] + ([""] if "" in found else [])
+    return [(owners.get(key, (spec, ())), found[key]) for key in order]
+
+
+def _owner(parts: list[str], owners: dict, models: set[str]) -> tuple[str, int] | None:
+    """``(layer name, index)`` of the first component naming one of ``owners`` (exactly, else
+    uniquified) that does not name an enclosing model; else of the last one that does (a
+    layer named like its model: ``out/out/kernel``)."""
+    hits = [(name, i) for i, p in enumerate(parts[:-1]) if (name := _named(p, owners))]
+    outside = [(name, i) for name, i in hits if parts[i] not in models]
+    return (outside or hits[-1:] or [None])[0]
+
+
+def _named(component: str, owners: dict) -> str | None:
+    """The layer a name component names: itself, or what a graph uniquified (``d1_1``)."""
+    name = component
+    while name not in owners:
+        stem = UNIQUIFIED_TAIL.sub("", name)
+        if stem == name:
+            return None
+        name = stem
+    return name
+
+
+class _Used:
+    """Datasets already read: Keras never stores one dataset under two weights, and one stored
+    under a thousand names would be written a thousand times."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, {}
+
+    def once(self, ds: h5py.HLObject, tensor: str) -> h5py.HLObject:
+        key = h5s.object_key(ds)
+        if key in self.seen:
+            raise UnsafeFileError(f"HDF5 object {ds.name} is both {self.seen[key]} and "
+                                  f"{tensor}; refusing a file that reuses datasets", path=self.path)
+        self.seen[key] = tensor
+        return ds
 
 
 def _read_ours(f: h5py.File, tensors: dict[str, TensorRef], meta: dict, path: Path,
-               size: int) -> None:
+               size: int, used: _Used) -> None:
     """Our own additions: the ``transcoder`` attribute and the carried tensors."""
     ours = h5s.attr_json(f, "transcoder", path)
     if ours is not None:
-        meta["transcoder"] = ours
+        meta["transcoder"] = jsonsafe.check_stored_meta(ours, path)
     if not h5s.has(f, CARRIED_GROUP):
         return
     carried = []
@@ -162,7 +320,7 @@ def _read_ours(f: h5py.File, tensors: dict[str, TensorRef], meta: dict, path: Pa
             raise FormatError(f"carried tensor {CARRIED_GROUP}/{key} has no name", path=path)
         if name in tensors:
             raise FormatError("carried tensor duplicates a Keras weight", path=path, tensor=name)
-        tensors[name] = h5s.tensor_ref(name, ds, size, path)
+        tensors[name] = h5s.tensor_ref(name, used.once(ds, name), size, path)
         carried.append(name)
     meta["carried"] = carried
 
@@ -192,7 +350,7 @@ def write(ckpt: Checkpoint, path: Path) -> None:
             jobs += _create_carried(f, carried)
             _create_datasets(jobs, ckpt, path, filler)
     except OSError as exc:
-        raise UsageError(f"cannot write: {exc.strerror or exc}", path=path) from None
+        raise sigbus.write_failure(exc, path) from None
 
 
 def layers_to_write(ckpt: Checkpoint) -> list[dict]:
@@ -280,35 +438,56 @@ def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, 
     their file space now and their data from ``filler``'s threads, written beside HDF5 (the
     space is HDF5's raw data, which it never touches again: no fill value); so do bfloat16
     tensors, as the exact float32 that ``h5s.write_array`` stores; the rest (bool, complex,
-    scalars, empty) are written here."""
+    scalars, empty bfloat16) are written here."""
+    plists, group_names = _plists(), {}
     for grp, rel, name in jobs:
         ref = ckpt.tensors[name]
-        if ref.dtype in RAW_DTYPES and ref.shape and ref.nbytes:  # HDF5 gives scalars no offset
-            ds = _allocate(grp, rel, ref.shape, ref.dtype)
-            filler.add(rawfill.Region(ds.id.get_offset(), ref))
+        if ref.dtype in RAW_DTYPES and ref.shape:  # HDF5 gives scalars no offset
+            dsid = _allocate(grp, rel, ref.shape, ref.dtype, plists)
+            if ref.nbytes:
+                filler.add(rawfill.Region(dsid.get_offset(), ref))
         elif ref.dtype == "bfloat16" and ref.shape and ref.nbytes:
-            ds = _allocate(grp, rel, ref.shape, "float32")
-            ds.attrs["transcoder_dtype"] = "bfloat16"   # as h5s.write_array marks it
-            filler.add(rawfill.Region(ds.id.get_offset(), ref, as_float32=True))
+            dsid = _allocate(grp, rel, ref.shape, "float32", plists)
+            h5py.Dataset(dsid).attrs["transcoder_dtype"] = "bfloat16"   # as h5s.write_array does
+            filler.add(rawfill.Region(dsid.get_offset(), ref, as_float32=True))
         else:
-            ds = _write_array(grp, rel, ref.load(), name, path)
-        if grp.name == "/" + CARRIED_GROUP:  # no layer may take this name (RESERVED_NAMES)
-            ds.attrs["name"] = name
+            dsid = _write_array(grp, rel, ref.load(), name, path).id
+        if id(grp) not in group_names:  # each look-up asks HDF5
+            group_names[id(grp)] = grp.name
+        if group_names[id(grp)] == "/" + CARRIED_GROUP:  # no layer may take it (RESERVED_NAMES)
+            _name_attr(dsid, name)
 
 
-def _allocate(grp: h5py.Group, rel: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
-    """A contiguous dataset whose file space is allocated now and never filled by HDF5.
-    (h5py's low-level calls: ``create_dataset`` costs 0.1 ms more per dataset in Python.)"""
+_NAME_TYPE = h5py.h5t.string_dtype("utf-8")
+
+
+def _name_attr(dsid: h5py.h5d.DatasetID, name: str) -> None:
+    """``ds.attrs["name"] = name`` through h5py's low-level calls (a third of the time per
+    carried tensor went to the high-level ones)."""
+    attr = h5py.h5a.create(dsid, b"name", h5py.h5t.py_create(_NAME_TYPE, logical=True),
+                           h5py.h5s.create(h5py.h5s.SCALAR))
+    attr.write(np.array(name, dtype=_NAME_TYPE))
+
+
+def _plists() -> tuple[h5py.h5p.PropDCID, h5py.h5p.PropLCID]:
+    """Dataset and link creation properties for :func:`_allocate` (made once per file)."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
     lcpl.set_create_intermediate_group(True)   # weight paths hold groups: conv/conv/kernel
     lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)
+    return dcpl, lcpl
+
+
+def _allocate(grp: h5py.Group, rel: str, shape: tuple[int, ...], dtype: str,
+              plists: tuple) -> h5py.h5d.DatasetID:
+    """A contiguous dataset whose file space is allocated now and never filled by HDF5.
+    (h5py's low-level calls: ``create_dataset`` costs 0.1 ms more per dataset in Python.)"""
+    dcpl, lcpl = plists
     space = h5py.h5s.create_simple(shape)
     h5type = h5py.h5t.py_create(np.dtype(dtype))
-    return h5py.Dataset(h5py.h5d.create(grp.id, rel.encode("utf8"), h5type, space, dcpl=dcpl,
-                                        lcpl=lcpl))
+    return h5py.h5d.create(grp.id, rel.encode("utf8"), h5type, space, dcpl=dcpl, lcpl=lcpl)
 
 
 def _write_array(grp: h5py.Group, rel: str, array: np.ndarray, name: str,

@@ -20,6 +20,9 @@ import h5py
 from ..checkpoint import TensorRef
 from ..errors import FormatError, UnsafeFileError
 from . import h5safety as h5s
+from . import limits
+from . import keras_config
+from .keras_config import config_layers, config_name
 
 KERNEL_BIAS = ("kernel", "bias")
 RNN = (("cell/vars", ("kernel", "recurrent_kernel", "bias")),)
@@ -67,6 +70,14 @@ VARS_LAYOUT: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("value_dense/vars", _prefixed("value", KERNEL_BIAS)),
         ("output_dense/vars", _prefixed("attention_output", KERNEL_BIAS)),
     ),
+}
+
+#: Keras 2 classes that Keras 3 no longer has (legacy ``.h5`` only), their weights in Keras order.
+LEGACY_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "CuDNNLSTM": RNN[0][1],
+    "CuDNNGRU": RNN[0][1],
+    "LocallyConnected1D": KERNEL_BIAS,
+    "LocallyConnected2D": KERNEL_BIAS,
 }
 
 #: Config switches that remove a weight when false/None: key -> last component of the weight path.
@@ -134,23 +145,6 @@ class Found:
 
 # -- config pairing ----------------------------------------------------------------------------
 
-def config_name(entry: dict) -> str | None:
-    """The layer name of a config entry (``config.name``, else the entry's ``name``)."""
-    inner = entry.get("config")
-    name = inner.get("name") if isinstance(inner, dict) else None
-    return name if isinstance(name, str) else entry.get("name")
-
-
-def config_layers(config: Any) -> list[dict] | None:
-    """The ``layers`` list of a Sequential/Functional config (old Keras: a bare list)."""
-    if not isinstance(config, dict):
-        return None
-    inner = config.get("config")
-    layers = inner if isinstance(inner, list) else (inner or {}).get("layers") \
-        if isinstance(inner, (dict, type(None))) else None
-    return [e for e in layers if isinstance(e, dict)] if isinstance(layers, list) else None
-
-
 def pair_config(entries: list[dict]) -> dict[str, dict]:
     """Path component -> config entry, numbered the way saving_lib does (dense, dense_1, ...)."""
     used: dict[str, int] = {}
@@ -186,7 +180,7 @@ def _found(grp: h5py.Group, key: str, prefix: str, entry: dict | None, ctx: _Ctx
     if stored is not None and name != stored:
         raise FormatError(f"config.json names layer {grp.name} {name!r} but the weights file "
                           f"says {stored!r}", path=ctx.path)
-    return Found(name or stored or key, entry.get("class_name"), grp, entry)
+    return Found(name or stored or key, keras_config.class_of(entry), grp, entry)
 
 
 def container_layers(grp: h5py.Group, ctx: _Ctx, entries: list[dict] | None = None,
@@ -258,22 +252,43 @@ def vars_groups(grp: h5py.Group, ctx: _Ctx, rel: str = "", depth: int = 0) -> di
     return out
 
 
-def _layer_config(found: Found) -> dict:
-    cfg = (found.config or {}).get("config")
-    cfg = cfg if isinstance(cfg, dict) else {}
-    wrapped = WRAPPED_CONFIG.get(found.class_name or "")
+def _switches(class_name: str | None, cfg: dict) -> dict:
+    """The config that says which weights exist: a Bidirectional's is its wrapped layer's."""
+    wrapped = WRAPPED_CONFIG.get(class_name or "")
     inner = cfg.get(wrapped) if wrapped else None
     if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
         return inner["config"]
     return cfg
 
 
+def _dropped(class_name: str | None, cfg: dict) -> set[str]:
+    """Weights the config switches off (``use_bias=False``, ``center=False``...)."""
+    own = _switches(class_name, cfg)
+    return {w for key, w in OPTIONAL_WEIGHTS.items() if key in own and not own[key]}
+
+
 def expected_layout(found: Found) -> list[tuple[str, tuple[str, ...]]]:
     """The table layout of a class, minus weights its config switches off (``use_bias=False``)."""
-    cfg = _layer_config(found)
-    dropped = {w for key, w in OPTIONAL_WEIGHTS.items() if key in cfg and not cfg[key]}
+    cfg = (found.config or {}).get("config")
+    dropped = _dropped(found.class_name, cfg if isinstance(cfg, dict) else {})
     return [(rel, tuple(n for n in names if n.rsplit("/", 1)[-1] not in dropped))
             for rel, names in VARS_LAYOUT[found.class_name or ""]]
+
+
+def weight_order(class_name: str | None, cfg: dict) -> list[str] | None:
+    """The short names of a layer's weights in Keras order, as its class and config say
+    (a TimeDistributed's are its wrapped layer's); None for a class the tables do not know."""
+    if class_name == "TimeDistributed":
+        inner = keras_config.wrapped(keras_config.LayerSpec("", class_name, cfg))
+        return weight_order(inner.class_name, inner.config) if inner is not None else None
+    if class_name in LEGACY_WEIGHTS:
+        names = list(LEGACY_WEIGHTS[class_name])
+    elif class_name in VARS_LAYOUT:
+        names = [n for _, group in VARS_LAYOUT[class_name] for n in group]
+    else:
+        return None
+    dropped = _dropped(class_name, cfg)
+    return [n for n in names if n.rsplit("/", 1)[-1] not in dropped]
 
 
 def _by_index(prefix: str, items: list) -> list[tuple[str, Any]]:
@@ -339,6 +354,53 @@ def layer_weights(found: Found, ctx: _Ctx, depth: int = 0) -> list[tuple[str, An
 
 # -- the whole file ------------------------------------------------------------------------------
 
+def flat_layers(found: Found, ctx: _Ctx, depth: int = 0) -> list[tuple[Found, tuple[str, ...]]]:
+    """A nested model's layers one by one (nested models flattened), each with the names of
+    the models enclosing it; any other layer is itself."""
+    if found.class_name not in keras_config.MODEL_CLASSES:
+        return [(found, ())]
+    if depth > h5s.MAX_DEPTH:
+        raise FormatError(f"models nested deeper than {h5s.MAX_DEPTH}", path=ctx.path)
+    if own_vars(found.group, ctx):
+        raise FormatError(f"model {found.name!r} holds variables of its own beside its layers "
+                          f"({found.group.name}/vars)", path=ctx.path)
+    out = []
+    for sub in sub_layers(found, ctx, depth):
+        out += [(leaf, (found.name, *models)) for leaf, models in flat_layers(sub, ctx, depth + 1)]
+    return out
+
+
+def _own_config(found: Found) -> dict | None:
+    cfg = found.config.get("config") if found.config is not None else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _named_weights(found: Found, ctx: _Ctx) -> list[tuple[str, Any]]:
+    """The layer's weights; a class outside :data:`VARS_LAYOUT` whose weight order is known
+    (a TimeDistributed: its wrapped layer's) names them by that order when the count fits."""
+    weights = layer_weights(found, ctx)
+    order = weight_order(found.class_name, _own_config(found) or {})
+    if found.class_name not in VARS_LAYOUT and order and len(order) == len(weights):
+        return [(n, ds) for n, (_, ds) in zip(order, weights)]
+    return weights
+
+
+class _Names:
+    """Layer names in use: a nested model's layer keeps its name, prefixed by its models'
+    (``inner.dense``) when that is taken."""
+
+    def __init__(self, path: object, taken: set[str]) -> None:
+        self.path, self.taken, self.given = path, taken, set()
+
+    def give(self, name: str, models: tuple[str, ...]) -> str:
+        if models and (name in self.taken or name in self.given):
+            name = ".".join((*models, name))
+        if name in self.given:
+            raise FormatError(f"two layers are named {name!r}", path=self.path)
+        self.given.add(name)
+        return name
+
+
 def read_tree(root: h5py.Group, path: object, file_size: int,
               config: Any = None) -> tuple[list[dict], dict[str, TensorRef]]:
     """``meta["keras_layers"]`` entries and the lazy tensors of a saving_lib weights file."""
@@ -346,17 +408,27 @@ def read_tree(root: h5py.Group, path: object, file_size: int,
     entries: list[dict] = []
     tensors: dict[str, TensorRef] = {}
     with h5s.h5_errors(path):
-        for found in model_layers(root, ctx, config):
-            weights = layer_weights(found, ctx)
+        tops = model_layers(root, ctx, config)
+        names = _Names(path, {t.name for t in tops
+                              if t.class_name not in keras_config.MODEL_CLASSES})
+        for found, models in [pair for top in tops for pair in flat_layers(top, ctx)]:
+            weights = _named_weights(found, ctx)
             if not weights:
                 continue
-            if any(e["name"] == found.name for e in entries):
-                raise FormatError(f"two layers are named {found.name!r}", path=path)
+            entry = _entry(found, names.give(found.name, models), weights)
             for short, ds in weights:
-                name = f"{found.name}/{short}"
+                name = f"{entry['name']}/{short}"
                 if name in tensors:
                     raise FormatError("two weights have the same name", path=path, tensor=name)
-                tensors[name] = h5s.tensor_ref(name, ds, file_size, path)
-            entries.append({"name": found.name, "class_name": found.class_name,
-                            "weights": [w for w, _ in weights], "h5_path": found.group.name})
+                tensors[name] = h5s.tensor_ref(name, ctx.enter(ds), file_size, path)
+            entries.append(entry)
+    limits.check_file(sum(t.nbytes for t in tensors.values()), file_size, path=path)
     return entries, tensors
+
+
+def _entry(found: Found, name: str, weights: list[tuple[str, Any]]) -> dict:
+    entry = {"name": name, "class_name": found.class_name, "weights": [w for w, _ in weights],
+             "h5_path": found.group.name}
+    if _own_config(found) is not None:
+        entry["config"] = _own_config(found)
+    return entry

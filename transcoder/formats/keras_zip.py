@@ -3,15 +3,17 @@
 Read with zipfile + h5py only: ``config.json`` is parsed as JSON (never deserialized through
 Keras) to give layers their real names and class names; the weights are read lazily from
 ``model.weights.h5``. A stored (uncompressed) member is opened in place through a window on
-the archive after one streaming CRC pass, so nothing is extracted; a compressed one is
-streamed to a temporary file that is deleted on close. Members with path traversal or absurd
-sizes are refused.
+the archive after one streaming CRC pass, so nothing is extracted; a compressed one (Keras
+writes them stored, but a re-zipped archive may deflate them) is streamed to an anonymous
+temporary file (unlinked from the start, gone on close or exit), at most :mod:`.limits`' ratio
+times its compressed size. Members with path traversal, compression methods other than
+deflate, or sizes beyond that ratio are refused (:mod:`.zipsafe`).
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import json
+import os
 import shutil
 import struct
 import tempfile
@@ -25,22 +27,19 @@ import h5py
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import FormatError, UnsafeFileError, UsageError
-from . import ReadOptions
+from . import ReadOptions, jsonsafe, keras_v3, zipsafe
 from . import h5safety as h5s
-from . import keras_v3
+from .brief import brief
 
 WEIGHTS = "model.weights.h5"
 CONFIG = "config.json"
 METADATA = "metadata.json"
-#: JSON members larger than this are not a model config.
-MAX_JSON_BYTES = 64 << 20
-#: No member is larger than this, whatever the archive says.
-MAX_MEMBER_BYTES = 1 << 40
+#: JSON members larger than this are not a model config (parsed, JSON takes ~10 times its size).
+MAX_JSON_BYTES = 16 << 20
 CHUNK = 1 << 20
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 LOCAL_MAGIC = b"PK\x03\x04"
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
-              NotImplementedError)
+ZIP_ERRORS = zipsafe.ZIP_ERRORS + (zlib.error,)
 
 
 class MemberWindow(io.RawIOBase):
@@ -81,7 +80,7 @@ class MemberWindow(io.RawIOBase):
 def read(path: Path, options: ReadOptions) -> Checkpoint:
     """Read a ``.keras`` archive lazily; layer names and classes come from ``config.json``."""
     with _zip_errors(path):
-        with zipfile.ZipFile(path) as zf:
+        with zipsafe.open_zip(path) as zf:
             check_members(zf, path)
             config = _read_json(zf, CONFIG, path, required=True)
             source, size = _open_weights(zf, path)
@@ -115,21 +114,15 @@ def _zip_errors(path: Path) -> Iterator[None]:
 
 
 def check_members(zf: zipfile.ZipFile, path: Path) -> None:
-    """Refuse path traversal, encryption and sizes no real archive member has."""
+    """Refuse path traversal, encryption, other compression methods and expansion beyond the
+    limits (:func:`.zipsafe.check_members`)."""
     for info in zf.infolist():
         name = info.filename
         parts = name.replace("\\", "/").split("/")
         if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
-            raise UnsafeFileError(f"refusing archive member with an unsafe path {name!r}", path=path)
-        if info.flag_bits & 0x1:
-            raise FormatError(f"archive member {name} is encrypted", path=path)
-        too_big = info.file_size > MAX_MEMBER_BYTES or (
-            info.file_size != info.compress_size if info.compress_type == zipfile.ZIP_STORED
-            else info.file_size > h5s.MAX_COMPRESSION_RATIO * info.compress_size + h5s.BOMB_FLOOR_BYTES)
-        if too_big:
-            raise UnsafeFileError(f"archive member {name} declares {info.file_size} bytes from "
-                                  f"{info.compress_size} stored: refusing a possible zip bomb",
+            raise UnsafeFileError(f"refusing archive member with an unsafe path {brief(name)}",
                                   path=path)
+    zipsafe.check_members(zf, path, os.path.getsize(path))
 
 
 def _read_json(zf: zipfile.ZipFile, member: str, path: Path, required: bool) -> Any:
@@ -139,10 +132,7 @@ def _read_json(zf: zipfile.ZipFile, member: str, path: Path, required: bool) -> 
         return None
     if zf.getinfo(member).file_size > MAX_JSON_BYTES:
         raise UnsafeFileError(f"{member} is larger than {MAX_JSON_BYTES} bytes", path=path)
-    try:
-        return json.loads(zf.read(member))
-    except (ValueError, UnicodeDecodeError):
-        raise FormatError(f"{member} is not valid JSON", path=path) from None
+    return jsonsafe.loads(zf.read(member), member, path)
 
 
 def _open_weights(zf: zipfile.ZipFile, path: Path) -> tuple[IO[bytes], int]:

@@ -2,7 +2,7 @@
 
 Reading handles ``torch.save`` zip archives (any suffix), the legacy pickle format
 (``_use_new_zipfile_serialization=False``) and TorchScript archives. Pickles go through the
-restricted unpickler in :mod:`.torch_pickle` (nothing from the file is imported or run); the
+restricted unpickler in :mod:`.unpickler` (nothing from the file is imported or run); the
 state dict is found by :mod:`.unwrap`; tensor data stays on disk until ``TensorRef.load()``,
 which reads just that tensor's bytes and checks them against the storage size first.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import sys
 import threading
@@ -21,16 +22,18 @@ import zipfile
 import zlib
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 import numpy as np
 
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError, UsageError
+from .brief import brief
 from .filemap import MAP_FROM_BYTES, map_range
-from . import ReadOptions
+from . import ReadOptions, limits, sigbus, zipsafe
 from .torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
-                           UnsupportedTensor, dump_state_dict, is_tensor, unpickle)
+                           UnsupportedTensor, dump_state_dict, is_tensor)
+from .unpickler import unpickle
 from .torch_zip import TorchZipWriter
 from .unwrap import StateDict, find_state_dict, parse_script_classes, script_state_dict, strip_prefixes
 
@@ -41,8 +44,7 @@ CHUNK = 64 << 20          # bytes per read call when streaming
 SCRATCH_BYTES = 1 << 20   # where permuted tensors are written block by block
 MAX_SMALL_RECORD = 64 << 20  # code files, byteorder ...: refuse bigger (zip bombs)
 
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError,
-               NotImplementedError, RuntimeError, struct.error, OSError)
+_ZIP_ERRORS = zipsafe.ZIP_ERRORS + (zlib.error, struct.error)
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 
 
@@ -78,6 +80,9 @@ class _ZipStorages:
         self._size = self._fh.seek(0, io.SEEK_END)
         self._lock = threading.Lock()
         self._offsets: dict[str, int] = {}
+        # Compressed records are decompressed from their start for each tensor in them: bound
+        # the total, or tensors at rising offsets of one record would take quadratic time.
+        self._inflate_left = limits.allowed(self._size, limits.FILE_FLOOR)
 
     def close(self) -> None:
         self._fh.close()
@@ -114,6 +119,11 @@ class _ZipStorages:
         return self._read_compressed(info, start, nbytes)
 
     def _read_compressed(self, info: zipfile.ZipInfo, start: int, nbytes: int) -> bytearray:
+        with self._lock:
+            self._inflate_left -= start + nbytes
+        if self._inflate_left < 0:
+            raise UnsafeFileError(f"decompressing {info.filename} again and again for the tensors "
+                                  f"in it exceeds {limits.RATIO} times the archive's size")
         with self._lock, self._zf.open(info) as member:
             while start > 0:
                 skipped = len(member.read(min(start, CHUNK)))
@@ -206,7 +216,10 @@ def _tensor_ref(name: str, desc: Any, storages: Any, swap: bool) -> TensorRef:
     except FormatError as exc:
         raise exc.with_context(tensor=name)
     _check_fits(name, desc, record_size)
-    return TensorRef(name, desc.shape, desc.dtype, partial(_load_named, storages, desc, swap, name))
+    ref = TensorRef(name, desc.shape, desc.dtype, partial(_load_named, storages, desc, swap, name))
+    # zero strides repeat stored values: that is decompression too (4 bytes as 4 GiB)
+    limits.check_tensor(ref.nbytes, _span(desc)[1], "the tensor", tensor=name)
+    return ref
 
 
 def _load_named(storages: Any, desc: TensorDesc, swap: bool, name: str) -> np.ndarray:
@@ -242,6 +255,8 @@ def _checkpoint(path: Path, state: StateDict, storages: Any, swap: bool,
                 meta: dict[str, Any]) -> Checkpoint:
     tensors, removed = strip_prefixes(state.tensors)
     refs = {name: _tensor_ref(name, desc, storages, swap) for name, desc in tensors.items()}
+    # many tensors over one storage, or over compressed records, expand the file too
+    limits.check_file(sum(ref.nbytes for ref in refs.values()), os.path.getsize(path))
     meta = dict(meta)
     if state.module_kinds:
         meta["module_kinds"] = _strip_kinds(state.module_kinds, removed)
@@ -253,10 +268,10 @@ def _checkpoint(path: Path, state: StateDict, storages: Any, swap: bool,
 
 
 def _strip_kinds(kinds: dict[str, str], removed: list[str]) -> dict[str, str]:
-    for prefix in removed:
-        kinds = {("" if path == prefix[:-1] else path[len(prefix):]): kind
-                 for path, kind in kinds.items() if path == prefix[:-1] or path.startswith(prefix)}
-    return kinds
+    """Module kinds under the stripped prefixes (the module the prefixes name is the root)."""
+    prefix = "".join(removed)
+    return {("" if path == prefix[:-1] else path[len(prefix):]): kind
+            for path, kind in kinds.items() if path == prefix[:-1] or path.startswith(prefix)}
 
 
 def _small_record(zf: zipfile.ZipFile, name: str) -> bytes:
@@ -289,20 +304,28 @@ def _byteorder_swap(zf: zipfile.ZipFile, prefix: str) -> bool:
     return order.decode() != sys.byteorder
 
 
-def _script_code(zf: zipfile.ZipFile, prefix: str) -> dict[str, str]:
-    """TorchScript sources by module name (``__torch__.torch.nn.modules.conv``), as text."""
-    code: dict[str, str] = {}
+def _code_members(zf: zipfile.ZipFile, prefix: str) -> list[str]:
+    """The TorchScript source records (``<prefix>/code/__torch__/....py``), if any."""
     root = f"{prefix}/code/"
-    for name in zf.namelist():
-        if name.startswith(root) and name.endswith(".py"):
-            module = name[len(root):-len(".py")].replace("/", ".")
-            code[module] = _small_record(zf, name).decode("utf-8", errors="replace")
-    return code
+    return [n for n in zf.namelist() if n.startswith(root) and n.endswith(".py")]
+
+
+def _script_code(zf: zipfile.ZipFile, prefix: str,
+                 names: list[str]) -> Iterator[tuple[str, Iterator[str]]]:
+    """(module name, its source lines) per record (``__torch__.torch.nn.modules.conv``), read
+    line by line: a record of short lines would take tens of times its size as a list."""
+    root = f"{prefix}/code/"
+    for name in names:
+        if zf.getinfo(name).file_size > MAX_SMALL_RECORD:
+            raise FormatError(f"{name} is implausibly large ({zf.getinfo(name).file_size} bytes)")
+        with zf.open(name) as raw:
+            yield (name[len(root):-len(".py")].replace("/", "."),
+                   io.TextIOWrapper(raw, encoding="utf-8", errors="replace"))
 
 
 def _read_zip(path: Path, options: ReadOptions) -> Checkpoint:
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipsafe.open_zip(path)
     except _ZIP_ERRORS as exc:
         raise FormatError(f"corrupt or truncated zip archive ({exc})") from None
     try:
@@ -316,13 +339,15 @@ def _read_zip(path: Path, options: ReadOptions) -> Checkpoint:
 
 
 def _read_zip_members(path: Path, zf: zipfile.ZipFile, options: ReadOptions) -> Checkpoint:
+    zipsafe.check_members(zf, path, os.path.getsize(path))
     prefix = _archive_prefix(zf)
     root, _ = unpickle(io.BytesIO(zf.read(f"{prefix}/data.pkl")))
-    code = _script_code(zf, prefix)
+    code = _code_members(zf, prefix)
     if code:
         if options.key:
             raise UsageError("--key does not apply to TorchScript archives (they hold one module)")
-        state = script_state_dict(root, parse_script_classes(code), is_tensor)
+        classes = parse_script_classes(_script_code(zf, prefix, code))
+        state = script_state_dict(root, classes, is_tensor)
         key, container = None, "torchscript"
     else:
         key, state = find_state_dict(root, options.key, is_tensor)
@@ -339,10 +364,32 @@ def _read_zip_members(path: Path, zf: zipfile.ZipFile, options: ReadOptions) -> 
     return ckpt
 
 
+class _Bounded:
+    """The read calls the pickle modules make, never asking for more than the file holds:
+    they allocate whatever a length field in the pickle declares before reading it."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self._size = os.fstat(fh.fileno()).st_size
+
+    def read(self, size: int = -1) -> bytes:
+        left = max(0, self._size - self._fh.tell())
+        return self._fh.read(left if size is None or size < 0 else min(size, left))
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._fh.readline(size)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+
 def _read_legacy(path: Path, options: ReadOptions) -> Checkpoint:
     fh = open(path, "rb")
     try:
-        key, state, swap, offsets = _parse_legacy(fh, options)
+        key, state, swap, offsets = _parse_legacy(_Bounded(fh), options)
         storages = _LegacyStorages(fh, offsets)
         ckpt = _checkpoint(path, state, storages, swap,
                            {"state_dict_key": key, "container": "legacy"})
@@ -353,7 +400,7 @@ def _read_legacy(path: Path, options: ReadOptions) -> Checkpoint:
     return ckpt
 
 
-def _parse_legacy(fh: IO[bytes], options: ReadOptions) -> tuple:
+def _parse_legacy(fh: _Bounded, options: ReadOptions) -> tuple:
     """Magic, protocol, sys info, main pickle, storage keys; then the storages' offsets."""
     try:
         magic, _ = unpickle(fh)
@@ -365,7 +412,7 @@ def _parse_legacy(fh: IO[bytes], options: ReadOptions) -> tuple:
         raise FormatError("not a PyTorch file (neither a zip archive nor a legacy torch pickle)")
     protocol, _ = unpickle(fh)
     if protocol != LEGACY_PROTOCOL:
-        raise UnsupportedError(f"legacy torch file protocol {protocol!r} is not supported")
+        raise UnsupportedError(f"legacy torch file protocol {brief(protocol)} is not supported")
     sys_info, _ = unpickle(fh)
     little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
     root, storages = unpickle(fh)
@@ -377,7 +424,7 @@ def _parse_legacy(fh: IO[bytes], options: ReadOptions) -> tuple:
     return key, state, (sys.byteorder == "little") != little, offsets
 
 
-def _legacy_offsets(fh: IO[bytes], keys: list[str], storages: dict[str, StorageRef],
+def _legacy_offsets(fh: _Bounded, keys: list[str], storages: dict[str, StorageRef],
                     order: str) -> dict[str, tuple[int, int]]:
     """Each storage is an 8-byte element count then the raw elements: skip through them."""
     position = fh.tell()
@@ -432,7 +479,7 @@ def write(ckpt: Checkpoint, path: Path) -> None:
             _write_archive(TorchZipWriter(fh, ARCHIVE_PREFIX), ckpt, entries)
     except OSError as exc:
         path.unlink(missing_ok=True)
-        raise TranscoderError(f"cannot write: {exc.strerror or exc}", path=path) from None
+        raise sigbus.write_failure(exc, path) from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise

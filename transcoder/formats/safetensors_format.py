@@ -17,8 +17,9 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
-from ..errors import FormatError
-from . import ReadOptions, rawfill
+from ..errors import FormatError, UnsupportedError, one_line
+from . import ReadOptions, jsonsafe, rawfill, sigbus
+from .brief import brief
 from .filemap import MAP_FROM_BYTES, map_range
 
 #: safetensors dtype codes <-> our canonical dtype names.
@@ -29,34 +30,55 @@ CODES: dict[str, str] = {
 }
 NAMES: dict[str, str] = {v: k for k, v in CODES.items()}
 MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
+MAX_INDEX = 64 << 20
+METADATA_KEY = "__metadata__"             # real indexes of the largest models are a few MiB
 CHUNK = 64 << 20                 # bytes per read call
 
 
 def read(path: Path, options: ReadOptions) -> Checkpoint:
     """A safetensors file, or a ``*.safetensors.index.json`` naming shards beside it."""
-    if path.name.endswith(".index.json"):
-        return _read_index(path)
     ckpt = Checkpoint({}, LAYOUT_TORCH, source=str(path), format="safetensors")
-    _add_file(ckpt, path)
-    return ckpt
-
-
-def _read_index(path: Path) -> Checkpoint:
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FormatError(f"not a safetensors index ({exc})", path=path) from None
-    ckpt = Checkpoint({}, LAYOUT_TORCH, source=str(path), format="safetensors")
-    for shard in dict.fromkeys(weight_map.values()):  # shard order of first appearance
-        shard_path = path.parent / shard
-        if Path(shard).name != shard:
-            raise FormatError(f"shard name {shard!r} points outside the index's folder", path=path)
-        _add_file(ckpt, shard_path)
-    missing = sorted(set(weight_map) - set(ckpt.tensors))
-    if missing:
-        raise FormatError(f"index lists tensors its shards do not hold: {', '.join(missing[:5])}",
-                          path=path)
+        if path.name.endswith(".index.json"):
+            _add_shards(ckpt, path)
+        else:
+            _add_file(ckpt, path)
+    except BaseException:
+        ckpt.close()
+        raise
     return ckpt
+
+
+def weight_map(path: Path) -> dict[str, str]:
+    """The ``weight_map`` of an index (tensor name -> shard file name beside it); FormatError
+    unless it is one."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_INDEX + 1)
+    except OSError as exc:
+        raise FormatError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    if len(data) > MAX_INDEX:
+        raise FormatError(f"not a safetensors index (larger than {MAX_INDEX} bytes)", path=path)
+    index = jsonsafe.loads(data, "the safetensors index", path)
+    found = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        raise FormatError('not a safetensors index (no "weight_map" from tensor names to shard '
+                          'file names)', path=path)
+    for shard in found.values():
+        if Path(shard).name != shard or shard in ("", ".", "..") or "\0" in shard:
+            raise FormatError(f"shard name {brief(shard)} is not a file beside the index",
+                              path=path)
+    return found
+
+
+def _add_shards(ckpt: Checkpoint, path: Path) -> None:
+    shards = weight_map(path)
+    for shard in dict.fromkeys(shards.values()):  # shard order of first appearance
+        _add_file(ckpt, path.parent / shard)
+    missing = sorted(set(shards) - set(ckpt.tensors))
+    if missing:
+        raise FormatError("index lists tensors its shards do not hold: "
+                          f"{', '.join(brief(m, 60) for m in missing[:5])}", path=path)
 
 
 def _header(path: Path) -> tuple[dict, int]:
@@ -67,26 +89,37 @@ def _header(path: Path) -> tuple[dict, int]:
             (size,) = struct.unpack("<Q", fh.read(8))
             if size > MAX_HEADER:
                 raise FormatError("header length is implausible; not a safetensors file", path=path)
-            header = json.loads(fh.read(size))
+            text = fh.read(size)
     except (OSError, struct.error, ValueError) as exc:
         raise FormatError(f"not a safetensors file ({type(exc).__name__})", path=path) from None
+    header = jsonsafe.loads(text, "the safetensors header", path)
     if not isinstance(header, dict):
         raise FormatError("not a safetensors file (header is not a JSON object)", path=path)
     return header, 8 + size
 
 
-def _add_file(ckpt: Checkpoint, path: Path) -> None:
-    header, data_start = _header(path)
-    try:  # the library validates the layout (offsets, sizes, file length) when it opens the file
+def _validate(path: Path) -> None:
+    """The library checks the layout (types, offsets, sizes, file length, nesting, Unicode)
+    when it opens a file: before our own parse relies on any of it."""
+    try:
         with safe_open(str(path), framework="numpy"):
             pass
     except (SafetensorError, OSError, ValueError) as exc:
-        raise FormatError(f"corrupt safetensors file ({exc})", path=path) from None
-    fh = open(path, "rb")
+        raise FormatError(f"corrupt safetensors file ({one_line(exc)})", path=path) from None
+
+
+def _add_file(ckpt: Checkpoint, path: Path) -> None:
+    _validate(path)
+    header, data_start = _header(path)
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:  # e.g. too many open files: an index naming 100,000 shards
+        raise FormatError(f"cannot open: {exc.strerror or exc}", path=path) from None
     ckpt.on_close(fh.close)
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop(METADATA_KEY, None) or {}
     if "transcoder" in meta:
-        ckpt.meta.setdefault("transcoder", json.loads(meta["transcoder"]))
+        stored = jsonsafe.loads(meta["transcoder"], "the transcoder metadata", path)
+        ckpt.meta.setdefault("transcoder", jsonsafe.check_stored_meta(stored, path))
     ordered = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
     for name, info in ordered:
         if info["dtype"] not in CODES:
@@ -145,19 +178,24 @@ def write(ckpt: Checkpoint, path: Path) -> None:
     for ref in ckpt:
         if ref.dtype not in NAMES:
             raise FormatError(f"safetensors cannot hold dtype {ref.dtype}", tensor=ref.name)
+        if ref.name == METADATA_KEY:
+            raise UnsupportedError(f"safetensors reserves the name {METADATA_KEY}", tensor=ref.name)
         header[ref.name] = {"dtype": NAMES[ref.dtype], "shape": list(ref.shape),
                             "data_offsets": [offset, offset + ref.nbytes]}
         offset += ref.nbytes
-    header["__metadata__"] = _metadata(ckpt)
+    header[METADATA_KEY] = _metadata(ckpt)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     start = 8 + len(blob)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(blob)) + blob)
-        fh.truncate(start + offset)
-    # native byte order: little-endian on every supported CPU
-    rawfill.fill(path, [rawfill.Region(start + header[ref.name]["data_offsets"][0], ref)
-                        for ref in ckpt if ref.nbytes])
+    try:
+        with open(path, "wb") as fh:
+            fh.write(struct.pack("<Q", len(blob)) + blob)
+            fh.truncate(start + offset)
+        # native byte order: little-endian on every supported CPU
+        rawfill.fill(path, [rawfill.Region(start + header[ref.name]["data_offsets"][0], ref)
+                            for ref in ckpt if ref.nbytes])
+    except OSError as exc:
+        raise sigbus.write_failure(exc, path) from None
 
 
 def _metadata(ckpt: Checkpoint) -> dict[str, str]:

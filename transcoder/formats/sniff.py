@@ -14,8 +14,12 @@ Only the zip's central directory is read (by :mod:`zipfile`), never a member's d
 from __future__ import annotations
 
 import os
-import zipfile
+import stat
+import struct
 from pathlib import Path
+
+from ..errors import TranscoderError
+from . import zipsafe
 
 HDF5 = b"\x89HDF\r\n\x1a\n"
 ZIP = b"PK\x03\x04"
@@ -25,8 +29,10 @@ def sniff(path: Path) -> str | None:
     """The name of the built-in format the content is, or None when it is none of them."""
     if Path(path).is_dir():
         return "savedmodel" if (Path(path) / "saved_model.pb").is_file() else None
-    try:
-        with open(path, "rb") as fh:
+    try:  # without blocking: a FIFO or device is left to the reader, which refuses it
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
             head = fh.read(16)
             size = os.fstat(fh.fileno()).st_size
     except OSError:
@@ -47,10 +53,10 @@ def sniff(path: Path) -> str | None:
 
 def _zip_kind(path: Path) -> str | None:
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipsafe.open_zip(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None
+    except (TranscoderError, *zipsafe.ZIP_ERRORS, struct.error):
+        return None   # the reader says why
     if "config.json" in names and "model.weights.h5" in names:
         return "keras_zip"
     if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):

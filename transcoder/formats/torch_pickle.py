@@ -1,7 +1,8 @@
 """The pickles inside PyTorch files, read and written without importing torch or running anything.
 
-Reading: :class:`RestrictedUnpickler` resolves every global through :func:`resolve_global`,
-which hands back our own inert stand-ins (never the real torch functions):
+Reading: the restricted unpickler (:mod:`.unpickler`) resolves every global through
+:func:`resolve_global`, which hands back our own inert stand-ins (never the real torch
+functions):
 
 - tensor rebuild functions build :class:`TensorDesc` (storage reference, offset, shape, strides);
 - storage classes and dtypes become :class:`StorageType` / :class:`DType` markers;
@@ -19,11 +20,13 @@ import _compat_pickle
 import collections
 import pickle
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-from ..checkpoint import DTYPES
+from ..checkpoint import DTYPES, MAX_DIMS
 from ..errors import FormatError, UnsafeFileError
+from .brief import brief, key_text
 
 # ---------------------------------------------------------------------------------------------
 # Tables: torch names <-> canonical dtype names (see checkpoint.DTYPES)
@@ -174,8 +177,11 @@ class Placeholder:
 
     module = ""
     qualname = ""
+    meter: Any = None  # set by the unpickler on the fresh class: charges each construction
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Placeholder":
+        if cls.meter is not None:
+            cls.meter.charge_call(args, kwargs)
         obj = object.__new__(cls)
         obj.args, obj.kwargs = args, kwargs
         obj.state, obj.items, obj.elements = None, {}, []
@@ -185,6 +191,8 @@ class Placeholder:
         pass
 
     def __setstate__(self, state: Any) -> None:
+        if self.meter is not None:  # walks read the state once per object sharing it
+            self.meter.charge_call((state,))
         self.state = state
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -196,28 +204,47 @@ class Placeholder:
     def extend(self, values: Iterable[Any]) -> None:
         self.elements.extend(values)
 
-    def fields(self) -> dict[str, Any]:
-        """Named attributes: the BUILD state (``__dict__`` and slots), empty if there is none."""
+    def fields(self) -> Mapping[str, Any]:
+        """Named attributes: the BUILD state (``__dict__`` and slots), empty if there is none.
+        Never a copy: copying rehashes every key, and many objects can share one state."""
         state = self.state
-        if isinstance(state, tuple) and len(state) == 2:
-            merged = {}
-            for part in state:
-                if isinstance(part, dict):
-                    merged.update(part)
-            return merged
-        return dict(state) if isinstance(state, dict) else {}
+        if isinstance(state, Mapping):
+            return state
+        if not (isinstance(state, tuple) and len(state) == 2):
+            return {}
+        parts = [p for p in state if isinstance(p, Mapping)]
+        if len(parts) < 2:
+            return parts[0] if parts else {}
+        return _Both(parts[1], parts[0])
 
     def children(self) -> list[tuple[str, Any]]:
         """(key, value) pairs to search for tensors: fields, items, elements, then args."""
-        pairs = [(str(k), v) for k, v in self.fields().items()]
-        pairs += [(str(k), v) for k, v in self.items.items()]
+        pairs = [(key_text(k), v) for k, v in self.fields().items()]
+        pairs += [(key_text(k), v) for k, v in self.items.items()]
         pairs += [(str(i), v) for i, v in enumerate(self.elements)]
         pairs += [(str(i), v) for i, v in enumerate(self.args)]
-        pairs += [(str(k), v) for k, v in self.kwargs.items()]
+        pairs += [(key_text(k), v) for k, v in self.kwargs.items()]
         return pairs
 
     def __repr__(self) -> str:
         return f"<{self.module}.{self.qualname}>"
+
+
+class _Both(Mapping):
+    """Two mappings read as one, ``first`` winning (slots over ``__dict__``), without copying."""
+
+    def __init__(self, first: Mapping, second: Mapping) -> None:
+        self._first, self._second = first, second
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._first[key] if key in self._first else self._second[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self._first
+        yield from (k for k in self._second if k not in self._first)
+
+    def __len__(self) -> int:
+        return len(self._first) + len(self._second)
 
 
 def placeholder_class(module: str, qualname: str) -> type[Placeholder]:
@@ -231,9 +258,11 @@ def placeholder_class(module: str, qualname: str) -> type[Placeholder]:
 # ---------------------------------------------------------------------------------------------
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)) and len(value) > MAX_DIMS:
+        raise FormatError(f"tensor {what} has {len(value)} dimensions (at most {MAX_DIMS})")
     if not isinstance(value, (tuple, list)) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise FormatError(f"tensor {what} is not a tuple of integers: {value!r}"[:200])
+        raise FormatError(f"tensor {what} is not a tuple of integers: {brief(value)}")
     return tuple(value)
 
 
@@ -241,12 +270,12 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None
     if isinstance(storage, UnsupportedTensor):
         return storage
     if not isinstance(storage, StorageRef):
-        return UnsupportedTensor(f"tensor data is not a plain storage ({storage!r})"[:200])
+        return UnsupportedTensor(f"tensor data is not a plain storage ({brief(storage)})")
     if dtype is None:
         return UnsupportedTensor("tensor has no dtype")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
     if not isinstance(offset, int) or offset < 0:
-        raise FormatError(f"tensor storage offset is invalid: {offset!r}"[:200])
+        raise FormatError(f"tensor storage offset is invalid: {brief(offset)}")
     if len(shape) != len(strides) or any(s < 0 for s in shape + strides):
         raise FormatError(f"tensor size {list(shape)} and stride {list(strides)} do not match")
     return TensorDesc(storage, offset, shape, strides, dtype)
@@ -268,7 +297,7 @@ def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any
     if isinstance(dtype, DType) and dtype.dtype is None:
         return UnsupportedTensor(f"dtype torch.{dtype.torch_name} is not supported")
     if not isinstance(dtype, DType):
-        raise FormatError(f"tensor dtype is not a torch dtype: {dtype!r}"[:200])
+        raise FormatError(f"tensor dtype is not a torch dtype: {brief(dtype)}")
     return _tensor(storage, storage_offset, size, stride, dtype.dtype)
 
 
@@ -295,6 +324,9 @@ def _torch_size(dims: Any = ()) -> tuple:
 
 
 def _torch_device(*args: Any) -> str:
+    if len(args) > 2 or not all(isinstance(a, (str, int)) and not isinstance(a, bool)
+                                and len(str(a)) < 100 for a in args):
+        raise FormatError(f"malformed torch.device{brief(args)}")
     return ":".join(str(a) for a in args)
 
 
@@ -308,7 +340,7 @@ def _as_list(*args: Any) -> list:
 
 def _codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise UnsafeFileError(f"pickle calls _codecs.encode with encoding {encoding!r}")
+        raise UnsafeFileError(f"pickle calls _codecs.encode with encoding {brief(encoding)}")
     return text.encode(encoding, errors="strict")
 
 
@@ -328,23 +360,29 @@ def _plain_dict(*args: Any, **kwargs: Any) -> dict:
 def _reconstructor(cls: Any, base: Any = None, state: Any = None) -> Any:
     if isinstance(cls, type) and issubclass(cls, Placeholder):
         return cls.__new__(cls)
-    raise UnsafeFileError(f"pickle calls copyreg._reconstructor on {cls!r}"[:200])
+    raise UnsafeFileError(f"pickle calls copyreg._reconstructor on {brief(cls)}")
 
 
-#: Allow-listed globals -> our stand-ins (never the real objects, except pure-data builtins).
-STANDINS: dict[str, Any] = {
+#: Types that appear as values (a defaultdict's factory, copyreg's base): inert placeholders,
+#: so that calling one from the pickle cannot build anything (bytes(10**12), set(range(...))).
+PLACEHOLDER_BUILTINS = ("object", "list", "dict", "tuple", "int", "float", "str", "bool", "bytes",
+                        "range")
+
+#: Allow-listed globals that build a dict or set from the pickle's data, hashing every key or
+#: element: the unpickler first checks what that hashing costs (:meth:`RestrictedUnpickler.hashing`).
+HASHING: dict[str, Callable[..., Any]] = {
     "collections.OrderedDict": collections.OrderedDict,
     "collections.defaultdict": _plain_dict,
     "collections.Counter": _plain_dict,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
+}
+
+#: Allow-listed globals -> our stand-ins (never the real objects, except immutable builtin types).
+STANDINS: dict[str, Any] = {
     "builtins.slice": slice,
     "builtins.complex": complex,
     "builtins.bytearray": _bytearray,
-    # Types that appear as values (a defaultdict's factory, copyreg's base): inert placeholders,
-    # so that calling one from the pickle cannot build anything (bytes(10**12), set(range(...))).
-    **{f"builtins.{name}": placeholder_class("builtins", name) for name in (
-        "object", "list", "dict", "tuple", "int", "float", "str", "bool", "bytes", "range")},
     "_codecs.encode": _codecs_encode,
     "copyreg._reconstructor": _reconstructor,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
@@ -400,13 +438,20 @@ def _torch_global(module: str, name: str) -> Any:
                           f"allow-list of tensor rebuild functions; refusing to load it")
 
 
+def canonical(module: str, name: str) -> tuple[str, str]:
+    """Python 2 names (``__builtin__``, ``copy_reg``) as Python 3 has them."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 def resolve_global(module: str, name: str) -> Any:
     """What a GLOBAL opcode gets: a stand-in, a Placeholder class, or UnsafeFileError."""
-    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    module, name = canonical(module, name)
     qualified = f"{module}.{name}"
     if qualified in STANDINS:
         return STANDINS[qualified]
+    if module == "builtins" and name in PLACEHOLDER_BUILTINS:
+        return placeholder_class(module, name)
     root = module.split(".", 1)[0]
     if root == "torch":
         return _torch_global(module, name)
@@ -414,82 +459,6 @@ def resolve_global(module: str, name: str) -> Any:
         raise UnsafeFileError(f"the pickle names {qualified}, which can run code; refusing to "
                               f"load the file (nothing from it was executed)")
     return placeholder_class(module, name)
-
-
-# ---------------------------------------------------------------------------------------------
-# The unpickler
-# ---------------------------------------------------------------------------------------------
-
-#: Exceptions a corrupt pickle can raise inside the C unpickler or our stand-ins.
-PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                 AttributeError, struct.error, UnicodeDecodeError, OverflowError, RecursionError,
-                 MemoryError)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles a torch pickle into stand-ins; ``storages`` collects every storage by key."""
-
-    def __init__(self, file: IO[bytes]) -> None:
-        super().__init__(file, encoding="utf-8")
-        self.storages: dict[str, StorageRef] = {}
-        self._classes: dict[tuple[str, str], Any] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        if key not in self._classes:  # one Placeholder class per global, so isinstance works
-            self._classes[key] = resolve_global(module, name)
-        return self._classes[key]
-
-    def persistent_load(self, pid: Any) -> Any:
-        if not isinstance(pid, tuple) or not pid:
-            raise FormatError(f"unexpected persistent id {pid!r}"[:200])
-        kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
-        if kind == "storage":
-            return self._storage(*pid[1:])
-        if kind == "module":  # legacy whole-model saves record the module source: not needed
-            return None
-        raise FormatError(f"unexpected persistent id of kind {kind!r}"[:200])
-
-    def _storage(self, storage_type: Any, key: Any, location: Any, numel: Any,
-                 view_metadata: Any = None) -> Any:
-        if not isinstance(storage_type, StorageType):
-            raise FormatError(f"storage of unknown type {storage_type!r}"[:200])
-        if not storage_type.supported:
-            return UnsupportedTensor(f"{storage_type.name} (quantized) storages are not supported")
-        if not isinstance(key, (str, int)) or not isinstance(numel, int) or numel < 0:
-            raise FormatError(f"malformed storage reference {key!r}, {numel!r}"[:200])
-        key = str(key)
-        if key not in self.storages:
-            self.storages[key] = StorageRef(key, storage_type.dtype, numel, str(location))
-        root = self.storages[key]
-        if view_metadata is None:
-            return root
-        return self._legacy_view(root, view_metadata)
-
-    @staticmethod
-    def _legacy_view(root: StorageRef, view_metadata: Any) -> StorageRef:
-        if not isinstance(view_metadata, tuple) or len(view_metadata) != 3:
-            raise FormatError("malformed legacy storage view")
-        _view_key, offset, size = view_metadata
-        if not all(isinstance(v, int) and v >= 0 for v in (offset, size)):
-            raise FormatError("malformed legacy storage view")
-        return StorageRef(root.key, root.dtype, int(size), root.location,
-                          root.byte_offset + int(offset) * root.itemsize)
-
-
-def unpickle(file: IO[bytes]) -> tuple[Any, dict[str, StorageRef]]:
-    """Load one pickle with the restricted unpickler: (root object, storages by key).
-
-    FormatError for corrupt data, UnsafeFileError for a pickle that names code.
-    """
-    unpickler = RestrictedUnpickler(file)
-    try:
-        root = unpickler.load()
-    except FormatError:
-        raise
-    except PICKLE_ERRORS as exc:
-        raise FormatError(f"corrupt pickle ({type(exc).__name__}: {exc})"[:300]) from None
-    return root, unpickler.storages
 
 
 # ---------------------------------------------------------------------------------------------

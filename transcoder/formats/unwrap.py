@@ -18,9 +18,10 @@ import ast
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import AmbiguousError, FormatError, UsageError
+from .brief import brief, key_text
 from .torch_pickle import Placeholder
 
 IsTensor = Callable[[Any], bool]
@@ -43,6 +44,9 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 MAX_DEPTH = 64
 MAX_LISTED = 20
+#: A module tree may name one submodule in several places (tied modules), so walking it could
+#: visit a shared subtree exponentially often: a walk reading more entries than this is refused.
+MAX_WALK_ENTRIES = 1_000_000
 
 
 @dataclass
@@ -62,7 +66,7 @@ def _listing(names: list[str]) -> str:
 def children(obj: Any) -> list[tuple[str, Any]]:
     """The (key, value) pairs below a node: mapping items, list items, placeholder contents."""
     if isinstance(obj, Mapping):
-        return [(str(k), v) for k, v in obj.items()]
+        return [(key_text(k), v) for k, v in obj.items()]
     if isinstance(obj, (list, tuple)):
         return [(str(i), v) for i, v in enumerate(obj)]
     if isinstance(obj, Placeholder):
@@ -134,25 +138,53 @@ def module_state_dict(root: Placeholder, is_tensor: IsTensor) -> StateDict:
     """What ``module.state_dict()`` would give for a pickled module: parameters, persistent
     buffers, then submodules, depth first."""
     result = StateDict({})
+    visits = _Visits("module tree")
 
     def walk(module: Placeholder, path: str, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise FormatError(f"module tree deeper than {MAX_DEPTH} levels at {path!r}")
+            raise FormatError(f"module tree deeper than {MAX_DEPTH} levels at {brief(path)}")
         fields = module.fields()
+        params, modules = fields["_parameters"], fields["_modules"]
+        stored = _mapping(fields.get("_buffers"))
+        visits.count(len(fields) + len(params) + len(stored) + len(modules))
         if kind := nn_kind(type(module)):
             result.module_kinds[path] = kind
         prefix = f"{path}." if path else ""
-        hidden = fields.get("_non_persistent_buffers_set") or ()
-        buffers = {k: v for k, v in (fields.get("_buffers") or {}).items() if k not in hidden}
-        for name, value in [*fields["_parameters"].items(), *buffers.items()]:
+        hidden = _names(fields.get("_non_persistent_buffers_set"))
+        buffers = [(k, v) for k, v in stored.items() if not (isinstance(k, str) and k in hidden)]
+        for name, value in [*params.items(), *buffers]:
             if is_tensor(value):
-                result.tensors[prefix + str(name)] = value
-        for name, child in fields["_modules"].items():
+                result.tensors[prefix + key_text(name)] = value
+        for name, child in modules.items():
             if is_module(child):
-                walk(child, prefix + str(name), depth + 1)
+                walk(child, prefix + key_text(name), depth + 1)
 
     walk(root, "", 0)
     return result
+
+
+def _mapping(value: Any) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _names(value: Any) -> frozenset:
+    """The names in a set or list from the pickle (in a list, each test would be a scan)."""
+    if isinstance(value, (set, frozenset, list, tuple)):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
+
+
+class _Visits:
+    """Counts the entries one walk reads; FormatError past :data:`MAX_WALK_ENTRIES`."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.done = what, 0
+
+    def count(self, entries: int) -> None:
+        self.done += 1 + entries
+        if self.done > MAX_WALK_ENTRIES:
+            raise FormatError(f"the {self.what} names shared submodules so often that walking it "
+                              f"reads more than {MAX_WALK_ENTRIES} entries; refusing it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +259,8 @@ def find_state_dict(root: Any, key: str | None, is_tensor: IsTensor) -> tuple[st
     """
     if key:
         return key, select(root, key, is_tensor)
+    if isinstance(root, Mapping) and not root:
+        return None, StateDict({})  # torch.save({}): what an empty checkpoint converts to
     state = as_state_dict(root, is_tensor)
     if state is not None:
         return None, state
@@ -244,22 +278,27 @@ def find_state_dict(root: Any, key: str | None, is_tensor: IsTensor) -> tuple[st
 
 
 def strip_prefixes(tensors: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Remove ``module.``/``_orig_mod.`` while every key has it; returns (tensors, removed)."""
+    """Remove ``module.``/``_orig_mod.`` while every key has it; returns (tensors, removed).
+    (Keys are cut once at the end: a key of a million ``module.`` stays linear.)"""
     removed: list[str] = []
+    at = 0
     while tensors:
         prefix = next((p for p in STRIP_PREFIXES
-                       if all(k.startswith(p) and len(k) > len(p) for k in tensors)), None)
+                       if all(k.startswith(p, at) and len(k) > at + len(p) for k in tensors)),
+                      None)
         if prefix is None:
             break
-        tensors = {k[len(prefix):]: v for k, v in tensors.items()}
         removed.append(prefix)
-    return tensors, removed
+        at += len(prefix)
+    return ({k[at:]: v for k, v in tensors.items()} if at else tensors), removed
 
 
 # ---------------------------------------------------------------------------------------------
 # TorchScript
 # ---------------------------------------------------------------------------------------------
 
+#: Longest ``__parameters__ = [...]`` line read (real ones list a few names).
+MAX_NAME_LIST = 1 << 20
 _CLASS_LINE = re.compile(r"^class\s+(\w+)\s*[(:]")
 _NAMES_LINE = re.compile(r"^\s+(__parameters__|__buffers__)\s*=\s*(\[.*\])\s*$")
 
@@ -271,6 +310,8 @@ class ScriptClass:
 
 
 def _name_list(text: str, where: str) -> list[str]:
+    if len(text) > MAX_NAME_LIST:  # ast needs ~100 times the text's size in memory
+        raise FormatError(f"TorchScript code {where}: a name list of {len(text)} characters")
     try:
         names = ast.literal_eval(text)  # a literal list of strings; never evaluated as code
     except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -280,17 +321,17 @@ def _name_list(text: str, where: str) -> list[str]:
     return names
 
 
-def parse_script_classes(code: dict[str, str]) -> dict[str, ScriptClass]:
+def parse_script_classes(code: Iterable[tuple[str, Iterable[str]]]) -> dict[str, ScriptClass]:
     """``{qualified class: ScriptClass}`` for every TorchScript module class in the archive.
 
-    ``code`` maps module names (``__torch__.torch.nn.modules.conv``) to source text, which is
-    read line by line as text and never executed. Classes without ``__parameters__`` (plain
+    ``code`` gives (module name, source lines) pairs (``__torch__.torch.nn.modules.conv``); the
+    lines are read as text and never executed. Classes without ``__parameters__`` (plain
     TorchScript classes, NamedTuples) are not modules and are left out.
     """
     classes: dict[str, ScriptClass] = {}
-    for module, text in code.items():
+    for module, lines in code:
         current: str | None = None
-        for line in text.splitlines():
+        for line in lines:
             if match := _CLASS_LINE.match(line):
                 current = f"{module}.{match.group(1)}"
             elif (match := _NAMES_LINE.match(line)) and current:
@@ -309,13 +350,15 @@ def script_state_dict(root: Any, classes: dict[str, ScriptClass],
     """What ``torch.jit.load(f).state_dict()`` gives: per module its parameters, then its
     buffers, then its submodules in attribute order; plus torch.nn kinds by module path."""
     if _script_class(root) not in classes:
-        raise FormatError(f"TorchScript archive: no code for the root class {root!r}"[:200])
+        raise FormatError(f"TorchScript archive: no code for the root class {brief(root)}")
     result = StateDict({})
+    visits = _Visits("TorchScript module tree")
 
     def walk(module: Placeholder, path: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise FormatError(f"TorchScript module tree deeper than {MAX_DEPTH} levels")
         info, fields = classes[_script_class(module)], module.fields()
+        visits.count(len(fields) + len(info.parameters) + len(info.buffers))
         if kind := nn_kind(type(module)):
             result.module_kinds[path] = kind
         prefix = f"{path}." if path else ""
@@ -324,7 +367,7 @@ def script_state_dict(root: Any, classes: dict[str, ScriptClass],
                 result.tensors[prefix + name] = fields[name]
         for name, value in fields.items():
             if _script_class(value) in classes:
-                walk(value, prefix + str(name), depth + 1)
+                walk(value, prefix + key_text(name), depth + 1)
 
     walk(root, "", 0)
     return result

@@ -15,6 +15,7 @@ from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import MappingError, TranscoderError, UnsupportedError
 from . import registry, weightnorm
 from .infer import RULES_HINT, infer_keras_kind, infer_torch_kind
+from . import from_keras
 from .ops import Identity
 from .steps import BY_USER_RULES, COPY, TO_KERAS, TO_TORCH, Step, check_shapes, note_inverse
 from .table import Inference
@@ -327,28 +328,70 @@ def _keras_layers(ckpt: Checkpoint):
 
 def _plan_keras_layer(plan: Plan, layer: dict, weights: dict[str, TensorRef],
                       user: UserRules) -> None:
-    name, class_name = layer["name"], layer.get("class_name")
+    """One Keras layer: ``--rules`` first, then its class (from the file's config, the
+    class decides; a wrapper by the class it wraps), else its weights' names and shapes. The
+    config's hyper-parameters (and the entry's options) are recorded for the check."""
+    name = layer["name"]
     hint = user.layer_hint(name)
     if hint is not None and hint.kind == CARRY:
         _carry_keras_layer(plan, name, weights)
         return
+    spec = _spec(layer)
+    family = from_keras.family_class(spec)
     if hint is not None:
         rule, reason = registry.TABLE.for_torch_kind(hint.kind), f"--rules match {hint.match!r}"
+    elif family is not None:
+        rule, reason = _keras_class_rule(name, family, weights), f"Keras class {spec.class_name}"
     else:
-        rule = registry.TABLE.for_keras_kind(class_name) if class_name else None
-        reason = f"Keras class {class_name}"
-    if rule is None:
-        found = infer_keras_kind(name, weights)
-        rule = registry.TABLE.for_keras_kind(found.kind) if found.kind else None
-        reason = found.reason
-        if rule is not None and found.alternatives:
-            plan.ambiguous[name] = (found.kind, *found.alternatives)
-            plan.notes.append(f"Keras layer {name!r}: {reason}; read as a {found.kind}, the check "
-                              f"cannot verify which")
-    if rule is None:
-        raise UnsupportedError(f"no rule maps Keras layer {name!r} ({class_name or reason})",
-                               hint="see `transcode rules`")
+        rule, reason = _inferred_keras_rule(plan, name, weights)
+    if family is not None and isinstance(layer.get("config"), dict):   # the file's own config
+        _uncomputable(plan, name, family, rule.name, hint is not None)
+    known = from_keras.options(family, weights) if family is not None else {}
+    known.update(hint.options if hint is not None else {})
+    if known:
+        plan.options[name] = known
     rule.plan_from_keras(plan, layer, weights, reason)
+
+
+def _spec(layer: dict) -> from_keras.LayerSpec:
+    config = layer.get("config")
+    return from_keras.LayerSpec(layer["name"], layer.get("class_name"),
+                                config if isinstance(config, dict) else {})
+
+
+def _keras_class_rule(name: str, family: from_keras.LayerSpec, weights: dict[str, TensorRef]):
+    """The family of a layer whose class is known; an error naming it when none maps it."""
+    rule = registry.TABLE.for_keras_kind(family.class_name)
+    if rule is None:
+        raise from_keras.no_rule(name, family, weights)
+    return rule
+
+
+def _uncomputable(plan: Plan, name: str, family: from_keras.LayerSpec, kind: str,
+                  stated: bool) -> None:
+    """A config PyTorch's layer cannot compute: refused, or a note when --rules states the kind."""
+    why = from_keras.uncomputable(family)
+    if why is not None and not stated:
+        raise from_keras.refusal(name, family, why, kind)
+    if why is not None:
+        plan.notes.append(f"Keras layer {name!r}: mapped by --rules as kind {kind}, though its "
+                          f"{why}: the outputs will differ")
+
+
+def _inferred_keras_rule(plan: Plan, name: str, weights: dict[str, TensorRef]):
+    """The family the weights' names and shapes point to (the class is not known)."""
+    found = infer_keras_kind(name, weights)
+    rule = registry.TABLE.for_keras_kind(found.kind) if found.kind else None
+    if rule is None:
+        carry = f"[[layer]] match = {from_keras.toml(name)}, kind = \"carry\""
+        raise UnsupportedError(f"no rule maps Keras layer {name!r} ({found.reason})",
+                               hint=f"see `transcode rules`; or keep its weights with --rules "
+                                    f"({carry})")
+    if found.alternatives:
+        plan.ambiguous[name] = (found.kind, *found.alternatives)
+        plan.notes.append(f"Keras layer {name!r}: {found.reason}; read as a {found.kind}, the "
+                          f"check cannot verify which")
+    return rule, found.reason
 
 
 def _carry_keras_layer(plan: Plan, name: str, weights: dict[str, TensorRef]) -> None:

@@ -71,6 +71,10 @@ def permuted_pieces(x: np.ndarray, axes: tuple[int, ...], scratch: np.ndarray,
     element; cut along ``in`` it reads runs of k*in elements and comes as k pieces per block.
     When the permutation moves no data the pieces are views of ``x``.
     """
+    if np.ndim(x) == 0:   # ascontiguousarray would make it 1-d, and transpose(()) then fails
+        if part[0] == 0:
+            yield 0, _bytes(np.ascontiguousarray(x))
+        return
     x = np.ascontiguousarray(x)
     if x.size == 0:
         return
