@@ -245,3 +245,41 @@ def test_a_keras_weights_file_checks_against_the_twin_it_was_read_with(cli, tmp_
     original = torch.load(FIXTURES / "encoder.pt", weights_only=True)
     assert [tuple(v.shape) for v in state.values()] == [tuple(v.shape) for v in original.values()]
     assert all(torch.equal(a, b) for a, b in zip(state.values(), original.values()))
+
+
+SCALED = '''
+import torch
+from torch import nn
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.scale = nn.Parameter(torch.full((3,), 2.0))
+
+    def forward(self, x):
+        return self.fc(x) * self.scale
+'''
+
+
+def test_a_parameter_the_forward_uses_directly_goes_there_and_back(cli, tmp_path):
+    """The rebuilt model holds it as a Constant layer named by its path: the check pairs the
+    rest without it, and the way back takes its value from the Keras file (trained there)."""
+    (tmp_path / "scaled.py").write_text(SCALED)
+    spec = f"{tmp_path / 'scaled.py'}:Scaled"
+    torch.manual_seed(2)
+    torch.save({"fc.weight": torch.randn(3, 4), "fc.bias": torch.randn(3),
+                "scale": torch.tensor([0.5, 1.5, -2.0])}, tmp_path / "m.pt")
+    code, out, err = cli(tmp_path / "m.pt", tmp_path / "m.keras", "--model", spec,
+                         "--input-shape", "2,4")
+    assert code == 0 and "check passed: 0 of 1 outputs differ" in out, err
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    loaded.get_layer("scale").set_weights([np.array([5.0, 6.0, 7.0], np.float32)])
+    loaded.save(tmp_path / "trained.keras")
+    code, out, err = cli(tmp_path / "trained.keras", tmp_path / "back.pt", "--model", spec,
+                         "--input-shape", "2,4")
+    assert code == 0 and "check passed" in out, err
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert back["scale"].tolist() == [5.0, 6.0, 7.0]
+    assert torch.equal(back["fc.weight"], torch.load(tmp_path / "m.pt")["fc.weight"])

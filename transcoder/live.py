@@ -64,14 +64,19 @@ class LiveModels:
         return ckpt
 
     def _named_by_module(self, ckpt: Checkpoint) -> Checkpoint:
-        """Rename a Keras checkpoint's layers to the module's, with the module's plan to replay."""
+        """Rename a Keras checkpoint's layers to the module's, with the module's plan to replay.
+        A rebuilt model holds a parameter the forward uses directly as a Constant layer named
+        by its path: that is where its value comes from."""
         reference = torch_side.checkpoint_of_module(self.torch_model)
         plan = plan_to_keras(reference)
         ours = keras_side.layers_of_checkpoint(plan.apply(reference))
-        self.pairs = keras_side.pair(ours, keras_side.layers_of_checkpoint(ckpt))
+        theirs = keras_side.layers_of_checkpoint(ckpt)
+        constants = {t.name: t for t in theirs if keras_side.is_constant(t)}
+        self.pairs = keras_side.pair(ours, [t for t in theirs if t.name not in constants])
         renamed = keras_side.renamed_to_ours(self.pairs, ckpt)
-        for name in plan.carried:  # buffers and LSTM bias pairs: the module's own values
-            renamed.tensors[name] = reference[name]
+        for name in plan.carried:  # else buffers and LSTM bias pairs: the module's own values
+            renamed.tensors[name] = (keras_side.constant_value(constants[name], ckpt, reference[name])
+                                     if name in constants else reference[name])
         renamed.meta.update(carried=list(plan.carried), transcoder=stored_meta(plan, reference))
         renamed.on_close(ckpt.close)
         return renamed

@@ -218,6 +218,24 @@ def pairs_by_path(module, keras_model) -> list[tuple[str, str]]:
     return pairs
 
 
+#: The class of our Constant layer (models/keras_layers.py) as Keras files name it.
+CONSTANT_CLASSES = ("transcoder>Constant", "Constant")
+
+
+def is_constant(info: LayerInfo) -> bool:
+    """One of our Constant layers: a tensor the rebuilt forward uses directly, by its path."""
+    return info.class_name in CONSTANT_CLASSES and len(info.weights) == 1
+
+
+def constant_value(info: LayerInfo, ckpt: Checkpoint, expected: TensorRef) -> TensorRef:
+    """The value a Constant layer holds, as the module's tensor of its name."""
+    ref = ckpt[f"{info.name}/{info.weights[0]}"]
+    if (tuple(ref.shape), ref.dtype) != (tuple(expected.shape), expected.dtype):
+        raise MappingError(f"Keras layer {info.name!r} holds {ref.dtype}{list(ref.shape)}, the "
+                           f"module's {expected.name} is {expected.dtype}{list(expected.shape)}")
+    return TensorRef(expected.name, ref.shape, ref.dtype, ref.loader)
+
+
 def _describe(info: LayerInfo, side: str = "") -> str:
     shapes = ", ".join(str(list(s)) for s in info.shapes)
     return f"{side} {info.name!r} ({info.class_name or 'unknown class'}, weights [{shapes}])".strip()
