@@ -338,3 +338,31 @@ def test_refusals_exit_2_quickly_without_torch_or_tensorflow(tmp_path, foreign):
         code, seconds, *imported = done.stdout.split()
         assert code == "2" and imported == ["False"] * 3, done.stdout + done.stderr
         assert float(seconds) < 1.0, (src.name, seconds, time.perf_counter() - started)
+
+
+@pytest.mark.parametrize("center, scale", [(True, False), (False, True), (False, False)])
+def test_batchnorm_without_scale_or_center_maps_to_pytorchs_affine_one(cli, tmp_path, center,
+                                                                       scale):
+    """InceptionV3 builds BatchNormalization(scale=False): PyTorch's BatchNorm2d gets weight 1
+    (bias 0 for center=False), exactly; without either it is the non-affine one."""
+    x = keras.Input((6, 6, 5))
+    y = keras.layers.BatchNormalization(center=center, scale=scale, epsilon=1e-3, name="bn")(
+        keras.layers.Conv2D(5, 3, name="conv")(x))
+    model = keras.Model(x, y)
+    rng = np.random.default_rng(0)
+    bn = model.get_layer("bn")
+    bn.set_weights([rng.uniform(0.5, 2, w.shape).astype("f4") for w in bn.weights])
+    model.save(tmp_path / "m.keras")
+    code, out, err = cli(tmp_path / "m.keras", tmp_path / "m.pt", "--strict")
+    assert code == 0 and "check passed: 0 of 2 layers differ" in out, err
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    module = nn.Sequential(nn.Conv2d(5, 5, 3), nn.BatchNorm2d(5, eps=1e-3, affine=center or scale))
+    renamed = {k.replace("conv.", "0.").replace("bn.", "1."): v for k, v in state.items()}
+    module.load_state_dict(renamed, strict=True)   # PyTorch fills in num_batches_tracked
+    if center or scale:
+        assert torch.equal(state["bn.weight"], torch.ones(5)) or torch.equal(state["bn.bias"],
+                                                                             torch.zeros(5))
+    xin = rng.standard_normal((2, 6, 6, 5)).astype("f4")
+    with torch.no_grad():
+        got = module.eval()(torch.from_numpy(xin).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    assert_close(got, np.asarray(model(xin)), atol=ATOL, rtol=RTOL)

@@ -42,6 +42,10 @@ class LayerCase:
     def has(self, name: str) -> bool:
         return name in self.torch
 
+    def keras_has(self, weight: str) -> bool:
+        """Whether the Keras layer holds a weight of this short name (``gamma``, ``bias``)."""
+        return any(k.rsplit("/", 1)[-1] == weight for s in self.steps for k in s.keras)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.torch[name].shape)
 

@@ -1,6 +1,9 @@
 """Normalisation layers: BatchNorm, LayerNorm, RMSNorm, GroupNorm and InstanceNorm.
 
-Their tensors are renamed, never permuted. LayerNorm, GroupNorm and affine InstanceNorm share
+Their tensors are renamed, never permuted. A Keras BatchNormalization with ``scale=False`` (no
+gamma) or ``center=False`` (no beta), as InceptionV3 is built, has no exact PyTorch BatchNorm
+but the affine one with weight 1 or bias 0: those come with the moving statistic of their
+shape (:class:`WithConstant`), and go back to Keras only while they still hold that constant. LayerNorm, GroupNorm and affine InstanceNorm share
 one (weight, bias) pair of the channel size: the bytes do not say which of the three a module
 is, though each computes different numbers. What the weights cannot say is set on the Keras
 side (epsilon, groups, momentum): see each family's note.
@@ -9,8 +12,80 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ...checkpoint import TensorRef
+from ...errors import MappingError
 from ..checkcase import BATCH, Built, LayerCase, Skip
+from ..ops import Op, register_op
+from ..steps import Step
 from ..table import LayerRule, Param
+
+
+@register_op
+@dataclass(frozen=True)
+class WithConstant(Op):
+    """PyTorch ``(x, c)`` <-> Keras ``x``: ``c`` is a tensor of x's shape that Keras does not
+    store because it holds one value (a BatchNorm's weight 1 or bias 0)."""
+
+    kind: ClassVar[str] = "with_constant"
+    arity: ClassVar[tuple[int, int]] = (2, 1)
+    value: float = 1.0
+
+    def forward(self, xs):
+        if not np.all(xs[1] == self.value):
+            raise MappingError(f"holds values other than {self.value:g}, which the Keras layer "
+                               f"does not store")
+        return [xs[0]]
+
+    def inverse(self, ys):
+        return [ys[0], np.full_like(ys[0], self.value)]
+
+    def forward_shapes(self, shapes):
+        if tuple(shapes[0]) != tuple(shapes[1]):
+            raise MappingError(f"shapes {list(shapes[0])} and {list(shapes[1])} differ")
+        return [shapes[0]]
+
+    def inverse_shapes(self, shapes):
+        return [shapes[0], shapes[0]]
+
+    def describe(self) -> str:
+        return f"copy; the other is {self.value:g} (not stored by Keras)"
+
+    def spec(self) -> dict:
+        return {"op": self.kind, "value": self.value}
+
+
+#: Keras weight absent -> (PyTorch tensor it leaves constant, the Keras statistic of its shape
+#: it travels with, that statistic's PyTorch name, the constant)
+ABSENT = {"gamma": ("weight", "moving_mean", "running_mean", 1.0),
+          "beta": ("bias", "moving_variance", "running_var", 0.0)}
+
+
+@dataclass(frozen=True)
+class BatchNormRule(LayerRule):
+    """BatchNorm, with Keras' ``scale=False`` / ``center=False`` layers (see the module
+    docstring): PyTorch's affine BatchNorm gets the missing weight as 1 or bias as 0."""
+
+    def plan_from_keras(self, plan, layer: dict, weights: dict[str, TensorRef],
+                        reason: str) -> None:
+        absent = [w for w in ABSENT if w not in weights]
+        if len(absent) != 1 or not {"moving_mean", "moving_variance"} <= set(weights):
+            super().plan_from_keras(plan, layer, weights, reason)
+            return
+        const, stat, torch_stat, value = ABSENT[absent[0]]
+        name = layer["name"]
+        for param in self.params:   # in Keras weight order: the file loads by position
+            if param.keras[0] == stat:
+                step = Step((f"{name}.{torch_stat}", f"{name}.{const}"), (f"{name}/{stat}",),
+                            WithConstant(value), self.name, name)
+            elif param.keras[0] in weights:
+                step = Step((f"{name}.{param.torch[0]}",), (f"{name}/{param.keras[0]}",),
+                            param.op, self.name, name)
+            else:
+                continue
+            plan.add(step, self.keras_kind, reason)
 
 
 def _eps(c: LayerCase, default: float = 1e-5) -> float:
@@ -22,12 +97,15 @@ def _norm_shape(c: LayerCase) -> tuple[int, ...]:
 
 
 def check_batch_norm(c: LayerCase) -> Built:
+    """The Keras layer holds what the Keras side holds (a Keras layer with scale=False maps to
+    a PyTorch BatchNorm whose weight is 1)."""
     (channels,) = c.shape("running_mean")
     affine = c.has("weight")
     if affine and not c.has("bias"):
         raise Skip("a BatchNorm with a weight but no bias")
     module = c.nn.BatchNorm1d(channels, eps=_eps(c), affine=affine)
-    layer = c.layers.BatchNormalization(epsilon=_eps(c), center=c.has("bias"), scale=affine)
+    layer = c.layers.BatchNormalization(epsilon=_eps(c), center=c.keras_has("beta"),
+                                        scale=c.keras_has("gamma"))
     return Built(module, layer, [c.normal((BATCH, channels, 4))], True)
 
 
@@ -134,13 +212,15 @@ def _affine(name: str, kinds: tuple[str, ...], keras: str, note: str, stats: boo
     params = [Param("weight", "gamma", required=False), Param("bias", "beta", required=False)]
     if stats:
         params += [Param("running_mean", "moving_mean"), Param("running_var", "moving_variance")]
-    return LayerRule(name, kinds, keras, tuple(params),
-                     carried=("num_batches_tracked",) if stats else (), note=note, **more)
+    rule = BatchNormRule if stats else LayerRule
+    return rule(name, kinds, keras, tuple(params),
+                carried=("num_batches_tracked",) if stats else (), note=note, **more)
 
 
 BATCH_NORM = _affine("BatchNorm", ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
                                    "SyncBatchNorm"), "BatchNormalization",
-                     "set Keras epsilon=1e-5 and momentum=1-torch momentum", stats=True,
+                     "set Keras epsilon=1e-5 and momentum=1-torch momentum; a Keras layer "
+                     "with scale=False (center=False) gives weight 1 (bias 0)", stats=True,
                      proof=(("running_mean", "running_var"), "running statistics"),
                      check=check_batch_norm, rebuild=rebuild_batch_norm)
 LAYER_NORM = _affine("LayerNorm", ("LayerNorm",), "LayerNormalization", "set Keras epsilon=1e-5",
