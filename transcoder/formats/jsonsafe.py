@@ -19,14 +19,15 @@ from ..errors import FormatError
 MAX_DEPTH = 128
 
 
-def loads(text: str | bytes, what: str, path: object = None) -> Any:
-    """Parse ``text``; FormatError naming ``what`` if it is not JSON or nests too deeply."""
+def loads(text: str | bytes, what: str, path: object = None, *, walk: bool = True) -> Any:
+    """Parse ``text``; FormatError naming ``what`` if it is not JSON or nests too deeply.
+    ``walk=False`` skips measuring the nesting, for text a stricter parser has accepted."""
     try:
         value = json.loads(text)
     except (ValueError, RecursionError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
         reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
         raise FormatError(f"{what} is {reason}", path=path) from None
-    if depth(value) > MAX_DEPTH:
+    if walk and depth(value) > MAX_DEPTH:
         raise FormatError(f"{what} is nested more than {MAX_DEPTH} levels deep", path=path)
     return value
 
