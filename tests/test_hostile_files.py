@@ -136,15 +136,15 @@ def test_our_metadata_with_wrong_types_is_bad_input(cli, tmp_path, meta):
     refused(cli, src, tmp_path)
 
 
-def test_a_scalar_dense_bias_converts_as_it_is(cli, tmp_path):
+def test_a_scalar_dense_bias_is_bad_input(cli, tmp_path):
+    """No Linear has a 0-d bias: exit 2 naming it, not a file the check then fails."""
     src = legacy_h5(tmp_path / "scalar.h5", {"dense": {"kernel": np.ones((3, 4), np.float32),
                                                         "bias": np.float32(2.5)}})
     with h5py.File(src, "a") as f:
         f["dense"].attrs["transcoder_class_name"] = "Dense"
     code, _, err = cli(src, tmp_path / "scalar.pt", "--no-check")
-    assert code == 0, err
-    with read(tmp_path / "scalar.pt") as ckpt:
-        assert_bit_exact(ckpt["dense.bias"].load(), np.array(2.5, np.float32))
+    assert code == 2 and "dense/bias: a Linear bias must have shape [4], not []" in err
+    assert not (tmp_path / "scalar.pt").exists()
 
 
 # ------------------------------------------------------------------------------ .keras

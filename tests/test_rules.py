@@ -149,3 +149,21 @@ def test_keras_written_weights_map_to_torch_names_by_class():
                                         "norm.bias"]
     assert_bit_exact(torch_side["dense.weight"].load(), keras["dense/kernel"].load().T)
     assert_bit_exact(torch_side["conv.weight"].load(), keras["conv/kernel"].load().transpose(2, 1, 0))
+
+
+def test_a_bias_that_is_not_one_value_per_output_is_refused_both_ways():
+    from transcoder.checkpoint import TensorRef as Ref
+
+    def ckpt(layout, **tensors):
+        return Checkpoint({k: Ref.from_array(k, v) for k, v in tensors.items()}, layout)
+
+    with pytest.raises(MappingError, match=r"a Linear bias must have shape \[3\], not \[4\]"):
+        make_plan(Checkpoint({"fc.weight": Ref.from_array("fc.weight", rand(3, 4)),
+                              "fc.bias": Ref.from_array("fc.bias", rand(4))}, LAYOUT_TORCH,
+                             meta={"module_kinds": {"fc": "Linear"}}), LAYOUT_KERAS)
+    with pytest.raises(MappingError, match=r"a Conv2d bias must have shape \[5\]"):
+        make_plan(ckpt(LAYOUT_KERAS, **{"c/kernel": rand(3, 3, 2, 5), "c/bias": rand(2)}),
+                  LAYOUT_TORCH)
+    grouped = ckpt(LAYOUT_TORCH, **{"up.weight": rand(4, 3, 2, 2), "up.bias": rand(6)})
+    grouped.meta["module_kinds"] = {"up": "ConvTranspose2d"}      # groups=2: bias 2 x 3
+    assert make_plan(grouped, LAYOUT_KERAS).steps

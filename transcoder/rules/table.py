@@ -85,6 +85,10 @@ class LayerRule:
     cannot: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: a weight-normed module of this family has its ``weight`` folded (``rules/weightnorm.py``)
     weight_norm: bool = False
+    #: the axis of the PyTorch ``weight`` a ``bias`` has one value per (Linear and Conv: 0; a
+    #: grouped ConvTranspose's bias is groups times its axis 1, so not checked so); a bias of
+    #: another shape is bad input, refused in both directions
+    bias_of: int | None = None
 
     def __post_init__(self) -> None:
         torch_names = [n for p in self.params for n in p.torch] + list(self.carried)
@@ -132,6 +136,8 @@ class LayerRule:
                         self._op(param.op, ref, options), self.name, path)
             check_shapes(step, [ref.shape])
             plan.add(step, self.keras_kind, reason)
+        if "weight" in params and "bias" in params:
+            self._check_bias(params["weight"].shape, params["bias"])
         leftover = [ref.name for name, ref in params.items()
                     if self.param(name) is None and name not in (normed or ())]
         unexpected = [n for n in leftover if n.rpartition(".")[2] not in self.carried]
@@ -177,6 +183,18 @@ class LayerRule:
             if param.keras[0] in weights:
                 plan.add(Step((f"{name}.{param.torch[0]}",), (f"{name}/{param.keras[0]}",),
                               param.op, self.name, name), self.keras_kind, reason)
+        weight = self.param("weight")
+        if weight is not None and weight.keras[0] in weights and "bias" in weights:
+            shape = weight.op.inverse_shapes([weights[weight.keras[0]].shape])[0]
+            self._check_bias(shape, weights["bias"])
+
+    def _check_bias(self, weight_shape: tuple, bias: TensorRef) -> None:
+        if self.bias_of is None or len(weight_shape) <= self.bias_of:
+            return
+        expected = (weight_shape[self.bias_of],)
+        if tuple(bias.shape) != expected:
+            raise MappingError(f"a {self.name} bias must have shape {list(expected)}, not "
+                               f"{list(bias.shape)}", tensor=bias.name)
 
     # ------------------------------------------------------------ the per-layer check
 

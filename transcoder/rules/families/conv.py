@@ -110,7 +110,7 @@ def _conv(n: int, transposed: bool) -> LayerRule:
                                             Param("bias", "bias", required=False)),
                      note=note, hints=TRANSPOSED_HINTS if transposed else (), check=check,
                      rebuild=rebuild_conv_transpose if transposed else rebuild_conv,
-                     weight_norm=True)
+                     weight_norm=True, bias_of=None if transposed else 0)
 
 
 CONVOLUTIONS = tuple(_conv(n, False) for n in (1, 2, 3))

@@ -46,7 +46,7 @@ def rebuild_embedding(b, m, x):
 LINEAR = LayerRule(
     "Linear", ("Linear", "LazyLinear", "NonDynamicallyQuantizableLinear"), "Dense",
     (Param("weight", "kernel", T), Param("bias", "bias", required=False)),
-    note="(out, in) -> (in, out)",
+    note="(out, in) -> (in, out)", bias_of=0,
     hints=("fc", "linear", "lin", "proj", "dense", "head", "classifier", "out", "mlp", "lm",
            "query", "key", "value", "q", "k", "v", "o", "gate", "up", "down", "ffn", "fc1", "fc2",
            "w1", "w2", "w3", "c_fc", "c_proj", "c_attn", "attn", "logits", "score"),
