@@ -325,6 +325,10 @@ def bulk_cmd(
                           "instance).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but failures.")
                      ] = False,
+    checksums: Annotated[bool, typer.Option(
+        "--checksums", help="Record the SHA-256 of every source and output in the manifest "
+                            "(about 0.65 s of CPU per GiB each); a rerun then also trusts "
+                            "files whose mtime alone changed.")] = False,
 ) -> None:
     """Convert every checkpoint under SRC_DIR into the same tree under DST_DIR, resumably.
 
@@ -344,7 +348,7 @@ def bulk_cmd(
     _light_check(Architecture())   # each file's check is per layer
     options = BulkOptions(to=to.value, jobs=jobs, pattern=pattern, force=force, key=key,
                           rules=rules, fail_fast=fail_fast, engine=engine.value, address=address,
-                          check=decision.run, timeout=timeout)
+                          check=decision.run, timeout=timeout, checksums=checksums)
     report = run_bulk(src_dir, dst_dir, options, Display(quiet=quiet))
     if report.exit_code:
         raise typer.Exit(report.exit_code)

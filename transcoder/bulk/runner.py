@@ -3,8 +3,9 @@
 1. scan SRC_DIR for checkpoints and plan each one's output (:mod:`.tree`);
 2. skip those the manifest lists as done whose source and output are unchanged (:mod:`.manifest`);
 3. remove temporary files a killed run left beside the outputs;
-4. run the rest on an engine (:mod:`.engines`), appending each result to the manifest as it
-   arrives, so a rerun after a crash redoes only what is not done and intact.
+4. run the rest on an engine (:mod:`.engines`), largest first, appending each result to the manifest as it
+   arrives, after its output is on disk, so a rerun after a crash redoes only what is not
+   done and intact.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from ..errors import UsageError
 from ..rules import load_user_rules
 from . import engines
 from .manifest import Manifest, trusted
-from .task import DONE, FAILED, SKIPPED, Task
-from .tree import TARGETS, Skipped, Source, output_folder, scan
+from .task import DONE, FAILED, SKIPPED, Task, make_durable
+from .tree import TARGETS, Skipped, Source, Tree, output_folder, scan
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class BulkOptions:
     address: str | None = None
     check: bool = False              # per-layer check of each converted file
     timeout: float | None = None     # seconds per file (local engine); None: no limit
+    checksums: bool = False          # SHA-256 of every source and output in the manifest
 
 
 @dataclass
@@ -88,19 +90,14 @@ def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
     with Manifest(dst_root) as manifest:
         report = BulkReport(manifest.path, ignored=tree.ignored,
                             skipped=[manifest.append(_skip(s, fingerprint)) for s in tree.skipped])
-        todo = []
-        for src in tree.sources:
-            entry = manifest.get(src.path, src.output)
-            if src.error or options.force or not trusted(entry, src_root, src.files, dst_root,
-                                                         fingerprint):
-                todo.append(src)
-            else:
-                report.reused.append(entry)
+        todo = _to_convert(tree, manifest, report, src_root, dst_root, fingerprint, options.force)
         remove_stale_temps(dst_root, [s.output for s in tree.sources])
         sizes = {s.path: s.size for s in todo}
 
         def on_result(record: dict) -> bool:
             record.setdefault("size", sizes.get(record["source"]))
+            if record["status"] == DONE and options.engine != "ray":  # Ray tasks sync themselves
+                _make_durable(dst_root, record)
             manifest.append(record)
             report.results.append(record)
             listener.result(record)
@@ -120,6 +117,20 @@ def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
             manifest.compact()
             listener.finish(report)
     return report
+
+
+def _to_convert(tree: Tree, manifest: Manifest, report: BulkReport, src_root: Path, dst_root: Path,
+                fingerprint: list, force: bool) -> list[Source]:
+    """The sources to convert, largest first (a large file started last would leave the other
+    workers idle at the end); those the manifest vouches for go to ``report.reused``."""
+    todo = []
+    for src in tree.sources:
+        entry = manifest.get(src.path, src.output)
+        if src.error or force or not trusted(entry, src_root, src.files, dst_root, fingerprint):
+            todo.append(src)
+        else:
+            report.reused.append(entry)
+    return sorted(todo, key=lambda s: s.size, reverse=True)
 
 
 def cores() -> int:
@@ -167,7 +178,23 @@ def _task(src: Source, src_root: Path, dst_root: Path, options: BulkOptions, fin
           ) -> Task:
     rules = str(Path(options.rules).resolve()) if options.rules is not None else None
     return Task(str(src_root), str(dst_root), src.path, src.output, src.files, options.key, rules,
-                tuple(fingerprint), options.check)
+                tuple(fingerprint), options.check, options.checksums,
+                sync=options.engine == "ray")   # on other machines: the run cannot fsync there
+
+
+def _make_durable(dst_root: Path, record: dict) -> None:
+    """The output on disk before its manifest line says done (a worker only started its
+    write-back); a failure to flush it fails the file."""
+    folder = output_folder(dst_root, record["output"], create=False)
+    try:
+        if folder is None:
+            raise OSError("its folder is now a symbolic link or gone")
+        make_durable(folder / PurePosixPath(record["output"]).name)
+    except OSError as exc:
+        record.update(status=FAILED, exit_code=2, output_size=None, output_mtime_ns=None,
+                      output_sha256=None,
+                      error=f"{record['output']}: written but not flushed to disk: "
+                            f"{exc.strerror or exc}")
 
 
 def _skip(skipped: Skipped, fingerprint: list) -> dict:
