@@ -276,7 +276,8 @@ def test_files_start_largest_first(tmp_path):
     """A large file started last would leave the other workers idle at the end."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     for i, width in enumerate((4, 64, 16, 32)):
-        save(src / f"m{i}.pt", {"fc.weight": torch.ones(width, width), "fc.bias": torch.ones(width)})
+        save(src / f"m{i}.pt", {"fc.weight": torch.ones(width, width),
+                                "fc.bias": torch.ones(width)})
     order = [r["source"] for r in bulk(src, dst).results]
     assert order == ["m1.pt", "m3.pt", "m2.pt", "m0.pt"]
 

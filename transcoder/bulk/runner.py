@@ -3,9 +3,9 @@
 1. scan SRC_DIR for checkpoints and plan each one's output (:mod:`.tree`);
 2. skip those the manifest lists as done whose source and output are unchanged (:mod:`.manifest`);
 3. remove temporary files a killed run left beside the outputs;
-4. run the rest on an engine (:mod:`.engines`), largest first, appending each result to the manifest as it
-   arrives, after its output is on disk, so a rerun after a crash redoes only what is not
-   done and intact.
+4. run the rest on an engine (:mod:`.engines`), largest first, appending each result to the
+   manifest as it arrives, after its output is on disk, so a rerun after a crash redoes only
+   what is not done and intact.
 """
 from __future__ import annotations
 
