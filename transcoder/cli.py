@@ -23,6 +23,7 @@ import typer
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from . import formats  # noqa: E402
+from .formats.shards import parse_size  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .errors import INTERNAL_ERROR_EXIT, TranscoderError, UsageError, one_line  # noqa: E402
 from .frameworks import prefer_keras_backend  # noqa: E402
@@ -125,6 +126,10 @@ def convert_cmd(
     atol: AtolOpt = None, rtol: RtolOpt = None, seed: SeedOpt = 0,
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
     strict: StrictOpt = False, source_format: FromOpt = None, quantize: QuantizeOpt = None,
+    shard_size: Annotated[Optional[str], typer.Option(
+        "--shard-size", help="Write .safetensors or .pt in shards of at most this size (5GB, "
+                             "500MB: decimal units, or bytes) with their index, as Hugging Face "
+                             "does; a DST naming the index shards at 5GB.")] = None,
 ) -> None:
     """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
 
@@ -142,12 +147,14 @@ def convert_cmd(
         _dry_run(src, dst, request)
         return
     prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch,
-                         source_format=source_format)
-    plan = prepared.plan
+                         source_format=source_format,
+                         shard_size=None if shard_size is None else parse_size(shard_size))
+    plan, dst = prepared.plan, prepared.written[-1]   # a sharded output: its index
     if prepared.pairs and not quiet:
         print_rows(pairing_rows(prepared.pairs), PAIR_COLUMNS, title="layer pairing")
     mapped = sum(len(s.torch) for s in plan.steps)
-    _say(quiet, f"wrote {dst}: {mapped} tensors mapped, {len(plan.carried)} carried "
+    shards = f" and {len(prepared.written) - 1} shards" if len(prepared.written) > 1 else ""
+    _say(quiet, f"wrote {dst}{shards}: {mapped} tensors mapped, {len(plan.carried)} carried "
                 f"({time.perf_counter() - started:.2f} s)")
     for note in [] if quiet else plan.notes:
         _note(note)

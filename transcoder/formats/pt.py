@@ -30,7 +30,7 @@ from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError, UsageError
 from .brief import brief
 from .filemap import MAP_FROM_BYTES, map_range
-from . import ReadOptions, limits, sigbus, zipsafe
+from . import ReadOptions, limits, shards, sigbus, zipsafe
 from .torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
                            UnsupportedTensor, dump_state_dict, is_tensor)
 from .unpickler import unpickle
@@ -236,8 +236,11 @@ def _load_named(storages: Any, desc: TensorDesc, swap: bool, name: str) -> np.nd
 # ---------------------------------------------------------------------------------------------
 
 def read(path: Path, options: ReadOptions) -> Checkpoint:
-    """A torch-layout Checkpoint of the state dict in a PyTorch file (lazy tensors)."""
+    """A torch-layout Checkpoint of the state dict in a PyTorch file (lazy tensors), or of
+    the ``torch.save`` shards an index (``pytorch_model.bin.index.json``) names."""
     path = Path(path)
+    if shards.is_index(path):
+        return shards.read(path, options, read)
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
