@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Callable
 
 from ..errors import INTERNAL_ERROR_EXIT, MissingDependencyError, UsageError
+from ..formats import rawfill
 from .task import FAILED, Task, run_task
 
 OnResult = Callable[[dict], bool]
@@ -61,7 +62,8 @@ def run_local(tasks: list[Task], on_result: OnResult, *, jobs: int,
     """Workers that die with this process, one task each at a time. A finished worker gets its
     next file before its result is handed on (``on_result`` waits for the output to reach the
     disk), unless the result is a failure, which may stop the run (``--fail-fast``)."""
-    workers = [_Worker() for _ in range(min(jobs, len(tasks)))]
+    count = min(jobs, len(tasks))
+    workers = [_Worker(fill_threads=fill_threads(count)) for _ in range(count)]
     queue = deque(tasks)
     try:
         while queue or any(w.task is not None for w in workers):
@@ -78,6 +80,21 @@ def run_local(tasks: list[Task], on_result: OnResult, *, jobs: int,
         raise
     for worker in workers:
         worker.stop()
+
+
+def cores() -> int:
+    """The cores this process may run on (``--jobs`` default), which a container may limit."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def fill_threads(workers: int) -> int:
+    """Threads each worker's conversions write with: the cores left to it, at most rawfill's
+    default. 8 files of 128 MiB to .h5 on 2 cores, --jobs 2, five interleaved runs: 1.05-1.24 s
+    with one thread each, 1.26-1.38 s with two."""
+    return max(1, min(rawfill.WORKERS, cores() // workers))
 
 
 def _dispatch(workers: list[_Worker], queue: deque) -> None:
@@ -106,12 +123,14 @@ class _Worker:
     conn: Connection | None = None
     task: Task | None = None
     started: float = 0.0
+    fill_threads: int | None = None   # rawfill threads per conversion (None: its default)
 
     def start(self, task: Task) -> None:
         if self.process is None:
             context = multiprocessing.get_context(START_METHOD)
             self.conn, child = context.Pipe()
-            self.process = context.Process(target=_worker_main, args=(child, os.getpid()))
+            self.process = context.Process(target=_worker_main,
+                                           args=(child, os.getpid(), self.fill_threads))
             self.process.start()
             child.close()
         self.task, self.started = task, time.monotonic()
@@ -165,9 +184,11 @@ def _death(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _worker_main(conn: Connection, parent_pid: int) -> None:
+def _worker_main(conn: Connection, parent_pid: int, fill_threads: int | None) -> None:
     """Convert the tasks the parent sends, one at a time, until it sends None."""
     _worker_init(parent_pid)
+    if fill_threads:
+        rawfill.WORKERS = fill_threads
     while (task := conn.recv()) is not None:
         conn.send(run_task(task))
 

@@ -110,7 +110,7 @@ def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
                 tasks = [_task(s, src_root, dst_root, options, fingerprint)
                          for s in todo if not s.error]
                 engines.run(options.engine, tasks, on_result, address=options.address,
-                            jobs=options.jobs or cores(), timeout=options.timeout)
+                            jobs=options.jobs or engines.cores(), timeout=options.timeout)
         finally:  # also on Ctrl-C: what got done is on record and shown
             report.not_run = len(todo) - len(report.results)
             report.seconds = time.perf_counter() - started
@@ -131,14 +131,6 @@ def _to_convert(tree: Tree, manifest: Manifest, report: BulkReport, src_root: Pa
         else:
             report.reused.append(entry)
     return sorted(todo, key=lambda s: s.size, reverse=True)
-
-
-def cores() -> int:
-    """The cores this process may run on (``--jobs`` default), which a container may limit."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _check_roots(src_root: Path, dst_root: Path, options: BulkOptions) -> tuple[Path, Path]:
