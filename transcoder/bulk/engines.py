@@ -60,8 +60,8 @@ def run_serial(tasks: list[Task], on_result: OnResult) -> None:
 def run_local(tasks: list[Task], on_result: OnResult, *, jobs: int,
               timeout: float | None = None) -> None:
     """Workers that die with this process, one task each at a time. A finished worker gets its
-    next file before its result is handed on (``on_result`` waits for the output to reach the
-    disk), unless the result is a failure, which may stop the run (``--fail-fast``)."""
+    next file before its result is handed on, unless the result is a failure, which may stop
+    the run (``--fail-fast``)."""
     count = min(jobs, len(tasks))
     workers = [_Worker(fill_threads=fill_threads(count)) for _ in range(count)]
     queue = deque(tasks)
