@@ -288,3 +288,15 @@ def test_bulk_converts_a_bin_index_with_its_shards_as_one_checkpoint(tmp_path):
     assert report.exit_code == 0 and not report.ignored
     assert_same_tensors(tensors_of(tmp_path / "dst" / "llm" / "pytorch_model.safetensors"),
                         {k: to_numpy(v) for k, v in sd.items()}, "pytorch_model.safetensors")
+
+
+def test_the_python_api_writes_shards_and_names_the_index(tmp_path):
+    import transcoder
+
+    torch.save(state(7), tmp_path / "src.pt")
+    (tmp_path / "out").mkdir()
+    result = transcoder.convert(tmp_path / "src.pt", tmp_path / "out" / "model.safetensors",
+                                shard_size="50KB", check=False)
+    assert result.dst == tmp_path / "out" / "model.safetensors.index.json"
+    assert files(tmp_path / "out") == [f"model-0000{k}-of-00004.safetensors" for k in range(1, 5)] \
+        + ["model.safetensors.index.json"]
