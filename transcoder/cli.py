@@ -110,6 +110,11 @@ def _note(message: str) -> None:
 
 # ---------------------------------------------------------------- convert
 
+ShardSizeOpt = Annotated[Optional[str], typer.Option(
+    "--shard-size", help="Write .safetensors or .pt in shards of at most this size (5GB, 500MB: "
+                         "decimal units, or bytes) with their index, as Hugging Face does; a DST "
+                         "naming the index shards at 5GB.")]
+
 @app.command("convert")
 def convert_cmd(
     src: Annotated[Path, typer.Argument(help="Checkpoint to read (.pt .pth .bin .ckpt "
@@ -126,10 +131,7 @@ def convert_cmd(
     atol: AtolOpt = None, rtol: RtolOpt = None, seed: SeedOpt = 0,
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
     strict: StrictOpt = False, source_format: FromOpt = None, quantize: QuantizeOpt = None,
-    shard_size: Annotated[Optional[str], typer.Option(
-        "--shard-size", help="Write .safetensors or .pt in shards of at most this size (5GB, "
-                             "500MB: decimal units, or bytes) with their index, as Hugging Face "
-                             "does; a DST naming the index shards at 5GB.")] = None,
+    shard_size: ShardSizeOpt = None,
 ) -> None:
     """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
 
@@ -291,6 +293,11 @@ def version_cmd() -> None:
 
 # ---------------------------------------------------------------- bulk
 
+ChecksumsOpt = Annotated[bool, typer.Option(
+    "--checksums", help="Record the SHA-256 of every source and output in the manifest (about "
+                        "0.65 s of CPU per GiB each); a rerun then also trusts files whose "
+                        "mtime alone changed.")]
+
 class Target(str, Enum):
     h5 = "h5"
     safetensors = "safetensors"
@@ -332,10 +339,7 @@ def bulk_cmd(
                           "instance).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but failures.")
                      ] = False,
-    checksums: Annotated[bool, typer.Option(
-        "--checksums", help="Record the SHA-256 of every source and output in the manifest "
-                            "(about 0.65 s of CPU per GiB each); a rerun then also trusts "
-                            "files whose mtime alone changed.")] = False,
+    checksums: ChecksumsOpt = False,
 ) -> None:
     """Convert every checkpoint under SRC_DIR into the same tree under DST_DIR, resumably.
 
