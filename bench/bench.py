@@ -14,8 +14,8 @@ alike. The cases (``--cases``, all by default):
     models), ``.pt`` and ``.safetensors`` -> ``.h5``;
   - ``small``: ``--small-mib`` (100 KiB) ``.pt`` -> ``.h5``, against the plain script too;
   - ``bulk``: a tree of ``--bulk-files`` checkpoints (half .pt, half .safetensors, about
-    ``--size-mib`` in all) with `transcode bulk` against `cp -r`; bulk also hashes every source
-    and output and flushes each output to disk before recording it in its manifest;
+    ``--size-mib`` in all) with `transcode bulk` against `cp -r`; bulk also flushes each
+    output to disk before recording it in its manifest (hashes only with --checksums);
   - ``llm``: a bfloat16 checkpoint of ``--llm-mib`` (4 x ``--size-mib`` unless given) in 3
     safetensors shards with ``model.safetensors.index.json``, one embedding of 1/8 of the
     bytes and Linear layers for the rest, -> ``.h5`` (bfloat16 is stored there as exact

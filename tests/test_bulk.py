@@ -131,7 +131,8 @@ def bulk(src: Path, dst: Path, **options) -> "object":
 def test_tree_converts_bit_exact_with_a_manifest_and_a_rerun_redoes_nothing(cli, tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     sources = make_tree(src)
-    code, out, err = cli("bulk", src, dst, "--to", "h5", "--jobs", "2", "--no-check")
+    code, out, err = cli("bulk", src, dst, "--to", "h5", "--jobs", "2", "--no-check",
+                         "--checksums")
     assert code == 0, err
     assert_tree_bit_exact(src, dst, sources)
     assert not (dst / "notes.txt").exists() and not (dst / "vision" / "config.json").exists()
@@ -172,7 +173,7 @@ def test_other_targets_are_bit_exact(tmp_path, to, ext):
 def test_rerun_redoes_exactly_what_is_missing_damaged_or_changed(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     sources = make_tree(src)
-    first = bulk(src, dst)
+    first = bulk(src, dst, checksums=True)
     assert first.exit_code == 0, errors(first)
 
     with open(dst / "vision" / "cnn.h5", "r+b") as fh:            # damaged output
@@ -199,6 +200,11 @@ def test_rerun_redoes_exactly_what_is_missing_damaged_or_changed(tmp_path):
     assert_tree_bit_exact(src, dst, sources)
     assert len(manifest_lines(dst)) == 5  # compacted: one line per source
 
+    top = src / "top.safetensors"          # converted without --checksums: no hash to tell
+    assert {e["source"]: e for e in manifest_lines(dst)}["top.safetensors"]["sha256"] is None
+    os.utime(top, ns=(time.time_ns(), time.time_ns() + 10**9))
+    os.utime(audio, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    assert [r["source"] for r in bulk(src, dst).results] == ["top.safetensors"]
     assert bulk(src, dst, force=True).results.__len__() == 5       # --force redoes everything
     other = bulk(src, dst, key="state_dict")                       # other options: redone (and fail)
     assert len(other.results) == 5
@@ -229,7 +235,7 @@ def test_corrupt_files_are_reported_and_the_rest_convert(cli, tmp_path):
 def test_fail_fast_stops_after_the_first_failure(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src).mkdir()
-    (src / "a_broken.pt").write_bytes(b"\x80 not a pickle")
+    (src / "a_broken.pt").write_bytes(b"\x80 not a pickle" + bytes(1 << 20))  # the largest: first
     save(src / "b.pt", state(1))
     save(src / "c.pt", state(2))
     report = bulk(src, dst, fail_fast=True)
@@ -237,6 +243,43 @@ def test_fail_fast_stops_after_the_first_failure(tmp_path):
     assert [r["source"] for r in report.results] == ["a_broken.pt"]
     assert not (dst / "b.h5").exists()
     assert bulk(src, dst).converted.__len__() == 2  # without it, the others convert
+
+
+def test_an_output_is_on_disk_before_its_manifest_line(tmp_path, monkeypatch):
+    """The run flushes each output (while the worker converts its next file), then writes the
+    line that trusts it; an output the disk refuses to flush fails its file."""
+    from transcoder.bulk import runner
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src)
+    events = []
+    append = Manifest.append
+    monkeypatch.setattr(Manifest, "append", lambda self, r: events.append(("line", r["output"]))
+                        or append(self, r))
+
+    def flush(path: Path) -> None:
+        events.append(("flush", path.relative_to(dst).as_posix()))
+        if path.name == "cnn.h5":
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(runner, "make_durable", flush)
+    report = bulk(src, dst, jobs=2)
+    done = [e for e in events if e[0] == "line"]
+    assert len(done) == 5 and all(events[events.index(e) - 1] == ("flush", e[1]) for e in done)
+    assert [r["error"] for r in report.failed] == [
+        "vision/cnn.h5: written but not flushed to disk: Input/output error"]
+    assert report.exit_code == 2 and len(report.converted) == 4
+    assert len(bulk(src, dst).results) == 1   # it is redone
+
+
+def test_files_start_largest_first(tmp_path):
+    """A large file started last would leave the other workers idle at the end."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i, width in enumerate((4, 64, 16, 32)):
+        save(src / f"m{i}.pt", {"fc.weight": torch.ones(width, width),
+                                "fc.bias": torch.ones(width)})
+    order = [r["source"] for r in bulk(src, dst).results]
+    assert order == ["m1.pt", "m3.pt", "m2.pt", "m0.pt"]
 
 
 def test_pattern_and_colliding_outputs(tmp_path):
@@ -296,20 +339,23 @@ def test_plain_path_imports_neither_torch_nor_tensorflow_nor_ray(tmp_path):
 
 # ------------------------------------------------------------------ a worker crashes or hangs
 
-def test_a_file_that_crashes_or_hangs_its_worker_fails_alone(cli, tmp_path, monkeypatch):
-    """tests/faults/sitecustomize.py makes the spawned workers segfault on crash.pt and sleep on
-    hang.safetensors (as some corrupted HDF5 files make the HDF5 C library do)."""
+def test_a_file_that_crashes_or_hangs_its_worker_fails_alone(tmp_path):
+    """tests/faults/sitecustomize.py makes the workers of a `transcode bulk` started with it on
+    PYTHONPATH segfault on crash.pt and sleep on hang.safetensors (as some corrupted HDF5
+    files make the HDF5 C library do)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     sources = make_tree(src)
     save(src / "vision" / "crash.pt", state(6))
     save(src / "text" / "hang.safetensors", state(7, "text"))
     path = os.pathsep.join([str(Path(__file__).parent / "faults"), os.environ.get("PYTHONPATH", "")])
-    monkeypatch.setenv("PYTHONPATH", path)
-    monkeypatch.setenv("TRANSCODER_TEST_FAULTS", "crash=crash.pt,hang=hang.safetensors")
+    env = dict(os.environ, PYTHONPATH=path,
+               TRANSCODER_TEST_FAULTS="crash=crash.pt,hang=hang.safetensors")
     started = time.monotonic()
-    code, out, err = cli("bulk", src, dst, "--to", "h5", "--jobs", "2", "--timeout", "2",
-                         "--no-check")
-    assert code == 2 and time.monotonic() - started < 60
+    run = subprocess.run([PYTHON, "-m", "transcoder", "bulk", src, dst, "--to", "h5", "--jobs",
+                          "2", "--timeout", "2", "--no-check"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    code, err = run.returncode, run.stderr
+    assert code == 2 and time.monotonic() - started < 60, err
     assert "Traceback" not in err
     assert_tree_bit_exact(src, dst, sources)
     failed = {e["source"]: e["error"] for e in manifest_lines(dst) if e["status"] == "failed"}

@@ -127,6 +127,32 @@ def test_fill_refuses_data_of_the_wrong_size(tmp_path, monkeypatch, blocks, shar
         rawfill.fill(path, [rawfill.Region(0, wrong)])
 
 
+def test_small_tensors_go_in_batches_and_errors_keep_region_order(tmp_path, monkeypatch):
+    """Tensors under BATCH_BELOW_BYTES are written SCRATCH_BYTES at a time, one task per batch;
+    the error raised is still the one of the first failing region."""
+    big = lambda name, fail: TensorRef(name, (64 << 10,), "int64", lambda: (  # noqa: E731
+        (_ for _ in ()).throw(FormatError("broken", tensor=name)) if fail
+        else np.arange(64 << 10, dtype=np.int64)))
+    tasks = []
+    submit = rawfill.ThreadPoolExecutor.submit
+    monkeypatch.setattr(rawfill.ThreadPoolExecutor, "submit",
+                        lambda self, fn, *a: tasks.append(fn.__name__) or submit(self, fn, *a))
+    path = tmp_path / "out"
+    path.write_bytes(bytes(24 * 100 + (512 << 10)))
+    rawfill.fill(path, [rawfill.Region(24 * i, _ref(i)) for i in range(100)]
+                 + [rawfill.Region(2400, big("b", False))])
+    data = np.frombuffer(path.read_bytes(), np.int64)
+    assert np.array_equal(data[:300], np.arange(300))
+    assert np.array_equal(data[300:], np.arange(64 << 10))
+    assert sorted(tasks) == ["_one", "_small"]   # 100 small tensors: one task
+    with pytest.raises(FormatError, match="^t1: broken"):   # t1 before b, b before a later t1
+        rawfill.fill(path, [rawfill.Region(0, _ref(0)), rawfill.Region(24, _ref(1, fail=True)),
+                            rawfill.Region(48, big("b", True))])
+    with pytest.raises(FormatError, match="^b: broken"):
+        rawfill.fill(path, [rawfill.Region(0, big("b", True)),
+                            rawfill.Region(1 << 20, _ref(1, fail=True))])
+
+
 def test_an_error_in_one_share_fails_the_fill(tmp_path, monkeypatch):
     x = np.arange(4096, dtype=np.float32).reshape(64, 64)
 

@@ -86,3 +86,21 @@ def test_a_huge_tensor_copied_unchanged_does_not_stay_in_memory(tmp_path, copy):
         kernel = f["fc"]["fc"]["kernel"][()]
     assert embeddings.tobytes() == tensors["embed.weight"].tobytes()
     assert kernel.tobytes() == np.ascontiguousarray(tensors["fc.weight"].T).tobytes()
+
+
+def test_a_huge_tensor_written_unchanged_to_pt_does_not_stay_in_memory(tmp_path):
+    """The .pt writer checksums and writes an unchanged 192 MiB embedding from its map 8 MiB at
+    a time, giving the pages back: the peak does not grow with the tensor."""
+    from safetensors.numpy import save_file
+
+    from transcoder.pipeline import read
+
+    rng = np.random.default_rng(1)
+    embed = rng.standard_normal((49152, 1024), dtype=np.float32)
+    save_file({"embed.weight": embed}, str(tmp_path / "big.safetensors"))
+    save_file(_linears(1, 8, 8), str(tmp_path / "tiny.safetensors"))
+    base = _peak_mib(tmp_path / "tiny.safetensors", tmp_path / "tiny.pt")
+    peak = _peak_mib(tmp_path / "big.safetensors", tmp_path / "big.pt")
+    assert peak - base <= 2 * 8 + 16, (peak, base)
+    with read(tmp_path / "big.pt") as ckpt:
+        assert ckpt.tensors["embed.weight"].load().tobytes() == embed.tobytes()

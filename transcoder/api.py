@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import formats
+from .formats.shards import parse_size
 from .checks.report import CheckReport
 from .checks.verify import after_write, check_conversion, check_files
 from .errors import TranscoderError
@@ -75,11 +76,12 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
             input_dtype: Sequence[str] = (), seed: int = 0, channels_last: bool = False,
             check: bool | None = None, atol: float | None = None, rtol: float | None = None,
             strict: bool = False, source_format: str | None = None,
-            quantize: str | None = None) -> Conversion:
+            quantize: str | None = None, shard_size: int | str | None = None) -> Conversion:
     """``transcode SRC DST``: convert, then check as the command does (``check=None``: when
     torch and Keras are installed; True: or raise MissingDependencyError; False: never).
     ``dst`` ending in ``.savedmodel`` or ``.tflite`` is exported, and the check runs it;
-    ``quantize`` ("float16" or "dynamic") for a ``.tflite``."""
+    ``quantize`` ("float16" or "dynamic") for a ``.tflite``; ``shard_size`` (bytes or
+    ``"5GB"``) writes shards and their index (the result's ``dst`` is then the index)."""
     src, dst = Path(src), Path(dst)
     rules = Path(rules) if rules is not None else None
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
@@ -88,7 +90,9 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
     if dry_run:
         return _dry_run(src, dst, request)
     prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch,
-                         source_format=source_format)
+                         source_format=source_format,
+                         shard_size=None if shard_size is None else parse_size(shard_size))
+    dst = prepared.written[-1]
     result = _conversion(src, dst, prepared)
     try:
         result.report, notes = check_conversion(src, dst, request, asked=check,

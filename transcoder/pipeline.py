@@ -3,7 +3,9 @@
 ``transcode(src, dst)`` is the whole one-file conversion; ``prepare`` stops after planning
 (for ``--dry-run`` and ``inspect``). Outputs go to a temporary file beside the target and
 are renamed into place only when complete, so a failure leaves nothing behind. A folder
-(a SavedModel) is written beside too and published whole (:func:`atomic_folder`).
+(a SavedModel) is written beside too and published whole (:func:`atomic_folder`); the shards
+of a sharded output and their index are published together, the index last
+(:func:`atomic_files`).
 """
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ import errno
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from . import export
 from . import formats
-from .formats import sigbus
+from .formats import shards, sigbus
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
 from .frameworks import import_frameworks
@@ -35,6 +37,7 @@ class Prepared:
     plan: Plan
     target_format: formats.Format | None   # None: planned for a layout, not to be written
     live: Any = None  # a live.LiveModels when an architecture was given (torch/keras loaded)
+    written: list[Path] = field(default_factory=list)   # by transcode(): the index last
 
     @property
     def pairs(self) -> list:
@@ -94,27 +97,74 @@ def read(src: Path, *, key: str | None = None, source_format: str | None = None)
 
 def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str | None = None,
               rules: Path | UserRules | None = None, arch: Architecture | None = None,
-              source_format: str | None = None) -> Prepared:
-    """Convert one checkpoint; returns what was prepared (the plan, the layer pairing)."""
+              source_format: str | None = None, shard_size: int | None = None) -> Prepared:
+    """Convert one checkpoint; returns what was prepared (the plan, the layer pairing, the
+    files written). ``shard_size`` (bytes), or a ``dst`` naming an index
+    (``model.safetensors.index.json``), writes shards and their index (:mod:`.formats.shards`)."""
     src, dst = Path(src), Path(dst)
     refuse_same_file(src, dst)
     if dst.exists() and not force:
         raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
     fmt = formats.for_path(dst)
+    sharded = shard_size is not None or shards.is_index(dst)
+    if sharded:
+        shards.check_target(fmt.name, dst)
     if not arch:
         fmt.check_writable(dst)
     export.validate(fmt, arch)
     prepared = prepare(src, fmt, key=key, rules=rules, arch=arch, source_format=source_format)
-    publish = atomic_folder if fmt.folder else atomic_output
     try:
-        with publish(dst, force=force) as tmp:
-            try:
-                prepared.write(tmp, dst)
-            except TranscoderError as exc:
-                raise exc.with_context(path=src) from None
+        if sharded:
+            prepared.written = _write_shards(prepared, src, dst, shard_size, force)
+        else:
+            _write_one(prepared, src, dst, force)
+            prepared.written = [dst]
     finally:
         prepared.close()
     return prepared
+
+
+def _write_one(prepared: Prepared, src: Path, dst: Path, force: bool) -> None:
+    publish = atomic_folder if prepared.target_format.folder else atomic_output
+    with publish(dst, force=force) as tmp:
+        try:
+            prepared.write(tmp, dst)
+        except TranscoderError as exc:
+            raise exc.with_context(path=src) from None
+
+
+def _write_shards(prepared: Prepared, src: Path, dst: Path, shard_size: int | None,
+                  force: bool) -> list[Path]:
+    """The target in shards of at most ``shard_size`` bytes (huggingface_hub's default when
+    None) and their index, beside ``dst``; files an earlier output of that name left (other
+    shards, another index) are removed with ``force``, else refused."""
+    fmt, target = prepared.target_format, prepared.plan.apply(prepared.source)
+    suffix = max((s for s in fmt.suffixes if shards.base_name(dst.name).lower().endswith(s)),
+                 key=len)
+    layout = shards.layout(dst.name, suffix, [(r.name, r.nbytes) for r in target],
+                           shard_size or shards.DEFAULT_SHARD_BYTES)
+    folder = dst.parent
+    earlier = layout.earlier_outputs(folder)
+    _refuse_source_files(src, [folder / n for n in layout.names + earlier])
+    with atomic_files(folder, layout.names, force=force, replaced=earlier) as tmps:
+        try:
+            for tmp, group in zip(tmps, layout.groups):
+                fmt.write(shards.subset(target, group), tmp)
+        except TranscoderError as exc:
+            raise exc.with_context(path=src) from None
+        if layout.index:
+            tmps[-1].write_bytes(layout.index_json())
+    return [folder / n for n in layout.names]
+
+
+def _refuse_source_files(src: Path, paths: list[Path]) -> None:
+    """UsageError if writing or removing ``paths`` would touch the source (or its shards)."""
+    sources = [src] + (shards.shard_paths(src) if shards.is_index(src) else [])
+    for path in paths:
+        for source in sources:
+            if path.exists() and source.exists() and os.path.samefile(path, source):
+                raise UsageError(f"would replace or remove {source.name}, a file of the source",
+                                 path=path, hint="write the shards to another folder")
 
 
 def refuse_same_file(src: Path, dst: Path) -> None:
@@ -198,6 +248,78 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ---------------------------------------------------------------- several files (shards)
+
+@contextmanager
+def atomic_files(folder: Path, names: list[str], *, force: bool = False,
+                 replaced: list[str] = ()) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of ``names`` (in ``folder``); publish them only when
+    all are written, the last one (the index) last, so that a reader that finds the index
+    finds every shard it names, complete. Existing files of those names and ``replaced`` ones
+    (what an earlier output of that name left) are refused, or with ``force`` moved aside
+    first (the old index first: nothing then points into a mixture), and removed once the new
+    files are in place. A failure before the last rename removes what it placed and puts the
+    old files back. Several names cannot change in one atomic step: a process killed during
+    the renames (a few milliseconds) leaves new shards without their index (nothing loads
+    them as a checkpoint) and the old files aside as ``.NAME.*.tmp``."""
+    if not folder.is_dir():
+        raise UsageError("destination folder does not exist", path=folder)
+    existing = [n for n in [names[-1], *names[:-1], *replaced] if os.path.lexists(folder / n)]
+    for name in existing:
+        if (folder / name).is_dir():
+            raise UsageError("is a directory", path=folder / name, hint="name the file to write")
+        if not force:
+            raise OutputExistsError("already exists", path=folder / name,
+                                    hint="pass --force to replace it")
+    tmps = [_temporary(folder / n) for n in names]
+    try:
+        with ExitStack() as stack:
+            for tmp in tmps:
+                stack.enter_context(sigbus.remove_on_fault(tmp))
+            yield tmps
+        _publish_all(tmps, [folder / n for n in names], [folder / n for n in existing])
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+def _temporary(dst: Path, suffix: str = ".tmp") -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())
+    return Path(name)
+
+
+def _publish_all(tmps: list[Path], finals: list[Path], old: list[Path]) -> None:
+    aside: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for path in old:
+            aside.append((path, _move_aside(path)))
+        for tmp, final in zip(tmps, finals):
+            _publish(tmp, final, force=False)   # one that appeared meanwhile is kept: an error
+            placed.append(final)
+    except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        for path, moved in reversed(aside):
+            os.replace(moved, path)
+        raise
+    for _, moved in aside:
+        moved.unlink(missing_ok=True)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename ``path`` to a new temporary name beside it; that name."""
+    moved = _temporary(path, ".old.tmp")
+    try:
+        os.replace(path, moved)
+    except BaseException:
+        moved.unlink(missing_ok=True)
+        raise
+    return moved
 
 
 # ---------------------------------------------------------------- folders (SavedModel)

@@ -1,8 +1,9 @@
 """Test-only fault injection for `transcode bulk` workers (tests/test_bulk.py).
 
 Put this folder on PYTHONPATH and set TRANSCODER_TEST_FAULTS, e.g. ``crash=bad.pt,hang=slow.pt``:
-every Python process started then (the spawned workers too) imports this module at start-up,
-and converting a source whose file name is listed segfaults (``crash``) or sleeps for an hour
+every Python process started then imports this module at start-up (`transcode bulk` itself,
+whose forked workers inherit it; spawned and Ray workers import it themselves), and
+converting a source whose file name is listed segfaults (``crash``) or sleeps for an hour
 (``hang``) instead, as a corrupted HDF5 file can make the HDF5 C library do. Nothing in
 transcoder itself knows about it.
 """

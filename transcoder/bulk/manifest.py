@@ -2,8 +2,9 @@
 
 Each line records ``source`` (relative to SRC_DIR), its ``size``, ``mtime_ns`` and ``sha256``;
 the ``output`` (relative to DST_DIR) with ``output_size``, ``output_mtime_ns`` and
-``output_sha256``; ``status`` (``done`` or ``failed``), ``error``, ``seconds``, and ``options``
-(what else decides the output: ``--to``, ``--key``, the ``--rules`` file's hash).
+``output_sha256`` (both hashes only with ``--checksums``, else null); ``status`` (``done``,
+``failed`` or ``skipped``), ``error``, ``seconds``, and ``options`` (what else decides the
+output: ``--to``, ``--key``, the ``--rules`` file's hash).
 
 Lines are appended and flushed to disk one by one, so a run killed at any moment leaves at
 worst a truncated last line, which is ignored; for a source, the last line wins. A run
@@ -150,8 +151,9 @@ def trusted(entry: dict | None, src_root: Path, files: Iterable[str], dst_root: 
             options: list) -> bool:
     """True if ``entry`` says done and both its source and its output are still what it recorded.
 
-    Size and mtime are compared first; when only the mtime differs (a copy, a touch) the
-    SHA-256 decides, so an unchanged file is never redone for its date alone.
+    Size and mtime are compared; when only the mtime differs (a copy, a touch) and the entry
+    holds a SHA-256 (``--checksums``), the hash decides, so such a file is not redone for its
+    date alone; without one it is redone.
     """
     if not entry or entry.get("status") != DONE or entry.get("options") != options:
         return False
@@ -166,7 +168,8 @@ def trusted(entry: dict | None, src_root: Path, files: Iterable[str], dst_root: 
         return False
 
 
-def _same(now: Fingerprint, paths: list[Path], size: int, mtime_ns: int, sha256: str) -> bool:
+def _same(now: Fingerprint, paths: list[Path], size: int, mtime_ns: int, sha256: str | None
+          ) -> bool:
     if now.size != size:
         return False
-    return now.mtime_ns == mtime_ns or sha256_files(paths) == sha256
+    return now.mtime_ns == mtime_ns or (sha256 is not None and sha256_files(paths) == sha256)

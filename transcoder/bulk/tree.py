@@ -1,7 +1,8 @@
 """Which files of a source tree are checkpoints, and where each one's output goes.
 
-A source is one checkpoint: usually one file, or a ``*.safetensors.index.json`` together with
-the shards it lists (the shards are then not converted on their own). Its output keeps the
+A source is one checkpoint: usually one file, or an index (``*.safetensors.index.json``,
+``pytorch_model.bin.index.json``) together with the shards it lists (the shards are then not
+converted on their own). Its output keeps the
 relative folder and the file stem, with the extension of the target format:
 ``SRC/a/b/model.safetensors`` -> ``DST/a/b/model.h5``.
 
@@ -21,12 +22,10 @@ from pathlib import Path, PurePosixPath
 
 from .. import formats
 from ..errors import TranscoderError
-from ..formats import safetensors_format
+from ..formats import shards as sharding
 
 #: ``--to`` value -> output extension.
 TARGETS: dict[str, str] = {"h5": ".h5", "safetensors": ".safetensors", "pt": ".pt"}
-
-INDEX_SUFFIX = ".safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def _rel(path: Path, root: Path) -> str:
 
 def _plan(tree: Tree, src_root: Path, candidates: list[str], suffix: str) -> None:
     """One source (or skipped entry) per candidate; shards go with their index."""
-    indexes = {rel: _shards(src_root, rel) for rel in candidates if rel.endswith(INDEX_SUFFIX)}
+    indexes = {rel: _shards(src_root, rel) for rel in candidates if sharding.is_index(rel)}
     shards = {s for listed in indexes.values() for s in listed}
     for rel in candidates:
         if rel in shards:
@@ -137,12 +136,12 @@ def _matches(rel: str, pattern: str) -> bool:
 
 
 def _shards(src_root: Path, index_rel: str) -> set[str]:
-    """The shard files a safetensors index lists (empty if it cannot or must not be read: the
+    """The shard files an index lists (empty if it cannot or must not be read: the
     conversion, or the skip, says why)."""
     if unreadable(src_root, index_rel):
         return set()
     try:
-        names = set(safetensors_format.weight_map(src_root / index_rel).values())
+        names = set(sharding.weight_map(src_root / index_rel).values())
     except TranscoderError:
         return set()
     folder = PurePosixPath(index_rel).parent

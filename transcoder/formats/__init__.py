@@ -87,9 +87,12 @@ NEEDS_ARCH = ("writing a Keras 3 {} file needs the architecture: pass --keras-mo
 NEEDS_ARCH_EXPORT = ("writing a {1} needs the architecture: pass --model (with --input-shape) "
                      "or --keras-model")
 
+PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
 BUILTIN_FORMATS: tuple[Format, ...] = (
-    Format("pt", (".pt", ".pth", ".bin", ".ckpt"), "torch", "transcoder.formats.pt",
-           (ZIP, PICKLE), "PyTorch checkpoint (torch.save zip, legacy pickle, TorchScript)"),
+    Format("pt", PT_SUFFIXES + tuple(s + ".index.json" for s in PT_SUFFIXES), "torch",
+           "transcoder.formats.pt", (ZIP, PICKLE),
+           "PyTorch checkpoint (torch.save zip, legacy pickle, TorchScript)"),
     Format("safetensors", (".safetensors", ".safetensors.index.json"), "torch",
            "transcoder.formats.safetensors_format", (), "safetensors (single file or sharded index)"),
     Format("keras_weights_h5", (".weights.h5",), "keras", "transcoder.formats.keras_h5",
@@ -187,6 +190,7 @@ def check_magic(fmt: Format, path: Path) -> None:
         raise FormatError(f"cannot read: {exc.strerror}", path=path) from None
     if not head:
         raise FormatError("file is empty", path=path)
-    if fmt.magics and not any(head.startswith(m) for m in fmt.magics):
+    index = Path(path).name.lower().endswith(".index.json")   # JSON: its reader checks it
+    if fmt.magics and not index and not any(head.startswith(m) for m in fmt.magics):
         raise FormatError(f"not a valid {fmt.description or fmt.name} file (unexpected leading bytes)",
                           path=path)

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, UnsupportedError, one_line
 from . import ReadOptions, jsonsafe, rawfill, sigbus
+from .shards import weight_map
 from .brief import brief
 from .filemap import MAP_FROM_BYTES, map_range
 
@@ -30,8 +31,7 @@ CODES: dict[str, str] = {
 }
 NAMES: dict[str, str] = {v: k for k, v in CODES.items()}
 MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
-MAX_INDEX = 64 << 20
-METADATA_KEY = "__metadata__"             # real indexes of the largest models are a few MiB
+METADATA_KEY = "__metadata__"
 CHUNK = 64 << 20                 # bytes per read call
 
 
@@ -47,28 +47,6 @@ def read(path: Path, options: ReadOptions) -> Checkpoint:
         ckpt.close()
         raise
     return ckpt
-
-
-def weight_map(path: Path) -> dict[str, str]:
-    """The ``weight_map`` of an index (tensor name -> shard file name beside it); FormatError
-    unless it is one."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_INDEX + 1)
-    except OSError as exc:
-        raise FormatError(f"cannot read: {exc.strerror or exc}", path=path) from None
-    if len(data) > MAX_INDEX:
-        raise FormatError(f"not a safetensors index (larger than {MAX_INDEX} bytes)", path=path)
-    index = jsonsafe.loads(data, "the safetensors index", path)
-    found = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
-        raise FormatError('not a safetensors index (no "weight_map" from tensor names to shard '
-                          'file names)', path=path)
-    for shard in found.values():
-        if Path(shard).name != shard or shard in ("", ".", "..") or "\0" in shard:
-            raise FormatError(f"shard name {brief(shard)} is not a file beside the index",
-                              path=path)
-    return found
 
 
 def _add_shards(ckpt: Checkpoint, path: Path) -> None:

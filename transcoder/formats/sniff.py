@@ -5,6 +5,9 @@
   ``data.pkl`` member: a ``torch.save`` or TorchScript archive.
 - a pickle's PROTO opcode (0x80, protocol 2-5): a legacy ``torch.save`` file.
 - an 8-byte little-endian length then ``{``, the length within the file: safetensors.
+- a ``*.index.json`` holding a JSON object with a ``weight_map`` (a sharded checkpoint's
+  index): the format the first shard it names is, by its content (so
+  ``pytorch_model.bin.index.json`` and ``model.safetensors.index.json`` say what they hold).
 - a folder holding ``saved_model.pb``: a TensorFlow SavedModel (TF Serving's ``export/1``);
   a flatbuffer with the ``TFL3`` identifier: a TFLite model. Both are deployment artifacts,
   which ``transcode check`` runs; they are not read as checkpoints.
@@ -19,14 +22,15 @@ import struct
 from pathlib import Path
 
 from ..errors import TranscoderError
-from . import zipsafe
+from . import shards, zipsafe
 
 HDF5 = b"\x89HDF\r\n\x1a\n"
 ZIP = b"PK\x03\x04"
 
 
-def sniff(path: Path) -> str | None:
-    """The name of the built-in format the content is, or None when it is none of them."""
+def sniff(path: Path, in_index: bool = False) -> str | None:
+    """The name of the built-in format the content is, or None when it is none of them
+    (``in_index``: a shard, which cannot be an index itself)."""
     if Path(path).is_dir():
         return "savedmodel" if (Path(path) / "saved_model.pb").is_file() else None
     try:  # without blocking: a FIFO or device is left to the reader, which refuses it
@@ -48,7 +52,18 @@ def sniff(path: Path) -> str | None:
     length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
     if 2 <= length <= size - 8 and head[8:9] == b"{":
         return "safetensors"
+    if head.lstrip()[:1] == b"{" and shards.is_index(path) and not in_index:
+        return _index_kind(Path(path))
     return None
+
+
+def _index_kind(path: Path) -> str | None:
+    try:
+        first = shards.shard_paths(path)[:1]
+    except TranscoderError:
+        return None   # the reader says why
+    kind = sniff(first[0], in_index=True) if first else None
+    return kind if kind in shards.SHARDED_FORMATS else None
 
 
 def _zip_kind(path: Path) -> str | None:
