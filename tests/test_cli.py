@@ -199,8 +199,8 @@ def test_plain_conversion_imports_neither_torch_nor_tensorflow(tmp_path):
     """Nor the slow imports it does not need: ml_dtypes (bfloat16 only), rich (tables on a
     terminal only). importlib.metadata and pydantic come with typer's argument parsing."""
     code = ("import sys; from transcoder.cli import main; rc = main(sys.argv[1:]); "
-            "bad = [m for m in ('torch', 'tensorflow', 'keras', 'ml_dtypes', 'rich') "
-            "if m in sys.modules]; print(bad); sys.exit(rc)")
+            "bad = [m for m in ('torch', 'tensorflow', 'keras', 'ml_dtypes', 'rich', "
+            "'transcoder.checks') if m in sys.modules]; print(bad); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(ENCODER), str(tmp_path / "e.h5"),
                            "--no-check"],
                           capture_output=True, text=True, cwd=ROOT)
