@@ -17,13 +17,8 @@ from conftest import FIXTURES, ROOT, to_numpy  # noqa: E402
 keras = pytest.importorskip("keras")
 
 
-class Stack(nn.Module):
-    """A GroupNorm(4, 512) stored as input_stack.1, as a beat-tracking model stores it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.input_stack = nn.Sequential(nn.Conv1d(16, 512, 3), nn.GroupNorm(4, 512))
-        self.head = nn.Linear(512, 8)
+import make_fixtures  # noqa: E402  (fixtures/, on sys.path through conftest)
+from models import BeatStack as Stack  # noqa: E402
 
 
 class Scaled(nn.Module):
@@ -46,7 +41,7 @@ def save(module: nn.Module, path) -> None:
 
 
 def test_an_ambiguous_groupnorm_is_shown_and_not_checked(cli, tmp_path):
-    save(Stack(), tmp_path / "m.pt")
+    make_fixtures.write_groupnorm_stack(tmp_path).rename(tmp_path / "m.pt")
     code, out, err = cli("inspect", tmp_path / "m.pt", "--json")
     rows = {r["source"]: r for r in json.loads(out)}
     assert code == 0 and rows["input_stack.1.weight"]["rule"] == "LayerNorm?"
@@ -84,6 +79,13 @@ def test_rules_or_the_model_decide_the_kind_and_then_it_is_checked(cli, tmp_path
     assert [(e["name"], e["status"], e["torch_kind"]) for e in entries] == [
         ("input_stack.0", "SUCCESS", "Conv1d"), ("input_stack.1", "SUCCESS", "GroupNorm"),
         ("head", "SUCCESS", "Linear")]
+    code, out, err = cli(tmp_path / "m.pt", tmp_path / "b.h5", "--model",
+                         f"{FIXTURES / 'models.py'}:BeatStack", "--strict", "--report",
+                         tmp_path / "m.json")   # the module says GroupNorm(4, 512)
+    entries = json.loads((tmp_path / "m.json").read_text())["entries"]
+    assert code == 0, err
+    assert [(e["name"], e["status"]) for e in entries] == [
+        ("input_stack.0", "SUCCESS"), ("input_stack.1", "SUCCESS"), ("head", "SUCCESS")]
 
 
 def test_a_wrong_group_count_fails_where_the_guess_would_have_passed(tmp_path):
