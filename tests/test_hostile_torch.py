@@ -7,10 +7,6 @@ tiny valid conversion's.
 """
 from __future__ import annotations
 
-import bz2
-import collections
-import io
-import lzma
 import zipfile
 
 import numpy as np

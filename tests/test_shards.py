@@ -4,7 +4,6 @@ appear together or not at all."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ from transcoder import pipeline  # noqa: E402
 from transcoder.errors import OutputExistsError, UsageError  # noqa: E402
 from transcoder.formats import for_source, shards  # noqa: E402
 from transcoder.pipeline import read, transcode  # noqa: E402
-from transcoder.rules import make_plan  # noqa: E402
 
 
 def state(seed: int = 0) -> dict[str, "torch.Tensor"]:

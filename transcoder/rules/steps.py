@@ -47,7 +47,7 @@ def check_shapes(step: Step, shapes: list) -> list:
         raise MappingError(str(exc), tensor=step.torch[0]) from None
 
 
-def note_inverse(plan: "Plan", step: Step, refs: list[TensorRef]) -> None:
+def note_inverse(plan, step: Step, refs: list[TensorRef]) -> None:
     """Ops whose inverse depends on the data (LSTM bias pairs) say what it will do, as a note."""
     message = step.op.inverse_note(refs, step)
     plan.notes.extend([message] if message else [])

@@ -19,7 +19,7 @@ import numpy as np
 from ...checkpoint import TensorRef
 from ...errors import AmbiguousError, MappingError, UnsupportedError, UsageError
 from ..checkcase import BATCH, Built, LayerCase, Skip
-from ..ops import Identity, Op, register_op
+from ..ops import Op, register_op
 from ..steps import Step, check_shapes
 from ..table import Inference, LayerRule, Param
 
