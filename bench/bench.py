@@ -103,6 +103,16 @@ def compile_bytecode() -> None:
                    check=True)
 
 
+def check_kernel() -> str:
+    """The permutation kernel the `transcode` runs will import (``kernel_build.py``, run by
+    the same interpreter); raises SystemExit if it is a stale build."""
+    done = subprocess.run([sys.executable, str(HERE / "kernel_build.py")], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stdout.strip() or done.stderr.strip())
+    return done.stdout.strip()
+
+
 def transcode_command() -> list[str]:
     script = Path(sys.executable).parent / "transcode"
     return [str(script)] if script.exists() else [sys.executable, "-m", "transcoder"]
@@ -276,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    kernel = check_kernel()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="transcoder-bench-"))
     try:
         compile_bytecode()
@@ -286,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"transcoder bench: {args.runs} runs per cell, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}; "
+          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, kernel: {kernel}; "
           f"command: python bench/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print()
     print(table(cases))

@@ -28,6 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transcoder.rules import transpose  # noqa: E402
 
+import kernel_build  # noqa: E402
+
 SCRATCH = 1 << 20
 COLD_BYTES = 256 << 20
 #: (name, PyTorch shape, axes): forward (PyTorch -> Keras) and back
@@ -81,9 +83,13 @@ def main() -> None:
     parser.add_argument("--numpy", action="store_true", help="time the numpy fallback")
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
+    ok, build = kernel_build.state()
+    if not ok:
+        sys.exit(build)
     if args.numpy:
         transpose._transpose = None
-    print(f"kernel: {'numpy' if transpose._transpose is None else 'C'}; GiB/s, best of {args.repeat}")
+        build = "numpy fallback"
+    print(f"kernel: {build}; GiB/s, best of {args.repeat}")
     print("| case | dtype | MiB | whole, hot | pieces, hot | pieces, cold | ordered, cold |")
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)

@@ -1,6 +1,8 @@
 """The permutation kernel (C, with a numpy fallback): bit-exact against numpy's transpose for
 every dtype size, axis order and block size, and safe against wrong calls."""
+import hashlib
 import itertools
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -27,6 +29,15 @@ def test_the_c_kernel_is_built():
     """setup.py builds it (optional, so an install without a compiler still works); the
     benchmark figures depend on it, so its absence must not go unnoticed here."""
     assert transpose._transpose is not None
+
+
+@pytest.mark.skipif(transpose._transpose is None, reason="C kernel not built")
+def test_the_c_kernel_is_built_from_this_source():
+    """The kernel is built in place and git-ignored: after a change to ``_transpose.c`` (a merge
+    included) an old build would otherwise be tested and benchmarked without anyone noticing."""
+    source = Path(transpose.__file__).with_name("_transpose.c")
+    assert transpose._transpose.SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest(), \
+        f"{transpose._transpose.__file__} is stale: python setup.py build_ext --inplace"
 
 
 def _source(shape, dtype, seed=0):
@@ -92,7 +103,10 @@ RULE_AXES = {(1, 0), (2, 1, 0), (2, 3, 1, 0), (3, 2, 0, 1), (2, 3, 4, 1, 0), (4,
 #: PyTorch shapes: k = 1, sizes that are no multiple of 8, size-1 axes, runs shorter than a tile
 RULE_SHAPES = {
     2: [(1024, 520), (1, 9), (9, 1), (13, 70), (8, 8), (7, 129), (300, 3)],
-    3: [(512, 64, 5), (7, 9, 1), (16, 3, 5), (1, 33, 5), (33, 1, 3), (24, 17, 2), (5, 130, 3)],
+    3: [(512, 64, 5), (7, 9, 1), (16, 3, 5), (1, 33, 5), (33, 1, 3), (24, 17, 2), (5, 130, 3),
+        # Conv1d: k = 1 to 9, in and out no multiples of 8, several cache blocks, size-1 axes
+        (37, 29, 7), (70, 13, 9), (65, 65, 3), (8, 150, 3), (130, 67, 1), (100, 1, 9),
+        (9, 100, 2), (1, 1, 7)],
     4: [(64, 32, 3, 3), (10, 3, 3, 3), (16, 16, 1, 1), (9, 1, 3, 3), (24, 40, 1, 7), (1, 1, 5, 5)],
     5: [(16, 8, 3, 3, 3), (3, 5, 1, 3, 2), (9, 13, 2, 1, 3), (1, 17, 3, 3, 3)],
 }
@@ -170,7 +184,8 @@ def test_shares_of_pieces_cover_every_byte_once(kernel, parts, scratch_bytes):
     (more shares than rows: some shares are empty)."""
     cases = [((512, 64, 5), (2, 1, 0)), ((5, 64, 512), (2, 1, 0)), ((64, 32, 3, 3), (2, 3, 1, 0)),
              ((3, 3, 32, 64), (3, 2, 0, 1)), ((16, 8, 3, 3, 3), (2, 3, 4, 1, 0)),
-             ((300, 70), (1, 0)), ((40, 7), (0, 1)), ((3, 1, 5), (1, 0, 2))]
+             ((300, 70), (1, 0)), ((40, 7), (0, 1)), ((3, 1, 5), (1, 0, 2)),
+             ((37, 29, 7), (2, 1, 0)), ((9, 29, 37), (2, 1, 0)), ((70, 13, 9), (2, 1, 0))]
     for shape, axes in cases:
         for dtype in (np.float32, np.float16):
             x = _raw(shape, dtype)
