@@ -36,6 +36,8 @@ def test_the_c_kernel_is_built_from_this_source():
     """The kernel is built in place and git-ignored: after a change to ``_transpose.c`` (a merge
     included) an old build would otherwise be tested and benchmarked without anyone noticing."""
     source = Path(transpose.__file__).with_name("_transpose.c")
+    if not source.exists():
+        pytest.skip("an installed package: no source beside the kernel")
     assert transpose._transpose.SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest(), \
         f"{transpose._transpose.__file__} is stale: python setup.py build_ext --inplace"
 
