@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import importlib.abc
 import sys
 
 MODULE = "transcoder.models.keras_layers"
@@ -22,8 +21,11 @@ def register_keras_layers_when_loaded() -> None:
         sys.meta_path.insert(0, _AfterKeras())
 
 
-class _AfterKeras(importlib.abc.MetaPathFinder):
-    """Finds ``keras`` with the other finders, and registers our layers once it has run."""
+class _AfterKeras:
+    """Finds ``keras`` with the other finders, and registers our layers once it has run.
+    (The import system only calls ``find_spec``, and ``create_module``/``exec_module`` of
+    the loader: no ``importlib.abc`` base classes, whose import pulls in
+    ``importlib.resources``, 6 ms of every run.)"""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "keras":
@@ -35,7 +37,7 @@ class _AfterKeras(importlib.abc.MetaPathFinder):
         return spec
 
 
-class _Registering(importlib.abc.Loader):
+class _Registering:
     def __init__(self, loader) -> None:
         self.loader = loader
 
