@@ -170,6 +170,27 @@ def test_an_index_naming_what_its_shards_do_not_hold_is_refused(tmp_path, cli):
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.parametrize("safe", [True, False])
+@pytest.mark.parametrize("shard, why", [("missing.bin", "No such file or directory"),
+                                        ("x" * 300 + ".bin", "File name too long")])
+def test_an_index_naming_a_shard_that_cannot_be_opened_is_refused(tmp_path, cli, safe, shard,
+                                                                   why):
+    """(A name too long for the file system was an internal error, found by the fuzz
+    campaign.)"""
+    hub.save_torch_state_dict(state(), tmp_path, max_shard_size="50KB", safe_serialization=safe)
+    index = next(tmp_path.glob("*.index.json"))
+    data = json.loads(index.read_text())
+    data["weight_map"][next(iter(data["weight_map"]))] = shard   # the first: sniffed too
+    index.write_text(json.dumps(data))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = cli(index, tmp_path / "out.h5", "--no-check")
+    shown = shard if len(shard) < 80 else "x" * 60 + "..." + "x" * 12 + ".bin"
+    assert code == 2 and err.count("\n") == 1, err
+    assert err == f"transcode: error: {index}: names shard {shown!r}, which cannot be opened " \
+                  f"({why})\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 # ------------------------------------------------------------------ refusals
 
 @pytest.mark.parametrize("dst,why", [("model.h5", "Keras loads a legacy .h5 from one file"),

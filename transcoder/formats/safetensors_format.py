@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, UnsupportedError, one_line
 from . import ReadOptions, jsonsafe, rawfill, sigbus
-from .shards import weight_map
+from .shards import existing_shard, weight_map
 from .brief import brief
 from .filemap import MAP_FROM_BYTES, map_range
 
@@ -52,7 +52,7 @@ def read(path: Path, options: ReadOptions) -> Checkpoint:
 def _add_shards(ckpt: Checkpoint, path: Path) -> None:
     shards = weight_map(path)
     for shard in dict.fromkeys(shards.values()):  # shard order of first appearance
-        _add_file(ckpt, path.parent / shard)
+        _add_file(ckpt, existing_shard(path, shard))
     missing = sorted(set(shards) - set(ckpt.tensors))
     if missing:
         raise FormatError("index lists tensors its shards do not hold: "

@@ -91,7 +91,7 @@ def read(path: Path, options: Any, read_file: Callable[[Path, Any], Checkpoint])
     merged: Checkpoint | None = None
     try:
         for shard in dict.fromkeys(names.values()):
-            part = read_file(path.parent / shard, options)
+            part = read_file(existing_shard(path, shard), options)
             if merged is None:
                 merged = Checkpoint({}, part.layout, source=str(path), format=part.format,
                                     meta=dict(part.meta))
@@ -105,6 +105,18 @@ def read(path: Path, options: Any, read_file: Callable[[Path, Any], Checkpoint])
             merged.close()
         raise
     return merged
+
+
+def existing_shard(path: Path, shard: str) -> Path:
+    """The shard's path; FormatError naming the index if there is nothing to open there (a
+    name too long for the file system included)."""
+    try:
+        (path.parent / shard).stat()
+    except OSError as exc:
+        shown = shard if len(shard) <= 80 else f"{shard[:60]}...{shard[-16:]}"
+        raise FormatError(f"names shard {shown!r}, which cannot be opened "
+                          f"({exc.strerror or type(exc).__name__})", path=path) from None
+    return path.parent / shard
 
 
 def _merge(merged: Checkpoint, part: Checkpoint, shard: Path) -> None:

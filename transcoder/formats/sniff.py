@@ -31,8 +31,11 @@ ZIP = b"PK\x03\x04"
 def sniff(path: Path, in_index: bool = False) -> str | None:
     """The name of the built-in format the content is, or None when it is none of them
     (``in_index``: a shard, which cannot be an index itself)."""
-    if Path(path).is_dir():
-        return "savedmodel" if (Path(path) / "saved_model.pb").is_file() else None
+    try:   # pathlib raises for some errors (a name too long), not for a missing path
+        if Path(path).is_dir():
+            return "savedmodel" if (Path(path) / "saved_model.pb").is_file() else None
+    except OSError:
+        return None   # the reader says why
     try:  # without blocking: a FIFO or device is left to the reader, which refuses it
         with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
