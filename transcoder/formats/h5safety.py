@@ -24,7 +24,7 @@ import numpy as np
 
 from ..checkpoint import DTYPES, TensorRef, dtype_name, is_bfloat16
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError
-from . import h5heap, jsonsafe, limits
+from . import h5attrs, h5heap, jsonsafe, limits
 
 #: An HDF5 object header holds at most 64 KiB; Keras splits longer attributes (same limit).
 ATTR_LIMIT_BYTES = 64512
@@ -58,11 +58,12 @@ def open_file(source: Any, path: object) -> h5py.File:
     try:
         with h5_errors(path):
             if isinstance(source, (str, os.PathLike)):
-                with open(source, "rb") as fh:
-                    h5heap.check(f, lambda at, n: os.pread(fh.fileno(), n, at),
-                                 os.fstat(fh.fileno()).st_size, path)
+                fd = f.id.get_vfd_handle()   # the library's own descriptor: pread leaves it be
+                read_at, size = (lambda at, n: os.pread(fd, n, at)), os.fstat(fd).st_size
             else:
-                h5heap.check(f, partial(_read_at, source), source.seek(0, io.SEEK_END), path)
+                read_at, size = partial(_read_at, source), source.seek(0, io.SEEK_END)
+            h5heap.check(f, read_at, size, path)
+            h5attrs.register(f, read_at, size)
     except BaseException:
         f.close()
         raise
@@ -87,19 +88,25 @@ def attr_text(obj: h5py.HLObject, name: str) -> str | None:
     """A scalar string attribute, or None if absent."""
     if name not in obj.attrs:
         return None
-    return text(obj.attrs[name])
+    return text(_attr(obj, name))
 
 
 def attr_strings(obj: h5py.HLObject, name: str) -> list[str] | None:
     """A string-list attribute, joined from ``name0``, ``name1``... if Keras split it; None if absent."""
     if name in obj.attrs:
-        return [text(v) for v in np.atleast_1d(obj.attrs[name])]
+        return [text(v) for v in np.atleast_1d(_attr(obj, name))]
     parts: list[str] = []
     chunk = 0
     while f"{name}{chunk}" in obj.attrs:
-        parts.extend(text(v) for v in np.atleast_1d(obj.attrs[f"{name}{chunk}"]))
+        parts.extend(text(v) for v in np.atleast_1d(_attr(obj, f"{name}{chunk}")))
         chunk += 1
     return parts if chunk else None
+
+
+def _attr(obj: h5py.HLObject, name: str) -> Any:
+    """An attribute's value, once what it declares is known to fit (:mod:`.h5attrs`)."""
+    h5attrs.check(obj, name)
+    return obj.attrs[name]
 
 
 def attr_json(obj: h5py.HLObject, name: str, path: object) -> Any:

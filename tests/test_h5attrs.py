@@ -1,0 +1,100 @@
+"""Variable-length attributes are checked in the object header before HDF5 decodes them
+(transcoder.formats.h5attrs): every header layout h5py writes reads back the exact values;
+what cannot be checked or declares more than the file holds is refused."""
+from __future__ import annotations
+
+import struct
+
+import h5py
+import numpy as np
+import pytest
+
+from transcoder.errors import UnsafeFileError
+from transcoder.formats import h5safety as h5s
+
+VALUES = {f"a{i}": ("x" * (300 * i + 5)) + f"-{i}" for i in range(7)}   # 7: compact storage
+
+
+def _write(path, libver="earliest", track_order=False, values=VALUES, later=True):
+    """A group whose str attributes (variable-length) are written after enough datasets that
+    the header needs continuation chunks; and the same on the root."""
+    with h5py.File(path, "w", libver=libver, track_order=track_order) as f:
+        grp = f.create_group("g", track_order=track_order)
+        if not later:
+            grp.attrs.update(values)
+        for i in range(12):
+            grp.create_dataset(f"d{i}", data=np.arange(i + 1, dtype=np.float32))
+        if later:
+            grp.attrs.update(values)
+        f.attrs.update(values)
+        f.attrs["strings"] = np.array(list(values.values()), dtype=h5py.string_dtype())
+    return path
+
+
+@pytest.mark.parametrize("libver, track_order, later", [
+    ("earliest", False, True), ("earliest", False, False), ("latest", False, True),
+    ("latest", True, True), ("earliest", True, True)])
+def test_every_header_layout_reads_back_exactly(tmp_path, libver, track_order, later):
+    path = _write(tmp_path / "m.h5", libver, track_order, later=later)
+    f = h5s.open_file(path, path)
+    try:
+        version = h5py.h5o.get_info(f["g"].id).hdr.version
+        assert version == (1 if libver == "earliest" and not track_order else 2)
+        for obj in (f, f["g"]):
+            for name, value in VALUES.items():
+                assert h5s.attr_text(obj, name) == value
+        assert h5s.attr_strings(f, "strings") == list(VALUES.values())
+    finally:
+        f.close()
+
+
+def test_dense_attribute_storage_is_refused_in_one_line(tmp_path):
+    """More than 8 attributes in a version 2 header go to a fractal heap, which is not walked
+    here: a variable-length one there cannot be checked before reading, so it is refused."""
+    many = {f"a{i}": f"value {i}" for i in range(20)}
+    path = _write(tmp_path / "m.h5", "latest", values=many)
+    f = h5s.open_file(path, path)
+    try:
+        with pytest.raises(UnsafeFileError, match="'a3' of /g is stored where it cannot be "
+                                                  "checked before reading"):
+            h5s.attr_text(f["g"], "a3")
+    finally:
+        f.close()
+
+
+def test_a_declared_length_past_the_file_is_refused_before_reading(tmp_path):
+    """(In a version 1 header: a version 2 one carries a checksum, which patching here breaks;
+    the check after the walk is the same for both.)"""
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["name"] = "dense_1"
+        f.attrs["names"] = np.array(["abc", "de"], dtype=h5py.string_dtype())
+    data = bytearray(path.read_bytes())
+    heap = data.find(b"GCOL")
+    at = data.find(struct.pack("<IQ", 7, heap))   # "dense_1": its length, then its heap
+    struct.pack_into("<I", data, at, len(data) + 1)
+    at = data.find(struct.pack("<IQ", 2, heap))   # "de", the second of a list
+    struct.pack_into("<I", data, at, len(data) - 2)   # with "abc": 1 byte more than the file
+    path.write_bytes(bytes(data))
+    f = h5s.open_file(path, path)
+    try:
+        for name, declared in (("name", len(data) + 1), ("names", len(data) + 1)):
+            with pytest.raises(UnsafeFileError, match=f"attribute '{name}' of / declares "
+                                                      f"{declared} bytes of values"):
+                h5s.attr_strings(f, name)
+    finally:
+        f.close()
+
+
+def test_fixed_length_attributes_are_not_walked(tmp_path, monkeypatch):
+    """Keras' own attributes (layer_names, weight_names) are fixed-length: no header walk."""
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([b"conv", b"fc"])
+    from transcoder.formats import h5attrs
+    monkeypatch.setattr(h5attrs, "_attribute_data", lambda *a: pytest.fail("walked"))
+    f = h5s.open_file(path, path)
+    try:
+        assert h5s.attr_strings(f, "layer_names") == ["conv", "fc"]
+    finally:
+        f.close()

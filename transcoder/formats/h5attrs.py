@@ -1,0 +1,175 @@
+"""Variable-length attributes checked before the HDF5 library decodes them.
+
+A variable-length string attribute (our ``transcoder`` metadata and carried names, Keras 3's
+variable names) stores, for each element, a 4-byte length and a reference into a global heap.
+The HDF5 library in h5py's wheels (1.14.6) allocates and zeroes a buffer of the declared
+length before it looks at the heap: 16 bytes declaring 4 GiB took 4.2 GB of memory and 6 s
+before the read failed (found by the fuzz campaign). So before such an attribute is read, its
+message is found in the object's header, read here as the file's bytes, and every declared
+length is checked against the file's size (a heap object cannot be larger than the file).
+
+The header is walked as the HDF5 format specification lays it out: version 1 (a 16-byte
+prefix, messages of 8-byte header) or version 2 (``OHDR``, messages of 4 or 6-byte header,
+continuation blocks ``OCHK``), following continuation messages. An attribute that is not in
+the header (dense attribute storage, shared attribute messages) cannot be checked and is
+refused, as is a header that does not parse.
+"""
+from __future__ import annotations
+
+import math
+import struct
+import weakref
+from typing import Callable, Iterator
+
+import h5py
+
+from ..errors import UnsafeFileError
+
+ReadAt = Callable[[int, int], bytes]
+
+ATTRIBUTE = 0x000C
+CONTINUATION = 0x0010
+#: No real header chunk comes near this (a message holds at most 64 KiB).
+MAX_CHUNK = 16 << 20
+#: Continuation chunks followed at most (a loop of them would never end).
+MAX_CHUNKS = 4096
+UINT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+
+#: open file -> (its bytes, its size, size of offsets, size of lengths)
+_FILES: "weakref.WeakKeyDictionary[h5py.h5f.FileID, tuple]" = weakref.WeakKeyDictionary()
+
+
+def register(f: h5py.File, read_at: ReadAt, file_size: int) -> None:
+    """Remember how to read ``f``'s bytes, for :func:`check`."""
+    offsets, lengths = f.id.get_create_plist().get_sizes()
+    _FILES[f.id] = (read_at, file_size, offsets, lengths)
+
+
+def check(obj: h5py.HLObject, name: str, path: object = None) -> None:
+    """UnsafeFileError unless attribute ``name`` of ``obj`` is fixed-size or every length it
+    declares fits in the file. Files not opened through :func:`register` are not checked."""
+    attr = obj.attrs.get_id(name)
+    if not _variable(attr.get_type()):
+        return
+    known = _FILES.get(obj.file.id)
+    if known is None:
+        return
+    read_at, file_size, offsets, lengths = known
+    count = 1 if attr.shape == () else (0 if attr.shape is None else math.prod(attr.shape))
+    found = _attribute_data(read_at, h5py.h5o.get_info(obj.id).addr, name.encode("utf8"),
+                            (file_size, offsets, lengths), path)
+    if not found:
+        raise UnsafeFileError(f"variable-length attribute {name!r} of {obj.name} is stored "
+                              "where it cannot be checked before reading; refusing it",
+                              path=path)
+    step = 4 + offsets + 4
+    for data in found:   # every message of that name: the library reads one of them
+        if len(data) < count * step:
+            raise _malformed(path, h5py.h5o.get_info(obj.id).addr)
+        declared = sum(struct.unpack_from("<I", data, k * step)[0] for k in range(count))
+        if declared > file_size:   # the values together, as some may name one heap object
+            raise UnsafeFileError(f"attribute {name!r} of {obj.name} declares {declared} bytes "
+                                  f"of values in a file of {file_size}; refusing it", path=path)
+
+
+def _variable(tid: h5py.h5t.TypeID) -> bool:
+    if isinstance(tid, h5py.h5t.TypeStringID):
+        return tid.is_variable_str()
+    return isinstance(tid, h5py.h5t.TypeVlenID)
+
+
+def _attribute_data(read_at: ReadAt, addr: int, name: bytes, sizes: tuple[int, int, int],
+                    path: object) -> list[bytes]:
+    """The raw data of every attribute message named ``name`` in the header at ``addr``."""
+    found = []
+    for kind, body in _messages(read_at, addr, sizes, path):
+        data = _attribute(body, name) if kind == ATTRIBUTE else None
+        if data is not None:
+            found.append(data)
+    return found
+
+
+def _attribute(body: bytes, name: bytes) -> bytes | None:
+    """The data of an attribute message if it is the one named ``name``."""
+    if len(body) < 8:
+        return None
+    version = body[0]
+    name_size, type_size, space_size = struct.unpack_from("<HHH", body, 2)
+    if version == 1:
+        pad = lambda n: (n + 7) & ~7  # noqa: E731
+        at = 8
+    elif version in (2, 3):
+        pad = lambda n: n  # noqa: E731
+        at = 8 if version == 2 else 9
+    else:
+        return None
+    if body[at:at + name_size].rstrip(b"\0") != name:
+        return None
+    return body[at + pad(name_size) + pad(type_size) + pad(space_size):]
+
+
+def _messages(read_at: ReadAt, addr: int, sizes: tuple[int, int, int],
+              path: object) -> Iterator[tuple[int, bytes]]:
+    """(type, body) of every message in the header at ``addr``, continuations followed."""
+    file_size, offsets, lengths = sizes
+    first = _read(read_at, addr, min(16, file_size - addr), file_size, path)
+    if first[:4] == b"OHDR":
+        start, size, flags = _v2_first_chunk(read_at, addr, file_size, path)
+        chunks, split = [(start, size)], (lambda block: _v2_messages(block, flags))
+    elif first[:1] == b"\x01" and len(first) == 16:
+        chunks, split = [(addr + 16, struct.unpack_from("<I", first, 8)[0])], _v1_messages
+    else:
+        raise _malformed(path, addr)
+    seen = 0
+    while chunks:
+        start, size = chunks.pop()
+        seen += 1
+        if seen > MAX_CHUNKS or size > MAX_CHUNK:
+            raise _malformed(path, start)
+        for kind, body in split(_read(read_at, start, size, file_size, path)):
+            if kind == CONTINUATION and len(body) >= offsets + lengths:
+                at = struct.unpack_from(UINT[offsets], body)[0]
+                length = struct.unpack_from(UINT[lengths], body, offsets)[0]
+                chunks.append((at + 4, length - 8) if split is not _v1_messages else (at, length))
+            yield kind, body
+
+
+def _v2_first_chunk(read_at: ReadAt, addr: int, file_size: int,
+                    path: object) -> tuple[int, int, int]:
+    """(start, size) of chunk 0 of a version 2 header, and the header's flags."""
+    head = _read(read_at, addr, min(6 + 16 + 4 + 8, file_size - addr), file_size, path)
+    flags = head[5] if len(head) > 5 else 0
+    at = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+    width = 1 << (flags & 0x03)
+    if len(head) < at + width:
+        raise _malformed(path, addr)
+    return addr + at + width, struct.unpack_from(UINT[width], head, at)[0], flags
+
+
+def _v1_messages(block: bytes) -> Iterator[tuple[int, bytes]]:
+    at = 0
+    while at + 8 <= len(block):
+        kind, size = struct.unpack_from("<HH", block, at)
+        yield kind, block[at + 8:at + 8 + size]
+        at += 8 + size
+
+
+def _v2_messages(block: bytes, flags: int) -> Iterator[tuple[int, bytes]]:
+    """Messages of 4-byte header, 6 where the header tracks attribute creation order."""
+    head = 6 if flags & 0x04 else 4
+    at = 0
+    while at + head <= len(block):
+        kind, size = struct.unpack_from("<BH", block, at)
+        yield kind, block[at + head:at + head + size]
+        at += head + size
+
+
+def _read(read_at: ReadAt, at: int, size: int, file_size: int, path: object) -> bytes:
+    if at < 0 or size < 0 or at + size > file_size:
+        raise _malformed(path, at)
+    return read_at(at, size)
+
+
+def _malformed(path: object, at: int) -> UnsafeFileError:
+    return UnsafeFileError(f"HDF5 object header at byte {at} is malformed; refusing the file",
+                           path=path)
