@@ -172,11 +172,12 @@ def test_an_index_naming_what_its_shards_do_not_hold_is_refused(tmp_path, cli):
 
 @pytest.mark.parametrize("safe", [True, False])
 @pytest.mark.parametrize("shard, why", [("missing.bin", "No such file or directory"),
-                                        ("x" * 300 + ".bin", "File name too long")])
+                                        ("x" * 300 + ".bin", "File name too long"),
+                                        ("a\ud800.bin", "no valid file name")])
 def test_an_index_naming_a_shard_that_cannot_be_opened_is_refused(tmp_path, cli, safe, shard,
                                                                    why):
-    """(A name too long for the file system was an internal error, found by the fuzz
-    campaign.)"""
+    """(A name too long for the file system, or holding a lone surrogate, was an internal
+    error: found by the fuzz campaign.)"""
     hub.save_torch_state_dict(state(), tmp_path, max_shard_size="50KB", safe_serialization=safe)
     index = next(tmp_path.glob("*.index.json"))
     data = json.loads(index.read_text())

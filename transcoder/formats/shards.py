@@ -112,10 +112,11 @@ def existing_shard(path: Path, shard: str) -> Path:
     name too long for the file system included)."""
     try:
         (path.parent / shard).stat()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:   # ValueError: a NUL or a lone surrogate in the name
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no valid file name"
         shown = shard if len(shard) <= 80 else f"{shard[:60]}...{shard[-16:]}"
-        raise FormatError(f"names shard {shown!r}, which cannot be opened "
-                          f"({exc.strerror or type(exc).__name__})", path=path) from None
+        raise FormatError(f"names shard {shown!r}, which cannot be opened ({why})",
+                          path=path) from None
     return path.parent / shard
 
 

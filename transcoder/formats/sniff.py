@@ -34,7 +34,7 @@ def sniff(path: Path, in_index: bool = False) -> str | None:
     try:   # pathlib raises for some errors (a name too long), not for a missing path
         if Path(path).is_dir():
             return "savedmodel" if (Path(path) / "saved_model.pb").is_file() else None
-    except OSError:
+    except (OSError, ValueError):   # ValueError: a NUL or a lone surrogate in the name
         return None   # the reader says why
     try:  # without blocking: a FIFO or device is left to the reader, which refuses it
         with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
@@ -42,8 +42,8 @@ def sniff(path: Path, in_index: bool = False) -> str | None:
                 return None
             head = fh.read(16)
             size = os.fstat(fh.fileno()).st_size
-    except OSError:
-        return None   # the reader says why (missing, a folder, unreadable)
+    except (OSError, ValueError):
+        return None   # the reader says why (missing, a folder, unreadable, no valid name)
     if head.startswith(HDF5):
         return "keras_h5"
     if head.startswith(ZIP):
