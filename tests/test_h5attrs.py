@@ -98,3 +98,32 @@ def test_fixed_length_attributes_are_not_walked(tmp_path, monkeypatch):
         assert h5s.attr_strings(f, "layer_names") == ["conv", "fc"]
     finally:
         f.close()
+
+
+def _v1_header(messages: list[tuple[int, bytes]]) -> bytes:
+    """A version 1 object header at byte 0: the 16-byte prefix, then 8-byte message headers."""
+    body = b"".join(struct.pack("<HHB3x", kind, len(data), 0) + data for kind, data in messages)
+    return struct.pack("<BBHII4x", 1, 0, len(messages), 1, len(body)) + body
+
+
+@pytest.mark.parametrize("case", ["itself", "many"])
+def test_continuation_loops_and_floods_are_refused_without_reading_on(case):
+    """A continuation that leads back to a chunk already read, or more chunks than any real
+    header has: refused, after a bounded amount of reading."""
+    from transcoder.formats import h5attrs
+
+    if case == "itself":
+        data = _v1_header([(h5attrs.CONTINUATION, struct.pack("<QQ", 16, 24))])
+    else:
+        data = _v1_header([(h5attrs.CONTINUATION, struct.pack("<QQ", 100 + i, 8))
+                           for i in range(h5attrs.MAX_CHUNKS + 1)])
+    data += b"\0" * 4096
+    reads = []
+
+    def read_at(at, n):
+        reads.append(n)
+        return data[at:at + n]
+
+    with pytest.raises(UnsafeFileError, match="object header at byte .* is malformed"):
+        list(h5attrs._messages(read_at, 0, (len(data), 8, 8), "m.h5"))
+    assert sum(reads) <= 2 * len(data)

@@ -314,6 +314,17 @@ def _loop_heap(path):
     path.write_bytes(bytes(data))
 
 
+def _refused_bounded(h5, in_keras: bool, tmp_path):
+    """Convert ``h5`` (or a .keras holding it) in a bounded child: (the run, its one line),
+    once it is known to be a refusal that left nothing behind."""
+    src = h5
+    if in_keras:
+        src = keras_archive(tmp_path / "m.keras", b"{}", h5.read_bytes())
+        h5.unlink()
+    run = run_bounded([src, tmp_path / "out.pt", "--no-check"], tmp_path, timeout=60)
+    return run, assert_refused(run.code, run.stderr, src, tmp_path, {src.name})
+
+
 def _inflate_vlen(path, value: str, declared: int):
     """Make the variable-length attribute holding ``value`` declare ``declared`` bytes: its
     data is the length, then the global heap collection's address and the object's index."""
@@ -350,12 +361,7 @@ def test_a_variable_length_attribute_declaring_gigabytes_is_refused(cli, tmp_pat
         with h5py.File(h5, "a") as f:
             f.attrs["model_config"] = value   # a str: variable-length, in a global heap
     _inflate_vlen(h5, value, 2 << 30)
-    src = h5
-    if where == "keras":
-        src = keras_archive(tmp_path / "m.keras", b"{}", h5.read_bytes())
-        h5.unlink()
-    run = run_bounded([src, tmp_path / "out.pt", "--no-check"], tmp_path, timeout=60)
-    line = assert_refused(run.code, run.stderr, src, tmp_path, {src.name})
+    run, line = _refused_bounded(h5, where == "keras", tmp_path)
     assert f"declares {2 << 30} bytes of values" in line, line
     assert run.peak_mib < 400, run.peak_mib
 
@@ -366,10 +372,5 @@ def test_a_global_heap_that_would_hang_hdf5_is_refused(tmp_path, where):
     with h5py.File(h5, "a") as f:
         f.attrs["model_config"] = json.dumps({"class_name": "Sequential"})  # a str: vlen, heap
     _loop_heap(h5)
-    src = h5
-    if where == "keras":
-        src = keras_archive(tmp_path / "m.keras", b"{}", h5.read_bytes())
-        h5.unlink()
-    run = run_bounded([src, tmp_path / "out.pt", "--no-check"], tmp_path, timeout=60)
-    line = assert_refused(run.code, run.stderr, src, tmp_path, {src.name})
+    run, line = _refused_bounded(h5, where == "keras", tmp_path)
     assert "global heap" in line and run.seconds < 30

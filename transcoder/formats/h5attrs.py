@@ -31,7 +31,7 @@ ATTRIBUTE = 0x000C
 CONTINUATION = 0x0010
 #: No real header chunk comes near this (a message holds at most 64 KiB).
 MAX_CHUNK = 16 << 20
-#: Continuation chunks followed at most (a loop of them would never end).
+#: Chunks of one header at most, followed and pending (real headers have a handful).
 MAX_CHUNKS = 4096
 UINT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
@@ -120,17 +120,21 @@ def _messages(read_at: ReadAt, addr: int, sizes: tuple[int, int, int],
         chunks, split = [(addr + 16, struct.unpack_from("<I", first, 8)[0])], _v1_messages
     else:
         raise _malformed(path, addr)
-    seen = 0
+    visited: set[int] = set()
+    total = 0   # the chunks of one header never overlap: together, at most the file
     while chunks:
         start, size = chunks.pop()
-        seen += 1
-        if seen > MAX_CHUNKS or size > MAX_CHUNK:
+        total += max(size, 0)
+        if start in visited or size > MAX_CHUNK or total > file_size:
             raise _malformed(path, start)
+        visited.add(start)
         for kind, body in split(_read(read_at, start, size, file_size, path)):
             if kind == CONTINUATION and len(body) >= offsets + lengths:
                 at = struct.unpack_from(UINT[offsets], body)[0]
                 length = struct.unpack_from(UINT[lengths], body, offsets)[0]
                 chunks.append((at + 4, length - 8) if split is not _v1_messages else (at, length))
+                if len(visited) + len(chunks) > MAX_CHUNKS:
+                    raise _malformed(path, start)
             yield kind, body
 
 
