@@ -127,3 +127,24 @@ def test_continuation_loops_and_floods_are_refused_without_reading_on(case):
     with pytest.raises(UnsafeFileError, match="object header at byte .* is malformed"):
         list(h5attrs._messages(read_at, 0, (len(data), 8, 8), "m.h5"))
     assert sum(reads) <= 2 * len(data)
+
+
+@pytest.mark.parametrize("dtype", [h5py.vlen_dtype(np.uint8), np.dtype([("a", "<i4")]),
+                                   h5py.ref_dtype])
+def test_attributes_that_are_neither_text_nor_numbers_are_refused_before_reading(cli, tmp_path,
+                                                                                 dtype):
+    """A variable-length sequence of bytes as ``keras_version`` (a mutated file made h5py 3.14
+    crash reading it, SIGSEGV: found by the fuzz campaign), a compound, a reference."""
+    from hostile import assert_refused, legacy_h5
+
+    src = legacy_h5(tmp_path / "m.h5", {"fc": {"kernel": np.ones((3, 4), np.float32)}})
+    with h5py.File(src, "a") as f:
+        value = np.empty((), dtype=dtype)
+        if dtype.kind == "O" and h5py.check_vlen_dtype(dtype) is not None:
+            value[()] = np.frombuffer(b"2.1.6", np.uint8)
+        elif h5py.check_ref_dtype(dtype) is not None:
+            value[()] = f.ref
+        f.attrs.create("keras_version", value, dtype=dtype)
+    code, _, err = cli(src, tmp_path / "out.safetensors", "--no-check")
+    line = assert_refused(code, err, src, tmp_path, {"m.h5"})
+    assert "attribute 'keras_version' of / is neither text nor numbers" in line

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import h5py
 
-from ..errors import UnsafeFileError
+from ..errors import FormatError, UnsafeFileError
 
 ReadAt = Callable[[int, int], bytes]
 
@@ -34,6 +34,9 @@ MAX_CHUNK = 16 << 20
 #: Chunks of one header at most, followed and pending (real headers have a handful).
 MAX_CHUNKS = 4096
 UINT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+#: Attribute types read at all: fixed-size numbers and strings (of fixed or variable length).
+PLAIN_CLASSES = frozenset({h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING,
+                           h5py.h5t.BITFIELD, h5py.h5t.OPAQUE, h5py.h5t.ENUM})
 
 #: open file -> (its bytes, its size, size of offsets, size of lengths)
 _FILES: "weakref.WeakKeyDictionary[h5py.h5f.FileID, tuple]" = weakref.WeakKeyDictionary()
@@ -46,22 +49,28 @@ def register(f: h5py.File, read_at: ReadAt, file_size: int) -> None:
 
 
 def check(obj: h5py.HLObject, name: str, path: object = None) -> None:
-    """UnsafeFileError unless attribute ``name`` of ``obj`` is fixed-size or every length it
-    declares fits in the file. Files not opened through :func:`register` are not checked."""
+    """FormatError unless attribute ``name`` of ``obj`` is text or numbers (an empty
+    ``weight_names`` is an empty float array); UnsafeFileError unless it is of fixed size or
+    every length it declares fits in the file. (A variable-length sequence of numbers, which
+    no Keras file has, made h5py 3.14 crash with SIGSEGV in the fuzz campaign: sequences,
+    compounds, arrays and references are refused before reading.) Files not opened through
+    :func:`register` are not walked."""
     attr = obj.attrs.get_id(name)
-    if not _variable(attr.get_type()):
-        return
+    tid = attr.get_type()
+    if tid.get_class() not in PLAIN_CLASSES:
+        raise FormatError(f"attribute {name!r} of {obj.name} is neither text nor numbers (HDF5 "
+                          f"type class {tid.get_class()}); refusing it", path=path)
     known = _FILES.get(obj.file.id)
-    if known is None:
+    if not (isinstance(tid, h5py.h5t.TypeStringID) and tid.is_variable_str()) or known is None:
         return
     read_at, file_size, offsets, lengths = known
-    count = 1 if attr.shape == () else (0 if attr.shape is None else math.prod(attr.shape))
     found = _attribute_data(read_at, h5py.h5o.get_info(obj.id).addr, name.encode("utf8"),
                             (file_size, offsets, lengths), path)
     if not found:
         raise UnsafeFileError(f"variable-length attribute {name!r} of {obj.name} is stored "
                               "where it cannot be checked before reading; refusing it",
                               path=path)
+    count = 1 if attr.shape == () else (0 if attr.shape is None else math.prod(attr.shape))
     step = 4 + offsets + 4
     for data in found:   # every message of that name: the library reads one of them
         if len(data) < count * step:
@@ -70,12 +79,6 @@ def check(obj: h5py.HLObject, name: str, path: object = None) -> None:
         if declared > file_size:   # the values together, as some may name one heap object
             raise UnsafeFileError(f"attribute {name!r} of {obj.name} declares {declared} bytes "
                                   f"of values in a file of {file_size}; refusing it", path=path)
-
-
-def _variable(tid: h5py.h5t.TypeID) -> bool:
-    if isinstance(tid, h5py.h5t.TypeStringID):
-        return tid.is_variable_str()
-    return isinstance(tid, h5py.h5t.TypeVlenID)
 
 
 def _attribute_data(read_at: ReadAt, addr: int, name: bytes, sizes: tuple[int, int, int],
