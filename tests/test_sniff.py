@@ -2,9 +2,11 @@
 otherwise gets a one-line note; --from overrides; the destination's name still decides."""
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 
+import numpy as np
 import pytest
 
 from conftest import FIXTURES, assert_bit_exact
@@ -33,6 +35,27 @@ def test_keras_files_and_legacy_pickles_by_content(cli, tmp_path):
     for junk in (b"", b"hello world, no format", b"PK\x03\x04broken", b"\x08" + b"\x00" * 15):
         (tmp_path / "j").write_bytes(junk)
         assert sniff(tmp_path / "j") is None
+
+
+@pytest.mark.parametrize("length", [0x280, 0x380, 0x480, 0x580])
+def test_a_safetensors_header_length_that_starts_like_a_pickle_is_safetensors(cli, tmp_path,
+                                                                             length):
+    """Lengths whose low byte is 0x80, then 2-5: the file starts 0x80 0x02-0x05 like a pickle's
+    PROTO opcode. Such files were read as legacy pickles and refused (found by the fuzz
+    campaign, on a file this tool had written)."""
+    import struct
+
+    values = np.arange(6, dtype=np.float32)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})
+    header = header.encode().ljust(length)   # the format allows trailing spaces
+    src = tmp_path / "odd.safetensors"
+    src.write_bytes(struct.pack("<Q", length) + header + values.tobytes())
+    assert src.read_bytes()[:2] == bytes([0x80, length >> 8])
+    assert sniff(src) == "safetensors"
+    code, _, err = cli(src, tmp_path / "back.safetensors", "--no-check")
+    assert code == 0, err
+    with read(tmp_path / "back.safetensors") as back:
+        assert_bit_exact(back["w"].load(), values.reshape(2, 3), "w")
 
 
 def test_a_torchscript_archive_named_jit_is_read_with_a_note(cli, tmp_path):

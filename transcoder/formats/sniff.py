@@ -3,8 +3,9 @@
 - HDF5 signature: a Keras HDF5 file (its reader tells the legacy and Keras 3 layouts apart).
 - zip with ``config.json`` and ``model.weights.h5``: a ``.keras`` archive; zip with a
   ``data.pkl`` member: a ``torch.save`` or TorchScript archive.
+- an 8-byte little-endian length then ``{``, the length within the file: safetensors
+  (asked before the pickle: a length such as 0x380 starts like a PROTO opcode).
 - a pickle's PROTO opcode (0x80, protocol 2-5): a legacy ``torch.save`` file.
-- an 8-byte little-endian length then ``{``, the length within the file: safetensors.
 - a ``*.index.json`` holding a JSON object with a ``weight_map`` (a sharded checkpoint's
   index): the format the first shard it names is, by its content (so
   ``pytorch_model.bin.index.json`` and ``model.safetensors.index.json`` say what they hold).
@@ -50,11 +51,14 @@ def sniff(path: Path, in_index: bool = False) -> str | None:
         return _zip_kind(path)
     if head[4:8] == b"TFL3":
         return "tflite"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pt"
+    # safetensors before the pickle: a header of 640-1535 bytes whose length's low byte is
+    # 0x80 starts like protocol 2-5 (found by the fuzz campaign); a pickle's first 8 bytes
+    # never make a length that fits in its file with "{" right after
     length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
     if 2 <= length <= size - 8 and head[8:9] == b"{":
         return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pt"
     if head.lstrip()[:1] == b"{" and shards.is_index(path) and not in_index:
         return _index_kind(Path(path))
     return None
