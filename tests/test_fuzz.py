@@ -13,9 +13,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT
+pytest.importorskip("hypothesis", reason="the property tests need hypothesis: "
+                                         "pip install '.[test]'")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "fuzz"))
 from contract import check, peak_mib  # noqa: E402

@@ -356,13 +356,13 @@ def bulk_cmd(
     from .checks.verify import decide
 
     decision = decide(check)
-    if decision.note:
-        _note(decision.note)
     _light_check(Architecture())   # each file's check is per layer
     options = BulkOptions(to=to.value, jobs=jobs, pattern=pattern, force=force, key=key,
                           rules=rules, fail_fast=fail_fast, engine=engine.value, address=address,
                           check=decision.run, timeout=timeout, checksums=checksums)
     report = run_bulk(src_dir, dst_dir, options, Display(quiet=quiet))
+    if decision.note:   # after the run: a refused SRC_DIR or DST_DIR stays one line
+        _note(decision.note)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 
