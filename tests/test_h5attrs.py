@@ -148,3 +148,22 @@ def test_attributes_that_are_neither_text_nor_numbers_are_refused_before_reading
     code, _, err = cli(src, tmp_path / "out.safetensors", "--no-check")
     line = assert_refused(code, err, src, tmp_path, {"m.h5"})
     assert "attribute 'keras_version' of / is neither text nor numbers" in line
+
+
+def test_a_driver_without_a_descriptor_is_read_by_path(tmp_path):
+    """Header walks read the file through libhdf5's descriptor; a driver without one (other
+    than the default sec2) is read by path instead, not refused."""
+    class NoDescriptor:
+        class id:  # noqa: N801 (stands for h5py's FileID)
+            @staticmethod
+            def get_vfd_handle():
+                raise RuntimeError("file driver has no `get_vfd_handle' method")
+
+    path = tmp_path / "m.h5"
+    path.write_bytes(b"0123456789")
+    assert h5s._reader(NoDescriptor, path)(3, 4) == b"3456"
+    f = h5py.File(_write(tmp_path / "n.h5"), "r")
+    try:
+        assert h5s._reader(f, tmp_path / "n.h5")(0, 8) == b"\x89HDF\r\n\x1a\n"
+    finally:
+        f.close()

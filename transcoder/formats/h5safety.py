@@ -58,8 +58,7 @@ def open_file(source: Any, path: object) -> h5py.File:
     try:
         with h5_errors(path):
             if isinstance(source, (str, os.PathLike)):
-                fd = f.id.get_vfd_handle()   # the library's own descriptor: pread leaves it be
-                read_at, size = (lambda at, n: os.pread(fd, n, at)), os.fstat(fd).st_size
+                read_at, size = _reader(f, source), os.path.getsize(source)
             else:
                 read_at, size = partial(_read_at, source), source.seek(0, io.SEEK_END)
             h5heap.check(f, read_at, size, path)
@@ -68,6 +67,21 @@ def open_file(source: Any, path: object) -> h5py.File:
         f.close()
         raise
     return f
+
+
+def _reader(f: h5py.File, source: str | os.PathLike) -> Callable[[int, int], bytes]:
+    """Reads of the open file's bytes: on the library's own descriptor where its driver has
+    one (pread leaves its offset be), else on the path, opened for each read."""
+    try:
+        fd = f.id.get_vfd_handle()
+    except ERRORS:
+        return lambda at, n: _read_path(source, at, n)
+    return lambda at, n: os.pread(fd, n, at)
+
+
+def _read_path(source: str | os.PathLike, offset: int, size: int) -> bytes:
+    with open(source, "rb") as fh:
+        return os.pread(fh.fileno(), size, offset)
 
 
 def _read_at(fh: Any, offset: int, size: int) -> bytes:
