@@ -307,13 +307,20 @@ def test_unchanged_mapped_tensors_are_copied_file_to_file(tmp_path, monkeypatch,
         assert 1 <= len(calls) <= rawfill.WORKERS
 
 
-def test_a_real_copy_error_fails_the_fill(tmp_path, monkeypatch):
-    def broken(*args):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(os, "copy_file_range", broken)
+def _no_space(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("copy, error, match", [
+    (_no_space, OSError, "No space"),   # a real copy error fails the fill
+    # copying nothing means the source file shrank since it was mapped: reading the map there
+    # would crash the process (SIGBUS), so the fill stops with an error naming the tensor
+    (lambda *args: 0, FormatError, "e: the source file ends early")])
+def test_a_copy_that_fails_or_ends_early_fails_the_fill(tmp_path, monkeypatch, copy, error, match):
+    monkeypatch.setattr(os, "copy_file_range", copy)
     x = np.ones((1024, 300), np.float32)
     fh, ref = _mapped_ref(tmp_path, x)
-    with fh, pytest.raises(OSError, match="No space"):
+    with fh, pytest.raises(error, match=match):
         path = tmp_path / "out"
         path.write_bytes(bytes(x.nbytes))
         rawfill.fill(path, [rawfill.Region(0, ref)])
@@ -350,15 +357,3 @@ def test_bfloat16_goes_to_h5_as_exact_float32_through_the_fill(tmp_path, monkeyp
         got = back[name].load()
         assert got.dtype == array.dtype and got.tobytes() == array.tobytes(), name
     back.close()
-
-
-def test_a_source_that_ends_early_fails_the_fill_by_name(tmp_path, monkeypatch):
-    """copy_file_range copying nothing means the source file shrank since it was mapped:
-    reading the map there would crash the process (SIGBUS), so the fill stops with an error."""
-    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)
-    x = np.ones((1024, 300), np.float32)
-    fh, ref = _mapped_ref(tmp_path, x)
-    with fh, pytest.raises(FormatError, match="e: the source file ends early"):
-        path = tmp_path / "out"
-        path.write_bytes(bytes(x.nbytes))
-        rawfill.fill(path, [rawfill.Region(0, ref)])
