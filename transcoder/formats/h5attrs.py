@@ -64,8 +64,9 @@ def check(obj: h5py.HLObject, name: str, path: object = None) -> None:
     if not (isinstance(tid, h5py.h5t.TypeStringID) and tid.is_variable_str()) or known is None:
         return
     read_at, file_size, offsets, lengths = known
-    found = _attribute_data(read_at, h5py.h5o.get_info(obj.id).addr, name.encode("utf8"),
-                            (file_size, offsets, lengths), path)
+    addr = h5py.h5o.get_info(obj.id).addr
+    found = _attribute_data(read_at, addr, name.encode("utf8"), (file_size, offsets, lengths),
+                            path)
     if not found:
         raise UnsafeFileError(f"variable-length attribute {name!r} of {obj.name} is stored "
                               "where it cannot be checked before reading; refusing it",
@@ -74,7 +75,7 @@ def check(obj: h5py.HLObject, name: str, path: object = None) -> None:
     step = 4 + offsets + 4
     for data in found:   # every message of that name: the library reads one of them
         if len(data) < count * step:
-            raise _malformed(path, h5py.h5o.get_info(obj.id).addr)
+            raise _malformed(path, addr)
         declared = sum(struct.unpack_from("<I", data, k * step)[0] for k in range(count))
         if declared > file_size:   # the values together, as some may name one heap object
             raise UnsafeFileError(f"attribute {name!r} of {obj.name} declares {declared} bytes "
@@ -92,23 +93,19 @@ def _attribute_data(read_at: ReadAt, addr: int, name: bytes, sizes: tuple[int, i
     return found
 
 
+#: attribute message version -> where its name starts, and what its fields are padded to
+_ATTRIBUTE_LAYOUT = {1: (8, 8), 2: (8, 1), 3: (9, 1)}
+
+
 def _attribute(body: bytes, name: bytes) -> bytes | None:
     """The data of an attribute message if it is the one named ``name``."""
-    if len(body) < 8:
+    if len(body) < 8 or body[0] not in _ATTRIBUTE_LAYOUT:
         return None
-    version = body[0]
-    name_size, type_size, space_size = struct.unpack_from("<HHH", body, 2)
-    if version == 1:
-        pad = lambda n: (n + 7) & ~7  # noqa: E731
-        at = 8
-    elif version in (2, 3):
-        pad = lambda n: n  # noqa: E731
-        at = 8 if version == 2 else 9
-    else:
+    at, align = _ATTRIBUTE_LAYOUT[body[0]]
+    sizes = struct.unpack_from("<HHH", body, 2)   # name, datatype, dataspace
+    if body[at:at + sizes[0]].rstrip(b"\0") != name:
         return None
-    if body[at:at + name_size].rstrip(b"\0") != name:
-        return None
-    return body[at + pad(name_size) + pad(type_size) + pad(space_size):]
+    return body[at + sum(-(-n // align) * align for n in sizes):]
 
 
 def _messages(read_at: ReadAt, addr: int, sizes: tuple[int, int, int],
