@@ -179,6 +179,23 @@ class CheckReport:
     def write_json(self, path: str | os.PathLike) -> Path:
         return _write_atomic(Path(path), self.to_json() + "\n")
 
+    # ------------------------------------------------------------ HTML
+
+    def to_html(self, title: str = "transcoder check") -> str:
+        """One self-contained page: a bar per entry, error against tolerance (:mod:`.html`)."""
+        from .html import render
+        return render(self.to_dict(), title)
+
+    def write_html(self, path: str | os.PathLike) -> Path:
+        return _write_atomic(Path(path), self.to_html())
+
+    def _repr_html_(self) -> str:
+        from .html import fragment
+        return fragment(self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"<CheckReport {self.kind}: {self.summary()}>"
+
     # ------------------------------------------------------------ JUnit
 
     def to_junit(self) -> ET.Element:
