@@ -30,6 +30,7 @@ class ReadOptions:
     """What a user can tell a reader: ``key`` picks the state dict inside a training checkpoint."""
 
     key: str | None = None
+    revision: str | None = None   # a Hugging Face cache snapshot (--revision)
 
 
 Reader = Callable[[Path, ReadOptions], Checkpoint]
@@ -54,8 +55,12 @@ class Format:
     exported: bool = False
     #: the artifact is a folder, published whole (pipeline.atomic_folder)
     folder: bool = False
+    #: the reader itself, where it is not ``module.read``
+    reader: Callable | None = None
 
     def _load(self, attr: str) -> Callable:
+        if attr == "read" and self.reader is not None:
+            return self.reader
         return getattr(importlib.import_module(self.module), attr)
 
     def read(self, path: Path, options: ReadOptions | None = None) -> Checkpoint:
@@ -63,7 +68,8 @@ class Format:
             raise UsageError(f"{self.description or self.name} cannot be read as a checkpoint",
                              path=path, hint="convert from the checkpoint it was exported from"
                              if self.exported else None)
-        check_magic(self, path)
+        if not self.folder:
+            check_magic(self, path)
         return self._load("read")(path, options or ReadOptions())
 
     def check_writable(self, path: Path) -> None:
@@ -89,6 +95,19 @@ NEEDS_ARCH_EXPORT = ("writing a {1} needs the architecture: pass --model (with -
 
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
+
+def _read_model_folder(path: Path, options: ReadOptions) -> Checkpoint:
+    """A Hugging Face model folder: its weights file read by its own format, then what its
+    config says (:mod:`.hf_folder`)."""
+    from . import hf_folder
+
+    folder = hf_folder.resolve(path, options.revision)
+    if folder is None:
+        raise FormatError("not a Hugging Face model folder (no config.json)", path=path)
+    fmt, _ = for_source(folder.weights)
+    return hf_folder.attach(fmt.read(folder.weights, options), folder, path)
+
+
 BUILTIN_FORMATS: tuple[Format, ...] = (
     Format("pt", PT_SUFFIXES + tuple(s + ".index.json" for s in PT_SUFFIXES), "torch",
            "transcoder.formats.pt", (ZIP, PICKLE),
@@ -101,6 +120,9 @@ BUILTIN_FORMATS: tuple[Format, ...] = (
            (HDF5,), "Keras legacy HDF5 (weights-only or full model)"),
     Format("keras_zip", (".keras",), "keras", "transcoder.formats.keras_zip",
            (ZIP,), "Keras 3 model archive (.keras)", needs_model=True),
+    Format("hf_folder", (), "torch", "transcoder.formats.hf_folder", (),
+           "Hugging Face model folder (config.json + weights; a hub cache snapshot or repo id)",
+           folder=True, reader=_read_model_folder),
     Format("savedmodel", (".savedmodel",), "keras", "transcoder.export", (),
            "TensorFlow SavedModel folder", can_read=False, needs_model=True, exported=True,
            folder=True),
@@ -142,6 +164,8 @@ def for_source(path: Path | str, name: str | None = None) -> tuple[Format, str |
 
     if name is not None:
         return by_name(name), None
+    if _model_folder(path):
+        return by_name("hf_folder"), None
     found = sniff(Path(path))
     named = _longest_match(Path(path).name.lower(), BUILTIN_FORMATS)
     if found is None:
@@ -156,9 +180,19 @@ def for_source(path: Path | str, name: str | None = None) -> tuple[Format, str |
 def layout_of(path: Path | str) -> str:
     """The layout (``"torch"`` or ``"keras"``) of a file: by its content when it exists, else
     by the format its name implies."""
-    if Path(path).is_file():
+    if Path(path).is_file() or _model_folder(path):
         return for_source(path)[0].layout
     return for_path(path).layout
+
+
+def _model_folder(path: Path | str) -> bool:
+    """A Hugging Face model folder, cache folder, or repo id in the local cache."""
+    from . import hf_folder
+
+    if hf_folder.is_model_folder(path):
+        return True
+    return not Path(path).exists() and bool(hf_folder.REPO_ID.match(str(path))) \
+        and hf_folder.resolve(path) is not None
 
 
 def other_layout(layout: str) -> str:

@@ -72,7 +72,18 @@ VECTORS = ("LayerNorm", "RMSNorm", "PReLU")
 NORM_WORDS = ("norm", "normalization", "normalisation")
 
 
+#: the last word of a module path that says LayerNorm (``self_attn_layer_norm``)
+LAYER_NORM_ENDINGS = ("layer_norm", "layernorm")
+
+
 def _affine_norm(path: str) -> Inference:
+    """A name ending in ``layer_norm`` decides LayerNorm (the bias rules an RMSNorm out), except
+    inside a convolution block, where such names also hold GroupNorms (wav2vec2's
+    ``conv_layers.0.layer_norm``)."""
+    parents, _, last = path.lower().rpartition(".")
+    if last.endswith(LAYER_NORM_ENDINGS) and "conv" not in parents:
+        return Inference("LayerNorm", "weight and bias of one shape, named like a LayerNorm "
+                                      "(an RMSNorm has no bias)")
     return _named_or_open(path, AFFINE_NORMS, "weight and bias of one shape")
 
 
