@@ -182,3 +182,50 @@ def test_an_unknown_family_leaves_open_norms_open(cli, folders, tmp_path):
     rows = _rows(out)
     assert rows["layers.0.input_layernorm"][0] == "NOT CHECKED"
     assert rows["layers.0.self_attn.q_proj"][0] == "SUCCESS"
+
+
+@pytest.mark.parametrize("name", ["llama", "whisper"])
+def test_the_folder_architecture_as_model(cli, folders, tmp_path, name):
+    """``--model hf:DIR``: transformers builds the config's architecture (no remote code, no
+    download); the weights fit it strictly and its classes decide the kinds, the config's naming
+    where a class has no rule of its own (LlamaRMSNorm)."""
+    code, out, err = cli(folders / name, tmp_path / "m.h5", "--model", f"hf:{folders / name}")
+    assert code == 0, err
+    rows = _rows(out)
+    layer, kinds = NORMS[name]
+    assert rows[layer] == ("SUCCESS", kinds)
+    assert not [n for n, (s, _) in rows.items() if s != "SUCCESS"]
+
+
+def test_default_inputs_follow_the_config(folders):
+    from transcoder.models import hf
+
+    config = json.loads((folders / "whisper" / "config.json").read_text())
+    inputs = hf.default_inputs(config)
+    assert inputs.input_shapes == ["1,16,64", "1,4"]          # 2 x max_source_positions frames
+    assert inputs.input_dtypes == ["float32", "int64:64"]
+    config = json.loads((folders / "llama" / "config.json").read_text())
+    assert hf.default_inputs(config).input_dtypes == ["int64:64"]
+    model = hf.build(folders / "llama")
+    ids = torch.randint(0, 64, (1, 16))
+    reference = transformers.AutoModel.from_pretrained(folders / "llama").eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(model(ids).last_hidden_state, reference(input_ids=ids).last_hidden_state)
+
+
+def test_remote_code_is_never_run(folders, tmp_path):
+    from transcoder.errors import UsageError
+    from transcoder.models import hf
+
+    folder = tmp_path / "remote"
+    shutil.copytree(folders / "bert", folder)
+    (folder / "evil.py").write_text("import pathlib; pathlib.Path('PWNED').write_text('x')\n"
+                                    "from transformers import PretrainedConfig\n"
+                                    "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match="transformers cannot build this config"):
+        hf.build(folder)
+    assert not (folder / "PWNED").exists() and not os.path.exists("PWNED")

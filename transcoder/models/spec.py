@@ -18,7 +18,12 @@ SPEC_FORM = "path/to/file.py:Name or package.module:Name"
 
 
 def build_from_spec(spec: str, option: str) -> Any:
-    """Import what ``spec`` names and call it without arguments (a class or a factory)."""
+    """Import what ``spec`` names and call it without arguments (a class or a factory); or,
+    for ``hf:FOLDER``, the architecture transformers builds from that folder's config."""
+    from . import hf
+
+    if spec.startswith(hf.PREFIX):
+        return hf.build(spec[len(hf.PREFIX):])
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name.isidentifier():
         raise UsageError(f"{option} {spec!r} is not of the form {SPEC_FORM}")

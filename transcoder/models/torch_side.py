@@ -46,7 +46,16 @@ def original_class(m) -> type:
 
 
 def kind_of(m) -> str:
-    return original_class(m).__name__
+    """The module's class name; for a subclass of a ``torch.nn`` class with a rule of its own
+    (transformers' ``WhisperPositionalEmbedding(nn.Embedding)``), that class: it holds the same
+    parameters, which is all a conversion maps."""
+    from ..rules import registry
+
+    cls = original_class(m)
+    for base in cls.__mro__:
+        if base.__module__.startswith("torch.nn") and registry.TABLE.for_torch_kind(base.__name__):
+            return base.__name__
+    return cls.__name__
 
 
 def module_options(model) -> dict[str, dict[str, Any]]:
@@ -93,8 +102,18 @@ def describe(model, ckpt: Checkpoint) -> None:
     checkpoint's metadata. Nothing is loaded: the conversion reads each tensor once, and the
     check loads the written file into the module itself."""
     check_fit(model, ckpt)
-    ckpt.meta["module_kinds"] = module_kinds(model)
-    ckpt.meta["module_options"] = module_options(model)
+    ckpt.meta["module_kinds"] = _with_file_kinds(module_kinds(model), ckpt.meta.get("module_kinds"))
+    ckpt.meta["module_options"] = {**ckpt.meta.get("module_options", {}), **module_options(model)}
+
+
+def _with_file_kinds(live: dict[str, str], said: dict[str, str] | None) -> dict[str, str]:
+    """The module's kinds, except where its class has no rule and the file itself said the kind
+    (a Hugging Face config's naming: ``LlamaRMSNorm`` is the RMSNorm family)."""
+    from ..rules import registry
+
+    said = said or {}
+    return {path: said[path] if path in said and registry.TABLE.for_torch_kind(kind) is None
+            else kind for path, kind in live.items()}
 
 
 def checkpoint_of_module(module) -> Checkpoint:
