@@ -1,11 +1,12 @@
 """Localising a divergence: which paired layer's output first differs.
 
 Pairs are ``(PyTorch module path, Keras layer name)``: by default the Keras layer named like
-the module path (a stacked RNN ``M`` pairs with Keras ``M.l<last>``). Intermediate outputs are
-matched layout-aware: the same shape; the channel axis moved last (ambiguous square shapes
-decided by the Keras layer's ``data_format``/``axis``, else by the check's Keras layout); a
-recurrent or attention module's first output (the sequence), made batch-first; the last step
-of a unidirectional RNN when the Keras layer returns only it. A Keras Dense/Conv with a fused
+the module path, or the name its family's ``trace_name`` gives (a stacked RNN ``M`` pairs with
+Keras ``M.l<last>``). Intermediate outputs are matched layout-aware: the same shape; the
+channel axis moved last (ambiguous square shapes decided by the Keras layer's
+``data_format``/``axis``, else by the check's Keras layout); a time-major first output (the
+family's ``time_major``: recurrent, attention) made batch-first; the last step when the Keras
+layer returns only it (the family's ``last_step``: a unidirectional RNN). A Keras Dense/Conv with a fused
 activation is compared with that activation applied to the PyTorch module's output. Pairs that
 cannot be matched are SKIPPED with the reason.
 """
@@ -19,11 +20,11 @@ import numpy as np
 
 from ..errors import one_line
 from ..frameworks import to_numpy
+from ..rules import registry
 from ..rules.checkcase import Skip
 from .compare import SUCCESS, Comparison, CompareSettings
 from .run import run_torch
 
-RECURRENT = ("RNN", "LSTM", "GRU")
 FUSED_ACTIVATION = re.compile(r"(Dense|EinsumDense|Conv\dD|Conv\dDTranspose|DepthwiseConv\dD|"
                               r"SeparableConv\dD)$")
 TORCH_WITH_FUSED = re.compile(r"(Lazy)?(Linear|Conv\dd|ConvTranspose\dd)$")
@@ -40,19 +41,25 @@ class ModelRun:
     keras_inputs: list[np.ndarray]  # the Keras model's layout
 
 
+def _family(module):
+    """The rule family of a PyTorch module, if any."""
+    return registry.TABLE.for_torch_kind(type(module).__name__)
+
+
 def default_pairs(torch_module, keras_model) -> list[tuple[str, str]]:
-    """``(module path, Keras layer name)`` for every module whose path names a Keras layer; a
-    stacked RNN ``M`` pairs with ``M.l<last>``."""
+    """``(module path, Keras layer name)`` for every module whose path names a Keras layer, or
+    whose family's ``trace_name`` does (a stacked RNN ``M`` pairs with ``M.l<last>``)."""
     names = {layer.name for layer in getattr(keras_model, "layers", [])}
     out = []
     for path, module in torch_module.named_modules():
         if not path:
             continue
+        family = _family(module)
+        other = family.trace_name(path, module) if family is not None else path
         if path in names:
             out.append((path, path))
-        elif type(module).__name__ in RECURRENT and \
-                f"{path}.l{getattr(module, 'num_layers', 1) - 1}" in names:
-            out.append((path, f"{path}.l{module.num_layers - 1}"))
+        elif other in names:
+            out.append((path, other))
     return out
 
 
@@ -173,9 +180,8 @@ def _match(t: np.ndarray, k: np.ndarray, module, layer, keras_layout: str
            ) -> tuple[np.ndarray, str]:
     """The PyTorch intermediate output in the Keras layer's layout, with a note saying how."""
     notes = []
-    kind = type(module).__name__
-    if kind in RECURRENT + ("MultiheadAttention",) and t.ndim == 3 and \
-            not getattr(module, "batch_first", True):
+    family = _family(module)
+    if family is not None and t.ndim == 3 and family.time_major(module):
         t = np.swapaxes(t, 0, 1)
         notes.append("time-major output made batch-first")
     candidates = []
@@ -183,10 +189,9 @@ def _match(t: np.ndarray, k: np.ndarray, module, layer, keras_layout: str
         candidates.append((t, ""))
     if t.ndim >= 3 and np.moveaxis(t, 1, -1).shape == k.shape:
         candidates.append((np.moveaxis(t, 1, -1), "channel axis moved last"))
-    if kind in RECURRENT and t.ndim == 3 and k.ndim == 2 and t[:, -1].shape == k.shape:
-        if getattr(module, "bidirectional", False):
-            raise Skip("a bidirectional RNN whose Keras layer returns only the last state")
-        candidates.append((t[:, -1], "last time step"))
+    last = family.last_step(t, k, module) if family is not None else None
+    if last is not None:
+        candidates.append(last)
     if not candidates:
         raise Skip(f"PyTorch output {list(t.shape)} and Keras output {list(k.shape)} cannot be "
                    f"matched")

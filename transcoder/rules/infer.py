@@ -126,26 +126,15 @@ def _bias_free_vector(path: str, weight: TensorRef) -> Inference:
 
 # ---------------------------------------------------------------- Keras
 
-KERNEL_RANKS = {2: "Dense", 3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
-
-
 def infer_keras_kind(layer: str, weights: dict[str, TensorRef]) -> Inference:
-    """The Keras class of a layer known only by its weight names and shapes."""
+    """The Keras class of a layer known only by its weight names and shapes: the first family
+    whose ``recognise_keras`` proves it, else the first whose ``guess_keras`` reads it."""
     for family in registry.TABLE:
         found = family.recognise_keras(layer, weights)
         if found is not None:
             return found
-    names = set(weights)
-    kernel = weights.get("kernel")
-    if kernel is not None and names <= {"kernel", "bias"} and len(kernel.shape) in KERNEL_RANKS:
-        return Inference(KERNEL_RANKS[len(kernel.shape)], f"{len(kernel.shape)}-d kernel")
-    if {"moving_mean", "moving_variance"} <= names:
-        return Inference("BatchNormalization", "moving statistics")
-    if names and names <= {"gamma", "beta"}:
-        return Inference("LayerNormalization", "gamma/beta: a LayerNormalization or a "
-                         "GroupNormalization (they map alike)", ("GroupNormalization",))
-    if names == {"embeddings"}:
-        return Inference("Embedding", "embeddings")
-    if names == {"alpha"}:
-        return Inference("PReLU", "alpha")
-    return Inference(None, f"no rule for Keras weights {sorted(names)}")
+    for family in registry.TABLE:
+        found = family.guess_keras(family, weights) if family.guess_keras else None
+        if found is not None:
+            return found
+    return Inference(None, f"no rule for Keras weights {sorted(set(weights))}")
