@@ -80,6 +80,18 @@ def config_value(raw: Any) -> Any:
     return raw
 
 
+#: What a family is read from when only the shapes of a (weight, bias) pair speak (its
+#: ``inferred_from``, for ``rules/infer.py``): a pair of one shape; a bias-free 1-d weight (``NORM``
+#: too: a normalisation); a 2-d weight, without bias or with one of its output size; a kernel.
+AFFINE, VECTOR, NORM = "affine", "vector", "norm"
+MATRIX, MATRIX_AND_BIAS = "matrix", "matrix and bias"
+
+
+def kernel(rank: int, transposed: bool = False) -> str:
+    """The reading of an n-d convolution weight, transposed or not."""
+    return f"{rank}-d {'transposed ' if transposed else ''}kernel"
+
+
 Shapes = tuple[str | None, list[tuple[int, ...]]]   # a Keras layer's class and weight shapes
 
 
@@ -138,6 +150,8 @@ class LayerRule:
     guess_keras: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     #: the Keras class exists in Keras 3 (not: Keras 2's CuDNNLSTM, only in legacy ``.h5``)
     keras_3: bool = True
+    #: the tensor shapes the family is read from when names do not say (AFFINE, VECTOR, ...)
+    inferred_from: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         torch_names = [n for p in self.params for n in p.torch] + list(self.carried)

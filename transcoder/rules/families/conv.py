@@ -13,7 +13,7 @@ from typing import Callable
 from ...checkpoint import TensorRef
 from ..checkcase import BATCH, Built, LayerCase, Skip, spatial_sizes
 from ..ops import Permute
-from ..table import Inference, LayerRule, Option, Param
+from ..table import Inference, LayerRule, Option, Param, kernel
 
 TRANSPOSED_HINTS = ("deconv", "convt", "transpose", "transposed", "upconv", "tconv")
 
@@ -125,7 +125,8 @@ def _conv(n: int, transposed: bool) -> LayerRule:
                      rebuild=rebuild_conv_transpose if transposed else rebuild_conv,
                      weight_norm=True, bias_of=None if transposed else 0,
                      keras_options={} if transposed else {"groups": Option("groups", missing=1)},
-                     guess_keras=None if transposed else kernel_of_rank(n + 2))
+                     guess_keras=None if transposed else kernel_of_rank(n + 2),
+                     inferred_from=(kernel(n + 2, transposed),))
 
 
 CONVOLUTIONS = tuple(_conv(n, False) for n in (1, 2, 3))

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..checkcase import BATCH, Built, LayerCase
 from ...checkpoint import TensorRef
-from ..table import T, Inference, LayerRule, Param
+from ..table import MATRIX, MATRIX_AND_BIAS, T, Inference, LayerRule, Param
 from .conv import kernel_of_rank
 
 
@@ -57,6 +57,7 @@ LINEAR = LayerRule(
            "query", "key", "value", "q", "k", "v", "o", "gate", "up", "down", "ffn", "fc1", "fc2",
            "w1", "w2", "w3", "c_fc", "c_proj", "c_attn", "attn", "logits", "score"),
     check=check_linear, rebuild=rebuild_linear, weight_norm=True, guess_keras=kernel_of_rank(2),
+    inferred_from=(MATRIX, MATRIX_AND_BIAS),
     cannot={"rebuild:LazyLinear": "a LazyLinear becomes a Linear at its first call; before, it "
                                   "has no weights",
             "rebuild:NonDynamicallyQuantizableLinear": "only a MultiheadAttention's out_proj, "
@@ -67,6 +68,6 @@ EMBEDDING = LayerRule(
     note="(num, dim) unchanged: never transposed",
     hints=("embed", "embeds", "embedding", "embeddings", "emb", "wte", "wpe", "tok", "token",
            "tokens", "vocab", "lookup", "word", "words", "position", "positions"),
-    check=check_embedding, rebuild=rebuild_embedding, guess_keras=_embeddings,
+    check=check_embedding, rebuild=rebuild_embedding, guess_keras=_embeddings, inferred_from=(MATRIX,),
     cannot={"rebuild:EmbeddingBag": "it reduces bags of lookups (offsets, per_sample_weights); "
                                     "no Keras layer does"})

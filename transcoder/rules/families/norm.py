@@ -21,7 +21,7 @@ from ...errors import MappingError
 from ..checkcase import BATCH, Built, LayerCase, Skip
 from ..ops import Op, register_op
 from ..steps import Step
-from ..table import Allowed, Inference, LayerRule, Option, Param
+from ..table import AFFINE, NORM, VECTOR, Allowed, Inference, LayerRule, Option, Param
 
 
 @register_op
@@ -268,20 +268,22 @@ BATCH_NORM = _affine("BatchNorm", ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "B
 LAYER_NORM = _affine("LayerNorm", ("LayerNorm",), "LayerNormalization", "set Keras epsilon=1e-5",
                      hints=("ln", "layernorm", "layer_norm", "ln_f", "ln1", "ln2", "ln_1",
                             "ln_2"), check=check_layer_norm, rebuild=rebuild_layer_norm,
-                     keras_options=EPSILON, computable=RMS_SCALING, guess_keras=_gamma_beta)
+                     keras_options=EPSILON, computable=RMS_SCALING, guess_keras=_gamma_beta,
+                     inferred_from=(AFFINE, VECTOR, NORM))
 RMS_NORM = LayerRule(
     "RMSNorm", ("RMSNorm",), "RMSNormalization", (Param("weight", "scale"),),
     note="Keras RMSNormalization(epsilon=...); not LayerNormalization(rms_scaling=True), which "
          "scales by the variance", hints=("rms", "rmsnorm"), check=check_rms_norm,
-    rebuild=rebuild_rms_norm, keras_options=EPSILON)
+    rebuild=rebuild_rms_norm, keras_options=EPSILON, inferred_from=(VECTOR, NORM))
 GROUP_NORM = _affine("GroupNorm", ("GroupNorm",), "GroupNormalization", "set Keras epsilon=1e-5",
                      hints=("gn", "group", "groupnorm"), check=check_group_norm,
                      rebuild=rebuild_group_norm, rule=GroupNormRule,
-                     keras_options={**EPSILON, "groups": Option("num_groups")})
+                     keras_options={**EPSILON, "groups": Option("num_groups")},
+                     inferred_from=(AFFINE,))
 INSTANCE_NORM = _affine("InstanceNorm", ("InstanceNorm", "InstanceNorm1d", "InstanceNorm2d",
                                          "InstanceNorm3d"), "GroupNormalization",
                         "affine weights only; Keras GroupNormalization(groups=-1, epsilon=1e-5)",
                         hints=("instance", "instancenorm", "inorm"), check=check_instance_norm,
-                        rebuild=rebuild_instance_norm)
+                        rebuild=rebuild_instance_norm, inferred_from=(AFFINE,))
 
 FAMILIES = (BATCH_NORM, LAYER_NORM, RMS_NORM, GROUP_NORM, INSTANCE_NORM)

@@ -23,7 +23,7 @@ from ...errors import UnsupportedError
 from ..checkcase import BATCH, Built, LayerCase, Skip
 from ..ops import Identity, Reshape
 from ..steps import Step
-from ..table import Inference, LayerRule, Option, Param, Shapes
+from ..table import VECTOR, Inference, LayerRule, Option, Param, Shapes
 
 
 def check_prelu(c: LayerCase) -> Built:
@@ -96,4 +96,4 @@ PRELU = PReLURule(
     note="alpha (C,); a Keras PReLU with shared_axes holds (1, .., 1, C): reshaped both ways "
          "(from a Keras file, a --keras-model twin, or keras_shape in --rules)",
     hints=("prelu", "act", "activation"), check=check_prelu, rebuild=rebuild_prelu,
-    keras_options={"shared_axes": Option("shared_axes")}, guess_keras=_alpha)
+    keras_options={"shared_axes": Option("shared_axes")}, guess_keras=_alpha, inferred_from=(VECTOR,))
