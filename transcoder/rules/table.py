@@ -150,6 +150,9 @@ class LayerRule:
     guess_keras: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     #: the Keras class exists in Keras 3 (not: Keras 2's CuDNNLSTM, only in legacy ``.h5``)
     keras_3: bool = True
+    #: the package that registers the Keras class, when it is not Keras' own (ours:
+    #: ``"transcoder"``, ``models/keras_layers.py``): a config names it ``<package>>Class``
+    keras_package: str | None = None
     #: the tensor shapes the family is read from when names do not say (AFFINE, VECTOR, ...)
     inferred_from: tuple[str, ...] = ()
 
@@ -361,6 +364,8 @@ class RuleTable:
             for kind in family.torch_kinds:
                 self._by_torch.setdefault(kind, family)
             self._by_keras.setdefault(family.keras_kind, family)
+            if family.keras_package:
+                self._by_keras.setdefault(f"{family.keras_package}>{family.keras_kind}", family)
         self._nested = {param: child for f in self._families for param, child in f.nested}
 
     def __iter__(self) -> Iterator[LayerRule]:
@@ -381,7 +386,7 @@ class RuleTable:
 
     def keras_kinds(self) -> list[str]:
         """Every family's Keras class, once each, in table order."""
-        return list(self._by_keras)
+        return list(dict.fromkeys(f.keras_kind for f in self._families))
 
     def nested_child(self, param: str) -> str | None:
         """The child module that joins the module holding ``param`` (see ``LayerRule.nested``)."""

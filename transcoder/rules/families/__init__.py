@@ -41,10 +41,10 @@ builder it does not declare it cannot have, or while a module outside this packa
 family or its Keras class as a string. ``families/layer_scale.py`` is a small complete example.
 """
 from ..table import RuleTable
-from . import attention, conv, cudnn, dense, norm, prelu, recurrent, separable
+from . import attention, conv, cudnn, dense, layer_scale, norm, prelu, recurrent, separable
 
 #: Every family, in the order ``transcode rules`` prints them (the first family listing a
 #: PyTorch kind or a Keras class is the one found for it).
 TABLE = RuleTable([dense.LINEAR, *conv.CONVOLUTIONS, *conv.TRANSPOSED, *separable.FAMILIES,
                    *norm.FAMILIES, dense.EMBEDDING, prelu.PRELU, *recurrent.FAMILIES,
-                   *cudnn.FAMILIES, *attention.FAMILIES])
+                   *cudnn.FAMILIES, *attention.FAMILIES, layer_scale.LAYER_SCALE])
