@@ -251,8 +251,7 @@ def _refusal(layer) -> str | None:
     why = family.uncomputable(inner.get_config()) if family is not None else None
     if why is None:
         return None
-    return (f"{type(inner).__name__} with {why}, which no PyTorch layer computes; build it as "
-            f"PyTorch computes it")
+    return f"a {type(inner).__name__} with {why}: its weights would compute something else"
 
 
 def fill(pairs: list[Pair], target: Checkpoint) -> None:
