@@ -180,3 +180,19 @@ def test_our_layers_register_after_a_find_spec_probe_of_keras():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert done.stdout.strip().endswith("LayerScale'>"), done.stdout + done.stderr
+
+
+def test_keras_applications_convnext_layer_scale_maps_too(cli, tmp_path):
+    """Keras' own ConvNeXt (``keras.applications``) has a LayerScale of its own, ``x * gamma``
+    on the channels-last axis: the family reads it by class, no code of ours involved."""
+    convnext = pytest.importorskip("keras.src.applications.convnext")
+    x = keras.Input((4, 4, DIM))
+    y = convnext.LayerScale(1e-6, DIM, name="stages.0.ls")(keras.layers.Conv2D(DIM, 1)(x))
+    model = keras.Model(x, y)
+    gamma = np.random.default_rng(2).standard_normal(DIM).astype("f4")
+    model.get_layer("stages.0.ls").set_weights([gamma])
+    model.save(tmp_path / "cnx.keras")
+    code, out, err = cli(tmp_path / "cnx.keras", tmp_path / "cnx.pt", "--force")
+    assert code == 0, err
+    assert _line(out, "stages.0.ls")[0] == "SUCCESS"
+    assert_bit_exact(torch_state(tmp_path / "cnx.pt")["stages.0.ls.gamma"].numpy(), gamma)
