@@ -12,7 +12,6 @@ cannot be matched are SKIPPED with the reason.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -25,9 +24,8 @@ from ..rules.checkcase import Skip
 from .compare import SUCCESS, Comparison, CompareSettings
 from .run import run_torch
 
-FUSED_ACTIVATION = re.compile(r"(Dense|EinsumDense|Conv\dD|Conv\dDTranspose|DepthwiseConv\dD|"
-                              r"SeparableConv\dD)$")
-TORCH_WITH_FUSED = re.compile(r"(Lazy)?(Linear|Conv\dd|ConvTranspose\dd)$")
+#: Keras classes no family maps that take an ``activation=`` too
+FUSED_WITHOUT_FAMILY = ("EinsumDense",)
 
 
 @dataclass
@@ -44,6 +42,15 @@ class ModelRun:
 def _family(module):
     """The rule family of a PyTorch module, if any."""
     return registry.TABLE.for_torch_kind(type(module).__name__)
+
+
+def _fused(module, layer) -> bool:
+    """Does the Keras layer apply an activation that the PyTorch module leaves to the next
+    one (both families' ``fused_activation``: a Dense or Conv with ``activation=``)?"""
+    kind = type(layer).__name__
+    theirs, ours = registry.TABLE.for_keras_kind(kind), _family(module)
+    keras_fuses = kind in FUSED_WITHOUT_FAMILY or (theirs is not None and theirs.fused_activation)
+    return keras_fuses and ours is not None and ours.fused_activation
 
 
 def default_pairs(torch_module, keras_model) -> list[tuple[str, str]]:
@@ -212,8 +219,7 @@ def _compare_pair(keras, path: str, layers: tuple, outputs: tuple, settings: Com
     t, note = _match(t, k, module, layer, settings.keras_layout)
     activation = getattr(layer, "activation", None)
     act_name = getattr(activation, "__name__", "linear")
-    if activation is not None and act_name != "linear" and \
-            FUSED_ACTIVATION.match(type(layer).__name__) and TORCH_WITH_FUSED.match(type(module).__name__):
+    if activation is not None and act_name != "linear" and _fused(module, layer):
         t = to_numpy(activation(keras.ops.convert_to_tensor(t)))
         note = "; ".join(n for n in (note, f"compared after the Keras layer's {act_name}") if n)
     entry = settings.compare(path, t, k, **labels)

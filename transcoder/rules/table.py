@@ -153,6 +153,9 @@ class LayerRule:
     #: the package that registers the Keras class, when it is not Keras' own (ours:
     #: ``"transcoder"``, ``models/keras_layers.py``): a config names it ``<package>>Class``
     keras_package: str | None = None
+    #: its Keras layer takes ``activation=`` (Dense, Conv): a localising check compares the
+    #: PyTorch module's output after that activation (``checks/localise.py``)
+    fused_activation: bool = False
     #: the tensor shapes the family is read from when names do not say (AFFINE, VECTOR, ...)
     inferred_from: tuple[str, ...] = ()
 

@@ -123,7 +123,7 @@ def _conv(n: int, transposed: bool) -> LayerRule:
                                             Param("bias", "bias", required=False)),
                      note=note, hints=TRANSPOSED_HINTS if transposed else (), check=check,
                      rebuild=rebuild_conv_transpose if transposed else rebuild_conv,
-                     weight_norm=True, bias_of=None if transposed else 0,
+                     weight_norm=True, bias_of=None if transposed else 0, fused_activation=True,
                      keras_options={} if transposed else {"groups": Option("groups", missing=1)},
                      guess_keras=None if transposed else kernel_of_rank(n + 2),
                      inferred_from=(kernel(n + 2, transposed),))

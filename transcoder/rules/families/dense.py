@@ -57,7 +57,7 @@ LINEAR = LayerRule(
            "query", "key", "value", "q", "k", "v", "o", "gate", "up", "down", "ffn", "fc1", "fc2",
            "w1", "w2", "w3", "c_fc", "c_proj", "c_attn", "attn", "logits", "score"),
     check=check_linear, rebuild=rebuild_linear, weight_norm=True, guess_keras=kernel_of_rank(2),
-    inferred_from=(MATRIX, MATRIX_AND_BIAS),
+    fused_activation=True, inferred_from=(MATRIX, MATRIX_AND_BIAS),
     cannot={"rebuild:LazyLinear": "a LazyLinear becomes a Linear at its first call; before, it "
                                   "has no weights",
             "rebuild:NonDynamicallyQuantizableLinear": "only a MultiheadAttention's out_proj, "

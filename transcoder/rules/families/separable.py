@@ -227,7 +227,7 @@ def _depthwise(n: int) -> DepthwiseRule:
         (Param("weight", "kernel", DepthwiseKernel()), Param("bias", "bias", required=False)),
         note="(C*m, 1, k..) -> (k.., C, m), the Conv permutation's bytes; PyTorch Conv with "
              "groups=C; depth_multiplier from --rules or groups",
-        check=_check_depthwise(n), keras_options=DEPTH,
+        check=_check_depthwise(n), keras_options=DEPTH, fused_activation=True,
         cannot={"rebuild": NO_MODULE.format(what="depthwise", n=n, more="")})
 
 
@@ -240,6 +240,7 @@ def _separable(n: int) -> DepthwiseRule:
          Param("pointwise.bias", "bias", required=False)),
         note="module M = M.depthwise (Conv, groups=C, no bias) then M.pointwise (1x1 Conv)",
         check=_check_separable(n), parts=("depthwise", "pointwise"), keras_options=DEPTH,
+        fused_activation=True,
         cannot={"rebuild": NO_MODULE.format(what="separable", n=n,
                                             more=" followed by a 1x1 Conv{n}d".format(n=n))})
 
