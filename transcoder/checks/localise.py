@@ -6,9 +6,10 @@ Keras ``M.l<last>``). Intermediate outputs are matched layout-aware: the same sh
 channel axis moved last (ambiguous square shapes decided by the Keras layer's
 ``data_format``/``axis``, else by the check's Keras layout); a time-major first output (the
 family's ``time_major``: recurrent, attention) made batch-first; the last step when the Keras
-layer returns only it (the family's ``last_step``: a unidirectional RNN). A Keras Dense/Conv with a fused
-activation is compared with that activation applied to the PyTorch module's output. Pairs that
-cannot be matched are SKIPPED with the reason.
+layer returns only it (the family's ``last_step``: a unidirectional RNN). A Keras layer with a
+fused activation (the families' ``fused_activation``: Dense, Conv) is compared with that
+activation applied to the PyTorch module's output. Pairs that cannot be matched are SKIPPED
+with the reason.
 """
 from __future__ import annotations
 

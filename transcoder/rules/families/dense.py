@@ -68,6 +68,7 @@ EMBEDDING = LayerRule(
     note="(num, dim) unchanged: never transposed",
     hints=("embed", "embeds", "embedding", "embeddings", "emb", "wte", "wpe", "tok", "token",
            "tokens", "vocab", "lookup", "word", "words", "position", "positions"),
-    check=check_embedding, rebuild=rebuild_embedding, guess_keras=_embeddings, inferred_from=(MATRIX,),
+    check=check_embedding, rebuild=rebuild_embedding, guess_keras=_embeddings,
+    inferred_from=(MATRIX,),
     cannot={"rebuild:EmbeddingBag": "it reduces bags of lookups (offsets, per_sample_weights); "
                                     "no Keras layer does"})

@@ -96,4 +96,5 @@ PRELU = PReLURule(
     note="alpha (C,); a Keras PReLU with shared_axes holds (1, .., 1, C): reshaped both ways "
          "(from a Keras file, a --keras-model twin, or keras_shape in --rules)",
     hints=("prelu", "act", "activation"), check=check_prelu, rebuild=rebuild_prelu,
-    keras_options={"shared_axes": Option("shared_axes")}, guess_keras=_alpha, inferred_from=(VECTOR,))
+    keras_options={"shared_axes": Option("shared_axes")}, guess_keras=_alpha,
+    inferred_from=(VECTOR,))

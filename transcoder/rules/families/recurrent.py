@@ -542,7 +542,9 @@ CELL_REBUILD = ("not covered yet: a cell is called once per time step by the mod
                 "the rebuild covers the whole-sequence LSTM, GRU and RNN")
 
 
-#: what a Keras recurrent layer's config says, and the values PyTorch's layers compute
+#: what a Keras recurrent layer's config says, and the values PyTorch's layers compute (a GRU
+#: config without ``reset_after`` is from Keras before 2.1.3, whose GRU applied the reset gate
+#: before the recurrent matmul)
 UNITS = {"units": Option("hidden_size")}
 TANH = {"activation": Allowed(("tanh",), "tanh", "PyTorch's {name} applies tanh")}
 SIGMOID = {"recurrent_activation": Allowed(("sigmoid",), "sigmoid",
