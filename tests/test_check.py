@@ -436,6 +436,31 @@ def test_channels_last_twin_with_stacked_rnn_pairs_layout_aware():
     assert trace["rnn"].keras_name == "rnn.l1" and trace["rnn"].status == SUCCESS
 
 
+class LinearRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.fc = nn.Linear(4, 3)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+def test_a_keras_dense_with_its_activation_is_traced_after_it():
+    """The families' ``fused_activation``: a Dense(activation="relu") pairs with the Linear,
+    whose output is compared after the relu; numbers, not just the pairing."""
+    module = LinearRelu().eval()
+    x = keras.Input((4,))
+    twin = keras.Model(x, L.Dense(3, activation="relu", name="fc")(x))
+    set_weights(twin, keras_target(module))
+    report = check_models(module, twin, [(6, 4)], localise="always")
+    trace = {e.name: e for e in report.trace}
+    assert report.passed and trace["fc"].status == SUCCESS, report.summary()
+    assert "compared after the Keras layer's relu" in trace["fc"].message
+    assert trace["fc"].max_abs_error < 1e-6
+
+
 def test_bad_input_shapes_are_usage_errors(bn_net):
     module, kc = bn_net
     with pytest.raises(UsageError, match="PyTorch model fails"):

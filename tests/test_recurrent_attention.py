@@ -6,6 +6,8 @@ writes a legacy .h5 and loads it into a Keras twin by layer name.
 """
 from __future__ import annotations
 
+import re
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -251,6 +253,24 @@ def test_keras_gru_without_reset_after_is_refused(classes):
     kc = keras_ckpt(twin, classes=classes)
     with pytest.raises(UnsupportedError, match="old_gru.*reset_after=False"):
         make_plan(kc, LAYOUT_TORCH)
+
+
+@pytest.mark.parametrize("layer, why", [
+    (lambda: L.GRU(H, reset_after=False, name="twin"), "reset_after=False"),
+    (lambda: L.Bidirectional(L.GRU(H, reset_after=False), name="twin"), "reset_after=False"),
+    (lambda: L.LSTM(H, recurrent_activation="hard_sigmoid", name="twin"),
+     "recurrent_activation='hard_sigmoid'")])
+def test_a_keras_model_twin_pytorch_cannot_compute_is_refused(layer, why):
+    """--keras-model: the family's ``computable`` refuses a live layer as it refuses a file's
+    config (the GRU refusal was written twice; an LSTM with hard_sigmoid gates got through)."""
+    from transcoder.models.keras_side import LayerInfo, pair
+
+    twin = keras.Sequential([keras.Input((T, I)), layer()])
+    live = twin.get_layer("twin")
+    theirs = [LayerInfo("twin", type(live).__name__, [w.path for w in live.weights],
+                        [tuple(w.shape) for w in live.weights], live)]
+    with pytest.raises(UnsupportedError, match=f"'twin'.*{re.escape(why)}"):
+        pair([], theirs)
 
 
 @pytest.mark.parametrize("case, kind", [(Rnn("LSTM", 2, True), "LSTM"), (Rnn("GRU"), "GRU"),

@@ -174,3 +174,69 @@ def test_a_family_without_its_rebuild_builder_is_caught():
     lstm = registry.TABLE.by_name("LSTM")
     assert rebuild_gaps(replace(lstm, cannot={}), MODULES) == [
         "nn.LSTMCell: no rebuild builder of the family and no cannot['rebuild:LSTMCell'] reason"]
+
+
+# ---------------------------------------------------------------- a family is one object
+
+#: Where a family's names may appear as string literals outside ``rules/families/``, and why.
+#: ``formats/keras_v3.py``'s ``NESTING`` is Keras' file layout (an LSTM's variables are in
+#: ``cell/vars``, a MultiHeadAttention's in ``query_dense/vars`` ...), needed to find a layer's
+#: variables before any family is asked; the families give the names of those variables.
+EXEMPT = {("transcoder/formats/keras_v3.py", "NESTING")}
+
+
+def family_words(table) -> set[str]:
+    """Every family's name, PyTorch kinds and Keras class, from the registry."""
+    return {w for f in table for w in (f.name, f.keras_kind, *f.torch_kinds)}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, kinds) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+
+
+def _exempt_nodes(tree: ast.AST, rel: str) -> set[int]:
+    """The literals inside a module-level assignment that :data:`EXEMPT` lists."""
+    names = {name for path, name in EXEMPT if path == rel}
+    out = set()
+    for node in getattr(tree, "body", []):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id in names for t in targets):
+            out |= {id(n) for n in ast.walk(node)}
+    return out
+
+
+def family_literals(source: str, rel: str, words: set[str]) -> list[str]:
+    """``rel:line: 'Name'`` for every string literal of ``source`` that is a family's name,
+    PyTorch kind or Keras class (docstrings and :data:`EXEMPT` assignments aside)."""
+    tree = ast.parse(source)
+    skip = _docstrings(tree) | _exempt_nodes(tree, rel)
+    return [f"{rel}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in words
+            and id(n) not in skip]
+
+
+def test_no_module_outside_the_families_names_a_family():
+    """A family is one object: what the code knows about it lives in its module under
+    ``rules/families/`` (tests are outside the package, so not looked at)."""
+    words = family_words(registry.TABLE)
+    families = PACKAGE / "rules" / "families"
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if families not in path.parents:
+            rel = path.relative_to(ROOT).as_posix()
+            found += family_literals(path.read_text(), rel, words)
+    assert not found, "family names outside rules/families/:\n" + "\n".join(found)
+
+
+def test_a_family_name_outside_the_families_is_caught():
+    words = family_words(registry.TABLE)
+    source = ('"""Docstrings may say LSTM."""\nRECURRENT = ("RNN", "LSTM")\n'
+              'NESTING = {"GRU": 1}\nOK = f"{x}" + "lstm"\n')
+    assert family_literals(source, "transcoder/checks/x.py", words) == [
+        "transcoder/checks/x.py:2: 'RNN'", "transcoder/checks/x.py:2: 'LSTM'",
+        "transcoder/checks/x.py:3: 'GRU'"]
+    assert family_literals(source, "transcoder/formats/keras_v3.py", words) == [
+        "transcoder/formats/keras_v3.py:2: 'RNN'", "transcoder/formats/keras_v3.py:2: 'LSTM'"]

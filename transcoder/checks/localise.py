@@ -1,17 +1,18 @@
 """Localising a divergence: which paired layer's output first differs.
 
 Pairs are ``(PyTorch module path, Keras layer name)``: by default the Keras layer named like
-the module path (a stacked RNN ``M`` pairs with Keras ``M.l<last>``). Intermediate outputs are
-matched layout-aware: the same shape; the channel axis moved last (ambiguous square shapes
-decided by the Keras layer's ``data_format``/``axis``, else by the check's Keras layout); a
-recurrent or attention module's first output (the sequence), made batch-first; the last step
-of a unidirectional RNN when the Keras layer returns only it. A Keras Dense/Conv with a fused
-activation is compared with that activation applied to the PyTorch module's output. Pairs that
-cannot be matched are SKIPPED with the reason.
+the module path, or the name its family's ``trace_name`` gives (a stacked RNN ``M`` pairs with
+Keras ``M.l<last>``). Intermediate outputs are matched layout-aware: the same shape; the
+channel axis moved last (ambiguous square shapes decided by the Keras layer's
+``data_format``/``axis``, else by the check's Keras layout); a time-major first output (the
+family's ``time_major``: recurrent, attention) made batch-first; the last step when the Keras
+layer returns only it (the family's ``last_step``: a unidirectional RNN). A Keras layer with a
+fused activation (the families' ``fused_activation``: Dense, Conv) is compared with that
+activation applied to the PyTorch module's output. Pairs that cannot be matched are SKIPPED
+with the reason.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,14 +20,13 @@ import numpy as np
 
 from ..errors import one_line
 from ..frameworks import to_numpy
+from ..rules import registry
 from ..rules.checkcase import Skip
 from .compare import SUCCESS, Comparison, CompareSettings
 from .run import run_torch
 
-RECURRENT = ("RNN", "LSTM", "GRU")
-FUSED_ACTIVATION = re.compile(r"(Dense|EinsumDense|Conv\dD|Conv\dDTranspose|DepthwiseConv\dD|"
-                              r"SeparableConv\dD)$")
-TORCH_WITH_FUSED = re.compile(r"(Lazy)?(Linear|Conv\dd|ConvTranspose\dd)$")
+#: Keras classes no family maps that take an ``activation=`` too
+FUSED_WITHOUT_FAMILY = ("EinsumDense",)
 
 
 @dataclass
@@ -40,19 +40,34 @@ class ModelRun:
     keras_inputs: list[np.ndarray]  # the Keras model's layout
 
 
+def _family(module):
+    """The rule family of a PyTorch module, if any."""
+    return registry.TABLE.for_torch_kind(type(module).__name__)
+
+
+def _fused(module, layer) -> bool:
+    """Does the Keras layer apply an activation that the PyTorch module leaves to the next
+    one (both families' ``fused_activation``: a Dense or Conv with ``activation=``)?"""
+    kind = type(layer).__name__
+    theirs, ours = registry.TABLE.for_keras_kind(kind), _family(module)
+    keras_fuses = kind in FUSED_WITHOUT_FAMILY or (theirs is not None and theirs.fused_activation)
+    return keras_fuses and ours is not None and ours.fused_activation
+
+
 def default_pairs(torch_module, keras_model) -> list[tuple[str, str]]:
-    """``(module path, Keras layer name)`` for every module whose path names a Keras layer; a
-    stacked RNN ``M`` pairs with ``M.l<last>``."""
+    """``(module path, Keras layer name)`` for every module whose path names a Keras layer, or
+    whose family's ``trace_name`` does (a stacked RNN ``M`` pairs with ``M.l<last>``)."""
     names = {layer.name for layer in getattr(keras_model, "layers", [])}
     out = []
     for path, module in torch_module.named_modules():
         if not path:
             continue
+        family = _family(module)
+        other = family.trace_name(path, module) if family is not None else path
         if path in names:
             out.append((path, path))
-        elif type(module).__name__ in RECURRENT and \
-                f"{path}.l{getattr(module, 'num_layers', 1) - 1}" in names:
-            out.append((path, f"{path}.l{module.num_layers - 1}"))
+        elif other in names:
+            out.append((path, other))
     return out
 
 
@@ -173,9 +188,8 @@ def _match(t: np.ndarray, k: np.ndarray, module, layer, keras_layout: str
            ) -> tuple[np.ndarray, str]:
     """The PyTorch intermediate output in the Keras layer's layout, with a note saying how."""
     notes = []
-    kind = type(module).__name__
-    if kind in RECURRENT + ("MultiheadAttention",) and t.ndim == 3 and \
-            not getattr(module, "batch_first", True):
+    family = _family(module)
+    if family is not None and t.ndim == 3 and family.time_major(module):
         t = np.swapaxes(t, 0, 1)
         notes.append("time-major output made batch-first")
     candidates = []
@@ -183,10 +197,9 @@ def _match(t: np.ndarray, k: np.ndarray, module, layer, keras_layout: str
         candidates.append((t, ""))
     if t.ndim >= 3 and np.moveaxis(t, 1, -1).shape == k.shape:
         candidates.append((np.moveaxis(t, 1, -1), "channel axis moved last"))
-    if kind in RECURRENT and t.ndim == 3 and k.ndim == 2 and t[:, -1].shape == k.shape:
-        if getattr(module, "bidirectional", False):
-            raise Skip("a bidirectional RNN whose Keras layer returns only the last state")
-        candidates.append((t[:, -1], "last time step"))
+    last = family.last_step(t, k, module) if family is not None else None
+    if last is not None:
+        candidates.append(last)
     if not candidates:
         raise Skip(f"PyTorch output {list(t.shape)} and Keras output {list(k.shape)} cannot be "
                    f"matched")
@@ -207,8 +220,7 @@ def _compare_pair(keras, path: str, layers: tuple, outputs: tuple, settings: Com
     t, note = _match(t, k, module, layer, settings.keras_layout)
     activation = getattr(layer, "activation", None)
     act_name = getattr(activation, "__name__", "linear")
-    if activation is not None and act_name != "linear" and \
-            FUSED_ACTIVATION.match(type(layer).__name__) and TORCH_WITH_FUSED.match(type(module).__name__):
+    if activation is not None and act_name != "linear" and _fused(module, layer):
         t = to_numpy(activation(keras.ops.convert_to_tensor(t)))
         note = "; ".join(n for n in (note, f"compared after the Keras layer's {act_name}") if n)
     entry = settings.compare(path, t, k, **labels)

@@ -6,8 +6,9 @@ the same class in ``model.layers`` order. Sub-layers nest: an RNN's weights are 
 ``<layer>/cell/vars``, a Bidirectional's in ``forward_layer/cell/vars`` and
 ``backward_layer/cell/vars``, a MultiHeadAttention's in ``query_dense/vars`` ... and a nested
 model's in ``<model>/layers/...``. Since Keras 3.6 every ``vars`` group has a ``name`` attribute
-(the layer name). The variables themselves are unnamed, so short weight names come from
-:data:`VARS_LAYOUT`; where the count does not fit, weights are named by index ("0", "1").
+(the layer name). The variables themselves are unnamed, so short weight names come from the
+families' Keras weight names in order (:func:`known_weights`), placed in the ``vars`` groups of
+:data:`NESTING`; where the count does not fit, weights are named by index ("0", "1").
 """
 from __future__ import annotations
 
@@ -25,60 +26,70 @@ from . import keras_config
 from .keras_config import config_layers, config_name
 
 KERNEL_BIAS = ("kernel", "bias")
-RNN = (("cell/vars", ("kernel", "recurrent_kernel", "bias")),)
-CONV = (("vars", KERNEL_BIAS),)
+#: A Keras RNN cell's variables, in order.
+CELL = ("kernel", "recurrent_kernel", "bias")
+IN_CELL = (("cell/vars", ""),)
 
+#: Where Keras 3 nests the variables of a class with sub-layers: its ``vars`` groups (relative
+#: to the layer group), each taking the weights whose short names start with its prefix. Every
+#: other class keeps them in its own ``vars``. This is format knowledge (Keras' sub-layer
+#: attributes), so it names Keras classes; the short names themselves come from the families
+#: (``LayerRule.keras_weights``) or, for classes no family maps, from :data:`KERAS_WEIGHTS`.
+NESTING: dict[str, tuple[tuple[str, str], ...]] = {
+    "LSTM": IN_CELL, "GRU": IN_CELL, "SimpleRNN": IN_CELL,
+    "ConvLSTM1D": IN_CELL, "ConvLSTM2D": IN_CELL, "ConvLSTM3D": IN_CELL,
+    "Bidirectional": (("forward_layer/cell/vars", "forward/"),
+                      ("backward_layer/cell/vars", "backward/")),
+    "MultiHeadAttention": (("query_dense/vars", "query/"), ("key_dense/vars", "key/"),
+                           ("value_dense/vars", "value/"),
+                           ("output_dense/vars", "attention_output/")),
+}
+OWN_VARS = (("vars", ""),)
 
-def _prefixed(prefix: str, names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(f"{prefix}/{n}" for n in names)
-
-
-#: Keras class -> its ``vars`` groups (relative to the layer group) in Keras weight order, each
-#: with the short weight paths of its variables (the names a legacy ``.h5`` gives them).
-VARS_LAYOUT: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
-    "Dense": CONV,
-    "EinsumDense": CONV,
-    "Conv1D": CONV,
-    "Conv2D": CONV,
-    "Conv3D": CONV,
-    "Conv1DTranspose": CONV,
-    "Conv2DTranspose": CONV,
-    "Conv3DTranspose": CONV,
-    "DepthwiseConv1D": CONV,
-    "DepthwiseConv2D": CONV,
-    "SeparableConv1D": (("vars", ("depthwise_kernel", "pointwise_kernel", "bias")),),
-    "SeparableConv2D": (("vars", ("depthwise_kernel", "pointwise_kernel", "bias")),),
-    "BatchNormalization": (("vars", ("gamma", "beta", "moving_mean", "moving_variance")),),
-    "LayerNormalization": (("vars", ("gamma", "beta")),),
-    "GroupNormalization": (("vars", ("gamma", "beta")),),
-    "RMSNormalization": (("vars", ("scale",)),),
-    "Embedding": (("vars", ("embeddings",)),),
-    "PReLU": (("vars", ("alpha",)),),
-    "LSTM": RNN,
-    "GRU": RNN,
-    "SimpleRNN": RNN,
-    "ConvLSTM1D": RNN,
-    "ConvLSTM2D": RNN,
-    "ConvLSTM3D": RNN,
-    "Bidirectional": (
-        ("forward_layer/cell/vars", _prefixed("forward", RNN[0][1])),
-        ("backward_layer/cell/vars", _prefixed("backward", RNN[0][1])),
-    ),
-    "MultiHeadAttention": (
-        ("query_dense/vars", _prefixed("query", KERNEL_BIAS)),
-        ("key_dense/vars", _prefixed("key", KERNEL_BIAS)),
-        ("value_dense/vars", _prefixed("value", KERNEL_BIAS)),
-        ("output_dense/vars", _prefixed("attention_output", KERNEL_BIAS)),
-    ),
+#: Keras classes no family maps, their weights in Keras order (the names a legacy ``.h5``
+#: gives them). A Bidirectional's are its wrapped cell's, once per direction.
+KERAS_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "EinsumDense": KERNEL_BIAS,
+    "ConvLSTM1D": CELL, "ConvLSTM2D": CELL, "ConvLSTM3D": CELL,
+    "Bidirectional": tuple(f"{d}/{n}" for d in ("forward", "backward") for n in CELL),
 }
 
-#: Keras 2 classes that Keras 3 no longer has (legacy ``.h5`` only), their weights in Keras order.
+#: Keras 2 classes that Keras 3 no longer has (legacy ``.h5`` only) and no family maps.
 LEGACY_WEIGHTS: dict[str, tuple[str, ...]] = {
-    "CuDNNLSTM": RNN[0][1],
-    "CuDNNGRU": RNN[0][1],
     "LocallyConnected1D": KERNEL_BIAS,
     "LocallyConnected2D": KERNEL_BIAS,
 }
+
+
+def _table():
+    """The rule table (``rules/registry.py``): the families name their Keras weights."""
+    from ..rules import registry
+
+    return registry.TABLE
+
+
+def known_weights(class_name: str | None, legacy: bool = False) -> tuple[str, ...] | None:
+    """A class's weights in Keras order: Keras' own names for a class no family maps, else
+    its family's (``legacy``: Keras 2 classes too); None for a class neither knows."""
+    if class_name in KERAS_WEIGHTS:
+        return KERAS_WEIGHTS[class_name]
+    if legacy and class_name in LEGACY_WEIGHTS:
+        return LEGACY_WEIGHTS[class_name]
+    rule = _table().for_keras_kind(class_name or "")
+    if rule is None or not (legacy or rule.keras_3):
+        return None
+    return rule.keras_weights()
+
+
+def vars_layout(class_name: str | None) -> list[tuple[str, tuple[str, ...]]] | None:
+    """A Keras 3 class's ``vars`` groups in Keras weight order, each with the short weight
+    paths of its variables; None for a class whose weights are not known."""
+    names = known_weights(class_name)
+    if names is None:
+        return None
+    return [(rel, tuple(n for n in names if n.startswith(prefix)))
+            for rel, prefix in NESTING.get(class_name or "", OWN_VARS)]
+
 
 #: Config switches that remove a weight when false/None: key -> last component of the weight path.
 OPTIONAL_WEIGHTS: dict[str, str] = {
@@ -87,9 +98,6 @@ OPTIONAL_WEIGHTS: dict[str, str] = {
     "center": "beta",
     "scale": "gamma",
 }
-
-#: Layer classes whose config nests the wrapped layer's config under this key.
-WRAPPED_CONFIG: dict[str, str] = {"Bidirectional": "layer"}
 
 #: Classes without weights of their own that still appear as groups.
 OTHER_CLASSES = ("Sequential", "Functional", "InputLayer", "TimeDistributed")
@@ -105,13 +113,24 @@ def to_snake_case(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-#: snake_case path component -> Keras class name.
-CLASS_BY_SNAKE: dict[str, str] = {to_snake_case(c): c for c in (*VARS_LAYOUT, *OTHER_CLASSES)}
+_SNAKE: list = [None, {}]   # [the table it was made from, snake_case -> Keras class]
+
+
+def class_by_snake() -> dict[str, str]:
+    """snake_case path component -> Keras class name, for every class whose weights are known
+    (the families' Keras 3 classes and :data:`KERAS_WEIGHTS`) and :data:`OTHER_CLASSES`."""
+    table = _table()
+    if _SNAKE[0] is not table:
+        classes = [c for c in table.keras_kinds() if table.for_keras_kind(c).keras_3]
+        _SNAKE[:] = [table, {to_snake_case(c): c for c in (*classes, *KERAS_WEIGHTS,
+                                                            *OTHER_CLASSES)}]
+    return _SNAKE[1]
 
 
 def class_from_key(key: str) -> str | None:
     """``conv1d_3`` -> ``Conv1D``; None for an unknown component."""
-    return CLASS_BY_SNAKE.get(key) or CLASS_BY_SNAKE.get(re.sub(r"_\d+$", "", key))
+    known = class_by_snake()
+    return known.get(key) or known.get(re.sub(r"_\d+$", "", key))
 
 
 @dataclass
@@ -254,7 +273,7 @@ def vars_groups(grp: h5py.Group, ctx: _Ctx, rel: str = "", depth: int = 0) -> di
 
 def _switches(class_name: str | None, cfg: dict) -> dict:
     """The config that says which weights exist: a Bidirectional's is its wrapped layer's."""
-    wrapped = WRAPPED_CONFIG.get(class_name or "")
+    wrapped = keras_config.WRAPPERS.get(class_name or "")
     inner = cfg.get(wrapped) if wrapped else None
     if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
         return inner["config"]
@@ -272,7 +291,7 @@ def expected_layout(found: Found) -> list[tuple[str, tuple[str, ...]]]:
     cfg = (found.config or {}).get("config")
     dropped = _dropped(found.class_name, cfg if isinstance(cfg, dict) else {})
     return [(rel, tuple(n for n in names if n.rsplit("/", 1)[-1] not in dropped))
-            for rel, names in VARS_LAYOUT[found.class_name or ""]]
+            for rel, names in vars_layout(found.class_name) or []]
 
 
 def weight_order(class_name: str | None, cfg: dict) -> list[str] | None:
@@ -281,11 +300,8 @@ def weight_order(class_name: str | None, cfg: dict) -> list[str] | None:
     if class_name == "TimeDistributed":
         inner = keras_config.wrapped(keras_config.LayerSpec("", class_name, cfg))
         return weight_order(inner.class_name, inner.config) if inner is not None else None
-    if class_name in LEGACY_WEIGHTS:
-        names = list(LEGACY_WEIGHTS[class_name])
-    elif class_name in VARS_LAYOUT:
-        names = [n for _, group in VARS_LAYOUT[class_name] for n in group]
-    else:
+    names = known_weights(class_name, legacy=True)
+    if names is None:
         return None
     dropped = _dropped(class_name, cfg)
     return [n for n in names if n.rsplit("/", 1)[-1] not in dropped]
@@ -304,7 +320,8 @@ def _index_prefix(rel: str, names: tuple[str, ...] = ()) -> str:
 
 
 def table_weights(found: Found, ctx: _Ctx) -> list[tuple[str, Any]]:
-    """Weights of a class in :data:`VARS_LAYOUT`; by index where the count does not fit."""
+    """Weights of a class whose :func:`vars_layout` is known; by index where the count does
+    not fit."""
     groups = vars_groups(found.group, ctx)
     out: list[tuple[str, Any]] = []
     for rel, names in expected_layout(found):
@@ -347,7 +364,7 @@ def layer_weights(found: Found, ctx: _Ctx, depth: int = 0) -> list[tuple[str, An
     """``[(short weight path, dataset)]`` of one layer, in Keras weight order."""
     if depth > h5s.MAX_DEPTH:
         raise FormatError(f"layers nested deeper than {h5s.MAX_DEPTH}", path=ctx.path)
-    if found.class_name in VARS_LAYOUT:
+    if vars_layout(found.class_name) is not None:
         return table_weights(found, ctx)
     return generic_weights(found, ctx, depth)
 
@@ -376,11 +393,11 @@ def _own_config(found: Found) -> dict | None:
 
 
 def _named_weights(found: Found, ctx: _Ctx) -> list[tuple[str, Any]]:
-    """The layer's weights; a class outside :data:`VARS_LAYOUT` whose weight order is known
+    """The layer's weights; a class without a :func:`vars_layout` whose weight order is known
     (a TimeDistributed: its wrapped layer's) names them by that order when the count fits."""
     weights = layer_weights(found, ctx)
     order = weight_order(found.class_name, _own_config(found) or {})
-    if found.class_name not in VARS_LAYOUT and order and len(order) == len(weights):
+    if vars_layout(found.class_name) is None and order and len(order) == len(weights):
         return [(n, ds) for n, (_, ds) in zip(order, weights)]
     return weights
 

@@ -165,3 +165,24 @@ class Constant(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "shape": list(self.value_shape),
                 "value_dtype": self.value_dtype}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LayerScale(keras.layers.Layer):
+    """``x * gamma``: a learnt scale per channel of the last axis, timm's ``LayerScale`` (the
+    ``LayerScale`` family, ``rules/families/layer_scale.py``). ``gamma`` starts at
+    ``init_value``, as timm's ``init_values``."""
+
+    def __init__(self, init_value: float = 1e-5, **base):
+        super().__init__(**base)
+        self.init_value = init_value
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), name="gamma",
+                                     initializer=keras.initializers.Constant(self.init_value))
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value}

@@ -18,17 +18,20 @@ from typing import Any
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import MappingError, UnsupportedError, UsageError
-from ..rules import plan_to_keras
+from ..rules import plan_to_keras, registry
 from . import readings
 from .spec import build_from_spec
 from .torch_side import checkpoint_of_module
 
-#: Keras classes whose weights map alike: a kind inferred from weights alone may name either.
-FAMILY: dict[str, str] = {
-    "Conv1D": "conv1", "Conv1DTranspose": "conv1", "Conv2D": "conv2", "Conv2DTranspose": "conv2",
-    "Conv3D": "conv3", "Conv3DTranspose": "conv3", "LayerNormalization": "affine-norm",
-    "GroupNormalization": "affine-norm",
-}
+
+def alike(one: str | None, other: str | None) -> bool:
+    """Do two Keras classes map their weights alike (their families' params are equal: a
+    Conv2D and a Conv2DTranspose, a LayerNormalization and a GroupNormalization)? A kind
+    inferred from weights alone may name either; an unknown class is alike any."""
+    if one is None or other is None or one == other:
+        return True
+    families = [registry.TABLE.for_keras_kind(c) for c in (one, other)]
+    return None not in families and families[0].params == families[1].params
 
 
 @dataclass
@@ -51,8 +54,7 @@ class LayerInfo:
         return [f"{self.name}/{w}" for w in self.weights]
 
     def compatible(self, other: "LayerInfo") -> bool:
-        kinds = {FAMILY.get(c, c) for c in (self.class_name, other.class_name) if c}
-        if len(kinds) <= 1 and self.shapes == other.shapes:
+        if alike(self.class_name, other.class_name) and self.shapes == other.shapes:
             return True
         return not self.parts and readings.same_bytes((self.class_name, self.shapes),
                                                       (other.class_name, other.shapes))
@@ -242,11 +244,14 @@ def _describe(info: LayerInfo, side: str = "") -> str:
 
 
 def _refusal(layer) -> str | None:
+    """What in a live layer's config (a Bidirectional's: its wrapped layer's) PyTorch's layer
+    of the family cannot compute (the family's ``computable``, as for a file's config)."""
     inner = getattr(layer, "forward_layer", layer)
-    if type(inner).__name__ == "GRU" and getattr(inner, "reset_after", True) is False:
-        return ("GRU(reset_after=False) has no PyTorch equivalent (PyTorch applies the reset gate "
-                "after the recurrent matmul); build it with reset_after=True")
-    return None
+    family = registry.TABLE.for_keras_kind(type(inner).__name__)
+    why = family.uncomputable(inner.get_config()) if family is not None else None
+    if why is None:
+        return None
+    return f"a {type(inner).__name__} with {why}: its weights would compute something else"
 
 
 def fill(pairs: list[Pair], target: Checkpoint) -> None:

@@ -23,28 +23,36 @@ def register_keras_layers_when_loaded() -> None:
 
 class _AfterKeras:
     """Finds ``keras`` with the other finders, and registers our layers once it has run.
-    (The import system only calls ``find_spec``, and ``create_module``/``exec_module`` of
-    the loader: no ``importlib.abc`` base classes, whose import pulls in
-    ``importlib.resources``, 6 ms of every run.)"""
+    It stays on ``sys.meta_path`` until then: a mere ``importlib.util.find_spec("keras")``
+    (is Keras installed?) asks it too, and must not use it up. (The import system only calls
+    ``find_spec``, and ``create_module``/``exec_module`` of the loader: no ``importlib.abc``
+    base classes, whose import pulls in ``importlib.resources``, 6 ms of every run.)"""
+
+    looking = False   # our own look below, which must not come back through us
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
+        if fullname != "keras" or self.looking:
             return None
-        sys.meta_path.remove(self)   # one look, and no recursion through ourselves
-        spec = importlib.util.find_spec("keras")
+        self.looking = True
+        try:
+            spec = importlib.util.find_spec("keras")
+        finally:
+            self.looking = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _Registering(spec.loader)
+            spec.loader = _Registering(spec.loader, self)
         return spec
 
 
 class _Registering:
-    def __init__(self, loader) -> None:
-        self.loader = loader
+    def __init__(self, loader, finder: _AfterKeras) -> None:
+        self.loader, self.finder = loader, finder
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
         self.loader.exec_module(module)
         importlib.import_module(MODULE)
 

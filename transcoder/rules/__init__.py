@@ -1,7 +1,8 @@
 """Rules: how each layer family's tensors map between PyTorch and Keras, and plans.
 
 - ``families/``: one module per family of layers (its params, ops, kind hints and builders);
-  ``registry.TABLE`` lists them. To add a family, see ``families/__init__.py``.
+  ``families.TABLE`` lists them (the engine reads it as ``registry.TABLE``). To add a family,
+  see ``families/__init__.py``.
 - ``table.py``: :class:`LayerRule` (a family) and :class:`RuleTable`.
 - ``ops.py``: the operations between tensors, each with its inverse (``transpose.py`` and the
   C kernel ``_transpose.c`` permute axes fast).

@@ -6,9 +6,10 @@ keep them in ``meta["keras_layers"]``). The class decides the family: a wrapper
 from another package such as ``my_pkg>Scaler``, or a Keras class without a family yet) is an
 error that names the layer and the ways out, never a guess from the weights. The config gives
 the hyper-parameters the weights cannot say, under the names ``--model`` records for PyTorch
-modules (:data:`OPTIONS`), so that the per-layer check builds the layer as the file says. A
-config that asks for what the PyTorch counterpart cannot compute (Keras 2's default
-``hard_sigmoid`` gates, ``GRU(reset_after=False)``, ``rms_scaling``) is refused.
+modules (each family's ``keras_options``), so that the per-layer check builds the layer as the
+file says. A config that asks for what the PyTorch counterpart cannot compute (each family's
+``computable``: Keras 2's default ``hard_sigmoid`` gates, ``GRU(reset_after=False)``,
+``rms_scaling``) is refused. What is here is generic: the families hold the per-class tables.
 """
 from __future__ import annotations
 
@@ -19,62 +20,7 @@ from typing import Any, Callable
 from ..checkpoint import TensorRef
 from ..errors import UnsupportedError
 from ..formats.keras_config import WRAPPERS, LayerSpec, is_foreign, wrapped
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _torch_momentum(value: Any) -> Any:
-    """Keras' moving-average momentum is PyTorch's 1 - momentum."""
-    return round(1 - value, 12) if _number(value) else None
-
-
-def _option(name: str, convert: Callable[[Any], Any] = _same, missing: Any = None
-            ) -> tuple[str, Callable, Any]:
-    """An option read from a config key: its name, how the value converts, and what a config
-    without the key means (Keras 2 convolutions had no ``groups``: 1)."""
-    return name, convert, missing
-
-
-EPSILON = {"epsilon": _option("eps")}
-GROUPS = {"groups": _option("groups", missing=1)}
-DEPTH = {"depth_multiplier": _option("depth_multiplier", missing=1)}
-RECURRENT = {"units": _option("hidden_size")}
-
-#: Keras class -> {config key: (PyTorch-side option, conversion, value when missing)}: the
-#: hyper-parameters the families read (eps, groups, num_groups, num_heads, nonlinearity, ...),
-#: as ``--model`` names them.
-OPTIONS: dict[str, dict[str, tuple[str, Callable, Any]]] = {
-    "BatchNormalization": {**EPSILON, "momentum": _option("momentum", _torch_momentum)},
-    "LayerNormalization": EPSILON,
-    "RMSNormalization": EPSILON,
-    "GroupNormalization": {**EPSILON, "groups": _option("num_groups")},
-    "Conv1D": GROUPS, "Conv2D": GROUPS, "Conv3D": GROUPS,
-    "DepthwiseConv1D": DEPTH, "DepthwiseConv2D": DEPTH,
-    "SeparableConv1D": DEPTH, "SeparableConv2D": DEPTH,
-    "MultiHeadAttention": {"num_heads": _option("num_heads")},
-    "PReLU": {"shared_axes": _option("shared_axes")},
-    "LSTM": RECURRENT, "CuDNNLSTM": RECURRENT, "CuDNNGRU": RECURRENT,
-    "GRU": {**RECURRENT, "reset_after": _option("reset_after")},
-    "SimpleRNN": {**RECURRENT, "activation": _option("nonlinearity")},
-}
-
-#: Keras class -> {config key: (values PyTorch computes, the value a config without the key
-#: means, why)}: any other value is refused. A GRU config without ``reset_after`` is from Keras
-#: before 2.1.3, whose GRU applied the reset gate before the recurrent matmul.
-COMPUTABLE: dict[str, dict[str, tuple[tuple, Any, str]]] = {
-    "LSTM": {"activation": (("tanh",), "tanh", "PyTorch's LSTM applies tanh"),
-             "recurrent_activation": (("sigmoid",), "sigmoid", "PyTorch's LSTM gates are "
-                                                               "sigmoid")},
-    "GRU": {"activation": (("tanh",), "tanh", "PyTorch's GRU applies tanh"),
-            "recurrent_activation": (("sigmoid",), "sigmoid", "PyTorch's GRU gates are sigmoid"),
-            "reset_after": ((True,), False, "PyTorch's GRU applies the reset gate after the "
-                                            "recurrent matmul")},
-    "SimpleRNN": {"activation": (("tanh", "relu"), "tanh", "PyTorch's RNN applies tanh or relu")},
-    "LayerNormalization": {"rms_scaling": ((False,), False, "it scales by the variance, which no "
-                                                            "PyTorch layer does")},
-}
+from . import registry
 
 
 def family_class(spec: LayerSpec) -> LayerSpec | None:
@@ -85,20 +31,10 @@ def family_class(spec: LayerSpec) -> LayerSpec | None:
     return spec if spec.class_name else None
 
 
-def _value(raw: Any) -> Any:
-    """A config value; Keras 3 may serialise an activation as ``{"config": "tanh", ...}``."""
-    if isinstance(raw, dict) and isinstance(raw.get("config"), str):
-        return raw["config"]
-    return raw
-
-
 def uncomputable(spec: LayerSpec) -> str | None:
     """What in the config PyTorch's layer of the family cannot compute, if anything."""
-    for key, (allowed, missing, why) in COMPUTABLE.get(spec.class_name or "", {}).items():
-        value = _value(spec.config.get(key, missing))
-        if value not in allowed:
-            return f"{key}={value!r}: {why}"
-    return None
+    rule = registry.TABLE.for_keras_kind(spec.class_name or "")
+    return rule.uncomputable(spec.config) if rule is not None else None
 
 
 def refusal(name: str, spec: LayerSpec, why: str, kind: str) -> UnsupportedError:
@@ -134,16 +70,11 @@ VALID: dict[str, Callable[[Any], bool]] = {
 
 
 def options(spec: LayerSpec, weights: dict[str, TensorRef]) -> dict[str, Any]:
-    """The layer's hyper-parameters from its config, as the families read them."""
-    found = {}
-    for key, (option, convert, missing) in OPTIONS.get(spec.class_name or "", {}).items():
-        value = _value(spec.config.get(key, missing))
-        if option == "num_groups" and value == -1:   # GroupNormalization(groups=-1): per channel
-            value = next((ref.shape[0] for ref in weights.values() if len(ref.shape) == 1), None)
-        value = convert(value) if value is not None else None
-        if VALID[option](value):
-            found[option] = value
-    return found
+    """The layer's hyper-parameters from its config, as the families read them; a value of
+    another type (a corrupt config) is left out."""
+    rule = registry.TABLE.for_keras_kind(spec.class_name or "")
+    found = rule.options_from_config(spec.config, weights) if rule is not None else {}
+    return {option: value for option, value in found.items() if VALID[option](value)}
 
 
 def no_rule(name: str, spec: LayerSpec, weights: dict[str, TensorRef]) -> UnsupportedError:

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from .families.norm import GROUP_NORM, LAYER_NORM, RMS_NORM
+
 #: model_type values whose ``*_layernorm``/``norm`` modules are RMSNorm(x) * weight (not
 #: Gemma's (1 + weight) scaling, which no rule computes)
 RMS_DECODERS = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
@@ -52,14 +54,14 @@ def _first_conv_dim(config: dict[str, Any]) -> int | None:
 NAMINGS: tuple[Naming, ...] = (
     Naming(RMS_DECODERS, r"(?:^|\.)(?:input_layernorm|post_attention_layernorm|norm|q_norm|"
                          r"k_norm|pre_feedforward_layernorm|post_feedforward_layernorm)$",
-           "RMSNorm"),
-    Naming(("t5", "mt5"), r"(?:^|\.)(?:layer_norm|final_layer_norm)$", "RMSNorm"),
+           RMS_NORM.name),
+    Naming(("t5", "mt5"), r"(?:^|\.)(?:layer_norm|final_layer_norm)$", RMS_NORM.name),
     # Wav2Vec2GroupNormConvLayer: nn.GroupNorm(num_groups=C, num_channels=C), first layer only
-    Naming(WAV2VEC2_LIKE, r"(?:^|\.)feature_extractor\.conv_layers\.0\.layer_norm$", "GroupNorm",
+    Naming(WAV2VEC2_LIKE, r"(?:^|\.)feature_extractor\.conv_layers\.0\.layer_norm$", GROUP_NORM.name,
            when=(("feat_extract_norm", "group"),), options={"num_groups": _first_conv_dim}),
     # Wav2Vec2LayerNormConvLayer: nn.LayerNorm over the channels of every conv layer
     Naming(WAV2VEC2_LIKE, r"(?:^|\.)feature_extractor\.conv_layers\.\d+\.layer_norm$",
-           "LayerNorm", when=(("feat_extract_norm", "layer"),)),
+           LAYER_NORM.name, when=(("feat_extract_norm", "layer"),)),
 )
 
 
@@ -85,7 +87,7 @@ def kinds_from_config(config: dict[str, Any], paths: Iterable[str]
             continue
         kinds[path] = naming.kind
         found = {k: (v(config) if callable(v) else config.get(v)) for k, v in naming.options.items()}
-        if eps is not None and naming.kind in ("RMSNorm", "LayerNorm"):
+        if eps is not None and naming.kind in (RMS_NORM.name, LAYER_NORM.name):
             found["eps"] = eps
         options[path] = {k: v for k, v in found.items() if v is not None}
     return kinds, options

@@ -8,6 +8,15 @@ carries what the live stages need, so that everything about it is in one place: 
 name it (``hints``), ``recognise`` for kind inference, its per-layer check builder (``check``)
 and its Keras rebuild builder (``rebuild``), or the reason it cannot have one (``cannot``).
 
+Its Keras half is here too, with generic defaults: the short names of its Keras weights
+(:meth:`LayerRule.keras_weights`, which a Keras 3 file stores unnamed, by position), what a
+Keras config says (``keras_options``, read by :meth:`LayerRule.options_from_config`) and what
+of it PyTorch cannot compute (``computable``), the Keras class read from weights alone
+(``recognise_keras``, then ``guess_keras``), other shapes a Keras layer may hold our bytes in
+(:meth:`LayerRule.holds_ours`, :meth:`LayerRule.joins`), and how the localising check pairs and
+reads a module's output (:meth:`LayerRule.trace_name`, :meth:`LayerRule.time_major`,
+:meth:`LayerRule.last_step`).
+
 The generic :meth:`LayerRule.plan_from_torch` / :meth:`LayerRule.plan_from_keras` map each
 param's one tensor to its one weight; families whose tensors map many to many (recurrent,
 attention) override them and expand their params' name patterns.
@@ -41,6 +50,49 @@ class Inference:
     kind: str | None    # a rule family name, or None: no rule fits (the tensors are carried)
     reason: str
     alternatives: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Option:
+    """A Keras config key read as a hyper-parameter under the name ``--model`` records for the
+    PyTorch module (``eps``, ``groups`` ...): how its value converts, and what a config without
+    the key means (Keras 2 convolutions had no ``groups``: 1)."""
+
+    torch: str
+    convert: Callable[[Any], Any] | None = None
+    missing: Any = None
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values of a Keras config key that PyTorch's layer computes, the value a config
+    without the key means, and why any other is refused."""
+
+    values: tuple
+    missing: Any
+    why: str
+
+
+def config_value(raw: Any) -> Any:
+    """A config value; Keras 3 may serialise an activation as ``{"config": "tanh", ...}``."""
+    if isinstance(raw, dict) and isinstance(raw.get("config"), str):
+        return raw["config"]
+    return raw
+
+
+#: What a family is read from when only the shapes of a (weight, bias) pair speak (its
+#: ``inferred_from``, for ``rules/infer.py``): a pair of one shape; a bias-free 1-d weight (``NORM``
+#: too: a normalisation); a 2-d weight, without bias or with one of its output size; a kernel.
+AFFINE, VECTOR, NORM = "affine", "vector", "norm"
+MATRIX, MATRIX_AND_BIAS = "matrix", "matrix and bias"
+
+
+def kernel(rank: int, transposed: bool = False) -> str:
+    """The reading of an n-d convolution weight, transposed or not."""
+    return f"{rank}-d {'transposed ' if transposed else ''}kernel"
+
+
+Shapes = tuple[str | None, list[tuple[int, ...]]]   # a Keras layer's class and weight shapes
 
 
 @dataclass(frozen=True)
@@ -89,6 +141,23 @@ class LayerRule:
     #: grouped ConvTranspose's bias is groups times its axis 1, so not checked so); a bias of
     #: another shape is bad input, refused in both directions
     bias_of: int | None = None
+    #: Keras config key -> the hyper-parameter it gives (see :meth:`options_from_config`)
+    keras_options: dict[str, Option] = field(default_factory=dict, compare=False, repr=False)
+    #: Keras config key -> the values PyTorch computes; a file asking another is refused
+    computable: dict[str, Allowed] = field(default_factory=dict, compare=False, repr=False)
+    #: ``(rule, weights) -> Inference | None``: the Keras class read from weights alone, asked
+    #: only when no family's ``recognise_keras`` answered (a 2-d kernel is a Dense)
+    guess_keras: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    #: the Keras class exists in Keras 3 (not: Keras 2's CuDNNLSTM, only in legacy ``.h5``)
+    keras_3: bool = True
+    #: the package that registers the Keras class, when it is not Keras' own (ours:
+    #: ``"transcoder"``, ``models/keras_layers.py``): a config names it ``<package>>Class``
+    keras_package: str | None = None
+    #: its Keras layer takes ``activation=`` (Dense, Conv): a localising check compares the
+    #: PyTorch module's output after that activation (``checks/localise.py``)
+    fused_activation: bool = False
+    #: the tensor shapes the family is read from when names do not say (AFFINE, VECTOR, ...)
+    inferred_from: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         torch_names = [n for p in self.params for n in p.torch] + list(self.carried)
@@ -112,7 +181,55 @@ class LayerRule:
 
     def recognise_keras(self, layer: str, weights: dict[str, TensorRef]) -> Inference | None:
         """The Keras class of a layer known only by its weights, when this family's weight
-        names prove it; None leaves it to the generic reasoning."""
+        names prove it; None leaves it to the other families, then to ``guess_keras``."""
+        return None
+
+    # ------------------------------------------------------------ the Keras side
+
+    def keras_weights(self) -> tuple[str, ...]:
+        """The short names of a Keras layer's weights, in Keras order (``params`` order)."""
+        return tuple(k for p in self.params for k in p.keras)
+
+    def options_from_config(self, config: dict, weights: dict[str, TensorRef]) -> dict[str, Any]:
+        """The hyper-parameters a Keras layer's config gives (``keras_options``), converted and
+        named as the families read them; the caller keeps the valid ones."""
+        found = {}
+        for key, option in self.keras_options.items():
+            value = config_value(config.get(key, option.missing))
+            convert = option.convert if value is not None else None
+            found[option.torch] = convert(value) if convert else value
+        return found
+
+    def uncomputable(self, config: dict) -> str | None:
+        """What in a Keras config PyTorch's layer of the family cannot compute, if anything."""
+        for key, allowed in self.computable.items():
+            value = config_value(config.get(key, allowed.missing))
+            if value not in allowed.values:
+                return f"{key}={value!r}: {allowed.why}"
+        return None
+
+    def holds_ours(self, ours: Shapes, theirs: Shapes) -> bool:
+        """Does their layer of this family (class and weight shapes ``theirs``) hold our
+        layer's bytes in other shapes (``models/readings.py``)? None do by default."""
+        return False
+
+    def joins(self, first: Shapes, second: Shapes, theirs: Shapes) -> bool:
+        """Is their one layer of this family our two layers ``first`` and ``second``?"""
+        return False
+
+    # ------------------------------------------------------------ localising a divergence
+
+    def trace_name(self, path: str, module: Any) -> str:
+        """The Keras layer the module at ``path`` pairs with when none is named ``path``."""
+        return path
+
+    def time_major(self, module: Any) -> bool:
+        """Is the module's first output a sequence with time first (made batch-first)?"""
+        return False
+
+    def last_step(self, t: Any, k: Any, module: Any) -> tuple[Any, str] | None:
+        """PyTorch output ``t`` as a Keras output ``k`` that keeps only its last step, if the
+        family has such outputs (raises ``Skip`` when it cannot be matched)."""
         return None
 
     # ------------------------------------------------------------ PyTorch -> Keras
@@ -250,6 +367,8 @@ class RuleTable:
             for kind in family.torch_kinds:
                 self._by_torch.setdefault(kind, family)
             self._by_keras.setdefault(family.keras_kind, family)
+            if family.keras_package:
+                self._by_keras.setdefault(f"{family.keras_package}>{family.keras_kind}", family)
         self._nested = {param: child for f in self._families for param, child in f.nested}
 
     def __iter__(self) -> Iterator[LayerRule]:
@@ -267,6 +386,10 @@ class RuleTable:
 
     def for_keras_kind(self, kind: str) -> LayerRule | None:
         return self._by_keras.get(kind)
+
+    def keras_kinds(self) -> list[str]:
+        """Every family's Keras class, once each, in table order."""
+        return list(dict.fromkeys(f.keras_kind for f in self._families))
 
     def nested_child(self, param: str) -> str | None:
         """The child module that joins the module holding ``param`` (see ``LayerRule.nested``)."""

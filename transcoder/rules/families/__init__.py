@@ -1,4 +1,4 @@
-"""The rule families, one module per family of layers; ``registry.TABLE`` lists them in order.
+"""The rule families, one module per family of layers, and :data:`TABLE`, which lists them.
 
 A family is a :class:`~transcoder.rules.table.LayerRule` (or a subclass): everything about one
 kind of layer, in one place.
@@ -22,12 +22,29 @@ kind of layer, in one place.
 - Flags for what some families take: ``parts`` (child modules joined into one Keras layer, a
   SeparableConv's ``depthwise`` and ``pointwise``), ``weight_norm`` (a weight-normed module's
   weight is folded, ``rules/weightnorm.py``).
+- The Keras side: the Keras weight names are the ``params``' Keras names in order (a Keras 3
+  file stores them unnamed, ``formats/keras_v3.py`` names them so); ``keras_options`` (config
+  key -> hyper-parameter) and ``computable`` (config values PyTorch computes; others are
+  refused), ``options_from_config`` to override; ``recognise_keras`` / ``guess_keras`` for a
+  Keras layer known only by its weights; ``holds_ours`` / ``joins`` when a user's Keras layer
+  holds our bytes in other shapes; ``trace_name`` / ``time_major`` / ``last_step`` for
+  localising a divergence. A Keras class of our own (Keras has none for the family) goes in
+  ``models/keras_layers.py``.
 
 Keras layouts with no PyTorch module of their own (DepthwiseConv, SeparableConv, CuDNNLSTM)
 are families too, named like PyTorch kinds (``DepthwiseConv2d``) for ``--rules``; their
 ``cannot["rebuild"]`` says which family rebuilds the modules they stand for.
 
 To add a family: write ``families/<name>.py`` defining the LayerRule (and its ops and builders),
-then add it to ``TABLE`` in ``rules/registry.py``. ``tests/test_structure.py`` fails while a
-family lacks a builder it does not declare it cannot have.
+then add it to :data:`TABLE` below. ``tests/test_structure.py`` fails while a family lacks a
+builder it does not declare it cannot have, or while a module outside this package names a
+family or its Keras class as a string. ``families/layer_scale.py`` is a small complete example.
 """
+from ..table import RuleTable
+from . import attention, conv, cudnn, dense, layer_scale, norm, prelu, recurrent, separable
+
+#: Every family, in the order ``transcode rules`` prints them (the first family listing a
+#: PyTorch kind or a Keras class is the one found for it).
+TABLE = RuleTable([dense.LINEAR, *conv.CONVOLUTIONS, *conv.TRANSPOSED, *separable.FAMILIES,
+                   *norm.FAMILIES, dense.EMBEDDING, prelu.PRELU, *recurrent.FAMILIES,
+                   *cudnn.FAMILIES, *attention.FAMILIES, layer_scale.LAYER_SCALE])

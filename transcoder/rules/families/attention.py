@@ -21,7 +21,7 @@ from ...errors import AmbiguousError, MappingError, UnsupportedError, UsageError
 from ..checkcase import BATCH, Built, LayerCase, Skip
 from ..ops import Op, register_op
 from ..steps import Step, check_shapes
-from ..table import Inference, LayerRule, Param
+from ..table import Inference, LayerRule, Option, Param
 
 PROJECTIONS = ("query", "key", "value")
 SEPARATE = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -166,6 +166,9 @@ class AttentionRule(LayerRule):
 
     def recognise_keras(self, layer: str, weights: dict[str, TensorRef]) -> Inference | None:
         return keras_kind(weights)
+
+    def time_major(self, module) -> bool:
+        return not getattr(module, "batch_first", True)
 
     # ------------------------------------------------------------ PyTorch -> Keras
 
@@ -333,6 +336,7 @@ MULTIHEAD_ATTENTION = AttentionRule(
          "no biases: the bias names drop out; add_bias_kv is refused",
     nested=(("in_proj_weight", "out_proj"), ("q_proj_weight", "out_proj")),
     check=check_attention, rebuild=rebuild_attention,
+    keras_options={"num_heads": Option("num_heads")},
     separate=Param((*SEPARATE, "in_proj_bias"), IN_KERAS, InProjection(packed=False)))
 
 FAMILIES = (MULTIHEAD_ATTENTION,)

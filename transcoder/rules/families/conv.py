@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ...checkpoint import TensorRef
 from ..checkcase import BATCH, Built, LayerCase, Skip, spatial_sizes
 from ..ops import Permute
-from ..table import LayerRule, Param
+from ..table import Inference, LayerRule, Option, Param, kernel
 
 TRANSPOSED_HINTS = ("deconv", "convt", "transpose", "transposed", "upconv", "tconv")
 
@@ -98,6 +99,18 @@ def rebuild_conv_transpose(b, m, x, output_size=None):
 
 # ---------------------------------------------------------------- the families
 
+def kernel_of_rank(rank: int) -> Callable[[LayerRule, dict[str, TensorRef]], Inference | None]:
+    """``guess_keras`` of a family whose Keras layer holds a ``kernel`` of ``rank`` axes (and
+    perhaps a ``bias``), when the weights alone must say the class."""
+    def guess(rule: LayerRule, weights: dict[str, TensorRef]) -> Inference | None:
+        kernel = weights.get("kernel")
+        if kernel is not None and set(weights) <= {"kernel", "bias"} \
+                and len(kernel.shape) == rank:
+            return Inference(rule.keras_kind, f"{rank}-d kernel")
+        return None
+    return guess
+
+
 def _conv(n: int, transposed: bool) -> LayerRule:
     axes = tuple(range(2, n + 2)) + (1, 0)
     name = f"ConvTranspose{n}d" if transposed else f"Conv{n}d"
@@ -110,7 +123,10 @@ def _conv(n: int, transposed: bool) -> LayerRule:
                                             Param("bias", "bias", required=False)),
                      note=note, hints=TRANSPOSED_HINTS if transposed else (), check=check,
                      rebuild=rebuild_conv_transpose if transposed else rebuild_conv,
-                     weight_norm=True, bias_of=None if transposed else 0)
+                     weight_norm=True, bias_of=None if transposed else 0, fused_activation=True,
+                     keras_options={} if transposed else {"groups": Option("groups", missing=1)},
+                     guess_keras=None if transposed else kernel_of_rank(n + 2),
+                     inferred_from=(kernel(n + 2, transposed),))
 
 
 CONVOLUTIONS = tuple(_conv(n, False) for n in (1, 2, 3))

@@ -31,7 +31,7 @@ import numpy as np
 from ...errors import MappingError
 from ..checkcase import Built, LayerCase
 from ..ops import Op, register_op
-from ..table import Param
+from ..table import Option, Param
 from .recurrent import RecurrentRule, check_recurrent
 
 #: Keras block i = PyTorch gate block ORDER[i]
@@ -164,6 +164,7 @@ def _rule(name: str, torch: str, gates: int, order: tuple[int, ...]) -> Recurren
                          f"Keras 2 cuDNN layout of a PyTorch {torch}: gate blocks read as (in, H), "
                          f"bias (2*{gates}H,) = [bias_ih; bias_hh], exact both ways",
                          check=check_cudnn, cannot={"rebuild": NO_REBUILD.format(torch=torch)},
+                         keras_options={"units": Option("hidden_size")}, keras_3=False,
                          gates=gates, cudnn=True)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..checkcase import BATCH, Built, LayerCase
-from ..table import T, LayerRule, Param
+from ...checkpoint import TensorRef
+from ..table import MATRIX, MATRIX_AND_BIAS, T, Inference, LayerRule, Param
+from .conv import kernel_of_rank
 
 
 def check_linear(c: LayerCase) -> Built:
@@ -43,6 +45,10 @@ def rebuild_embedding(b, m, x):
     return b.value(layer(b.view(x, b.identity(x.rank))))
 
 
+def _embeddings(rule: LayerRule, weights: dict[str, TensorRef]) -> Inference | None:
+    return Inference(rule.keras_kind, "embeddings") if set(weights) == {"embeddings"} else None
+
+
 LINEAR = LayerRule(
     "Linear", ("Linear", "LazyLinear", "NonDynamicallyQuantizableLinear"), "Dense",
     (Param("weight", "kernel", T), Param("bias", "bias", required=False)),
@@ -50,7 +56,8 @@ LINEAR = LayerRule(
     hints=("fc", "linear", "lin", "proj", "dense", "head", "classifier", "out", "mlp", "lm",
            "query", "key", "value", "q", "k", "v", "o", "gate", "up", "down", "ffn", "fc1", "fc2",
            "w1", "w2", "w3", "c_fc", "c_proj", "c_attn", "attn", "logits", "score"),
-    check=check_linear, rebuild=rebuild_linear, weight_norm=True,
+    check=check_linear, rebuild=rebuild_linear, weight_norm=True, guess_keras=kernel_of_rank(2),
+    fused_activation=True, inferred_from=(MATRIX, MATRIX_AND_BIAS),
     cannot={"rebuild:LazyLinear": "a LazyLinear becomes a Linear at its first call; before, it "
                                   "has no weights",
             "rebuild:NonDynamicallyQuantizableLinear": "only a MultiheadAttention's out_proj, "
@@ -61,6 +68,7 @@ EMBEDDING = LayerRule(
     note="(num, dim) unchanged: never transposed",
     hints=("embed", "embeds", "embedding", "embeddings", "emb", "wte", "wpe", "tok", "token",
            "tokens", "vocab", "lookup", "word", "words", "position", "positions"),
-    check=check_embedding, rebuild=rebuild_embedding,
+    check=check_embedding, rebuild=rebuild_embedding, guess_keras=_embeddings,
+    inferred_from=(MATRIX,),
     cannot={"rebuild:EmbeddingBag": "it reduces bags of lookups (offsets, per_sample_weights); "
                                     "no Keras layer does"})

@@ -10,17 +10,18 @@ side (epsilon, groups, momentum): see each family's note.
 """
 from __future__ import annotations
 
-import numpy as np
-
+import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from ...checkpoint import TensorRef
 from ...errors import MappingError
 from ..checkcase import BATCH, Built, LayerCase, Skip
 from ..ops import Op, register_op
 from ..steps import Step
-from ..table import LayerRule, Param
+from ..table import AFFINE, NORM, VECTOR, Allowed, Inference, LayerRule, Option, Param
 
 
 @register_op
@@ -86,6 +87,32 @@ class BatchNormRule(LayerRule):
             else:
                 continue
             plan.add(step, self.keras_kind, reason)
+
+
+@dataclass(frozen=True)
+class GroupNormRule(LayerRule):
+    """A Keras ``GroupNormalization(groups=-1)`` has one group per channel."""
+
+    def options_from_config(self, config: dict, weights: dict[str, TensorRef]) -> dict[str, Any]:
+        found = super().options_from_config(config, weights)
+        if found.get("num_groups") == -1:
+            found["num_groups"] = next((ref.shape[0] for ref in weights.values()
+                                        if len(ref.shape) == 1), None)
+        return found
+
+
+# ---------------------------------------------------------------- what a Keras config says
+
+def torch_momentum(value: Any) -> Any:
+    """Keras' moving-average momentum is PyTorch's 1 - momentum."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+    return round(1 - value, 12) if number else None
+
+
+EPSILON = {"epsilon": Option("eps")}
+RMS_SCALING = {"rms_scaling": Allowed((False,), False, "it scales by the variance, which no "
+                                                       "PyTorch layer does")}
 
 
 def _eps(c: LayerCase, default: float = 1e-5) -> float:
@@ -207,12 +234,25 @@ def rebuild_instance_norm(b, m, x):
 
 # ---------------------------------------------------------------- the families
 
+def _moving_statistics(rule: LayerRule, weights: dict[str, TensorRef]) -> Inference | None:
+    if {"moving_mean", "moving_variance"} <= set(weights):
+        return Inference(rule.keras_kind, "moving statistics")
+    return None
+
+
+def _gamma_beta(rule: LayerRule, weights: dict[str, TensorRef]) -> Inference | None:
+    if weights and set(weights) <= {"gamma", "beta"}:
+        return Inference(rule.keras_kind, "gamma/beta: a LayerNormalization or a "
+                         "GroupNormalization (they map alike)", ("GroupNormalization",))
+    return None
+
+
 def _affine(name: str, kinds: tuple[str, ...], keras: str, note: str, stats: bool = False,
-            **more) -> LayerRule:
+            rule: type = LayerRule, **more) -> LayerRule:
     params = [Param("weight", "gamma", required=False), Param("bias", "beta", required=False)]
     if stats:
         params += [Param("running_mean", "moving_mean"), Param("running_var", "moving_variance")]
-    rule = BatchNormRule if stats else LayerRule
+    rule = BatchNormRule if stats else rule
     return rule(name, kinds, keras, tuple(params),
                 carried=("num_batches_tracked",) if stats else (), note=note, **more)
 
@@ -222,22 +262,28 @@ BATCH_NORM = _affine("BatchNorm", ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "B
                      "set Keras epsilon=1e-5 and momentum=1-torch momentum; a Keras layer "
                      "with scale=False (center=False) gives weight 1 (bias 0)", stats=True,
                      proof=(("running_mean", "running_var"), "running statistics"),
-                     check=check_batch_norm, rebuild=rebuild_batch_norm)
+                     check=check_batch_norm, rebuild=rebuild_batch_norm,
+                     keras_options={**EPSILON, "momentum": Option("momentum", torch_momentum)},
+                     guess_keras=_moving_statistics)
 LAYER_NORM = _affine("LayerNorm", ("LayerNorm",), "LayerNormalization", "set Keras epsilon=1e-5",
                      hints=("ln", "layernorm", "layer_norm", "ln_f", "ln1", "ln2", "ln_1",
-                            "ln_2"), check=check_layer_norm, rebuild=rebuild_layer_norm)
+                            "ln_2"), check=check_layer_norm, rebuild=rebuild_layer_norm,
+                     keras_options=EPSILON, computable=RMS_SCALING, guess_keras=_gamma_beta,
+                     inferred_from=(AFFINE, VECTOR, NORM))
 RMS_NORM = LayerRule(
     "RMSNorm", ("RMSNorm",), "RMSNormalization", (Param("weight", "scale"),),
     note="Keras RMSNormalization(epsilon=...); not LayerNormalization(rms_scaling=True), which "
          "scales by the variance", hints=("rms", "rmsnorm"), check=check_rms_norm,
-    rebuild=rebuild_rms_norm)
+    rebuild=rebuild_rms_norm, keras_options=EPSILON, inferred_from=(VECTOR, NORM))
 GROUP_NORM = _affine("GroupNorm", ("GroupNorm",), "GroupNormalization", "set Keras epsilon=1e-5",
                      hints=("gn", "group", "groupnorm"), check=check_group_norm,
-                     rebuild=rebuild_group_norm)
+                     rebuild=rebuild_group_norm, rule=GroupNormRule,
+                     keras_options={**EPSILON, "groups": Option("num_groups")},
+                     inferred_from=(AFFINE,))
 INSTANCE_NORM = _affine("InstanceNorm", ("InstanceNorm", "InstanceNorm1d", "InstanceNorm2d",
                                          "InstanceNorm3d"), "GroupNormalization",
                         "affine weights only; Keras GroupNormalization(groups=-1, epsilon=1e-5)",
                         hints=("instance", "instancenorm", "inorm"), check=check_instance_norm,
-                        rebuild=rebuild_instance_norm)
+                        rebuild=rebuild_instance_norm, inferred_from=(AFFINE,))
 
 FAMILIES = (BATCH_NORM, LAYER_NORM, RMS_NORM, GROUP_NORM, INSTANCE_NORM)

@@ -23,7 +23,7 @@ from ...errors import UnsupportedError
 from ..checkcase import BATCH, Built, LayerCase, Skip
 from ..ops import Identity, Reshape
 from ..steps import Step
-from ..table import LayerRule, Param
+from ..table import VECTOR, Inference, LayerRule, Option, Param, Shapes
 
 
 def check_prelu(c: LayerCase) -> Built:
@@ -57,8 +57,22 @@ def rebuild_prelu(b, m, x):
     return b.elementwise(layer, x)
 
 
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def _alpha(rule: LayerRule, weights: dict) -> Inference | None:
+    return Inference(rule.keras_kind, "alpha") if set(weights) == {"alpha"} else None
+
+
 class PReLURule(LayerRule):
-    """Its way back reshapes a Keras alpha of shared axes to PyTorch's ``(C,)``."""
+    """Its way back reshapes a Keras alpha of shared axes to PyTorch's ``(C,)``; a user's
+    Keras PReLU with ``shared_axes`` holds our ``(C,)`` as ``(1, .., 1, C)``."""
+
+    def holds_ours(self, ours: Shapes, theirs: Shapes) -> bool:
+        (our_class, our_shapes), (_, their_shapes) = ours, theirs
+        return our_class == self.keras_kind and len(our_shapes) == len(their_shapes) \
+            and _squeezed(our_shapes[0]) == _squeezed(their_shapes[0])
 
     def plan_from_keras(self, plan, layer: dict, weights: dict, reason: str) -> None:
         name = layer["name"]
@@ -81,4 +95,6 @@ PRELU = PReLURule(
     "PReLU", ("PReLU",), "PReLU", (Param("weight", "alpha", Identity()),),
     note="alpha (C,); a Keras PReLU with shared_axes holds (1, .., 1, C): reshaped both ways "
          "(from a Keras file, a --keras-model twin, or keras_shape in --rules)",
-    hints=("prelu", "act", "activation"), check=check_prelu, rebuild=rebuild_prelu)
+    hints=("prelu", "act", "activation"), check=check_prelu, rebuild=rebuild_prelu,
+    keras_options={"shared_axes": Option("shared_axes")}, guess_keras=_alpha,
+    inferred_from=(VECTOR,))

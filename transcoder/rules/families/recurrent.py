@@ -28,10 +28,10 @@ import numpy as np
 
 from ...checkpoint import TensorRef
 from ...errors import MappingError, UnsupportedError
-from ..checkcase import BATCH, Built, LayerCase
+from ..checkcase import BATCH, Built, LayerCase, Skip
 from ..ops import Op, Permute, register_op
 from ..steps import Step, check_shapes, note_inverse
-from ..table import Inference, LayerRule, Param
+from ..table import Allowed, Inference, LayerRule, Option, Param
 
 T = Permute((1, 0))
 #: a recurrent module's own tensor names: weight_ih_l0, bias_hh_l1_reverse, weight_ih (a cell)
@@ -213,6 +213,28 @@ class RecurrentRule(LayerRule):
 
     def recognise_keras(self, layer: str, weights: dict[str, TensorRef]) -> Inference | None:
         return keras_kind(weights)
+
+    def keras_weights(self) -> tuple[str, ...]:
+        """One direction's weights (a Bidirectional holds them twice, under its sub-layers)."""
+        return tuple(k.format(dir="") for k in super().keras_weights())
+
+    # ------------------------------------------------------------ localising a divergence
+
+    def trace_name(self, path: str, module) -> str:
+        """A stacked module ``M`` pairs with its last layer's Keras layer ``M.l<last>``."""
+        layers = getattr(module, "num_layers", None)
+        return path if layers is None else f"{path}.l{layers - 1}"
+
+    def time_major(self, module) -> bool:
+        return not getattr(module, "batch_first", True)
+
+    def last_step(self, t, k, module):
+        """A Keras layer without ``return_sequences`` gives only the last step."""
+        if t.ndim != 3 or k.ndim != 2 or t[:, -1].shape != k.shape:
+            return None
+        if getattr(module, "bidirectional", False):
+            raise Skip("a bidirectional RNN whose Keras layer returns only the last state")
+        return t[:, -1], "last time step"
 
     # ------------------------------------------------------------ PyTorch -> Keras
 
@@ -520,8 +542,24 @@ CELL_REBUILD = ("not covered yet: a cell is called once per time step by the mod
                 "the rebuild covers the whole-sequence LSTM, GRU and RNN")
 
 
+#: what a Keras recurrent layer's config says, and the values PyTorch's layers compute (a GRU
+#: config without ``reset_after`` is from Keras before 2.1.3, whose GRU applied the reset gate
+#: before the recurrent matmul)
+UNITS = {"units": Option("hidden_size")}
+TANH = {"activation": Allowed(("tanh",), "tanh", "PyTorch's {name} applies tanh")}
+SIGMOID = {"recurrent_activation": Allowed(("sigmoid",), "sigmoid",
+                                           "PyTorch's {name} gates are sigmoid")}
+RESET_AFTER = {"reset_after": Allowed((True,), False, "PyTorch's GRU applies the reset gate "
+                                                      "after the recurrent matmul")}
+
+
+def _computable(name: str, allowed: dict[str, Allowed]) -> dict[str, Allowed]:
+    return {key: replace(a, why=a.why.format(name=name)) for key, a in allowed.items()}
+
+
 def _rule(name: str, kinds: tuple[str, ...], keras: str, gates: int, order: tuple[int, ...],
-          note: str, **flags: bool) -> RecurrentRule:
+          note: str, options: dict[str, Option], computable: dict[str, Allowed],
+          **flags: bool) -> RecurrentRule:
     """A recurrent family; ``flags``: ``activation_note``, ``reset_after``."""
     kernel = _kernel_op(order)
     params = (Param("weight_ih_l{k}{rev}", "{dir}kernel", kernel),
@@ -530,6 +568,7 @@ def _rule(name: str, kinds: tuple[str, ...], keras: str, gates: int, order: tupl
                     required=False))
     return RecurrentRule(name, kinds, keras, params, (), note, check=check_recurrent,
                          rebuild=rebuild_recurrent, cannot={f"rebuild:{name}Cell": CELL_REBUILD},
+                         keras_options=options, computable=_computable(name, computable),
                          gates=gates, **flags)
 
 
@@ -537,12 +576,15 @@ LAYOUT_NOTE = ("; n>1 layers -> Keras layers M.l0..; _reverse -> Bidirectional b
                "cells (no _l{k}) map to the same Keras layer")
 LSTM = _rule("LSTM", ("LSTM", "LSTMCell"), "LSTM", 4, (),
              "gates i,f,g,o = Keras i,f,c,o; bias = bias_ih + bias_hh, the pair carried"
-             + LAYOUT_NOTE)
+             + LAYOUT_NOTE, UNITS, {**TANH, **SIGMOID})
 GRU = _rule("GRU", ("GRU", "GRUCell"), "GRU", 3, (1, 0, 2),
             "gates r,z,n -> Keras z,r,h; Keras GRU(reset_after=True) only" + LAYOUT_NOTE,
+            {**UNITS, "reset_after": Option("reset_after")}, {**TANH, **SIGMOID, **RESET_AFTER},
             reset_after=True)
 RNN = _rule("RNN", ("RNN", "RNNCell"), "SimpleRNN", 1, (),
             "bias = bias_ih + bias_hh, the pair carried; set the Keras activation (tanh/relu)"
-            + LAYOUT_NOTE, activation_note=True)
+            + LAYOUT_NOTE, {**UNITS, "activation": Option("nonlinearity")},
+            {"activation": Allowed(("tanh", "relu"), "tanh", "PyTorch's RNN applies tanh or relu")},
+            activation_note=True)
 
 FAMILIES = (LSTM, GRU, RNN)

@@ -23,6 +23,7 @@ from the entry, or from ``groups`` with ``--model``.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -31,7 +32,7 @@ from typing import ClassVar
 from ...errors import MappingError
 from ..checkcase import BATCH, Built, LayerCase, Skip, spatial_sizes
 from ..ops import Op, Permute, register_op
-from ..table import Inference, LayerRule, Param
+from ..table import Inference, LayerRule, Option, Param, Shapes
 from ..transpose import permute_array
 
 #: words of a Keras layer name that say "depthwise" (Keras' own default names included)
@@ -114,8 +115,38 @@ def _multiplier(ref, options: dict, family: str) -> int:
                        hint="add depth_multiplier = <m> to its [[layer]] entry in --rules")
 
 
+def _depthwise_kernel(ours: tuple[int, ...], theirs: tuple[int, ...]) -> bool:
+    """Our depthwise Conv kernel (k.., 1, C*m) holds their (k.., C, m)."""
+    return (len(ours) == len(theirs) and ours[:-2] == theirs[:-2] and ours[-2] == 1
+            and ours[-1] == theirs[-2] * theirs[-1])
+
+
 class DepthwiseRule(LayerRule):
-    """Fills in the depth multiplier of its DepthwiseKernel op; recognises Keras weights."""
+    """Fills in the depth multiplier of its DepthwiseKernel op; recognises Keras weights; a
+    user's Keras layer of the family holds our convolutions' bytes in other shapes."""
+
+    @property
+    def _conv_kind(self) -> str:
+        """The Keras class our plan writes for the PyTorch convolutions of the family."""
+        return f"Conv{self.name[-2]}D"
+
+    def holds_ours(self, ours: Shapes, theirs: Shapes) -> bool:
+        """Their DepthwiseConv kernel (k.., C, m) is our Conv kernel (k.., 1, C*m)."""
+        (our_class, our_shapes), (_, their_shapes) = ours, theirs
+        if self.parts or our_class != self._conv_kind or len(our_shapes) != len(their_shapes):
+            return False
+        return _depthwise_kernel(our_shapes[0], their_shapes[0]) \
+            and our_shapes[1:] == their_shapes[1:]
+
+    def joins(self, first: Shapes, second: Shapes, theirs: Shapes) -> bool:
+        """Their SeparableConv is our depthwise Conv without bias, then a pointwise Conv."""
+        if not self.parts or first[0] != self._conv_kind or second[0] != self._conv_kind:
+            return False
+        if len(first[1]) != 1 or len(theirs[1]) != len(second[1]) + 1:
+            return False
+        depthwise, pointwise = theirs[1][0], theirs[1][1:]
+        return (_depthwise_kernel(first[1][0], depthwise) and list(pointwise) == list(second[1])
+                and math.prod(second[1][0][:-2]) == 1)
 
     def _op(self, op, ref, options):
         if isinstance(op, DepthwiseKernel):
@@ -186,6 +217,9 @@ NO_MODULE = ("PyTorch has no {what} module: it is a Conv{n}d with groups = in_ch
              "which the Conv{n}d family rebuilds (Keras Conv{n}D(groups=))")
 
 
+DEPTH = {"depth_multiplier": Option("depth_multiplier", missing=1)}
+
+
 def _depthwise(n: int) -> DepthwiseRule:
     name = f"DepthwiseConv{n}d"
     return DepthwiseRule(
@@ -193,7 +227,7 @@ def _depthwise(n: int) -> DepthwiseRule:
         (Param("weight", "kernel", DepthwiseKernel()), Param("bias", "bias", required=False)),
         note="(C*m, 1, k..) -> (k.., C, m), the Conv permutation's bytes; PyTorch Conv with "
              "groups=C; depth_multiplier from --rules or groups",
-        check=_check_depthwise(n),
+        check=_check_depthwise(n), keras_options=DEPTH, fused_activation=True,
         cannot={"rebuild": NO_MODULE.format(what="depthwise", n=n, more="")})
 
 
@@ -205,7 +239,8 @@ def _separable(n: int) -> DepthwiseRule:
          Param("pointwise.weight", "pointwise_kernel", Permute(_conv_axes(n + 2))),
          Param("pointwise.bias", "bias", required=False)),
         note="module M = M.depthwise (Conv, groups=C, no bias) then M.pointwise (1x1 Conv)",
-        check=_check_separable(n), parts=("depthwise", "pointwise"),
+        check=_check_separable(n), parts=("depthwise", "pointwise"), keras_options=DEPTH,
+        fused_activation=True,
         cannot={"rebuild": NO_MODULE.format(what="separable", n=n,
                                             more=" followed by a 1x1 Conv{n}d".format(n=n))})
 
