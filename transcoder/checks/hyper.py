@@ -412,12 +412,12 @@ def _history(nodes: Any) -> Iterator[str]:
     ``[name, node, tensor, kwargs]`` lists."""
     if isinstance(nodes, dict):
         history = nodes.get("keras_history")
-        if isinstance(history, list) and history and isinstance(history[0], str):
+        if isinstance(history, (list, tuple)) and history and isinstance(history[0], str):
             yield history[0]
             return
         for value in nodes.values():
             yield from _history(value)
-    elif isinstance(nodes, list):
+    elif isinstance(nodes, (list, tuple)):   # a live model's config holds tuples
         if len(nodes) >= 3 and isinstance(nodes[0], str) and isinstance(nodes[1], int):
             yield nodes[0]
             return
