@@ -400,3 +400,24 @@ def test_tflite_refusals_are_one_readable_line():
     long = "error: " + " ".join(["word"] * 100)
     cut = _converter_message(Exception(long))
     assert cut.endswith("word ...") and len(cut) <= 204
+
+
+def test_unbuildable_source_still_compares_its_config(cli, tmp_path):
+    """A Lambda is never deserialised: the reference is then the module rebuilt in Keras, and
+    the config's epsilon is compared all the same."""
+    x_in = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, padding="same", name="conv")(x_in)
+    x = L.Lambda(lambda t: t * 1.0, name="lam")(L.BatchNormalization(epsilon=1e-3, name="bn")(x))
+    x = L.GlobalAveragePooling2D(name="pool")(L.ReLU(name="act")(x))
+    model = keras.Model(x_in, L.Dense(4, name="fc")(x))
+    model.save(tmp_path / "lam.keras")
+    net = net_file(tmp_path, eps="1e-5")
+    code, out, err = cli(tmp_path / "lam.keras", tmp_path / "k.safetensors", "--model",
+                         f"{net}:Net", "--input-shape", SHAPE, "--report", tmp_path / "r.json")
+    assert code == 1, out + err
+    assert EPS_FIX in err
+    report = report_of(tmp_path / "r.json")
+    assert any("cannot be built: layer 'lam' is a Lambda, which holds code" in n
+               for n in report["notes"])
+    output = next(e for e in report["entries"] if e["kind"] == "output")
+    assert output["max_abs_error"] <= 1e-5   # the rebuild of the module agrees with itself

@@ -183,6 +183,7 @@ def compare(module, theirs: list, specs: dict[str, LayerSpec], feeders: dict[str
     """Every pair of module and Keras layer config compared (pairs as the conversion makes
     them: :func:`keras_side.pair`)."""
     modules = dict(module.named_modules())
+    theirs = [t for t in theirs if not keras_side.is_constant(t)]   # a parameter, no layer
     found = []
     for pair in keras_side.pair(keras_side.layers_of_module(module), theirs):
         if len(pair.our_layers) != 1 or pair.theirs.name not in specs:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .. import formats
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH
-from ..errors import CheckFailed, MissingDependencyError, TranscoderError, UsageError
+from ..errors import (CheckFailed, MappingError, MissingDependencyError, TranscoderError,
+                      UsageError)
 from ..frameworks import CHECK_EXTRA, import_frameworks
 from ..live import LiveModels
 from ..models import keras_side, keras_source, torch_side
@@ -204,7 +205,7 @@ def _check_model(src: Path, dst: Path, request: CheckRequest) -> CheckReport:
     layout = arch.inputs.keras_layout
     if source is not None:
         layout = keras_source.layout_for(source, [s.shape for s in specs], layout)
-    pairs = keras_side.pairs_by_path(module, keras_model) if arch.keras_model or source else None
+    pairs = _pairs(module, keras_model) if arch.keras_model or source else None
     report = check_models(module, keras_model, specs, seed=arch.inputs.seed,
                           tolerance=request.tolerance, keras_layout=layout, pairs=pairs)
     if source is not None:
@@ -215,6 +216,14 @@ def _check_model(src: Path, dst: Path, request: CheckRequest) -> CheckReport:
                             f"weights ({src.name} cannot be built: {why}); its config's "
                             f"hyper-parameters are compared with the module's")
     return report
+
+
+def _pairs(module, keras_model) -> list[tuple[str, str]] | None:
+    """(module path, Keras layer) for localising; None (by name) where they do not pair."""
+    try:
+        return keras_side.pairs_by_path(module, keras_model)
+    except MappingError:
+        return None
 
 
 def _source_model(src: Path, request: CheckRequest):

@@ -60,6 +60,8 @@ def build(path: Path, fmt: str, config: Any):
     """``(model, None)``: the model the file states, its weights loaded by Keras; else
     ``(None, why)``."""
     why = unbuildable(config) if fmt in SUFFIXES else "the file states no model config"
+    if why is None and not Path(path).is_file():
+        why = "it is not a local file"
     if why is not None:
         return None, why
     import keras
