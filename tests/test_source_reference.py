@@ -421,3 +421,50 @@ def test_unbuildable_source_still_compares_its_config(cli, tmp_path):
                for n in report["notes"])
     output = next(e for e in report["entries"] if e["kind"] == "output")
     assert output["max_abs_error"] <= 1e-5   # the rebuild of the module agrees with itself
+
+
+def _findings(module, config, before=None, reference=hyper.KERAS):
+    from transcoder.formats.keras_config import LayerSpec
+
+    spec = LayerSpec("c", "Conv1D", config)
+    return hyper._compare_pair(hyper._Pair("c", module, spec, spec, before, reference))
+
+
+@pytest.mark.parametrize("keras_config, torch_kwargs, before, expected", [
+    # Keras pads (1, 1), the module (2, 2): a FAIL naming the fix
+    ({"kernel_size": [3], "padding": "same"}, {"padding": 2}, None,
+     [(True, "Keras padding='same' (pads 1+1), PyTorch padding=(2,) (pads 2+2)",
+       "construct Conv1d(..., padding=1)")]),
+    # a causal Conv1D is PyTorch's padding (k-1)*d then a chomp in the forward: a note
+    ({"kernel_size": [3], "padding": "causal", "dilation_rate": [2]}, {"padding": 4, "dilation": 2},
+     None, [(False, "Keras padding='causal' (pads 4+0), PyTorch padding=(4,) (pads 4+4)",
+             "pad as Keras does before the module (F.pad, 4+0) and construct Conv1d(..., "
+             "padding=0), unless the module's forward drops the extra steps at the end "
+             "(Chomp1d)")]),
+    # ZeroPadding1D((1, 1)) then valid is padding=1: nothing to say
+    ({"kernel_size": [3], "padding": "valid"}, {"padding": 1}, {"padding": [1, 1]}, []),
+    # a strided "same" pads (0, 1) or (1, 1) depending on the length: a note
+    ({"kernel_size": [3], "padding": "same", "strides": [2]}, {"padding": 1, "stride": 2}, None,
+     [(False, "Keras padding='same', PyTorch padding=(1,) (pads 1+1)", "Keras pads the end one more where "
+       "the padding total is odd (it depends on the input size), PyTorch pads both ends alike: "
+       "they agree for some sizes only")]),
+    # reflection padding: Keras convolutions pad with zeros
+    ({"kernel_size": [3], "padding": "same"}, {"padding": 1, "padding_mode": "reflect"}, None,
+     [(True, "PyTorch padding_mode='reflect'", "Keras convolutions pad with zeros: put the "
+       "padding in a layer of its own on the Keras side, or use zeros")]),
+])
+def test_padding_judgements(keras_config, torch_kwargs, before, expected):
+    from transcoder.formats.keras_config import LayerSpec
+
+    module = torch.nn.Conv1d(4, 6, 3, **torch_kwargs)
+    feeding = LayerSpec("zp", "ZeroPadding1D", before) if before else None
+    found = [(f.gating, f.what, f.fix) for f in _findings(module, keras_config, feeding)]
+    assert found == expected
+
+
+def test_pytorch_reference_asks_the_keras_side_to_change():
+    module = torch.nn.Conv1d(4, 6, 3, stride=1, dilation=2)
+    (finding,) = _findings(module, {"kernel_size": [3], "dilation_rate": [1], "padding": "valid"},
+                           reference=hyper.TORCH)
+    assert finding.gating and finding.line() == (
+        "c: Keras dilation_rate=1, PyTorch dilation=2: construct Conv1D(..., dilation_rate=2)")

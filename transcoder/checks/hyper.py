@@ -297,7 +297,8 @@ def _padding(pair: _Pair) -> Iterator[Finding]:
     say = _padding_phrase(padding, extra)
     if None in keras:   # strided "same": more at the end when the total is odd
         if all(a == b for a, b in torch):
-            yield pair.finding("padding", say, "padding", _show_pads(torch), gating=False, fix=(
+            yield pair.finding("padding", say, "padding", f"{_show(module.padding)} (pads "
+                               f"{_show_pads(torch)})", gating=False, fix=(
                 "Keras pads the end one more where the padding total is odd (it depends on "
                 "the input size), PyTorch pads both ends alike: they agree for some sizes only"))
         return
@@ -305,9 +306,13 @@ def _padding(pair: _Pair) -> Iterator[Finding]:
     if keras == torch:
         return
     more = any(t[0] > k[0] or t[1] > k[1] for t, k in zip(torch, keras))
+    chomped = all(t[0] == k[0] and t[1] >= k[1] for t, k in zip(torch, keras))
+    fix = _padding_fix(pair, keras, torch, more)
+    if chomped:   # a causal convolution as PyTorch writes it: pad both ends, drop the last steps
+        fix = f"{fix}, unless the module's forward drops the extra steps at the end (Chomp1d)"
     yield pair.finding("padding", f"{say} (pads {_show_pads(keras)})", "padding",
                        f"{_show(getattr(module, 'padding'))} (pads {_show_pads(torch)})",
-                       gating=more, fix=_padding_fix(pair, keras, torch, more))
+                       gating=more and not chomped, fix=fix)
 
 
 def _padding_fix(pair: _Pair, keras: list, torch: list, more: bool) -> str:
