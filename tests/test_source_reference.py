@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'
 keras = pytest.importorskip("keras")
 
 from transcoder.checks import hyper  # noqa: E402
+from transcoder.formats import keras_config  # noqa: E402
 from transcoder.export import _converter_message  # noqa: E402
 from transcoder.models import keras_source  # noqa: E402
 
@@ -265,8 +266,8 @@ def test_feeders_read_keras3_and_legacy_inbound_nodes():
     legacy = {"class_name": "Model", "config": {"layers": [
         {"class_name": "Conv2D", "name": "conv", "config": {"name": "conv"},
          "inbound_nodes": [[["pad", 0, 0, {}]]]}]}}
-    assert hyper._feeders(keras3)["conv"] == ["pad"]
-    assert hyper._feeders(legacy)["conv"] == ["pad"]
+    assert keras_config.feeders(keras3)["conv"] == ["pad"]
+    assert keras_config.feeders(legacy)["conv"] == ["pad"]
 
 
 # ---------------------------------------------------------------- 18.6: messages

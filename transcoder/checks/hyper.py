@@ -29,7 +29,8 @@ from typing import Any, Iterator
 from ..checkpoint import LAYOUT_KERAS
 from ..errors import TranscoderError
 from ..formats import layout_of
-from ..formats.keras_config import LayerSpec, config_layers, leaves, spec_of
+from ..formats import keras_config
+from ..formats.keras_config import LayerSpec
 from ..models import keras_side, torch_side
 from ..pipeline import read
 from ..rules import from_keras
@@ -160,8 +161,8 @@ def findings_for(src, request) -> list[Finding]:
         config = ckpt.meta.get("keras_config")
         if not isinstance(config, dict):
             return []
-        return compare(module, keras_side.layers_of_checkpoint(ckpt), _specs(config),
-                       _feeders(config), reference)
+        return compare(module, keras_side.layers_of_checkpoint(ckpt), keras_config.layers_by_name(config),
+                       keras_config.feeders(config), reference)
 
 
 def _live_config(model) -> tuple[dict[str, LayerSpec], dict[str, list[str]]]:
@@ -172,7 +173,7 @@ def _live_config(model) -> tuple[dict[str, LayerSpec], dict[str, list[str]]]:
         except NotImplementedError:
             continue
     try:
-        feeders = _feeders({"class_name": type(model).__name__, "config": model.get_config()})
+        feeders = keras_config.feeders({"class_name": type(model).__name__, "config": model.get_config()})
     except (NotImplementedError, TypeError, ValueError):
         feeders = {}
     return specs, feeders
@@ -375,60 +376,6 @@ def _padding_phrase(padding: str, extra: list[tuple[int, int]]) -> str:
     if any(a or b for a, b in extra):
         return f"{padding!r} after ZeroPadding {_show_pads(extra)}"
     return repr(padding)
-
-
-# ---------------------------------------------------------------- config plumbing
-
-
-def _specs(config: dict) -> dict[str, LayerSpec]:
-    """Every leaf layer of a model config by name (nested models flattened)."""
-    found = {}
-    top = spec_of({"class_name": config.get("class_name"), "config": config.get("config"),
-                   "name": "model"})
-    for leaf, _ in leaves(top) if top is not None and top.is_model else []:
-        found[leaf.name] = leaf
-    return found
-
-
-def _feeders(config: dict) -> dict[str, list[str]]:
-    """Layer name -> the layers feeding it, as the config's inbound nodes (or, in a
-    Sequential, the order) say; nested models included."""
-    found: dict[str, list[str]] = {}
-    entries = config_layers(config) or []
-    sequential = config.get("class_name") == "Sequential"
-    previous = None
-    for entry in entries:
-        name = (entry.get("config") or {}).get("name") if isinstance(entry.get("config"), dict) \
-            else entry.get("name")
-        if not isinstance(name, str):
-            continue
-        if sequential:
-            found[name] = [previous] if previous else []
-        else:
-            found[name] = list(dict.fromkeys(_history(entry.get("inbound_nodes"))))
-        if entry.get("class_name") in ("Sequential", "Functional", "Model"):
-            found.update(_feeders(entry))
-        if entry.get("class_name") != "InputLayer":
-            previous = name
-    return found
-
-
-def _history(nodes: Any) -> Iterator[str]:
-    """Layer names in inbound nodes: Keras 3's ``keras_history`` and legacy
-    ``[name, node, tensor, kwargs]`` lists."""
-    if isinstance(nodes, dict):
-        history = nodes.get("keras_history")
-        if isinstance(history, (list, tuple)) and history and isinstance(history[0], str):
-            yield history[0]
-            return
-        for value in nodes.values():
-            yield from _history(value)
-    elif isinstance(nodes, (list, tuple)):   # a live model's config holds tuples
-        if len(nodes) >= 3 and isinstance(nodes[0], str) and isinstance(nodes[1], int):
-            yield nodes[0]
-            return
-        for value in nodes:
-            yield from _history(value)
 
 
 # ---------------------------------------------------------------- values
