@@ -211,8 +211,7 @@ def _compare_pair(pair: _Pair) -> list[Finding]:
 
 def _options(pair: _Pair) -> Iterator[Finding]:
     """The options planning reads from a config, against the module's attributes."""
-    keys = {option: key for key, (option, _, _) in from_keras.OPTIONS.get(
-        pair.spec.class_name or "", {}).items()}
+    keys = _config_keys(pair.spec)
     for option, value in from_keras.options(pair.spec, {}).items():
         theirs = getattr(pair.module, option, None)
         if not _simple(theirs) or _same(value, theirs):
@@ -226,6 +225,12 @@ def _options(pair: _Pair) -> Iterator[Finding]:
         if why is not None:
             fix = f"{fix}; {why}" if fix else why
         yield pair.finding(key, _show(raw), option, _show(theirs), gating=why is None, fix=fix)
+
+
+def _config_keys(spec: LayerSpec) -> dict[str, str]:
+    """PyTorch option -> the config key planning reads it from (planning's own table)."""
+    table = from_keras.OPTIONS.get(spec.class_name or "", {})
+    return {option: key for key, (option, _, _) in table.items()}
 
 
 def _uncomputable(pair: _Pair) -> Iterator[Finding]:
