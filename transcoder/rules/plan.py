@@ -290,9 +290,9 @@ def _needs_keras_model(ckpt: Checkpoint, layer: dict, weights: dict[str, TensorR
     """A layer of a Keras 3 ``.weights.h5`` no rule could read: the file holds no layer
     classes or configs, so the Keras model that saved it is what names its weights (its
     weights numbered ``0``, ``1`` say the same); carrying them would leave them unmapped."""
-    if ckpt.format != BY_POSITION:
-        return None
     numbered = [w for w in weights if w.rpartition("/")[2].isdigit()]
+    if ckpt.format != BY_POSITION or not (numbered or not layer.get("class_name")):
+        return None   # the class is known and its weights named: the error says it better
     what = (f"weights named by position only ({', '.join(numbered[:4])})" if numbered
             else f"weights ({', '.join(list(weights)[:4])}) that do not say its class")
     return UnsupportedError(
