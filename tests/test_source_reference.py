@@ -469,3 +469,18 @@ def test_pytorch_reference_asks_the_keras_side_to_change():
                            reference=hyper.TORCH)
     assert finding.gating and finding.line() == (
         "c: Keras dilation_rate=1, PyTorch dilation=2: construct Conv1D(..., dilation_rate=2)")
+
+
+def test_source_layout_read_from_its_inputs():
+    """A source model takes PyTorch-layout or channels-last inputs: its input shapes say
+    which; square sizes are settled by its convolutions' data_format."""
+    from transcoder.options import CHANNELS_LAST, TORCH_LAYOUT
+
+    conv = keras.Model(*(lambda x: (x, L.Conv1D(2, 3)(x)))(keras.Input((9, 4))))
+    assert keras_source.layout_for(conv, [(3, 4, 9)], TORCH_LAYOUT) == CHANNELS_LAST
+    assert keras_source.layout_for(conv, [(3, 9, 4)], TORCH_LAYOUT) == TORCH_LAYOUT
+    square = keras.Model(*(lambda x: (x, L.Conv1D(2, 3)(x)))(keras.Input((8, 8))))
+    assert keras_source.layout_for(square, [(3, 8, 8)], TORCH_LAYOUT) == CHANNELS_LAST
+    dense = keras.Model(*(lambda x: (x, L.Dense(2)(x)))(keras.Input((8, 8))))
+    assert keras_source.layout_for(dense, [(3, 8, 8)], TORCH_LAYOUT) == TORCH_LAYOUT
+    assert keras_source.layout_for(dense, [(3, 8, 8)], CHANNELS_LAST) == CHANNELS_LAST

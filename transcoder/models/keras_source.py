@@ -76,8 +76,9 @@ def build(path: Path, fmt: str, config: Any):
 
 
 def layout_for(model, shapes: list[tuple[int, ...]], asked: str) -> str:
-    """The layout the model's inputs take: ``asked`` when it fits, else the other one when
-    that fits (a source model built for channels-last inputs), else ``asked``."""
+    """The layout the model's inputs take: the one that fits its input shapes; when both fit
+    (square sizes), channels-last if ``asked`` or if its convolutions say ``channels_last``;
+    ``asked`` when neither fits."""
     def fits(layout: str) -> bool:
         if len(model.inputs) != len(shapes):
             return False
@@ -91,5 +92,19 @@ def layout_for(model, shapes: list[tuple[int, ...]], asked: str) -> str:
                 return False
         return True
 
-    other = TORCH_LAYOUT if asked == CHANNELS_LAST else CHANNELS_LAST
-    return asked if fits(asked) or not fits(other) else other
+    torch, last = fits(TORCH_LAYOUT), fits(CHANNELS_LAST)
+    if torch and last:
+        return CHANNELS_LAST if asked == CHANNELS_LAST or _channels_last(model) else TORCH_LAYOUT
+    return TORCH_LAYOUT if torch else CHANNELS_LAST if last else asked
+
+
+def _channels_last(model) -> bool:
+    """Whether a layer of the model states ``data_format="channels_last"``."""
+    return any(getattr(layer, "data_format", None) == "channels_last"
+               for layer in _layers(model))
+
+
+def _layers(model) -> Iterator:
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _layers(layer)
