@@ -171,10 +171,12 @@ def test_keras_epsilon_with_keras_model_names_the_fix_not_numerics(cli, tmp_path
                          "--channels-last", "--report", tmp_path / "r.json")
     assert code == 1, out + err
     assert EPS_FIX in err and "likely numerics" not in out + err
-    inaccurate = [e for e in report_of(tmp_path / "r.json")["entries"]
-                  if e["status"] == "INACCURATE"]
-    assert all(e["message"].startswith("not numerics: hyper-parameters differ (bn)")
-               for e in inaccurate)
+    report = report_of(tmp_path / "r.json")
+    inaccurate = [e for e in report["entries"] + report["trace"] if e["status"] == "INACCURATE"]
+    assert inaccurate and all(e["message"].startswith("not numerics: hyper-parameters differ "
+                                                      "(bn)") for e in inaccurate)
+    (bn,) = [e for e in report["trace"] if e["name"] == "bn"]
+    assert bn["max_abs_error"] > 1e-4 and "channel axis moved last" in bn["message"]
 
 
 # ---------------------------------------------------------------- geometry

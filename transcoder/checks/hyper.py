@@ -125,8 +125,10 @@ def attach(report: CheckReport, findings: list[Finding]) -> CheckReport:
     if gating:
         names = ", ".join(dict.fromkeys(f.path for f in gating))
         for entry in report.entries + report.trace:
-            if entry.status == INACCURATE:
-                entry.message = f"not numerics: hyper-parameters differ ({names})"
+            if entry.status == INACCURATE:   # the numerics advice gives way, other notes stay
+                kept = [m for m in entry.message.split("; ") if m and "numerics" not in m]
+                entry.message = "; ".join([f"not numerics: hyper-parameters differ ({names})",
+                                           *kept])
     return report
 
 
