@@ -16,6 +16,7 @@ imported only in the functions that write.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,9 +170,45 @@ def _tflite(model, near: Path, quantize: str | None, input_signature=None) -> by
 
 
 def _converter_message(exc: Exception) -> str:
-    """The converter's first error line (its messages run to pages of MLIR locations)."""
+    """The converter's first error, one readable line: its messages run to pages of MLIR
+    locations (``loc(callsite(fused["TensorListReserve:", "functional_1/lstm_1/..."] ...``);
+    the location becomes the layer it names (``in functional_1/lstm_1``)."""
     lines = [line for line in str(exc).splitlines() if "error:" in line] or [str(exc)]
-    return one_line(lines[0].split("error:")[-1], limit=200)
+    text = lines[0].split("error:", 1)[-1].strip()
+    where = ""
+    if text.startswith("loc("):
+        end = _closing(text, len("loc"))
+        location, text = text[:end + 1], text[end + 1:].lstrip(": ")
+        layers = MLIR_LAYER.findall(location)
+        where = f" (in {layers[0]})" if layers else ""
+    return _words(" ".join(text.split()), 200) + where
+
+
+#: A layer path in an MLIR location: ``"functional_1/lstm_1/TensorArrayV2_1@__inference..."``.
+MLIR_LAYER = re.compile(r'"([\w.-]+(?:/[\w.-]+)*)/[^"/@]*@')
+
+
+def _closing(text: str, start: int) -> int:
+    """The index of the parenthesis closing the one at ``start`` (the end when unbalanced)."""
+    depth, quoted = 0, False
+    for i in range(start, len(text)):
+        c = text[i]
+        if c == '"':
+            quoted = not quoted
+        elif not quoted and c == "(":
+            depth += 1
+        elif not quoted and c == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(text) - 1
+
+
+def _words(text: str, limit: int) -> str:
+    """``text`` cut at a word boundary within ``limit`` characters (``...`` when cut)."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
 
 
 def static_signature(model, arch: Architecture, reason: str) -> list:

@@ -25,6 +25,8 @@ from .compare import (DEFAULT_TOLERANCES, NOT_CHECKED, SKIPPED, SUCCESS,
                       Comparison, json_float, overall_status)
 
 REPORT_VERSION = 1
+#: The kind of an entry naming a hyper-parameter the two sides disagree on (:mod:`.hyper`).
+HYPER_PARAMETER = "hyper-parameter"
 #: package -> distributions that may provide it (the first one installed is reported).
 DISTRIBUTIONS = {"torch": ("torch",), "keras": ("keras",),
                  "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-intel", "tf-nightly"),
@@ -119,11 +121,14 @@ class CheckReport:
         if self.status == SKIPPED:
             line = f"check {SKIPPED}: nothing was compared ({self._unverified_counts(what)})"
         else:
-            line = (f"check {'passed' if self.passed else 'FAILED'}: {len(self.failures)} of "
-                    f"{self.compared} {what} differ beyond tolerance")
+            settings = [e for e in self.entries if e.kind == HYPER_PARAMETER]
+            compared = self.compared - len(settings)
+            line = (f"check {'passed' if self.passed else 'FAILED'}: "
+                    f"{_settings_line(settings)}{len(self.failures) - len(settings)} of "
+                    f"{compared} {what} differ beyond tolerance")
             if self.unverified:
-                line += (f"; only {self.compared} of {len(self.entries)} {what} verified "
-                         f"({self._unverified_counts(what)}")
+                line += (f"; only {compared} of {len(self.entries) - len(settings)} {what} "
+                         f"verified ({self._unverified_counts(what)}")
                 line += ", and --strict asks for all)" if self.strict else ")"
         if self.seed is not None:
             line += f" (seed {self.seed})"
@@ -262,3 +267,14 @@ def _write_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _settings_line(settings: list[Comparison]) -> str:
+    """``1 hyper-parameter differs (bn: Keras epsilon=0.001, ...); `` for the summary."""
+    if not settings:
+        return ""
+    first = f"{settings[0].name}: {settings[0].message}"
+    more = f", and {len(settings) - 1} more" if len(settings) > 1 else ""
+    counted = "1 hyper-parameter differs" if len(settings) == 1 else \
+        f"{len(settings)} hyper-parameters differ"
+    return f"{counted} ({first}{more}); "

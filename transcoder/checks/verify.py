@@ -21,13 +21,15 @@ from pathlib import Path
 
 from .. import formats
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH
-from ..errors import CheckFailed, MissingDependencyError, TranscoderError, UsageError
+from ..errors import (CheckFailed, MappingError, MissingDependencyError, TranscoderError,
+                      UsageError)
 from ..frameworks import CHECK_EXTRA, import_frameworks
 from ..live import LiveModels
-from ..models import keras_side, torch_side
+from ..models import keras_side, keras_source, torch_side
 from ..models.inputs import from_options
 from ..options import Architecture, CheckRequest
 from ..pipeline import prepare, read
+from . import hyper
 from .artifacts import ArtifactCheck, open_artifact
 from .layers import check_layers
 from .models import check_models
@@ -140,8 +142,10 @@ def verify(src: Path, dst: Path, request: CheckRequest | None = None, *,
             return compare_tensors(original, copy)
     import_frameworks()
     if request.arch.model and full:
-        return _check_model(src, dst, request)
-    return _check_layers(src, dst, request)
+        report = _check_model(src, dst, request)
+    else:
+        report = _check_layers(src, dst, request)
+    return hyper.judge(report, src, request)
 
 
 def _read_source(src: Path, request: CheckRequest):
@@ -196,11 +200,40 @@ def _check_model(src: Path, dst: Path, request: CheckRequest) -> CheckReport:
     fmt = exported(keras_file)
     if fmt is not None:
         return _check_artifact(torch_file, keras_file, fmt, module, request)
-    keras_model = _keras_side(module, keras_file, arch, specs)
-    pairs = keras_side.pairs_by_path(module, keras_model) if arch.keras_model else None
-    return check_models(module, keras_model, specs, seed=arch.inputs.seed,
-                        tolerance=request.tolerance, keras_layout=arch.inputs.keras_layout,
-                        pairs=pairs)
+    source, why = _source_model(src, request) if keras_file == src else (None, None)
+    keras_model = source or _keras_side(module, keras_file, arch, specs)
+    layout = arch.inputs.keras_layout
+    if source is not None:
+        layout = keras_source.layout_for(source, [s.shape for s in specs], layout)
+    pairs = _pairs(module, keras_model) if arch.keras_model or source else None
+    report = check_models(module, keras_model, specs, seed=arch.inputs.seed,
+                          tolerance=request.tolerance, keras_layout=layout, pairs=pairs)
+    if source is not None:
+        report.notes.append(f"the reference is {src.name} itself: its model built from its own "
+                            f"config by Keras (built-in classes only)")
+    elif why is not None:
+        report.notes.append(f"the reference is the module rebuilt in Keras with {src.name}'s "
+                            f"weights ({src.name} cannot be built: {why}); its config's "
+                            f"hyper-parameters are compared with the module's")
+    return report
+
+
+def _pairs(module, keras_model) -> list[tuple[str, str]] | None:
+    """(module path, Keras layer) for localising; None (by name) where they do not pair."""
+    try:
+        return keras_side.pairs_by_path(module, keras_model)
+    except MappingError:
+        return None
+
+
+def _source_model(src: Path, request: CheckRequest):
+    """A Keras SRC's own model (without --keras-model): ``(model, None)``, else ``(None, why
+    not)``."""
+    if request.arch.keras_model:
+        return None, None
+    with _read_source(src, request) as ckpt:
+        fmt, config = ckpt.format, ckpt.meta.get("keras_config")
+    return keras_source.build(src, fmt, config)
 
 
 def _keras_side(module, keras_file: Path, arch: Architecture, specs):

@@ -13,7 +13,9 @@ A legacy full-model ``.h5`` (root attribute ``model_config``) and a ``.keras`` a
 - A nested model is a layer whose config lists layers of its own; a wrapper (``Bidirectional``,
   ``TimeDistributed``) holds the wrapped layer's entry under ``config.layer``.
 
-:func:`layer_specs` turns that into :class:`LayerSpec` trees. Nothing here imports a class:
+:func:`layer_specs` turns that into :class:`LayerSpec` trees; :func:`feeders` says which layers
+feed each (Keras 3's ``inbound_nodes`` name them in ``keras_history``, legacy ones as
+``[name, node, tensor, kwargs]`` lists; a Sequential by order). Nothing here imports a class:
 a foreign one keeps its registered name (which no rule knows, so planning asks the user).
 Every value is type-checked: a config is untrusted input like any other part of a file.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 #: Classes whose config lists layers: their layers are read one by one.
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
@@ -122,3 +124,54 @@ def leaves(spec: LayerSpec) -> list[tuple[LayerSpec, tuple[str, ...]]]:
     for child in spec.children or []:
         found += [(leaf, (spec.name, *models)) for leaf, models in leaves(child)]
     return found
+
+
+def layers_by_name(config: dict) -> dict[str, LayerSpec]:
+    """Every leaf layer of a model config by name (nested models flattened)."""
+    found = {}
+    top = spec_of({"class_name": config.get("class_name"), "config": config.get("config"),
+                   "name": "model"})
+    for leaf, _ in leaves(top) if top is not None and top.is_model else []:
+        found[leaf.name] = leaf
+    return found
+
+
+def feeders(config: dict) -> dict[str, list[str]]:
+    """Layer name -> the layers feeding it, as the config's inbound nodes (or, in a
+    Sequential, the order) say; nested models included."""
+    found: dict[str, list[str]] = {}
+    entries = config_layers(config) or []
+    sequential = config.get("class_name") == "Sequential"
+    previous = None
+    for entry in entries:
+        name = (entry.get("config") or {}).get("name") if isinstance(entry.get("config"), dict) \
+            else entry.get("name")
+        if not isinstance(name, str):
+            continue
+        if sequential:
+            found[name] = [previous] if previous else []
+        else:
+            found[name] = list(dict.fromkeys(_history(entry.get("inbound_nodes"))))
+        if entry.get("class_name") in MODEL_CLASSES:
+            found.update(feeders(entry))
+        if entry.get("class_name") != "InputLayer":
+            previous = name
+    return found
+
+
+def _history(nodes: Any) -> Iterator[str]:
+    """Layer names in inbound nodes: Keras 3's ``keras_history`` and legacy
+    ``[name, node, tensor, kwargs]`` lists."""
+    if isinstance(nodes, dict):
+        history = nodes.get("keras_history")
+        if isinstance(history, (list, tuple)) and history and isinstance(history[0], str):
+            yield history[0]
+            return
+        for value in nodes.values():
+            yield from _history(value)
+    elif isinstance(nodes, (list, tuple)):   # a live model's config holds tuples
+        if len(nodes) >= 3 and isinstance(nodes[0], str) and isinstance(nodes[1], int):
+            yield nodes[0]
+            return
+        for value in nodes:
+            yield from _history(value)

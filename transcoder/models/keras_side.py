@@ -125,21 +125,32 @@ def layers_of_model(model) -> list[LayerInfo]:
     from ..formats.keras_h5 import short_weight_path
 
     found = []
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         if layer.weights:
             bidi = type(layer).__name__ == "Bidirectional"
-            found.append(LayerInfo(layer.name, type(layer).__name__,
+            found.append(LayerInfo(layer.name, _class_of(layer),
                                    [short_weight_path(w.path, layer.name, bidi) for w in layer.weights],
                                    [tuple(w.shape) for w in layer.weights], layer))
     return found
 
 
-def _leaf_layers(model):
+def _class_of(layer) -> str:
+    """A layer's class; a wrapper holding exactly its wrapped layer's weights (a
+    TimeDistributed) the class it wraps: it pairs as that layer."""
+    inner = getattr(layer, "layer", None)
+    if inner is not None and not hasattr(layer, "forward_layer") and \
+            len(getattr(inner, "weights", ())) == len(layer.weights):
+        return type(inner).__name__
+    return type(layer).__name__
+
+
+def leaf_layers(model):
+    """The model's layers, nested models flattened."""
     import keras
 
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
+            yield from leaf_layers(layer)
         else:
             yield layer
 

@@ -272,10 +272,38 @@ def plan_to_torch(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
     for layer, weights in _keras_layers(ckpt):
         weights = _take_user_weights(plan, layer["name"], weights, user)
         if weights:
-            _plan_keras_layer(plan, layer, weights, user)
+            try:
+                _plan_keras_layer(plan, layer, weights, user)
+            except (UnsupportedError, MappingError) as exc:
+                raise _needs_keras_model(ckpt, layer, weights) or exc from None
     plan.carried = list(ckpt.meta.get("carried", []))
     plan.torch_order = [n for s in plan.steps for n in s.torch] + plan.carried
     return plan
+
+
+#: The format whose files name weights by class and position only (Keras 3 ``.weights.h5``).
+BY_POSITION = "keras_weights_h5"
+
+
+def _needs_keras_model(ckpt: Checkpoint, layer: dict, weights: dict[str, TensorRef]
+                       ) -> UnsupportedError | None:
+    """A layer of a Keras 3 ``.weights.h5`` no rule could read: the file holds no layer
+    classes or configs, so the Keras model that saved it is what names its weights (its
+    weights numbered ``0``, ``1`` say the same); carrying them would leave them unmapped."""
+    numbered = [w for w in weights if w.rpartition("/")[2].isdigit()]
+    if ckpt.format != BY_POSITION or not (numbered or not layer.get("class_name")):
+        return None   # the class is known and its weights named: the error says it better
+    what = (f"weights named by position only ({', '.join(numbered[:4])})" if numbered
+            else f"weights ({', '.join(list(weights)[:4])}) that do not say its class")
+    return UnsupportedError(
+        f"Keras layer {layer['name']!r}{_class_note(layer)} has {what}: a Keras 3 .weights.h5 "
+        f"stores no layer classes or configs, only the model that saved it can name them",
+        hint="pass --keras-model path/to/model.py:build_model, a function building the Keras "
+             "model that saved it")
+
+
+def _class_note(layer: dict) -> str:
+    return f" ({layer['class_name']})" if layer.get("class_name") else ""
 
 
 def _take_user_weights(plan: Plan, layer: str, weights: dict[str, TensorRef],

@@ -215,6 +215,9 @@ class Rebuilder(torch.fx.Interpreter):
             return builder(b, module, *args, **kwargs)
 
     def _keras_call_function(self, n, result):
+        picked = self._picked(n)
+        if picked:
+            return picked[0]
         args, kwargs = self._args(n)
         if not _has_value((args, kwargs)):
             return result   # sizes and constants: evaluated at the traced shapes
@@ -229,6 +232,21 @@ class Rebuilder(torch.fx.Interpreter):
             return builder(b, *args, **kwargs)
 
     _keras_call_method = _keras_call_function
+
+    def _picked(self, n) -> tuple:
+        """``(item,)`` for ``results[i]`` of a call that returned several (``attn(x, x,
+        x)[0]``): the item picked, so that a sibling the rebuild refuses (the attention
+        weights) is an error only where it is used; else ``()``."""
+        if n.op != "call_function" or n.target is not operator.getitem or len(n.args) != 2:
+            return ()
+        results = self.kenv.get(n.args[0]) if isinstance(n.args[0], torch.fx.Node) else None
+        index = n.args[1]
+        if not isinstance(results, tuple) or not isinstance(index, int) or \
+                not -len(results) <= index < len(results):
+            return ()
+        if isinstance(results[index], Refused):
+            raise results[index].error
+        return (results[index],)
 
     def _keras_output(self, n, result):
         def output(x):
