@@ -33,7 +33,7 @@ from ..formats import keras_config
 from ..formats.keras_config import LayerSpec
 from ..models import keras_side, torch_side
 from ..pipeline import read
-from ..rules import from_keras
+from ..rules import from_keras, registry
 from .compare import FAIL, INACCURATE, Comparison
 from .report import HYPER_PARAMETER, CheckReport
 
@@ -231,8 +231,9 @@ def _options(pair: _Pair) -> Iterator[Finding]:
 
 def _config_keys(spec: LayerSpec) -> dict[str, str]:
     """PyTorch option -> the config key planning reads it from (planning's own table)."""
-    table = from_keras.OPTIONS.get(spec.class_name or "", {})
-    return {option: key for key, (option, _, _) in table.items()}
+    rule = registry.TABLE.for_keras_kind(spec.class_name or "")
+    table = rule.keras_options if rule is not None else {}
+    return {option.torch: key for key, option in table.items()}
 
 
 def _uncomputable(pair: _Pair) -> Iterator[Finding]:
