@@ -31,7 +31,8 @@ import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import FormatError, MappingError, UnsafeFileError, UnsupportedError, UsageError
-from . import ReadOptions, jsonsafe, limits, rawfill, sigbus
+from . import jsonsafe, limits, rawfill, sigbus
+from .base import HDF5, Format, Head, ReadOptions
 from . import h5safety as h5s
 from . import keras_config, keras_v3
 
@@ -497,3 +498,18 @@ def _write_array(grp: h5py.Group, rel: str, array: np.ndarray, name: str,
     except (ValueError, TypeError) as exc:
         raise MappingError(f"cannot store tensor in HDF5 ({exc})", path=path,
                            tensor=name) from None
+
+
+def sniff(head: Head, path: Path) -> bool:
+    """The HDF5 signature (the reader tells the legacy and Keras 3 layouts apart)."""
+    return head.data.startswith(HDF5)
+
+
+#: One reader for both; the name decides which is written. Content says only "HDF5": a file
+#: named ``.weights.h5`` is read as such, any other HDF5 file as legacy (the same reader).
+FORMAT = Format("keras_h5", (".h5", ".hdf5"), LAYOUT_KERAS, magics=(HDF5,),
+                description="Keras legacy HDF5 (weights-only or full model)",
+                sniff=sniff, reader=read, writer=write)
+WEIGHTS_FORMAT = Format("keras_weights_h5", (".weights.h5",), LAYOUT_KERAS, magics=(HDF5,),
+                        description="Keras 3 weights file (.weights.h5)", needs_model=True,
+                        reader=read, writer=write)

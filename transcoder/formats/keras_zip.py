@@ -27,7 +27,8 @@ import h5py
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import FormatError, UnsafeFileError, UsageError
-from . import ReadOptions, jsonsafe, keras_v3, zipsafe
+from . import jsonsafe, keras_v3, zipsafe
+from .base import ZIP, Format, Head, ReadOptions
 from . import h5safety as h5s
 from .brief import brief
 
@@ -38,7 +39,7 @@ METADATA = "metadata.json"
 MAX_JSON_BYTES = 16 << 20
 CHUNK = 1 << 20
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-LOCAL_MAGIC = b"PK\x03\x04"
+LOCAL_MAGIC = ZIP
 ZIP_ERRORS = zipsafe.ZIP_ERRORS + (zlib.error,)
 
 
@@ -203,3 +204,13 @@ def _open_h5(source: IO[bytes], path: Path) -> h5py.File:
 def _close_both(f: h5py.File, source: IO[bytes]) -> None:
     f.close()
     source.close()
+
+
+def sniff(head: Head, path: Path) -> bool:
+    """A zip archive holding ``config.json`` and ``model.weights.h5``."""
+    return head.zip_names is not None and CONFIG in head.zip_names and WEIGHTS in head.zip_names
+
+
+FORMAT = Format("keras_zip", (".keras",), LAYOUT_KERAS, magics=(ZIP,),
+                description="Keras 3 model archive (.keras)", needs_model=True,
+                stores_classes=True, sniff=sniff, reader=read, writer=write)
