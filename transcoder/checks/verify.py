@@ -100,10 +100,11 @@ def check_written(done: Prepared, request: CheckRequest, *, asked: bool | None,
     return report, notes
 
 
-def check_files(src: Path, dst: Path, request: CheckRequest) -> tuple[CheckReport, list[str]]:
+def check_files(src: Path, dst: Path, request: CheckRequest) -> CheckReport:
     """``transcode check``: two files of one layout bit for bit (numpy only), else the check
     across frameworks, which needs torch and Keras (MissingDependencyError without them). Each
-    file is identified once and SRC read and planned once, then checked as a conversion is."""
+    file is identified once and SRC read and planned once, then checked as a conversion is.
+    Asked for, a check that cannot run is an error: there is nothing to note."""
     source = formats.identify(src, request.source_format)
     written = formats.identify(dst)
     target = written.format
@@ -111,7 +112,7 @@ def check_files(src: Path, dst: Path, request: CheckRequest) -> tuple[CheckRepor
         with read(source, key=request.key) as original, read(written) as copy:
             report = compare_tensors(original, copy)
         report.strict = request.strict
-        return report, []
+        return report
     decide(True)   # MissingDependencyError before anything is read, as always
     why = _artifact_unchecked(source.layout, src, dst, request.arch) \
         if target.exported else None
@@ -120,7 +121,7 @@ def check_files(src: Path, dst: Path, request: CheckRequest) -> tuple[CheckRepor
     with prepare(source, target, key=request.key, rules=request.rules, arch=request.arch,
                  source_format=request.source_format) as done:
         done.written = [Path(dst)]
-        return check_written(done, request, asked=True, dst=written)
+        return check_written(done, request, asked=True, dst=written)[0]
 
 
 def _artifact_unchecked(src_layout: str, src: Path, dst: Path, arch: Architecture
