@@ -109,6 +109,22 @@ def _zip_names(fh) -> tuple[str, ...] | None:
         return None   # the reader says why
 
 
+class LazyModule:
+    """A module imported when one of its names is first used: the format modules bind h5py
+    and their HDF5 helpers so, and the registry reads their ``Format`` records without paying
+    for h5py until a Keras file is read or written. (Each such module names the same modules
+    under ``TYPE_CHECKING``, so the import graph still shows them.)"""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module = None
+
+    def __getattr__(self, attr: str):
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
 Sniffer = Callable[[Head, Path], bool]
 Reader = Callable[[Path, ReadOptions], Checkpoint]
 Writer = Callable[[Checkpoint, Path], None]

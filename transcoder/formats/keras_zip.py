@@ -21,15 +21,21 @@ import weakref
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Any, Iterator
-
-import h5py
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import FormatError, UnsafeFileError, UsageError
-from . import jsonsafe, keras_v3, zipsafe
-from .base import ZIP, Format, Head, ReadOptions
-from . import h5safety as h5s
+from . import jsonsafe, zipsafe
+from .base import ZIP, Format, Head, LazyModule, ReadOptions
+
+if TYPE_CHECKING:
+    import h5py
+
+    from . import h5safety as h5s
+    from . import keras_v3
+else:   # loaded when a file is read, not when the registry reads FORMAT
+    h5s = LazyModule("transcoder.formats.h5safety")
+    keras_v3 = LazyModule("transcoder.formats.keras_v3")
 from .brief import brief
 
 WEIGHTS = "model.weights.h5"
