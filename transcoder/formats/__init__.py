@@ -112,9 +112,9 @@ def identify(path: Path | str, name: str | None = None) -> Identified:
 
 def by_content(head: Head, in_index: bool = False) -> Format | None:
     """The format whose ``sniff`` takes the content (built-ins in :data:`SNIFF_ORDER`, then
-    plugins); an index (``*.index.json``) is the format of the first shard it names."""
-    if head.problem is not None and not head.folder:
-        return None   # the reader says why
+    plugins); an index (``*.index.json``) is the format of the first shard it names. Built-in
+    sniffs are asked about any path (a folder, one that does not exist); plugins only about a
+    readable, non-empty file."""
     builtins = {f.name: f for f in builtin_formats()}
     for fmt in (builtins[n] for n in SNIFF_ORDER):
         if fmt.sniff(head, head.path):
@@ -124,8 +124,8 @@ def by_content(head: Head, in_index: bool = False) -> Format | None:
 
         if shards.is_index(head.path):
             return _index_kind(head.path)
-    if head.folder or not head.data:
-        return None
+    if head.problem is not None:
+        return None   # the reader says why
     return next((f for f in plugin_formats() if f.sniff(head, head.path)), None)
 
 

@@ -182,6 +182,8 @@ class Format:
     def check_head(self, head: Head) -> None:
         """FormatError unless the file is a regular, non-empty file starting with one of the
         format's magic byte strings (an index is JSON: its reader checks it)."""
+        if self.folder and head.folder:
+            return   # a folder format: its reader looks inside
         if head.problem is not None:
             raise head.problem
         index = head.path.name.lower().endswith(".index.json")
