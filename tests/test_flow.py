@@ -19,6 +19,7 @@ from transcoder.pipeline import read
 
 ENCODER = FIXTURES / "encoder.pt"
 OPENS: dict[str, Counter] = {}   # path -> opens, while a test records
+HOOKED: list[bool] = []
 
 
 def _audit(event: str, args: tuple) -> None:
@@ -32,7 +33,14 @@ def _audit(event: str, args: tuple) -> None:
         counter[path] += 1
 
 
-sys.addaudithook(_audit)   # hooks cannot be removed: this one counts only while OPENS is set
+def _record_opens() -> Counter:
+    """A counter of opens by resolved path, filled until it is removed from OPENS. (Audit
+    hooks cannot be removed: the one hook, added on first use, counts only while one is set.)"""
+    if not HOOKED:
+        sys.addaudithook(_audit)
+        HOOKED.append(True)
+    OPENS["run"] = Counter()
+    return OPENS["run"]
 
 
 def test_one_default_conversion_reads_src_once_and_plans_once(cli, tmp_path, monkeypatch):
@@ -46,7 +54,7 @@ def test_one_default_conversion_reads_src_once_and_plans_once(cli, tmp_path, mon
     plans = []
     real_plan = pipeline.make_plan
     monkeypatch.setattr(pipeline, "make_plan", lambda *a, **k: plans.append(a) or real_plan(*a, **k))
-    OPENS["run"] = opens = Counter()
+    opens = _record_opens()
     try:
         code, out, err = cli(ENCODER, dst, "--force")
     finally:

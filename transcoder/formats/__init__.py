@@ -140,12 +140,6 @@ def _index_kind(path: Path) -> Format | None:
     return kind if kind is not None and kind.name in shards.SHARDED_FORMATS else None
 
 
-def read(path: Path | str, options: ReadOptions | None = None, name: str | None = None
-         ) -> Checkpoint:
-    """Identify ``path`` and read it (the note, if any, is left to the caller)."""
-    return identify(path, name).read(options)
-
-
 def other_layout(layout: str) -> str:
     return LAYOUT_KERAS if layout == LAYOUT_TORCH else LAYOUT_TORCH
 
