@@ -436,7 +436,7 @@ def test_transformer_encoder_layer_maps_completely_and_computes_the_same():
 # ------------------------------------------------------------------ listing and files
 
 def test_rules_listing_shows_recurrent_and_attention_families():
-    from transcoder.tables import rule_rows
+    from transcoder.cli.tables import rule_rows
     rules = {row["rule"] for row in rule_rows()}
     assert {"LSTM", "GRU", "RNN", "MultiheadAttention"} <= rules
 

@@ -108,6 +108,17 @@ def test_no_import_cycles():
 
 
 
+def test_the_cli_is_a_shell_over_the_api():
+    """The commands parse, call :mod:`transcoder.api` and print: none of them reads, plans,
+    writes or loads a model itself (what a conversion does is written once, in the API)."""
+    below_the_api = ("transcoder.pipeline", "transcoder.formats", "transcoder.live",
+                     "transcoder.models", "transcoder.rules.plan", "transcoder.export")
+    reached = [f"{m} -> {t}" for m, targets in import_edges().items() if m.startswith("transcoder.cli")
+               for t in targets if t.startswith(below_the_api)]
+    assert not reached, "the CLI goes around the API:\n" + "\n".join(sorted(reached))
+    assert "transcoder.api" in import_edges()["transcoder.cli.convert"]
+
+
 # ---------------------------------------------------------------- every family has its builders
 
 def _cannot_rebuild(family: LayerRule, kind: str) -> str | None:

@@ -12,8 +12,9 @@ imports only modules of its own layer or of lower ones (imports inside functions
   6. pipeline, live, export          read -> plan -> write; live models in the pipeline;
                                      SavedModel and TFLite exports of a Keras model
   7. checks                          the forward check and its report
-  8. bulk, tables, api               a tree of checkpoints; printed tables; the Python API
-  9. cli, __main__                   the ``transcode`` command
+  8. bulk, api                       a tree of checkpoints; the Python API (what the
+                                     commands do, once)
+  9. cli, __main__                   the ``transcode`` command: parse, call the API, print
 
 The Python API (:mod:`.api`) is here too, loaded on first use so that ``import transcoder``
 stays light (no torch, no TensorFlow): ``transcoder.convert(src, dst, ...)``,

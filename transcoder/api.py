@@ -18,17 +18,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import formats
+from .checkpoint import Checkpoint
 from .formats.shards import parse_size
-from .checks.report import CheckReport
-from .checks.verify import after_write, check_conversion, check_files
-from .errors import TranscoderError
+from .errors import TranscoderError, UsageError
 from .options import Architecture, CheckRequest, InputOptions, Tolerance
-from .pipeline import prepare, transcode
-from .rules import COPY, Plan
-from .tables import pairing_rows, plan_rows
+from .pipeline import Prepared, conversion, prepare
+from .rules import COPY, TO_KERAS, Plan
+
+if TYPE_CHECKING:   # the check's modules load only when a check runs
+    from .checks.report import CheckReport
 
 PathLike = str | Path
 
@@ -46,6 +47,7 @@ class Conversion:
     notes: list[str] = field(default_factory=list)
     report: CheckReport | None = None
     written: bool = True
+    files: list[Path] = field(default_factory=list)   # every file written (shards, index last)
 
     def to_dict(self) -> dict:
         return {"src": str(self.src), "dst": str(self.dst), "written": self.written,
@@ -64,74 +66,69 @@ class Inspection:
     notes: list[str] = field(default_factory=list)
 
 
-def _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
-                  quantize=None) -> Architecture:
-    return Architecture(model, keras_model, InputOptions(list(input_shape), list(input_dtype),
-                                                         seed, channels_last), quantize)
-
-
 def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool = False,
             key: str | None = None, rules: PathLike | None = None, model: str | None = None,
             keras_model: str | None = None, input_shape: Sequence[str] = (),
             input_dtype: Sequence[str] = (), seed: int = 0, channels_last: bool = False,
             check: bool | None = None, atol: float | None = None, rtol: float | None = None,
             strict: bool = False, source_format: str | None = None,
-            quantize: str | None = None, shard_size: int | str | None = None) -> Conversion:
+            quantize: str | None = None, shard_size: int | str | None = None,
+            on_written: Callable[[Conversion], None] | None = None) -> Conversion:
     """``transcode SRC DST``: convert, then check as the command does (``check=None``: when
     torch and Keras are installed; True: or raise MissingDependencyError; False: never).
     ``dst`` ending in ``.savedmodel`` or ``.tflite`` is exported, and the check runs it;
     ``quantize`` ("float16" or "dynamic") for a ``.tflite``; ``shard_size`` (bytes or
-    ``"5GB"``) writes shards and their index (the result's ``dst`` is then the index)."""
+    ``"5GB"``) writes shards and their index (the result's ``dst`` is then the index).
+    ``on_written`` is called with the result once DST is written, before the check runs."""
     src, dst = Path(src), Path(dst)
     rules = Path(rules) if rules is not None else None
-    arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
-                         quantize)
+    arch = Architecture(model, keras_model, InputOptions(list(input_shape or ()),
+                                                         list(input_dtype or ()), seed,
+                                                         channels_last), quantize)
     request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
     if dry_run:
-        return _dry_run(src, dst, request)
-    prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch,
-                         source_format=source_format,
-                         shard_size=None if shard_size is None else parse_size(shard_size))
-    dst = prepared.written[-1]
-    result = _conversion(src, dst, prepared)
-    try:
-        result.report, notes = check_conversion(src, dst, request, asked=check,
-                                                same_layout=prepared.plan.direction == COPY)
-    except TranscoderError as exc:
-        raise after_write(exc, dst) from None
-    result.notes += notes
+        with prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch,
+                     source_format=source_format) as prepared:
+            return _result(src, dst, prepared, written=False)
+    with conversion(src, dst, force=force, key=key, rules=rules, arch=arch,
+                    source_format=source_format,
+                    shard_size=None if shard_size is None else parse_size(shard_size)) as done:
+        result = _result(src, done.dst, done)
+        if on_written is not None:
+            on_written(result)
+        if check is not False:   # --no-check: not even the check's modules are imported
+            _check_written(result, done, request, check)
     return result
 
 
-def _conversion(src: Path, dst: Path, prepared, written: bool = True) -> Conversion:
+def _check_written(result: Conversion, done: Prepared, request: CheckRequest,
+                   asked: bool | None) -> None:
+    from .checks.verify import after_write, check_written
+
+    try:
+        result.report, notes = check_written(done, request, asked=asked)
+    except TranscoderError as exc:
+        raise after_write(exc, result.dst) from None
+    result.notes += notes
+
+
+def _result(src: Path, dst: Path, prepared: Prepared, written: bool = True) -> Conversion:
     target = prepared.plan.apply(prepared.source)
     return Conversion(src, dst, prepared.plan, plan_rows(prepared.plan, prepared.source, target),
-                      pairing_rows(prepared.pairs), list(prepared.plan.notes), written=written)
-
-
-def _dry_run(src: Path, dst: Path, request: CheckRequest) -> Conversion:
-    prepared = prepare(src, formats.for_path(dst), key=request.key, rules=request.rules,
-                       arch=request.arch, source_format=request.source_format)
-    try:
-        return _conversion(src, dst, prepared, written=False)
-    finally:
-        prepared.close()
+                      pairing_rows(prepared.pairs), list(prepared.plan.notes), written=written,
+                      files=list(prepared.written))
 
 
 def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None,
             source_format: str | None = None) -> Inspection:
     """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping."""
-    path = Path(path)
-    layout = formats.other_layout(formats.for_source(path, source_format)[0].layout)
-    prepared = prepare(path, layout, key=key, rules=Path(rules) if rules else None,
-                       source_format=source_format)
-    try:
+    found = formats.identify(path, source_format)
+    with prepare(found, formats.other_layout(found.layout), key=key,
+                 rules=Path(rules) if rules else None) as prepared:
         target = prepared.plan.apply(prepared.source)
-        return Inspection(path, prepared.source.format, prepared.source.layout,
+        return Inspection(found.path, prepared.source.format, prepared.source.layout,
                           plan_rows(prepared.plan, prepared.source, target),
                           list(prepared.plan.notes))
-    finally:
-        prepared.close()
 
 
 def check(src: PathLike, dst: PathLike, *, key: str | None = None,
@@ -142,7 +139,48 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
           source_format: str | None = None) -> CheckReport:
     """``transcode check SRC DST``: the report (``report.passed``, ``report.to_dict()`` as
     ``--report`` writes it); raises only for bad input."""
-    arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
+    for path in (Path(src), Path(dst)):
+        if not path.exists():
+            raise UsageError("no such file", path=path)
+    from .checks.verify import check_files
+
+    arch = Architecture(model, keras_model, InputOptions(list(input_shape or ()),
+                                                         list(input_dtype or ()), seed,
+                                                         channels_last))
     request = CheckRequest(arch, key, Path(rules) if rules else None, Tolerance(atol, rtol),
                            strict, source_format)
-    return check_files(Path(src), Path(dst), request)[0]
+    return check_files(Path(src), Path(dst), request)
+
+
+# ---------------------------------------------------------------- rows (what --json prints)
+
+def plan_rows(plan: Plan, src: Checkpoint, target: Checkpoint) -> list[dict]:
+    """One row per source tensor: what it becomes and by which rule. A layer whose kind the
+    names leave open shows its rule as ``LayerNorm?`` and lists the others (``alternatives``)."""
+    rows, seen = [], set()
+    for step in plan.steps:
+        sources = step.torch if plan.direction == TO_KERAS else step.keras
+        targets = step.keras if plan.direction == TO_KERAS else step.torch
+        open_kinds = plan.ambiguous.get(step.layer)
+        for name in sources:
+            ref = src[name]
+            seen.add(name)
+            rows.append({"source": name, "shape": list(ref.shape), "dtype": ref.dtype,
+                         "rule": f"{step.rule}?" if open_kinds else step.rule,
+                         "op": step.op.describe(), "target": ", ".join(targets),
+                         "target shape": [list(target[t].shape) for t in targets],
+                         "alternatives": list(open_kinds[1:]) if open_kinds else []})
+    kept = plan.carried if plan.direction != COPY else list(src.tensors)
+    for name in (n for n in kept if n not in seen):   # a carried LSTM bias pair is also a source
+        ref = src[name]
+        rows.append({"source": name, "shape": list(ref.shape), "dtype": ref.dtype,
+                     "rule": "carried" if plan.direction != COPY else "copy", "op": "keep",
+                     "target": name, "target shape": [list(ref.shape)], "alternatives": []})
+    return rows
+
+
+def pairing_rows(pairs) -> list[dict]:
+    """One row per paired layer (PyTorch module path <-> Keras layer)."""
+    return [{"pytorch": p.ours.name, "kind": p.ours.class_name or "", "keras": p.theirs.name,
+             "keras class": p.theirs.class_name or "", "paired by": p.how,
+             "weights": len(p.ours.weights)} for p in pairs]

@@ -260,6 +260,9 @@ class Checkpoint:
       - ``"carried"``: names of tensors with no counterpart in this layout, kept verbatim.
       - ``"transcoder"``: the metadata our writers store so the reverse conversion is exact.
       - ``"keras_config"``: a Keras model config dict when the file had one.
+
+    ``as_stated`` is the checkpoint as its file states it: ``original`` when this one renames
+    it, else itself.
     """
 
     tensors: dict[str, TensorRef]
@@ -268,6 +271,9 @@ class Checkpoint:
     format: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    #: the checkpoint this one renames (a Keras source paired with ``--model``), as the file
+    #: states it; closed with this one
+    original: "Checkpoint | None" = field(default=None, repr=False, compare=False)
 
     def __iter__(self) -> Iterator[TensorRef]:
         return iter(self.tensors.values())
@@ -285,6 +291,10 @@ class Checkpoint:
     def on_close(self, closer: Callable[[], None]) -> None:
         """Register a callback (e.g. closing a file handle) for :meth:`close`."""
         self._closers.append(closer)
+
+    @property
+    def as_stated(self) -> "Checkpoint":
+        return self.original if self.original is not None else self
 
     def close(self) -> None:
         while self._closers:

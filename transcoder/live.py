@@ -24,7 +24,7 @@ from typing import Any
 from . import export
 from .checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from .errors import UsageError
-from .formats import Format, for_path
+from .formats import Format
 from .models import keras_side, torch_side
 from .models.inputs import from_options
 from .options import Architecture
@@ -79,6 +79,7 @@ class LiveModels:
                                      if name in constants else reference[name])
         renamed.meta.update(carried=list(plan.carried), transcoder=stored_meta(plan, reference))
         renamed.on_close(ckpt.close)
+        renamed.original = ckpt
         return renamed
 
     # -------------------------------------------------------------- after planning
@@ -90,17 +91,17 @@ class LiveModels:
         if plan.direction == TO_TORCH and self.torch_model is not None:
             torch_side.check_fit(self.torch_model, plan.apply(ckpt))  # the output will load
 
-    def write(self, target: Checkpoint, tmp: Path, dst: Path) -> bool:
-        """Write through a Keras model (the user's, or the module rebuilt in Keras) where the
-        format needs one; False: the format's own writer should write."""
-        fmt = for_path(dst)
+    def write(self, target: Checkpoint, tmp: Path, dst: Path, fmt: Format) -> bool:
+        """Write ``dst`` (at ``tmp``), of format ``fmt``, through a Keras model (the user's, or
+        the module rebuilt in Keras) where the format needs one; False: the format's own
+        writer should write."""
         if target.layout != LAYOUT_KERAS or (self.keras_model is None and not fmt.needs_model):
             return False
         if not fmt.needs_model:   # a legacy .h5 under the user's layer names, by our writer
             order = [info.name for info in keras_side.layers_of_model(self.keras_model)]
             fmt.write(keras_side.renamed_to_theirs(self.pairs, target, order), tmp)
             return True
-        model = self.keras_model_of(target, dst)
+        model = self.keras_model_of(target, dst, fmt)
         if fmt.exported:
             request = export.ExportRequest(fmt, self.arch or Architecture(inputs=self.inputs))
             self.notes += [f"{dst.name}: {note}" for note in export.write(model, tmp, request)]
@@ -109,17 +110,18 @@ class LiveModels:
             self.notes += _classes_note(model, fmt, dst)
         return True
 
-    def keras_model_of(self, target: Checkpoint, dst: Path):
+    def keras_model_of(self, target: Checkpoint, dst: Path, fmt: Format):
         """The Keras model holding ``target``'s weights: the user's ``--keras-model`` filled
-        with them, or the ``--model`` module rebuilt in Keras with them."""
+        with them, or the ``--model`` module rebuilt in Keras with them (``fmt``: what
+        ``dst`` is written as)."""
         if self.keras_model is None:
-            return self._rebuilt(target, dst)
+            return self._rebuilt(target, dst, fmt)
         keras_side.fill(self.pairs, target)
         return self.keras_model
 
-    def _rebuilt(self, target: Checkpoint, dst: Path):
+    def _rebuilt(self, target: Checkpoint, dst: Path, fmt: Format):
         if self.torch_model is None:
-            for_path(dst).check_writable(dst)  # says: needs the architecture
+            fmt.check_writable(dst)  # says: needs the architecture
         if self.inputs is None or not self.inputs.input_shapes:
             raise UsageError(f"writing {dst.name} from --model rebuilds the model in Keras, which "
                              f"needs its input shape", hint="pass --input-shape (PyTorch layout)")
@@ -129,13 +131,9 @@ class LiveModels:
                                   keras_ckpt=target)
 
 
-#: formats that store the model's layer classes, which Keras must find to load them
-STORES_CLASSES = ("keras_zip",)
-
-
 def _classes_note(model, fmt: Format, dst: Path) -> list[str]:
     """One line: which of our registered Keras layers the written model uses, if any."""
-    if fmt.name not in STORES_CLASSES:
+    if not fmt.stores_classes:   # the file holds no layer classes Keras must find
         return []
     ours = [layer for layer in _all_layers(model) if type(layer).__module__.startswith("transcoder.")]
     if not ours:

@@ -1,7 +1,10 @@
 """The pipeline: read -> plan -> write, with atomic outputs.
 
-``transcode(src, dst)`` is the whole one-file conversion; ``prepare`` stops after planning
-(for ``--dry-run`` and ``inspect``). Outputs go to a temporary file beside the target and
+``transcode(src, dst)`` is the whole one-file conversion; ``conversion(src, dst)`` the same,
+leaving the source open for what follows (the check reads the written file and compares it
+with the source as it was read and planned: one read of SRC, one plan); ``prepare`` stops
+after planning (for ``--dry-run``, ``inspect`` and ``transcode check``). Each path is
+identified once (:func:`formats.identify`). Outputs go to a temporary file beside the target and
 are renamed into place only when complete, so a failure leaves nothing behind. A folder
 (a SavedModel) is written beside too and published whole (:func:`atomic_folder`); the shards
 of a sharded output and their index are published together, the index last
@@ -26,27 +29,46 @@ from .errors import OutputExistsError, TranscoderError, UsageError
 from .frameworks import import_frameworks
 from .live import LiveModels
 from .options import Architecture
-from .rules import Plan, UserRules, load_user_rules, make_plan
+from .rules import COPY, Plan, UserRules, load_user_rules, make_plan
 
 
 @dataclass
 class Prepared:
-    """A source read and planned for a target; close it when done."""
+    """One conversion: the source read (still open) and planned for a target, and the files
+    written (by :func:`conversion`); close it when done (``with``)."""
 
     source: Checkpoint
     plan: Plan
     target_format: formats.Format | None   # None: planned for a layout, not to be written
     live: Any = None  # a live.LiveModels when an architecture was given (torch/keras loaded)
-    written: list[Path] = field(default_factory=list)   # by transcode(): the index last
+    written: list[Path] = field(default_factory=list)   # by conversion(): the index last
+    src: Path | None = None   # the file read
 
     @property
     def pairs(self) -> list:
         return self.live.pairs if self.live else []
 
+    @property
+    def copy(self) -> bool:
+        """Whether this step copies tensors within one layout (nothing mapped): the one place
+        that answers it."""
+        return self.plan.direction == COPY
+
+    @property
+    def dst(self) -> Path | None:
+        """The file written (a sharded output's index), None before writing."""
+        return self.written[-1] if self.written else None
+
+    def __enter__(self) -> "Prepared":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def write(self, tmp: Path, dst: Path) -> None:
         """Write the converted checkpoint to ``tmp`` (later renamed to ``dst``)."""
         target = self.plan.apply(self.source)
-        if self.live is not None and self.live.write(target, tmp, dst):
+        if self.live is not None and self.live.write(target, tmp, dst, self.target_format):
             self.plan.notes += self.live.notes   # what the written model needs, holds
             return
         self.target_format.write(target, tmp)
@@ -55,15 +77,17 @@ class Prepared:
         self.source.close()
 
 
-def prepare(src: Path, target: formats.Format | str, *, key: str | None = None,
-            rules: Path | UserRules | None = None, arch: Architecture | None = None,
-            source_format: str | None = None) -> Prepared:
-    """Read ``src`` and plan its conversion to ``target``: the format to write, or only a
-    layout (``"torch"``/``"keras"``) to plan for."""
-    src = Path(src)
+def prepare(src: Path | formats.Identified, target: formats.Format | str, *,
+            key: str | None = None, rules: Path | UserRules | None = None,
+            arch: Architecture | None = None, source_format: str | None = None) -> Prepared:
+    """Read ``src`` (a path, or what :func:`formats.identify` found it is) and plan its
+    conversion to ``target``: the format to write, or only a layout (``"torch"``/``"keras"``)
+    to plan for."""
+    found = src if isinstance(src, formats.Identified) else None
+    src = Path(found.path if found else src)
     layout = target if isinstance(target, str) else target.layout
     user = rules if isinstance(rules, UserRules) else load_user_rules(rules)
-    ckpt = read(src, key=key, source_format=source_format)
+    ckpt = read(found or src, key=key, source_format=source_format)
     notes = list(ckpt.meta.get("notes", []))
     live = None
     try:
@@ -78,20 +102,22 @@ def prepare(src: Path, target: formats.Format | str, *, key: str | None = None,
     except TranscoderError as exc:
         ckpt.close()
         raise exc.with_context(path=src) from None
-    return Prepared(ckpt, plan, None if isinstance(target, str) else target, live)
+    return Prepared(ckpt, plan, None if isinstance(target, str) else target, live, src=src)
 
 
-def read(src: Path, *, key: str | None = None, source_format: str | None = None) -> Checkpoint:
+def read(src: Path | formats.Identified, *, key: str | None = None,
+         source_format: str | None = None) -> Checkpoint:
     """Read any supported checkpoint, of the format its content is (or ``source_format``);
-    errors name the file. A name that says another format leaves a note in ``meta["notes"]``."""
-    src = Path(src)
+    errors name the file. A name that says another format leaves a note in ``meta["notes"]``.
+    ``src`` already identified is not looked at again."""
+    path = Path(src.path if isinstance(src, formats.Identified) else src)
     try:
-        fmt, note = formats.for_source(src, source_format)
-        ckpt = fmt.read(src, formats.ReadOptions(key=key))
+        found = src if isinstance(src, formats.Identified) else formats.identify(path, source_format)
+        ckpt = found.read(formats.ReadOptions(key=key))
     except TranscoderError as exc:
-        raise exc.with_context(path=src) from None
-    if note:
-        ckpt.meta.setdefault("notes", []).append(note)
+        raise exc.with_context(path=path) from None
+    if found.note:
+        ckpt.meta.setdefault("notes", []).append(found.note)
     return ckpt
 
 
@@ -99,7 +125,19 @@ def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str
               rules: Path | UserRules | None = None, arch: Architecture | None = None,
               source_format: str | None = None, shard_size: int | None = None) -> Prepared:
     """Convert one checkpoint; returns what was prepared (the plan, the layer pairing, the
-    files written). ``shard_size`` (bytes), or a ``dst`` naming an index
+    files written), its source closed. The options are :func:`conversion`'s."""
+    with conversion(src, dst, force=force, key=key, rules=rules, arch=arch,
+                    source_format=source_format, shard_size=shard_size) as done:
+        return done
+
+
+@contextmanager
+def conversion(src: Path | str, dst: Path | str, *, force: bool = False, key: str | None = None,
+               rules: Path | UserRules | None = None, arch: Architecture | None = None,
+               source_format: str | None = None, shard_size: int | None = None
+               ) -> Iterator[Prepared]:
+    """Convert one checkpoint and yield the conversion, its source still open (closed when
+    the block ends). ``shard_size`` (bytes), or a ``dst`` naming an index
     (``model.safetensors.index.json``), writes shards and their index (:mod:`.formats.shards`)."""
     src, dst = Path(src), Path(dst)
     refuse_same_file(src, dst)
@@ -112,16 +150,14 @@ def transcode(src: Path | str, dst: Path | str, *, force: bool = False, key: str
     if not arch:
         fmt.check_writable(dst)
     export.validate(fmt, arch)
-    prepared = prepare(src, fmt, key=key, rules=rules, arch=arch, source_format=source_format)
-    try:
+    with prepare(src, fmt, key=key, rules=rules, arch=arch,
+                 source_format=source_format) as prepared:
         if sharded:
             prepared.written = _write_shards(prepared, src, dst, shard_size, force)
         else:
             _write_one(prepared, src, dst, force)
             prepared.written = [dst]
-    finally:
-        prepared.close()
-    return prepared
+        yield prepared
 
 
 def _write_one(prepared: Prepared, src: Path, dst: Path, force: bool) -> None:

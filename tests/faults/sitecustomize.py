@@ -19,14 +19,14 @@ if _FAULTS:
     import transcoder.bulk.task as _task
 
     _BY_NAME = {name: kind for kind, name in (item.split("=", 1) for item in _FAULTS.split(","))}
-    _transcode = _task.transcode
+    _conversion = _task.conversion
 
-    def _faulty_transcode(src, dst, **kwargs):
+    def _faulty_conversion(src, dst, **kwargs):
         fault = _BY_NAME.get(Path(src).name)
         if fault == "crash":
             os.kill(os.getpid(), signal.SIGSEGV)
         if fault == "hang":
             time.sleep(3600)
-        return _transcode(src, dst, **kwargs)
+        return _conversion(src, dst, **kwargs)
 
-    _task.transcode = _faulty_transcode
+    _task.conversion = _faulty_conversion

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ..tables import print_rows
+from ..printing import print_rows
 from .runner import BulkReport
 from .task import DONE
 

@@ -20,10 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import formats
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
 from ..options import CheckRequest
-from ..pipeline import transcode
+from ..pipeline import conversion
 from .tree import output_folder, unreadable
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
@@ -86,9 +85,10 @@ def run_task(task: Task) -> dict:
         before = _source_fingerprint(files, task.source, task.checksums)
         record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)
         dst = _output_path(dst_root, task.output)
-        transcode(src_root / task.source, dst, force=True, key=task.key, rules=task.rules)
-        if task.check:
-            _check(src_root / task.source, dst, task)
+        with conversion(src_root / task.source, dst, force=True, key=task.key,
+                        rules=task.rules) as done:
+            if task.check:
+                _check(done, task)
         if stat_files(files) != Fingerprint(before.size, before.mtime_ns):
             raise TranscoderError("changed while it was being converted; run again",
                                   path=src_root / task.source)
@@ -122,13 +122,15 @@ def _output_path(dst_root: Path, output: str) -> Path:
     return folder / Path(output).name
 
 
-def _check(src: Path, dst: Path, task: Task) -> None:
-    """The per-layer check (as ``transcode SRC DST`` runs it); CheckFailed when it fails."""
-    from ..checks.verify import verify  # the check's modules: only when checking
+def _check(done, task: Task) -> None:
+    """The per-layer check of the conversion ``done`` (as ``transcode SRC DST`` runs it; none
+    for a copy within one layout); CheckFailed when it fails."""
+    from ..checks.verify import check_written  # the check's modules: only when checking
 
-    if formats.layout_of(src) != formats.layout_of(dst):
-        request = CheckRequest(key=task.key, rules=Path(task.rules) if task.rules else None)
-        verify(src, dst, request).raise_for_status()
+    request = CheckRequest(key=task.key, rules=Path(task.rules) if task.rules else None)
+    report, _ = check_written(done, request, asked=True)
+    if report is not None:
+        report.raise_for_status()
 
 
 def _source_fingerprint(files: list[Path], name: str, checksums: bool) -> Fingerprint:

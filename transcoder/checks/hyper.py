@@ -23,10 +23,11 @@ reference: its value is the one the fix asks for.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from ..checkpoint import LAYOUT_KERAS
+from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import TranscoderError
 from ..formats import layout_of
 from ..formats import keras_config
@@ -146,12 +147,13 @@ def _grouped(findings: list[Finding]) -> list[str]:
 
 
 def findings_for(src, request) -> list[Finding]:
-    """What ``--model`` and the reference Keras architecture (``--keras-model``, else a Keras
+    """``src``: the source as the conversion read it (an open Checkpoint), or its path. What ``--model`` and the reference Keras architecture (``--keras-model``, else a Keras
     SRC's own config) disagree on; the source's side is the reference."""
     arch = request.arch
     if not arch.model:
         return []
-    keras_src = layout_of(src) == LAYOUT_KERAS
+    opened = isinstance(src, Checkpoint)
+    keras_src = (src.layout if opened else layout_of(src)) == LAYOUT_KERAS
     if not (arch.keras_model or keras_src):
         return []
     module = torch_side.load_spec(arch.model)
@@ -159,7 +161,8 @@ def findings_for(src, request) -> list[Finding]:
     if arch.keras_model:
         model = keras_side.load_spec(arch.keras_model)
         return compare(module, keras_side.layers_of_model(model), *_live_config(model), reference)
-    with read(src, key=request.key, source_format=request.source_format) as ckpt:
+    with (nullcontext(src) if opened else
+          read(src, key=request.key, source_format=request.source_format)) as ckpt:
         config = ckpt.meta.get("keras_config")
         if not isinstance(config, dict):
             return []

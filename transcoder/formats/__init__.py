@@ -1,147 +1,61 @@
-"""The format registry: which reader and writer handle which file.
+"""The format registry: which reader and writer handle which file, and what a file is.
 
-A file to write takes the format its name implies (longest matching suffix, so
-``.weights.h5`` wins over ``.h5``). A file to read is what its content is (:mod:`.sniff`),
-whatever its name: a safetensors file named ``.pt`` or a TorchScript archive named ``.jit`` is
-read for what it is, with a one-line note when the name says otherwise; ``--from FORMAT``
-overrides. The content is checked against the format's magic bytes before any parsing.
+Each format module declares its :class:`~.base.Format` record (name, suffixes, layout, flags,
+``sniff``, ``reader``, ``writer``): :mod:`.pt`, :mod:`.safetensors_format`, :mod:`.keras_h5`,
+:mod:`.keras_zip`, and the deployment artifacts of :mod:`.exported`. A file to write takes the
+format its name implies (longest matching suffix, so ``.weights.h5`` wins over ``.h5``). A
+file to read is identified once (:func:`identify`): what its content is, each format's
+``sniff`` asked in turn on one look at the file (built-ins first, then plugins), whatever its
+name: a safetensors file named ``.pt`` or a TorchScript archive named ``.jit`` is read for what
+it is, with a one-line note when the name says otherwise; ``--from`` overrides. The content is
+checked against the format's magic bytes before any parsing, from that same look.
+
 Third-party packages add formats through the ``transcoder.formats`` entry-point group: each
-entry point is a zero-argument callable returning a :class:`Format`. Plugins are looked up
-only for names no built-in format takes (looking them up costs start-up time), so a built-in
-suffix always wins.
+entry point is a zero-argument callable returning a :class:`Format`. Plugins are looked up only
+when no built-in format takes a name or a content (looking them up costs start-up time), so a
+built-in always wins. The format modules are imported on first use of the registry.
 """
 from __future__ import annotations
 
-import importlib
-import os
-import stat
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
-from ..errors import FormatError, UsageError
+from ..errors import TranscoderError, UsageError
+from .base import NEEDS_ARCH, NEEDS_ARCH_EXPORT, Format, Head, ReadOptions, Reader, Writer  # noqa: F401
 
 ENTRY_POINT_GROUP = "transcoder.formats"
 
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """What a user can tell a reader: ``key`` picks the state dict inside a training checkpoint."""
-
-    key: str | None = None
-    revision: str | None = None   # a Hugging Face cache snapshot (--revision)
+#: The order contents are asked in: a ``.keras`` zip before a torch zip (both are zips);
+#: safetensors before the pickle, whose opcode a header length such as 0x380 looks like.
+SNIFF_ORDER = ("savedmodel", "hf_folder", "keras_h5", "keras_zip", "tflite", "safetensors", "pt")
 
 
-Reader = Callable[[Path, ReadOptions], Checkpoint]
-Writer = Callable[[Checkpoint, Path], None]
+@lru_cache(maxsize=None)
+def builtin_formats() -> tuple[Format, ...]:
+    """The built-in formats, in the order users see them listed."""
+    from . import exported, hf_folder, keras_h5, keras_zip, pt, safetensors_format
+
+    return (pt.FORMAT, safetensors_format.FORMAT, keras_h5.WEIGHTS_FORMAT, keras_h5.FORMAT,
+            keras_zip.FORMAT, hf_folder.FORMAT, exported.SAVEDMODEL, exported.TFLITE)
 
 
-@dataclass(frozen=True)
-class Format:
-    """One file format. ``module`` is imported lazily, so unused formats cost nothing."""
+def plugin_formats() -> list[Format]:
+    from importlib.metadata import entry_points
 
-    name: str
-    suffixes: tuple[str, ...]
-    layout: str                       # layout the writer expects: "torch" or "keras"
-    module: str                       # module holding ``read`` and/or ``write``
-    magics: tuple[bytes, ...] = ()    # accepted leading bytes; empty = no check
-    description: str = ""
-    can_read: bool = True
-    #: written only through a Keras model (Keras' own savers): the architecture is needed
-    needs_model: bool = False
-    #: a deployment artifact exported from that Keras model (transcoder.export); the check
-    #: runs the artifact itself
-    exported: bool = False
-    #: the artifact is a folder, published whole (pipeline.atomic_folder)
-    folder: bool = False
-    #: the reader itself, where it is not ``module.read``
-    reader: Callable | None = None
-
-    def _load(self, attr: str) -> Callable:
-        if attr == "read" and self.reader is not None:
-            return self.reader
-        return getattr(importlib.import_module(self.module), attr)
-
-    def read(self, path: Path, options: ReadOptions | None = None) -> Checkpoint:
-        if not self.can_read:
-            raise UsageError(f"{self.description or self.name} cannot be read as a checkpoint",
-                             path=path, hint="convert from the checkpoint it was exported from"
-                             if self.exported else None)
-        if not self.folder:
-            check_magic(self, path)
-        return self._load("read")(path, options or ReadOptions())
-
-    def check_writable(self, path: Path) -> None:
-        """UsageError when this format cannot be written from weights alone."""
-        if self.needs_model:
-            message = NEEDS_ARCH_EXPORT if self.exported else NEEDS_ARCH
-            raise UsageError(message.format(self.suffixes[0], self.description), path=path)
-
-    def write(self, ckpt: Checkpoint, path: Path) -> None:
-        self.check_writable(path)
-        self._load("write")(ckpt, path)
-
-
-ZIP = b"PK\x03\x04"
-HDF5 = b"\x89HDF\r\n\x1a\n"
-PICKLE = b"\x80"
-
-NEEDS_ARCH = ("writing a Keras 3 {} file needs the architecture: pass --keras-model (or --model "
-              "with --input-shape), or write a legacy .h5 (loads with "
-              "model.load_weights(path, by_name=True))")
-NEEDS_ARCH_EXPORT = ("writing a {1} needs the architecture: pass --model (with --input-shape) "
-                     "or --keras-model")
-
-PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-def _read_model_folder(path: Path, options: ReadOptions) -> Checkpoint:
-    """A Hugging Face model folder: its weights file read by its own format, then what its
-    config says (:mod:`.hf_folder`)."""
-    from . import hf_folder
-
-    folder = hf_folder.resolve(path, options.revision)
-    if folder is None:
-        raise FormatError("not a Hugging Face model folder (no config.json)", path=path)
-    fmt, _ = for_source(folder.weights)
-    return hf_folder.attach(fmt.read(folder.weights, options), folder, path)
-
-
-BUILTIN_FORMATS: tuple[Format, ...] = (
-    Format("pt", PT_SUFFIXES + tuple(s + ".index.json" for s in PT_SUFFIXES), "torch",
-           "transcoder.formats.pt", (ZIP, PICKLE),
-           "PyTorch checkpoint (torch.save zip, legacy pickle, TorchScript)"),
-    Format("safetensors", (".safetensors", ".safetensors.index.json"), "torch",
-           "transcoder.formats.safetensors_format", (), "safetensors (single file or sharded index)"),
-    Format("keras_weights_h5", (".weights.h5",), "keras", "transcoder.formats.keras_h5",
-           (HDF5,), "Keras 3 weights file (.weights.h5)", needs_model=True),
-    Format("keras_h5", (".h5", ".hdf5"), "keras", "transcoder.formats.keras_h5",
-           (HDF5,), "Keras legacy HDF5 (weights-only or full model)"),
-    Format("keras_zip", (".keras",), "keras", "transcoder.formats.keras_zip",
-           (ZIP,), "Keras 3 model archive (.keras)", needs_model=True),
-    Format("hf_folder", (), "torch", "transcoder.formats.hf_folder", (),
-           "Hugging Face model folder (config.json + weights; a hub cache snapshot or repo id)",
-           folder=True, reader=_read_model_folder),
-    Format("savedmodel", (".savedmodel",), "keras", "transcoder.export", (),
-           "TensorFlow SavedModel folder", can_read=False, needs_model=True, exported=True,
-           folder=True),
-    Format("tflite", (".tflite",), "keras", "transcoder.export", (),
-           "TFLite flatbuffer", can_read=False, needs_model=True, exported=True),
-)
+    return [ep.load()() for ep in entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def all_formats() -> list[Format]:
     """Built-in formats followed by plugins from the entry-point group."""
-    from importlib.metadata import entry_points
-
-    return list(BUILTIN_FORMATS) + [ep.load()() for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    return list(builtin_formats()) + plugin_formats()
 
 
 def for_path(path: Path | str) -> Format:
     """The format a file name implies; UsageError naming the supported suffixes otherwise."""
     name = Path(path).name.lower()
-    fmt = _longest_match(name, BUILTIN_FORMATS) or _longest_match(name, all_formats())
+    fmt = _longest_match(name, builtin_formats()) or _longest_match(name, all_formats())
     if fmt is None:
         known = ", ".join(s for f in all_formats() for s in f.suffixes)
         raise UsageError(f"unknown file type (supported: {known})", path=path)
@@ -150,49 +64,82 @@ def for_path(path: Path | str) -> Format:
 
 def by_name(name: str) -> Format:
     """A format by its name (``--from``); UsageError naming the choices otherwise."""
-    found = next((f for f in all_formats() if f.name == name), None)
+    found = next((f for f in builtin_formats() if f.name == name), None)
+    found = found or next((f for f in all_formats() if f.name == name), None)
     if found is None:
         raise UsageError(f"unknown format {name!r} (one of: "
                          f"{', '.join(f.name for f in all_formats())})")
     return found
 
 
-def for_source(path: Path | str, name: str | None = None) -> tuple[Format, str | None]:
+@dataclass(frozen=True)
+class Identified:
+    """What a path is, found once: the format to read it with, a note when its name says
+    otherwise, and the look at the file that found it (the reader checks the magic on it)."""
+
+    path: Path
+    format: Format
+    note: str | None = None
+    head: Head | None = None
+
+    @property
+    def layout(self) -> str:
+        return self.format.layout
+
+    def read(self, options: ReadOptions | None = None) -> Checkpoint:
+        return self.format.read(self.path, options, head=self.head)
+
+
+def identify(path: Path | str, name: str | None = None) -> Identified:
     """The format to read ``path`` with: ``name`` (``--from``) if given, else what its content
-    is, else what its name says; and a note when the content and the name disagree."""
-    from .sniff import sniff
-
+    is, else what its name says; and a note when the content and the name disagree. A path that
+    does not exist yet (a file to write) is what its name says."""
+    path = Path(path)
+    head = Head.of(path)
     if name is not None:
-        return by_name(name), None
-    if _model_folder(path):
-        return by_name("hf_folder"), None
-    found = sniff(Path(path))
-    named = _longest_match(Path(path).name.lower(), BUILTIN_FORMATS)
+        return Identified(path, by_name(name), None, head)
+    found = by_content(head)
+    named = _longest_match(path.name.lower(), builtin_formats())
     if found is None:
-        return for_path(path), None
-    fmt = next(f for f in BUILTIN_FORMATS if f.name == found)
-    if named is not None and named.module == fmt.module:
-        return named, None   # e.g. .weights.h5 and .h5: one reader
+        return Identified(path, for_path(path), None, head)
+    if named is None and found.folder:
+        return Identified(path, found, None, head)   # a folder's name says nothing
+    if named is found or (named is not None and named.reader is not None
+                          and named.reader is found.reader):
+        return Identified(path, named, None, head)   # e.g. .weights.h5 and .h5: one reader
     said = f"its name says {named.description}" if named else "its name says nothing known"
-    return fmt, f"{path}: read as {fmt.description}, by its content ({said})"
+    return Identified(path, found, f"{path}: read as {found.description}, by its content ({said})",
+                      head)
 
 
-def layout_of(path: Path | str) -> str:
-    """The layout (``"torch"`` or ``"keras"``) of a file: by its content when it exists, else
-    by the format its name implies."""
-    if Path(path).is_file() or _model_folder(path):
-        return for_source(path)[0].layout
-    return for_path(path).layout
+def by_content(head: Head, in_index: bool = False) -> Format | None:
+    """The format whose ``sniff`` takes the content (built-ins in :data:`SNIFF_ORDER`, then
+    plugins); an index (``*.index.json``) is the format of the first shard it names. Built-in
+    sniffs are asked about any path (a folder, one that does not exist); plugins only about a
+    readable, non-empty file."""
+    builtins = {f.name: f for f in builtin_formats()}
+    for fmt in (builtins[n] for n in SNIFF_ORDER):
+        if fmt.sniff(head, head.path):
+            return fmt
+    if not in_index and head.data.lstrip()[:1] == b"{":
+        from . import shards
+
+        if shards.is_index(head.path):
+            return _index_kind(head.path)
+    if head.problem is not None:
+        return None   # the reader says why
+    return next((f for f in plugin_formats() if f.sniff(head, head.path)), None)
 
 
-def _model_folder(path: Path | str) -> bool:
-    """A Hugging Face model folder, cache folder, or repo id in the local cache."""
-    from . import hf_folder
+def _index_kind(path: Path) -> Format | None:
+    from . import shards
 
-    if hf_folder.is_model_folder(path):
-        return True
-    return not Path(path).exists() and bool(hf_folder.REPO_ID.match(str(path))) \
-        and hf_folder.resolve(path) is not None
+    try:
+        first = shards.shard_paths(path)[:1]
+    except TranscoderError:
+        return None   # the reader says why
+    kind = by_content(Head.of(first[0]), in_index=True) if first else None
+    return kind if kind is not None and kind.name in shards.SHARDED_FORMATS else None
 
 
 def other_layout(layout: str) -> str:
@@ -204,27 +151,15 @@ def _longest_match(name: str, formats) -> Format | None:
     return max(matches, key=lambda m: m[0])[1] if matches else None
 
 
-def check_magic(fmt: Format, path: Path) -> None:
-    """FormatError unless ``path`` is a regular file starting with one of the format's magic
-    byte strings. (Opened without blocking: a FIFO or a device is refused, not waited on.)"""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb") as fh:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
-                raise IsADirectoryError
-            if not stat.S_ISREG(mode):
-                raise FormatError("not a regular file (a FIFO, device or socket)", path=path)
-            head = fh.read(16)
-    except FileNotFoundError:
-        raise FormatError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise FormatError("is a directory, not a checkpoint file", path=path) from None
-    except OSError as exc:
-        raise FormatError(f"cannot read: {exc.strerror}", path=path) from None
-    if not head:
-        raise FormatError("file is empty", path=path)
-    index = Path(path).name.lower().endswith(".index.json")   # JSON: its reader checks it
-    if fmt.magics and not index and not any(head.startswith(m) for m in fmt.magics):
-        raise FormatError(f"not a valid {fmt.description or fmt.name} file (unexpected leading bytes)",
-                          path=path)
+# ---------------------------------------------------------------- kept for existing callers
+
+def for_source(path: Path | str, name: str | None = None) -> tuple[Format, str | None]:
+    """``identify`` as a pair (format, note)."""
+    found = identify(path, name)
+    return found.format, found.note
+
+
+def layout_of(path: Path | str) -> str:
+    """The layout (``"torch"`` or ``"keras"``) of a file: by its content when it exists, else
+    by the format its name implies."""
+    return identify(path).layout

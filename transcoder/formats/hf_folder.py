@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import LAYOUT_TORCH, Checkpoint
 from ..errors import FormatError, UsageError
 from . import jsonsafe
+from .base import Format, Head, ReadOptions
 
 CONFIG = "config.json"
 #: transformers' own preference: safetensors first, sharded after single.
@@ -157,6 +159,27 @@ def _cached_repo(repo_id: str, revision: str | None) -> Path:
 
 
 
+def read(path: Path, options: ReadOptions) -> Checkpoint:
+    """The folder's weights, read by their own format, with what its config says."""
+    from . import pt, safetensors_format
+
+    folder = resolve(path, options.revision)
+    if folder is None:
+        raise FormatError(f"not a Hugging Face model folder (no {CONFIG})", path=path)
+    fmt = safetensors_format.FORMAT if ".safetensors" in folder.weights.name else pt.FORMAT
+    return attach(fmt.read(folder.weights, options), folder, path)
+
+
+def sniff(head: Head, path: Path) -> bool:
+    """A model folder or cache repo folder; or a name that is no file and reads as a repo id
+    (the reader then finds it in the cache, or says it is not there)."""
+    if head.folder:
+        return is_model_folder(path)
+    text = str(path)
+    return isinstance(head.problem, FormatError) and not Path(path).exists() \
+        and bool(REPO_ID.match(text)) and not text.endswith(_SUFFIXES)
+
+
 def attach(ckpt, folder: ModelFolder, given: object):
     """Record what the folder's config says on the checkpoint read from its weights: the kinds
     its family's naming settles (``meta["module_kinds"]``/``["module_options"]``, below what
@@ -178,3 +201,8 @@ def attach(ckpt, folder: ModelFolder, given: object):
         notes.append(f"{CONFIG} names remote code (auto_map): never run; the weights are read "
                      f"as tensors")
     return ckpt
+
+
+FORMAT = Format("hf_folder", (), LAYOUT_TORCH,
+                description="Hugging Face model folder (config.json + weights; a hub cache "
+                            "snapshot or repo id)", folder=True, sniff=sniff, reader=read)

@@ -24,16 +24,26 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import FormatError, MappingError, UnsafeFileError, UnsupportedError, UsageError
-from . import ReadOptions, jsonsafe, limits, rawfill, sigbus
-from . import h5safety as h5s
-from . import keras_config, keras_v3
+from . import jsonsafe, limits, rawfill, sigbus
+from . import keras_config
+from .base import HDF5, Format, Head, LazyModule, ReadOptions
+
+if TYPE_CHECKING:
+    import h5py
+
+    from . import h5safety as h5s
+    from . import keras_v3
+else:   # loaded when a file is read or written, not when the registry reads FORMAT
+    h5py = LazyModule("h5py")
+    h5s = LazyModule("transcoder.formats.h5safety")
+    keras_v3 = LazyModule("transcoder.formats.keras_v3")
 
 #: What the written files claim. Loaders special-case only keras_version "1" and backend "theano".
 KERAS_VERSION = "3.15.1"
@@ -458,15 +468,17 @@ def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, 
             _name_attr(dsid, name)
 
 
-_NAME_TYPE = h5py.h5t.string_dtype("utf-8")
+@lru_cache(maxsize=None)
+def _name_type() -> np.dtype:
+    return h5py.h5t.string_dtype("utf-8")
 
 
 def _name_attr(dsid: h5py.h5d.DatasetID, name: str) -> None:
     """``ds.attrs["name"] = name`` through h5py's low-level calls (a third of the time per
     carried tensor went to the high-level ones)."""
-    attr = h5py.h5a.create(dsid, b"name", h5py.h5t.py_create(_NAME_TYPE, logical=True),
+    attr = h5py.h5a.create(dsid, b"name", h5py.h5t.py_create(_name_type(), logical=True),
                            h5py.h5s.create(h5py.h5s.SCALAR))
-    attr.write(np.array(name, dtype=_NAME_TYPE))
+    attr.write(np.array(name, dtype=_name_type()))
 
 
 def _plists() -> tuple[h5py.h5p.PropDCID, h5py.h5p.PropLCID]:
@@ -497,3 +509,18 @@ def _write_array(grp: h5py.Group, rel: str, array: np.ndarray, name: str,
     except (ValueError, TypeError) as exc:
         raise MappingError(f"cannot store tensor in HDF5 ({exc})", path=path,
                            tensor=name) from None
+
+
+def sniff(head: Head, path: Path) -> bool:
+    """The HDF5 signature (the reader tells the legacy and Keras 3 layouts apart)."""
+    return head.data.startswith(HDF5)
+
+
+#: One reader for both; the name decides which is written. Content says only "HDF5": a file
+#: named ``.weights.h5`` is read as such, any other HDF5 file as legacy (the same reader).
+FORMAT = Format("keras_h5", (".h5", ".hdf5"), LAYOUT_KERAS, magics=(HDF5,),
+                description="Keras legacy HDF5 (weights-only or full model)",
+                sniff=sniff, reader=read, writer=write)
+WEIGHTS_FORMAT = Format("keras_weights_h5", (".weights.h5",), LAYOUT_KERAS, magics=(HDF5,),
+                        description="Keras 3 weights file (.weights.h5)", needs_model=True,
+                        reader=read, writer=write)

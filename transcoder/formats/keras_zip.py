@@ -21,14 +21,21 @@ import weakref
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Any, Iterator
-
-import h5py
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import FormatError, UnsafeFileError, UsageError
-from . import ReadOptions, jsonsafe, keras_v3, zipsafe
-from . import h5safety as h5s
+from . import jsonsafe, zipsafe
+from .base import ZIP, Format, Head, LazyModule, ReadOptions
+
+if TYPE_CHECKING:
+    import h5py
+
+    from . import h5safety as h5s
+    from . import keras_v3
+else:   # loaded when a file is read, not when the registry reads FORMAT
+    h5s = LazyModule("transcoder.formats.h5safety")
+    keras_v3 = LazyModule("transcoder.formats.keras_v3")
 from .brief import brief
 
 WEIGHTS = "model.weights.h5"
@@ -38,7 +45,7 @@ METADATA = "metadata.json"
 MAX_JSON_BYTES = 16 << 20
 CHUNK = 1 << 20
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-LOCAL_MAGIC = b"PK\x03\x04"
+LOCAL_MAGIC = ZIP
 ZIP_ERRORS = zipsafe.ZIP_ERRORS + (zlib.error,)
 
 
@@ -203,3 +210,13 @@ def _open_h5(source: IO[bytes], path: Path) -> h5py.File:
 def _close_both(f: h5py.File, source: IO[bytes]) -> None:
     f.close()
     source.close()
+
+
+def sniff(head: Head, path: Path) -> bool:
+    """A zip archive holding ``config.json`` and ``model.weights.h5``."""
+    return head.zip_names is not None and CONFIG in head.zip_names and WEIGHTS in head.zip_names
+
+
+FORMAT = Format("keras_zip", (".keras",), LAYOUT_KERAS, magics=(ZIP,),
+                description="Keras 3 model archive (.keras)", needs_model=True,
+                stores_classes=True, sniff=sniff, reader=read, writer=write)

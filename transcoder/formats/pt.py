@@ -31,7 +31,8 @@ from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedE
 from .brief import brief
 from . import filemap
 from .filemap import MAP_FROM_BYTES, map_range
-from . import ReadOptions, limits, shards, sigbus, zipsafe
+from . import limits, shards, sigbus, zipsafe
+from .base import PICKLE, ZIP, Format, Head, ReadOptions
 from .torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
                            UnsupportedTensor, dump_state_dict, is_tensor)
 from .unpickler import unpickle
@@ -251,7 +252,7 @@ def read(path: Path, options: ReadOptions) -> Checkpoint:
     if not head:
         raise FormatError("file is empty", path=path)
     try:
-        return _read_zip(path, options) if head == b"PK\x03\x04" else _read_legacy(path, options)
+        return _read_zip(path, options) if head == ZIP else _read_legacy(path, options)
     except TranscoderError as exc:
         raise exc.with_context(path=path)
 
@@ -516,3 +517,25 @@ def _write_archive(zw: TorchZipWriter, ckpt: Checkpoint, entries: list[StateDict
     zw.write_record("version", b"3\n")
     zw.write_record(".data/serialization_id", _serialization_id(digest))
     zw.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The format
+# ---------------------------------------------------------------------------------------------
+
+SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
+
+
+def sniff(head: Head, path: Path) -> bool:
+    """A zip archive with a ``data.pkl`` member (``torch.save``, TorchScript), or a pickle's
+    PROTO opcode, protocol 2-5 (a legacy ``torch.save``)."""
+    if head.zip_names is not None:
+        return any(n == "data.pkl" or n.endswith("/data.pkl") for n in head.zip_names)
+    return head.data[:1] == PICKLE and head.data[1:2] in PICKLE_PROTOCOLS
+
+
+FORMAT = Format("pt", SUFFIXES + tuple(s + shards.INDEX for s in SUFFIXES), LAYOUT_TORCH,
+                magics=(ZIP, PICKLE),
+                description="PyTorch checkpoint (torch.save zip, legacy pickle, TorchScript)",
+                sniff=sniff, reader=read, writer=write)

@@ -8,9 +8,10 @@ archives that declare more than :mod:`.limits` allows.
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable
 
 from ..errors import FormatError, UnsafeFileError
 from . import limits
@@ -23,14 +24,41 @@ ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, Value
               NotImplementedError, RuntimeError, UnicodeDecodeError, OverflowError)
 
 
-def open_zip(path: Path) -> zipfile.ZipFile:
-    """``zipfile.ZipFile(path)`` once its entry count is plausible (zipfile errors propagate)."""
-    with open(path, "rb") as fh:
+def open_zip(source: Path | IO[bytes]) -> zipfile.ZipFile:
+    """``zipfile.ZipFile`` over ``source`` once its entry count is plausible (zipfile errors
+    propagate). A path is opened once: the count and the archive are read through that one
+    handle, which closing the archive closes; a file object given stays its owner's."""
+    owned = isinstance(source, (str, os.PathLike))
+    fh = open(source, "rb") if owned else source
+    try:
         end = zipfile._EndRecData(fh)  # what ZipFile reads first; None if there is no record
-    if end is not None and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ENTRIES:
-        raise UnsafeFileError(f"zip archive declares {end[zipfile._ECD_ENTRIES_TOTAL]} members "
-                              f"(more than {MAX_ENTRIES}); refusing it", path=path)
-    return zipfile.ZipFile(path)
+        if end is not None and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ENTRIES:
+            raise UnsafeFileError(f"zip archive declares {end[zipfile._ECD_ENTRIES_TOTAL]} "
+                                  f"members (more than {MAX_ENTRIES}); refusing it",
+                                  path=source if owned else None)
+        fh.seek(0)
+        return _OwningZipFile(fh) if owned else zipfile.ZipFile(fh)
+    except BaseException:
+        if owned:
+            fh.close()
+        raise
+
+
+class _OwningZipFile(zipfile.ZipFile):
+    """A ZipFile over a handle :func:`open_zip` opened: closing the archive closes it too
+    (its members are always closed first)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        super().__init__(fh)
+        self._owned = fh
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            owned = getattr(self, "_owned", None)
+            if owned is not None:
+                owned.close()
 
 
 def check_members(zf: zipfile.ZipFile, path: Path, file_size: int,

@@ -1,0 +1,82 @@
+"""The ``transcode`` command: a shell over :mod:`transcoder.api` (parse, call, print).
+
+``transcode SRC DST`` converts (the default command, :mod:`.convert`); ``check`` validates,
+``inspect`` and ``rules`` explain (:mod:`.check`), ``bulk`` converts a tree (:mod:`.bulk`).
+Errors are one line on stderr with exit code 2 (bad usage or input), 1 when a check fails,
+3 for a bug; ``TRANSCODER_DEBUG=1`` shows the traceback instead. Options that several
+commands take are declared once, in :mod:`.options`.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from typing import Optional
+
+import typer
+
+# Before numpy is imported: the command does no linear algebra with numpy, and OpenBLAS's
+# idle worker threads would spin on the cores a conversion needs.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from .._version import __version__  # noqa: E402
+from ..errors import INTERNAL_ERROR_EXIT, TranscoderError, one_line  # noqa: E402
+from .bulk import bulk_cmd  # noqa: E402
+from .check import check_cmd, inspect_cmd, rules_cmd  # noqa: E402
+from .convert import convert_cmd  # noqa: E402
+from .output import note  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Move weights between PyTorch and Keras; `transcode SRC DST` converts.")
+
+
+def version_cmd() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+for _name, _command in (("convert", convert_cmd), ("check", check_cmd),
+                        ("inspect", inspect_cmd), ("rules", rules_cmd),
+                        ("version", version_cmd), ("bulk", bulk_cmd)):
+    app.command(_name)(_command)
+
+COMMANDS = {c.name for c in app.registered_commands}
+PASSTHROUGH = {"--help", "-h"}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: maps every error to its exit code and a one-line message."""
+    args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
+    if args and args[0] not in COMMANDS | PASSTHROUGH:
+        args.insert(0, "convert")
+    debug = os.environ.get("TRANSCODER_DEBUG") == "1"
+    try:
+        result = app(args, prog_name="transcode", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except TranscoderError as exc:
+        if debug:
+            raise
+        note(f"error: {exc}")
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors from the command-line parser
+        note(f"error: {exc.format_message()} (see transcode --help)")
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        note("interrupted")
+        return 130
+    except Exception as exc:  # a bug: still one line, unless debugging
+        if debug:
+            raise
+        note(f"internal error: {type(exc).__name__}: {one_line(exc)} (set TRANSCODER_DEBUG=1 "
+              "for the traceback, and please report it)")
+        return INTERNAL_ERROR_EXIT
+
+
+def run() -> None:
+    """The console script. The modules imported so far live until exit: freezing them keeps the
+    garbage collector from scanning them again on every full collection. Not in :func:`main`,
+    which tests call many times."""
+    gc.freeze()
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""``transcode SRC DST`` (the ``convert`` command): parse, call :func:`transcoder.api.convert`,
+print what it did and the check's report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import api
+from ..errors import TranscoderError
+from .options import (AtolOpt, ChannelsLastOpt, CheckOpt, FromOpt, InputDtypeOpt, InputShapeOpt,
+                      JunitOpt, KerasModelOpt, KeyOpt, ModelOpt, QuantizeOpt, QuietOpt,
+                      ReportOpt, RtolOpt, RulesOpt, SeedOpt, ShardSizeOpt, StrictOpt)
+from .output import CheckOutputs, light_check, note, report as print_report, say
+from .tables import PAIR_COLUMNS, PLAN_COLUMNS, print_rows
+
+
+def convert_cmd(
+    src: Annotated[Path, typer.Argument(help="Checkpoint to read (.pt .pth .bin .ckpt "
+                                             ".safetensors .h5 .keras).")],
+    dst: Annotated[Path, typer.Argument(help="File to write (.h5 .weights.h5 .keras .pt "
+                                             ".safetensors .savedmodel .tflite); its extension "
+                                             "picks the format and layout.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite DST if it exists.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")
+                       ] = False,
+    key: KeyOpt = None, rules: RulesOpt = None, quiet: QuietOpt = False, check: CheckOpt = None,
+    model: ModelOpt = None, keras_model: KerasModelOpt = None,
+    input_shape: InputShapeOpt = None, input_dtype: InputDtypeOpt = None,
+    atol: AtolOpt = None, rtol: RtolOpt = None, seed: SeedOpt = 0,
+    report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
+    strict: StrictOpt = False, source_format: FromOpt = None, quantize: QuantizeOpt = None,
+    shard_size: ShardSizeOpt = None,
+) -> None:
+    """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
+
+    The check runs by default when torch and Keras are installed: the full-model check with
+    --model and --input-shape, else every mapped layer on its own. --no-check skips it.
+    DST stays whatever the check finds: exit 1 when it differs, 2 when it cannot run.
+    DST.savedmodel and DST.tflite are exported from the Keras model (--model rebuilt, or
+    --keras-model), and the check runs the exported artifact itself.
+    """
+    started = time.perf_counter()
+    if check is not False:
+        light_check(bool(model or keras_model))
+    printed: list[str] = []
+
+    def written(result: api.Conversion) -> None:
+        _print_written(result, quiet, time.perf_counter() - started)
+        printed.extend(result.notes)
+
+    result = api.convert(src, dst, force=force, dry_run=dry_run, key=key, rules=rules,
+                         model=model, keras_model=keras_model, input_shape=input_shape or (),
+                         input_dtype=input_dtype or (), seed=seed, channels_last=channels_last,
+                         check=check, atol=atol, rtol=rtol, strict=strict,
+                         source_format=source_format, quantize=quantize, shard_size=shard_size,
+                         on_written=written)
+    if dry_run:
+        _print_dry_run(result)
+        return
+    for line in result.notes[len(printed):]:   # the check's own
+        note(line)
+    if result.report is not None:
+        try:
+            print_report(result.report, CheckOutputs(report, junit, quiet))
+        except TranscoderError as exc:
+            from ..checks.verify import after_write
+
+            raise after_write(exc, result.dst) from None
+
+
+def _print_written(result: api.Conversion, quiet: bool, seconds: float) -> None:
+    if result.pairs and not quiet:
+        print_rows(result.pairs, PAIR_COLUMNS, title="layer pairing")
+    plan = result.plan
+    mapped = sum(len(s.torch) for s in plan.steps)
+    shards = f" and {len(result.files) - 1} shards" if len(result.files) > 1 else ""
+    say(quiet, f"wrote {result.dst}{shards}: {mapped} tensors mapped, {len(plan.carried)} "
+               f"carried ({seconds:.2f} s)")
+    for line in [] if quiet else result.notes:
+        note(line)
+
+
+def _print_dry_run(result: api.Conversion) -> None:
+    print_rows(result.rows, PLAN_COLUMNS,
+               title=f"{result.src} -> {result.dst} (dry run: nothing written)")
+    if result.pairs:
+        print_rows(result.pairs, PAIR_COLUMNS, title="layer pairing")
+    for line in result.notes:
+        note(line)
