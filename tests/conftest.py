@@ -1,9 +1,24 @@
-"""Shared test helpers: running the CLI in-process, exact tensor comparison, fixture paths."""
+"""Shared test helpers: running the CLI in-process, exact tensor comparison, fixture paths,
+"imports nothing heavy" in a fresh interpreter, a one-child PyTorch model; and the markers.
+
+Markers (registered in pyproject.toml; `CONTRIBUTING.md` has the commands):
+
+- ``live``: the test needs torch or TensorFlow/Keras. Set here, for every test of a module that
+  imports one of them at its top (``torch = pytest.importorskip("torch")``, ``from torch import
+  nn``); the few tests elsewhere that import a framework inside the test carry
+  ``@pytest.mark.live`` themselves.
+- ``slow``: the test takes more than about 5 s on a quiet 2-core machine. Set by hand.
+
+``pytest -m "not slow and not live"`` is the quick subset: no framework is imported.
+"""
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pytest
@@ -15,6 +30,23 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 sys.path.insert(0, str(FIXTURES))  # the fixture models (fixtures/models.py)
+
+#: The frameworks whose import makes a test ``live`` (and a command slow to start).
+FRAMEWORKS = ("torch", "tensorflow", "keras")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark ``live`` every test whose module imported a framework when it was collected."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and _imports_a_framework(module):
+            item.add_marker(pytest.mark.live)
+
+
+def _imports_a_framework(module) -> bool:
+    names = (getattr(value, "__name__", "") for value in vars(module).values()
+             if isinstance(value, type(sys)))
+    return any(name.split(".")[0] in FRAMEWORKS for name in names)
 
 
 @pytest.fixture
@@ -28,6 +60,44 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+def assert_imports_none_of(code: str, forbidden: Iterable[str], *argv: object,
+                           timeout: float = 120) -> str:
+    """Run ``code`` in a fresh interpreter (``sys.argv[1:]`` = ``argv``, from the project root)
+    and assert that it succeeds and that none of ``forbidden`` is in ``sys.modules`` afterwards.
+    Returns its standard output (the report line removed)."""
+    forbidden = tuple(forbidden)
+    report = (f"\nimport sys as _sys\nprint('imported:', "
+              f"[m for m in {forbidden!r} if m in _sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code + report, *map(str, argv)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    *out, last = proc.stdout.rstrip("\n").split("\n")
+    assert last == "imported: []", f"{last} (forbidden: {forbidden})"
+    return "\n".join(out)
+
+
+def one_child(child, name: str = "block"):
+    """A PyTorch model whose only layer is ``child``, at the module path ``name`` (state dict
+    keys ``name.weight`` ...), and whose forward calls it: one layer seen inside a model."""
+    return _one_child_class()(name, child)
+
+
+@functools.cache
+def _one_child_class():
+    from torch import nn
+
+    class OneChild(nn.Module):
+        def __init__(self, name: str, child) -> None:
+            super().__init__()
+            self.child_name = name
+            self.add_module(name, child)
+
+        def forward(self, x):
+            return getattr(self, self.child_name)(x)
+
+    return OneChild
 
 
 def assert_bit_exact(a: np.ndarray, b: np.ndarray, what: str = "") -> None:
