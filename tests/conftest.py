@@ -1,20 +1,27 @@
 """Shared test helpers: running the CLI in-process, exact tensor comparison, fixture paths,
 "imports nothing heavy" in a fresh interpreter, a one-child PyTorch model; and the markers.
 
-Markers (registered in pyproject.toml; `CONTRIBUTING.md` has the commands):
+Markers (registered in pyproject.toml; CONTRIBUTING.md has the commands):
 
-- ``live``: the test needs torch or TensorFlow/Keras. Set here, for every test of a module that
-  imports one of them at its top (``torch = pytest.importorskip("torch")``, ``from torch import
-  nn``); the few tests elsewhere that import a framework inside the test carry
-  ``@pytest.mark.live`` themselves.
+- ``live``: the test imports torch or TensorFlow/Keras when they are installed (it needs them,
+  or it runs the forward check because they are there). Set here from what a test imports:
+  every test of a module that imports a framework at its top (``torch =
+  pytest.importorskip("torch")``), every test that uses a fixture named ``torch``, ``keras``
+  or ``tensorflow``, every test whose own code imports one (``pytest.importorskip("keras")``
+  in its body). Tests that reach a framework only through transcoder (the default check)
+  carry ``@pytest.mark.live`` themselves. A test without the mark that imports a framework
+  fails, naming the framework, so the mark cannot go missing unnoticed (it is seen when the
+  framework is not yet imported: always under ``-m "not live"``).
 - ``slow``: the test takes more than about 5 s on a quiet 2-core machine. Set by hand.
 
-``pytest -m "not slow and not live"`` is the quick subset: no framework is imported.
+``pytest -m "not slow and not live"`` is the quick subset: it imports no framework.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,18 +42,61 @@ sys.path.insert(0, str(FIXTURES))  # the fixture models (fixtures/models.py)
 FRAMEWORKS = ("torch", "tensorflow", "keras")
 
 
+#: A test's own code importing a framework (its body, not what it calls).
+_IMPORTS_A_FRAMEWORK = re.compile(r"importorskip\(\s*[\"'](?:torch|tensorflow|keras)\b"
+                                  r"|^\s*(?:import|from)\s+(?:torch|tensorflow|keras)\b", re.M)
+
+
 def pytest_collection_modifyitems(items) -> None:
-    """Mark ``live`` every test whose module imported a framework when it was collected."""
+    """Mark ``live`` what imports a framework: see the module docstring."""
     for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and _imports_a_framework(module):
+        if _is_live(item):
             item.add_marker(pytest.mark.live)
 
 
-def _imports_a_framework(module) -> bool:
+def _is_live(item) -> bool:
+    module = getattr(item, "module", None)
+    function = getattr(item, "function", None)
+    return ((module is not None and _module_imports_a_framework(module))
+            or bool(set(getattr(item, "fixturenames", ())) & set(FRAMEWORKS))
+            or (function is not None and _code_imports_a_framework(function)))
+
+
+def _module_imports_a_framework(module) -> bool:
     names = (getattr(value, "__name__", "") for value in vars(module).values()
              if isinstance(value, type(sys)))
     return any(name.split(".")[0] in FRAMEWORKS for name in names)
+
+
+@functools.cache
+def _code_imports_a_framework(function) -> bool:
+    try:
+        return bool(_IMPORTS_A_FRAMEWORK.search(inspect.getsource(function)))
+    except (OSError, TypeError):
+        return False
+
+
+_FRAMEWORKS_BEFORE = pytest.StashKey[set]()
+
+
+def _loaded_frameworks() -> set[str]:
+    return {name for name in FRAMEWORKS if name in sys.modules}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    item.stash[_FRAMEWORKS_BEFORE] = _loaded_frameworks()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test not marked ``live`` that imported a framework fails (the mark was missing)."""
+    result = yield
+    imported = _loaded_frameworks() - item.stash.get(_FRAMEWORKS_BEFORE, set())
+    if imported and item.get_closest_marker("live") is None:
+        pytest.fail(f"imported {', '.join(sorted(imported))}: mark the test "
+                    "@pytest.mark.live (tests/conftest.py)", pytrace=False)
+    return result
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def only_file(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.live   # the default check runs when torch and Keras are installed
 def test_convert_writes_h5_with_the_permuted_kernel(cli, tmp_path):
     code, out, err = cli(ENCODER, tmp_path / "encoder.h5")
     assert code == 0, err
@@ -36,6 +37,7 @@ def test_convert_writes_h5_with_the_permuted_kernel(cli, tmp_path):
         assert_bit_exact(kernel, torch_side["conv1d_U.weight"].load().transpose(2, 1, 0))
 
 
+@pytest.mark.live   # the default check runs when torch and Keras are installed
 def test_existing_destination_survives_without_force(cli, tmp_path):
     dst = tmp_path / "out.h5"
     dst.write_bytes(b"precious")

@@ -134,6 +134,7 @@ def test_an_output_path_that_is_a_folder_fails_alone(tmp_path):
     assert (dst / "a.h5").is_dir() and (dst / "b.h5").is_file()
 
 
+@pytest.mark.live   # the default check runs when torch and Keras are installed
 def test_the_cli_prints_skipped_files_in_the_summary(tmp_path, cli):
     src, dst = tmp_path / "src", tmp_path / "dst"
     save(src / "ok.safetensors", 1)
@@ -143,6 +144,7 @@ def test_the_cli_prints_skipped_files_in_the_summary(tmp_path, cli):
     assert "skipped" in out and "out.safetensors" in out
 
 
+@pytest.mark.live   # the default check runs when torch and Keras are installed
 def test_a_manifest_that_is_a_link_or_fifo_is_refused(tmp_path, cli):
     src, dst = tmp_path / "src", tmp_path / "dst"
     save(src / "ok.safetensors", 1)
