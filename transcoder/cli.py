@@ -30,6 +30,7 @@ from .frameworks import prefer_keras_backend  # noqa: E402
 from .options import Architecture, CheckRequest, InputOptions, Tolerance  # noqa: E402
 from .pipeline import prepare, transcode  # noqa: E402
 from .rules import COPY  # noqa: E402
+from .printing import markdown_table  # noqa: E402
 from .tables import (PAIR_COLUMNS, PLAN_COLUMNS, RULE_COLUMNS, pairing_rows, plan_rows,  # noqa: E402
                      print_rows, rule_rows)
 
@@ -282,8 +283,12 @@ def inspect_cmd(
 
 
 @app.command("rules")
-def rules_cmd(as_json: JsonOpt = False) -> None:
+def rules_cmd(as_json: JsonOpt = False, markdown: Annotated[bool, typer.Option(
+        "--markdown", help="A Markdown table (docs/layers.md is made of it).")] = False) -> None:
     """Print the rule table: PyTorch tensor -> Keras weight, and the operation between them."""
+    if markdown:
+        typer.echo(markdown_table(rule_rows(), RULE_COLUMNS), nl=False)
+        return
     print_rows(rule_rows(), RULE_COLUMNS, as_json=as_json, title="transcoder rules")
 
 
