@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
               pytest.mark.filterwarnings("ignore:.*quantize.*deprecated")]
 
+from conftest import assert_imports_none_of  # noqa: E402
 from transcoder.checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef  # noqa: E402
 from transcoder.errors import (AmbiguousError, FormatError, UnsafeFileError,  # noqa: E402
                                UnsupportedError, UsageError)
