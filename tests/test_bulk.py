@@ -364,6 +364,7 @@ def test_a_file_that_crashes_or_hangs_its_worker_fails_alone(tmp_path):
 
 # ------------------------------------------------------------------ kill -9 part-way
 
+@pytest.mark.slow
 def test_kill_9_part_way_then_rerun_ends_complete_and_bit_exact(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     sources = {}
@@ -423,6 +424,7 @@ def _readable_lines(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------ Ray
 
+@pytest.mark.slow
 def test_ray_engine_converts_the_same_tree(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     src, dst = tmp_path / "src", tmp_path / "dst"

@@ -217,6 +217,7 @@ def test_library_conversion_imports_only_what_it_needs(tmp_path):
     assert (tmp_path / "e.h5").is_file()
 
 
+@pytest.mark.slow
 def test_errors_with_frameworks_loaded_stay_one_line(tmp_path):
     """TensorFlow's start-up notices must not leak around the one-line error."""
     pytest.importorskip("torch")

@@ -83,6 +83,7 @@ def test_links_leaving_src_are_skipped_and_links_inside_are_converted(tmp_path):
     assert_bit_exact(kernel(dst / "real.h5"), weights(3)["fc.weight"].T)
 
 
+@pytest.mark.slow
 def test_fifos_and_devices_are_skipped_without_blocking(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     save(src / "good.safetensors", 4)

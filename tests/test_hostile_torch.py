@@ -155,6 +155,7 @@ def test_deflated_records_within_the_ratio_convert(cli, tmp_path):
         assert_bit_exact(ckpt["w"].load(), weights)
 
 
+@pytest.mark.slow
 def test_torchscript_code_bomb_is_refused(tmp_path, baseline_mib):
     """24 code records of 64 MiB deflated to 64 KiB each: decompressed whole, they took 1.5 GiB."""
     src = tmp_path / "script.pt"
@@ -166,6 +167,7 @@ def test_torchscript_code_bomb_is_refused(tmp_path, baseline_mib):
     assert "archive/code/__torch__/m0.py" in line and f"more than {limits.RATIO}:1" in line, line
 
 
+@pytest.mark.slow
 def test_torchscript_code_of_short_lines_is_read_line_by_line(tmp_path, baseline_mib):
     """A stored 32 MiB record of two-character lines (as a list: about 20 times its size)."""
     src = tmp_path / "lines.pt"
