@@ -66,3 +66,13 @@ def test_relative_links_resolve(page):
         assert linked.exists(), f"{page.name}: {target}: no such file"
         if anchor:
             assert anchor in _anchors(linked), f"{page.name}: {target}: no such heading"
+
+
+def test_markdown_cells_keep_pipes_and_stars_as_text():
+    from transcoder.printing import markdown_table
+
+    text = markdown_table([{"a": "g * v / ||v||", "b": ["x", "y"]}], ["a", "b"])
+    header, rule, row = text.splitlines()
+    assert header == "| a | b |" and rule == "|---|---|"
+    assert row == r"| g \* v / \|\|v\|\| | x, y |"
+    assert len(re.split(r"(?<!\\)\|", row)) == len(re.split(r"(?<!\\)\|", header))
