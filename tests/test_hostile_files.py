@@ -68,6 +68,7 @@ def test_a_tensor_named_like_the_metadata_is_refused_for_safetensors(cli, tmp_pa
     assert "reserves the name" in refused(cli, src, tmp_path, dst="out.safetensors")
 
 
+@pytest.mark.slow   # 22,500 tensors converted: 5-8 s of CPU on a loaded 2-core machine
 def test_many_empty_tensors_take_linear_time(cli, tmp_path):
     """The time a tensor costs does not grow with the count: the time above a one-tensor file's
     grows 4x (< 8x) for 4x the tensors, where a step that went over every tensor again for
