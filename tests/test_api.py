@@ -101,6 +101,7 @@ def _load_in_fresh_process(tmp_path, x: np.ndarray, imports: str, prelude: str =
     return np.load(tmp_path / "y.npy"), done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_a_rebuilt_keras_file_loads_after_import_transcoder_alone(tmp_path):
     """In a fresh process with only `import transcoder` (never transcoder.models): the Encoder's
     batch-changing reshapes have no Keras built-in, so its .keras holds our TensorOp."""
@@ -118,6 +119,7 @@ def test_a_rebuilt_keras_file_loads_after_import_transcoder_alone(tmp_path):
     assert_bit_exact(np.load(tmp_path / "x.npy"), x)
 
 
+@pytest.mark.slow
 def test_a_rebuilt_keras_file_of_built_in_layers_loads_without_transcoder(tmp_path):
     """CNN1d (padded Conv1d, BatchNorm, ReLU, Conv1d, a mean over time) rebuilds from Keras
     built-in layers only: a process that never imports transcoder loads its .keras."""

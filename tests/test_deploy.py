@@ -111,6 +111,7 @@ def torch_output(module, x: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- every fixture model, both exports
 
+@pytest.mark.slow   # a real export and its check per case: 2 to 7 s each
 @pytest.mark.parametrize("suffix", ["savedmodel", "tflite"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_each_fixture_model_exports_and_checks_on_the_artifact(exports, name, suffix):

@@ -25,6 +25,8 @@ from contract import check, peak_mib  # noqa: E402
 from mutators import mutate  # noqa: E402
 from seeds import FORMATS, seeds  # noqa: E402
 
+pytestmark = pytest.mark.slow   # 200 mutated inputs per format: 3-8 s each
+
 EXAMPLES = 200
 SEEDS = seeds()
 

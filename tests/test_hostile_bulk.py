@@ -83,6 +83,7 @@ def test_links_leaving_src_are_skipped_and_links_inside_are_converted(tmp_path):
     assert_bit_exact(kernel(dst / "real.h5"), weights(3)["fc.weight"].T)
 
 
+@pytest.mark.slow
 def test_fifos_and_devices_are_skipped_without_blocking(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     save(src / "good.safetensors", 4)
@@ -134,6 +135,7 @@ def test_an_output_path_that_is_a_folder_fails_alone(tmp_path):
     assert (dst / "a.h5").is_dir() and (dst / "b.h5").is_file()
 
 
+@pytest.mark.live   # the default check runs when torch and Keras are installed
 def test_the_cli_prints_skipped_files_in_the_summary(tmp_path, cli):
     src, dst = tmp_path / "src", tmp_path / "dst"
     save(src / "ok.safetensors", 1)
@@ -143,6 +145,7 @@ def test_the_cli_prints_skipped_files_in_the_summary(tmp_path, cli):
     assert "skipped" in out and "out.safetensors" in out
 
 
+@pytest.mark.live   # the default check runs when torch and Keras are installed
 def test_a_manifest_that_is_a_link_or_fifo_is_refused(tmp_path, cli):
     src, dst = tmp_path / "src", tmp_path / "dst"
     save(src / "ok.safetensors", 1)

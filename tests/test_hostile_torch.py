@@ -7,6 +7,7 @@ tiny valid conversion's.
 """
 from __future__ import annotations
 
+import pickle  # only to write the legacy header; nothing here is unpickled
 import zipfile
 
 import numpy as np
@@ -16,7 +17,7 @@ import hostile
 from hostile import Entry, assert_refused, run_bounded, state_dict_pickle, torch_zip
 from conftest import assert_bit_exact
 from transcoder.pipeline import read
-from transcoder.formats import limits
+from transcoder.formats import limits, pt
 
 #: Peak memory a refused bomb may take beyond a tiny valid conversion (the files are < 1 MiB).
 SLACK_MIB = 48
@@ -54,9 +55,14 @@ def test_pickle_bombs_are_refused_quickly(tmp_path, baseline_mib, attack):
 
 
 def test_legacy_pickle_bomb_is_refused(tmp_path, baseline_mib):
+    """The bomb is the main pickle of a legacy file, after a valid magic, protocol and sys info
+    (alone, the file is refused earlier, as not a PyTorch file)."""
     src = tmp_path / "legacy.pt"
-    src.write_bytes(hostile.dag_as_dict_key())
-    _bounded_refusal(tmp_path, src, baseline_mib, seconds=10)
+    header = b"".join(pickle.dumps(value, protocol=2) for value in
+                      (pt.LEGACY_MAGIC, pt.LEGACY_PROTOCOL, {"little_endian": True}))
+    src.write_bytes(header + hostile.dag_as_dict_key())
+    line = _bounded_refusal(tmp_path, src, baseline_mib, seconds=10)
+    assert "bomb" in line, line
 
 
 def test_shared_module_dag_is_refused(tmp_path, baseline_mib):
@@ -149,6 +155,7 @@ def test_deflated_records_within_the_ratio_convert(cli, tmp_path):
         assert_bit_exact(ckpt["w"].load(), weights)
 
 
+@pytest.mark.slow
 def test_torchscript_code_bomb_is_refused(tmp_path, baseline_mib):
     """24 code records of 64 MiB deflated to 64 KiB each: decompressed whole, they took 1.5 GiB."""
     src = tmp_path / "script.pt"
@@ -156,9 +163,11 @@ def test_torchscript_code_bomb_is_refused(tmp_path, baseline_mib):
         zf.writestr("archive/data.pkl", hostile.PROTO2 + b"N.")
         for i in range(24):
             zf.writestr(f"archive/code/__torch__/m{i}.py", b"\n" * (64 << 20))
-    _bounded_refusal(tmp_path, src, baseline_mib, seconds=30)
+    line = _bounded_refusal(tmp_path, src, baseline_mib, seconds=30)
+    assert "archive/code/__torch__/m0.py" in line and f"more than {limits.RATIO}:1" in line, line
 
 
+@pytest.mark.slow
 def test_torchscript_code_of_short_lines_is_read_line_by_line(tmp_path, baseline_mib):
     """A stored 32 MiB record of two-character lines (as a list: about 20 times its size)."""
     src = tmp_path / "lines.pt"

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import assert_bit_exact, assert_close, to_numpy, torch_state
+from conftest import assert_bit_exact, assert_close, one_child, to_numpy, torch_state
 from transcoder.pipeline import transcode
 
 keras = pytest.importorskip("keras")
@@ -64,21 +64,9 @@ CASES = [
 ]
 
 
-class Holder(nn.Module):
-    """Puts the layer at the module path ``name`` (state dict keys ``name.weight`` ...)."""
-
-    def __init__(self, name: str, layer: nn.Module) -> None:
-        super().__init__()
-        self.name = name
-        self.add_module(name, layer)
-
-    def forward(self, x):
-        return getattr(self, self.name)(x)
-
-
-def build_torch(case: Case) -> Holder:
+def build_torch(case: Case) -> nn.Module:
     torch.manual_seed(len(case.name))
-    model = Holder(case.name, case.torch_layer()).eval()
+    model = one_child(case.torch_layer(), case.name).eval()
     with torch.no_grad():  # non-trivial affine weights and running statistics
         for pname, tensor in list(model.named_parameters()) + list(model.named_buffers()):
             if tensor.is_floating_point():

@@ -13,18 +13,9 @@ keras = pytest.importorskip("keras")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from conftest import assert_close  # noqa: E402
+from conftest import assert_close, one_child  # noqa: E402
 from transcoder.models.rebuild import rebuild  # noqa: E402
 from transcoder.models.rebuild.builders.pool import Window  # noqa: E402
-
-
-class Pool(nn.Module):
-    def __init__(self, pool) -> None:
-        super().__init__()
-        self.pool = pool
-
-    def forward(self, x):
-        return self.pool(x)
 
 
 def _matches_torch(module, x, what: str) -> None:
@@ -53,7 +44,7 @@ def test_ceil_mode_pooling_2d_computes_what_pytorch_computes(kind, k, s, p, cip)
     pool = (nn.MaxPool2d(k, s, p, ceil_mode=True) if kind == "max" else
             nn.AvgPool2d(k, s, p, ceil_mode=True, count_include_pad=cip))
     for size in ((7, 9), (8, 5)):
-        _matches_torch(Pool(pool), torch.randn(2, 3, *size), f"{pool} on {size}")
+        _matches_torch(one_child(pool), torch.randn(2, 3, *size), f"{pool} on {size}")
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -63,7 +54,7 @@ def test_ceil_mode_pooling_1d_and_3d(n, kind):
     cls = getattr(nn, f"{kind.capitalize()}Pool{n}d")
     extra = {} if kind == "max" else {"count_include_pad": False}
     size = (11,) if n == 1 else (5, 7, 6)
-    _matches_torch(Pool(cls(3, 2, 1, ceil_mode=True, **extra)), torch.randn(2, 3, *size), cls.__name__)
+    _matches_torch(one_child(cls(3, 2, 1, ceil_mode=True, **extra)), torch.randn(2, 3, *size), cls.__name__)
 
 
 def test_functional_pooling_with_ceil_mode_and_divisor_override():

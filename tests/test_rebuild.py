@@ -20,6 +20,7 @@ from torch import nn  # noqa: E402
 keras = pytest.importorskip("keras")
 
 import transcoder.models  # noqa: E402,F401  (registers our Keras layers)
+from conftest import one_child  # noqa: E402
 from transcoder.errors import UnsupportedError  # noqa: E402
 from transcoder.models.rebuild import (keras_checkpoint, rebuild, supported,  # noqa: E402
                                        weights_from_checkpoint)
@@ -399,16 +400,7 @@ class Wrapper(nn.Module):
 
 def test_unsupported_function_names_op_and_module():
     with pytest.raises(UnsupportedError, match=r"torch\.cumsum.*in block"):
-        rebuild(_Holder(CumSum()), (torch.randn(2, 4),))
-
-
-class _Holder(nn.Module):
-    def __init__(self, block) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(self, x):
-        return self.block(x)
+        rebuild(one_child(CumSum()), (torch.randn(2, 4),))
 
 
 def test_unsupported_module_names_class_and_path():
@@ -417,7 +409,7 @@ def test_unsupported_module_names_class_and_path():
 
 
 def test_unsupported_option_is_refused():
-    module = _Holder(nn.MaxPool2d(3, padding=1, dilation=2))
+    module = one_child(nn.MaxPool2d(3, padding=1, dilation=2))
     with pytest.raises(UnsupportedError, match=r"nn\.MaxPool2d in block: dilation"):
         rebuild(module, (torch.randn(2, 3, 6, 6),))
 

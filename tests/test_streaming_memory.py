@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc"),
+              pytest.mark.slow]   # each converts about 200 MiB in a fresh process
 
 TENSOR_MIB = 8
 LAYERS = 24          # 24 x 8 MiB Linear weights, all permuted on the way to .h5

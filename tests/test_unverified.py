@@ -179,6 +179,7 @@ def test_check_of_two_pytorch_files_compares_every_tensor_bit_for_bit(cli, tmp_p
     assert code == 1 and "first difference: head.bias: 1 of 32 bytes differ" in out
 
 
+@pytest.mark.slow
 def test_the_per_layer_check_of_the_command_runs_without_tensorflow(tmp_path):
     """No architecture: the layers are built from the weights alone and deploy nowhere, so
     Keras runs them on its torch backend (TensorFlow costs seconds to import)."""

@@ -1,6 +1,6 @@
 """Printing rows for people and for logs: a table drawn with rich on a terminal; piped, one
 tab-separated line per row under a ``# column`` header, never wrapped or cut, no colour, so a
-CI log stays readable and ``grep``/``cut`` work on it; or JSON.
+CI log stays readable and ``grep``/``cut`` work on it; or JSON; or a Markdown table (the docs).
 
 Colour only on a terminal, and never with ``NO_COLOR`` set (rich honours it).
 """
@@ -47,6 +47,20 @@ def print_rows(rows: list[Row], columns: Iterable[str], *, as_json: bool = False
         out.write("# " + "\t".join(columns) + "\n")
         for row in rows:
             out.write("\t".join(cell(row[c]) for c in columns) + "\n")
+
+
+def markdown_table(rows: list[Row], columns: Iterable[str]) -> str:
+    """``rows`` under ``columns`` as a Markdown (GitHub) table; ``|`` and ``*`` in a cell are
+    escaped so that they print as themselves."""
+    columns = list(columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_markdown_cell(cell(row[c])) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*")
 
 
 def print_line(text: str, *, style: str | None = None, out: TextIO | None = None,

@@ -2,7 +2,7 @@
 
 A fingerprint is a file's size and mtime; with ``checksums`` also its SHA-256, which costs
 0.65 s of CPU per GiB here (hashlib with the SHA extensions, 1.58 GiB/s): more than
-converting the bytes, so it is asked for, not paid by default (README, Bulk migration).
+converting the bytes, so it is asked for, not paid by default (docs/bulk.md).
 The output is made durable (fsync) before its manifest line is written: by the run itself
 (:func:`make_durable`, while the worker converts its next file) or, for engines whose workers
 write on other machines (``sync``), by the task.

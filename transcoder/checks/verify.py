@@ -137,7 +137,7 @@ def _artifact_unchecked(src_layout: str, src: Path, dst: Path, arch: Architectur
 
 
 def after_write(exc: TranscoderError, dst: Path) -> TranscoderError:
-    """An error of the check after DST was written says so: DST stays (README, "The forward
+    """An error of the check after DST was written says so: DST stays (docs/check.md, "The forward
     check"). A failed check keeps its exit code 1, a check that could not run its own."""
     if isinstance(exc, CheckFailed):
         exc.message = f"{dst} was written, and its {exc.message}"

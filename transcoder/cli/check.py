@@ -11,6 +11,7 @@ from .options import (AtolOpt, ChannelsLastOpt, FromOpt, InputDtypeOpt, InputSha
                       JunitOpt, KerasModelOpt, KeyOpt, ModelOpt, ReportOpt, RtolOpt, RulesOpt,
                       SeedOpt, StrictOpt)
 from .output import CheckOutputs, light_check, note, report as print_report
+from ..printing import markdown_table
 from .tables import PLAN_COLUMNS, RULE_COLUMNS, print_rows, rule_rows
 
 
@@ -55,6 +56,10 @@ def inspect_cmd(
         note(line)
 
 
-def rules_cmd(as_json: JsonOpt = False) -> None:
+def rules_cmd(as_json: JsonOpt = False, markdown: Annotated[bool, typer.Option(
+        "--markdown", help="A Markdown table (docs/layers.md is made of it).")] = False) -> None:
     """Print the rule table: PyTorch tensor -> Keras weight, and the operation between them."""
+    if markdown:
+        typer.echo(markdown_table(rule_rows(), RULE_COLUMNS), nl=False)
+        return
     print_rows(rule_rows(), RULE_COLUMNS, as_json=as_json, title="transcoder rules")

@@ -13,7 +13,7 @@ KeyOpt = Annotated[Optional[str], typer.Option(
                   "or ema.")]
 RulesOpt = Annotated[Optional[Path], typer.Option(
     "--rules", exists=False, dir_okay=False,
-    help="TOML file stating layer kinds or tensor mappings (see README).")]
+    help="TOML file stating layer kinds or tensor mappings (see docs/cli.md).")]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", help="PyTorch model: path/to/file.py:Name or package.module:Name (exact layer "
                     "kinds, num_heads...).")]
