@@ -60,7 +60,10 @@ EXACT = (0.0, 0.0)
 
 
 def dtype_key(dtype: Any) -> str:
-    """``"float32"``, ``"bfloat16"`` ... for a numpy dtype (ml_dtypes' bfloat16 included)."""
+    """``"float32"``, ``"bfloat16"`` ... for a numpy dtype (ml_dtypes' bfloat16 included) or
+    its name."""
+    if isinstance(dtype, str) and dtype in DEFAULT_TOLERANCES:
+        return dtype
     dt = np.dtype(dtype)
     return "bfloat16" if dt.name == "bfloat16" else dt.name
 
@@ -158,17 +161,36 @@ def _as_float64(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64)
 
 
+def magnitude(expected: Any) -> float:
+    """The scale an output's default ``atol`` is multiplied by: ``max(1, max |expected|)`` over
+    its finite elements (1 for integers and empty arrays)."""
+    e = np.asarray(expected)
+    if e.size == 0 or (e.dtype.kind not in "fc" and dtype_key(e.dtype) != "bfloat16"):
+        return 1.0
+    finite = np.abs(_as_float64(e))
+    finite = finite[np.isfinite(finite)]
+    return max(1.0, float(finite.max())) if finite.size else 1.0
+
+
 def compare(name: str, actual: Any, expected: Any, atol: float | None = None,
-            rtol: float | None = None, **labels) -> Comparison:
+            rtol: float | None = None, *, scaled: bool = False, defaults: Any = None,
+            **labels) -> Comparison:
     """Compare ``actual`` with the reference ``expected``; tolerances default by the reference's
-    dtype (:func:`resolve_tolerance`). ``labels`` fill the other :class:`Comparison` fields."""
+    dtype (:func:`resolve_tolerance`), or by the dtype ``defaults`` names. With ``scaled``, a
+    default ``atol`` is multiplied by :func:`magnitude` (a user's ``atol`` stays absolute).
+    ``labels`` fill the other :class:`Comparison` fields."""
     actual, expected = np.asarray(actual), np.asarray(expected)
-    atol, rtol = resolve_tolerance(expected.dtype, atol, rtol)
+    user_atol = atol
+    atol, rtol = resolve_tolerance(expected.dtype if defaults is None else defaults, atol, rtol)
     if atol < 0 or rtol < 0:
         raise ValueError(f"tolerances must not be negative (atol {atol}, rtol {rtol})")
+    scale = magnitude(expected) if scaled and user_atol is None else 1.0
+    atol *= scale
     result = Comparison(name, SUCCESS, atol=atol, rtol=rtol, shape=list(expected.shape),
                         actual_shape=list(actual.shape), dtype=dtype_key(expected.dtype),
                         size=int(expected.size), **labels)
+    if scale != 1.0:
+        result.extra["atol_scale"] = scale
     if actual.shape != expected.shape:
         result.status = FAIL
         result.message = _join(result.message, f"shape {list(actual.shape)} where the reference "
@@ -244,9 +266,12 @@ class CompareSettings:
     tolerance: Tolerance = Tolerance()
     reference: str = "torch"
     keras_layout: str = "torch"
+    scaled: bool = True                 # default atol scaled by the output's magnitude
+    defaults: str | None = None         # the dtype whose default tolerances apply (None: the output's)
 
     def compare(self, name: str, torch_value: Any, keras_value: Any, **labels) -> Comparison:
         """Compare the two sides, the reference side expected."""
         actual, expected = ((keras_value, torch_value) if self.reference == "torch"
                             else (torch_value, keras_value))
-        return compare(name, actual, expected, self.tolerance.atol, self.tolerance.rtol, **labels)
+        return compare(name, actual, expected, self.tolerance.atol, self.tolerance.rtol,
+                       scaled=self.scaled, defaults=self.defaults, **labels)
