@@ -19,6 +19,28 @@ SKIPPED and NOT CHECKED are never counted as passed.
 
 ``max_abs_error`` and ``max_rel_error`` (``|a - e| / max(|e|, tiny)``, tiny the smallest normal
 of the reference's float type) are taken over the elements finite on both sides, in float64.
+
+Tolerances scale with the output (``scaled=True``, what every check uses): the default atol of
+the reference's dtype is multiplied by ``s = max(1, max |expected|)`` over its finite elements,
+
+    |actual - expected| <= atol * s + rtol * |expected|
+
+because float rounding in a sum of n products is relative to the sum's terms, not to the one
+element it is compared at: an element near 0 in an output whose others reach s carries
+rounding of order eps * s * sqrt(n). An atol the user gives stays absolute. Measured on this
+machine (full-model check, torch 2.13 vs Keras 3.15 on TensorFlow, float32, seeded inputs):
+
+| model | max abs error | s | error / bound (worst) |
+|---|---|---|---|
+| 2 x Linear(4096, 4096), normal(0, 1) weights | 7.8e-3 | 1.7e4 | 0.034 |
+| 2 x Linear(4096, 4096), PyTorch init | 6.6e-7 | 1.37 | 0.032 |
+| Linear(11008, 4096) + Linear(4096, 4096), normal(0, 1) | 1.3e-2 | 2.9e4 | 0.039 |
+| 2 x Conv2d(512, 512, 3x3), normal(0, 1) | 5.0e-2 | 1.7e4 | 0.12 |
+| 2 x Conv2d(512, 512, 3x3), PyTorch init | 4.2e-6 | 1.47 | 0.11 |
+
+Unscaled, the normal(0, 1) rows fail by 100-5000x; scaled, every row keeps an 8x margin or
+more, while a wrong rule errs by a fraction of s itself. The per-layer check computes in
+float64 and compares with float64's tolerances, scaled the same way (``checks/layers.py``).
 """
 from __future__ import annotations
 
