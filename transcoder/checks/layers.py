@@ -48,7 +48,7 @@ from ..rules import registry
 from ..rules.checkcase import Built, LayerCase, Skip
 from ..rules.plan import Plan, make_plan
 from ..rules.steps import BY_USER_RULES, COPY
-from .compare import FAIL, SKIPPED, Comparison, CompareSettings, coarsest
+from .compare import FAIL, SKIPPED, Comparison, CompareSettings, coarsest, dtype_key
 from .localise import divergence
 from .proven import Proofs
 from .report import CheckReport
@@ -205,21 +205,35 @@ def _module_path(name: str, steps: list) -> str:
 
 
 def _check_one(run: LayerCheck, layer, steps: list, options: dict, labels: dict) -> Comparison:
+    """Build the layer on both sides and compare their outputs. One side at a time, each
+    freed before the next is built: a wide layer's float64 weights are held once or twice,
+    never four times."""
     name = layer.name
     try:
         case, built = _build(run, layer, steps, options)
     except Skip as exc:
         return Comparison.skipped(name, str(exc), **labels)
-    failure = _load_both(run, layer, case, built)
-    if failure is not None:
-        status, message = failure
-        return Comparison(name, status, message=message, **labels)
-    return _compare_built(run, layer, steps, case, built, labels)
+    mapped = run.torch_mapped
+    try:
+        torch_out = _torch_output(run, case, built)
+    except (RuntimeError, ValueError) as exc:
+        return Comparison(name, FAIL if mapped else SKIPPED, message=(
+            f"the {'mapped ' if mapped else ''}PyTorch tensors do not fit a {layer.rule}: "
+            f"{one_line(exc)}"), **labels)
+    try:
+        keras_out = _keras_output(run, layer, case, built)
+    except (ValueError, TypeError) as exc:
+        return Comparison(name, SKIPPED if mapped else FAIL, message=(
+            f"the {'' if mapped else 'mapped '}Keras weights do not fit a "
+            f"{layer.class_name or layer.rule}: {one_line(exc)}"), **labels)
+    return _compare_outputs(run, layer, steps, built, torch_out, keras_out, labels)
 
 
 def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCase, Built]:
     """The layer's tensors on both sides and its family's (module, Keras layer) pair; Skip
-    when the family has no builder or the builder cannot make this layer."""
+    when the family has no builder or the builder cannot make this layer. The PyTorch module
+    is made on the meta device (no memory, no initialisation: the tensors replace its
+    parameters); the Keras weights are shape-only stand-ins until the layer is loaded."""
     family = registry.TABLE.by_name(layer.rule)
     if family is None or family.check is None:
         raise Skip(f"no per-layer builder for the {layer.rule or 'unknown'} family")
@@ -227,10 +241,9 @@ def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCas
     module = _module_path(layer.name, steps)
     try:
         case = LayerCase(layer.name, module, layer.rule, _local_torch(run, family, module, steps),
-                         [_float64(run.keras_ckpt[f"{layer.name}/{w}"].load())
-                          for w in layer.weights],
+                         [_stand_in(run.keras_ckpt[n]) for n in _keras_names(layer)],
                          options, rng, run.torch.nn, run.keras.layers, steps)
-        with run.torch.random.fork_rng():
+        with run.torch.random.fork_rng(), run.torch.device("meta"):
             run.torch.manual_seed(run.seed)
             built = family.build_check(case)
         built.inputs = _wide(built.inputs)
@@ -239,8 +252,12 @@ def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCas
         raise Skip(f"cannot build a {layer.rule} from these tensors ({exc})") from None
 
 
+def _keras_names(layer) -> list[str]:
+    return [f"{layer.name}/{w}" for w in layer.weights]
+
+
 def _local_torch(run: LayerCheck, family, module: str, steps: list) -> dict[str, np.ndarray]:
-    """``{name in the module the builder makes: float32 array}``."""
+    """``{name in the module the builder makes: float64 array}``."""
     out = {}
     for full in dict.fromkeys(n for s in steps for n in s.torch):
         local = full[len(module) + 1:] if module else full
@@ -248,11 +265,22 @@ def _local_torch(run: LayerCheck, family, module: str, steps: list) -> dict[str,
     return out
 
 
+def _floating(dtype: str) -> None:
+    if not (dtype.startswith("float") or dtype.startswith("complex") or dtype == "bfloat16"):
+        raise Skip(f"a {dtype} weight (only floating weights are checked)")
+
+
+def _stand_in(ref) -> np.ndarray:
+    """A read-only float64 array of the weight's shape that holds no memory (builders read
+    shapes only; the values are loaded with the layer)."""
+    _floating(ref.dtype)
+    return np.broadcast_to(np.float64(0), tuple(ref.shape))
+
+
 def _float64(array: np.ndarray) -> np.ndarray:
     """The weight in float64: every float16, bfloat16 and float32 value is a float64 exactly."""
     array = np.asarray(array)
-    if array.dtype.kind not in "fc" and array.dtype.name != "bfloat16":
-        raise Skip(f"a {array.dtype} weight (only floating weights are checked)")
+    _floating(dtype_key(array.dtype))
     return np.array(array, dtype=np.float64, order="C")   # a 0-d weight stays 0-d
 
 
@@ -260,23 +288,23 @@ def _wide(inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [x.astype(np.float64) if x.dtype.kind == "f" else x for x in inputs]
 
 
-def _load_both(run: LayerCheck, layer, case: LayerCase, built: Built) -> tuple[str, str] | None:
-    """Load each side's tensors: ``(FAIL, why)`` when the mapped side's do not fit, ``(SKIPPED,
-    why)`` when the original side's do not; None when both load."""
-    family, mapped = layer.rule, run.torch_mapped
+def _torch_output(run: LayerCheck, case: LayerCase, built: Built) -> np.ndarray:
+    """Load the PyTorch tensors into the module (sharing their memory) and run it; the module
+    and the tensors are let go."""
+    _load_torch(run.torch, built.torch_module, case.torch)
     try:
-        _load_torch(run.torch, built.torch_module, case.torch)
-    except (RuntimeError, ValueError) as exc:
-        message = f"the {'mapped ' if mapped else ''}PyTorch tensors do not fit a {family}: {one_line(exc)}"
-        return (FAIL if mapped else SKIPPED), message
-    try:
-        _keras_call(built)(built.keras_layer, _keras_inputs(built))   # builds the layer
-        built.keras_layer.set_weights(_as_built(case, built))
-    except (ValueError, TypeError) as exc:
-        message = (f"the {'' if mapped else 'mapped '}Keras weights do not fit a "
-                   f"{layer.class_name or family}: {one_line(exc)}")
-        return (SKIPPED if mapped else FAIL), message
-    return None
+        return _run_torch(run.torch, built)
+    finally:
+        built.torch_module, case.torch = None, {}
+
+
+def _keras_output(run: LayerCheck, layer, case: LayerCase, built: Built) -> np.ndarray:
+    """Build the Keras layer (a first call), load its weights, run it."""
+    _keras_call(built)(built.keras_layer, _keras_inputs(built))   # builds the layer
+    case.keras = [_float64(run.keras_ckpt[n].load()) for n in _keras_names(layer)]
+    built.keras_layer.set_weights(_as_built(case, built))
+    case.keras = []
+    return to_numpy(_keras_call(built)(built.keras_layer, _keras_inputs(built)))
 
 
 def _as_built(case: LayerCase, built: Built) -> list[np.ndarray]:
@@ -292,10 +320,8 @@ def _as_built(case: LayerCase, built: Built) -> list[np.ndarray]:
     return [w.reshape(s) if w.size == int(np.prod(s)) else w for w, s in zip(case.keras, shapes)]
 
 
-def _compare_built(run: LayerCheck, layer, steps: list, case: LayerCase, built: Built,
-                   labels: dict) -> Comparison:
-    torch_out = _run_torch(run.torch, built)
-    keras_out = to_numpy(_keras_call(built)(built.keras_layer, _keras_inputs(built)))
+def _compare_outputs(run: LayerCheck, layer, steps: list, built: Built, torch_out: np.ndarray,
+                     keras_out: np.ndarray, labels: dict) -> Comparison:
     if built.channels_last and keras_out.ndim >= 3:
         keras_out = np.moveaxis(keras_out, -1, 1)
     tolerances, note = _tolerances_for(run, steps)
@@ -331,12 +357,16 @@ def _keras_inputs(built: Built) -> list[np.ndarray]:
 
 
 def _load_torch(torch, module, tensors: dict[str, np.ndarray]) -> None:
+    """The tensors become the (meta) module's own, sharing their memory; RuntimeError when
+    they do not fit, or when the module holds tensors they do not give."""
     module.double()
     state = {k: torch.from_numpy(v) for k, v in tensors.items()}
-    expected = module.state_dict()
-    state.update({k: v for k, v in expected.items() if k not in state and k.endswith(
-        "num_batches_tracked")})
-    module.load_state_dict(state, strict=True)
+    state.update({k: torch.zeros((), dtype=torch.long) for k in module.state_dict()
+                  if k not in state and k.endswith("num_batches_tracked")})
+    module.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"the module holds tensors the checkpoint does not: {', '.join(left)}")
     module.eval()
 
 
