@@ -42,7 +42,7 @@ import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from ..errors import UsageError, one_line
-from ..frameworks import import_keras, import_torch, to_numpy
+from ..frameworks import import_keras, import_torch, to_numpy, torch_from_numpy
 from ..options import CHANNELS_LAST, Tolerance
 from ..rules import registry
 from ..rules.checkcase import Built, LayerCase, Skip
@@ -300,11 +300,49 @@ def _torch_output(run: LayerCheck, case: LayerCase, built: Built) -> np.ndarray:
 
 def _keras_output(run: LayerCheck, layer, case: LayerCase, built: Built) -> np.ndarray:
     """Build the Keras layer (a first call), load its weights, run it."""
+    _zero_initialisers(run.keras, built.keras_layer)
     _keras_call(built)(built.keras_layer, _keras_inputs(built))   # builds the layer
-    case.keras = [_float64(run.keras_ckpt[n].load()) for n in _keras_names(layer)]
-    built.keras_layer.set_weights(_as_built(case, built))
+    names, variables = _keras_names(layer), built.keras_layer.weights
+    if built.keras_weights is None and "keras_shape" not in case.options \
+            and len(names) == len(variables):
+        for name, variable in zip(names, variables):   # one weight in memory at a time
+            _assign(run, variable, run.keras_ckpt[name].load())
+    else:
+        case.keras = [_float64(run.keras_ckpt[n].load()) for n in names]
+        built.keras_layer.set_weights(_as_built(case, built))
     case.keras = []
     return to_numpy(_keras_call(built)(built.keras_layer, _keras_inputs(built)))
+
+
+def _assign(run: LayerCheck, variable, value: np.ndarray) -> None:
+    """``variable.assign(value)`` in float64, as Keras' ``set_weights`` does (ValueError when
+    the shapes differ). On the torch backend the stored values are widened straight into the
+    variable's tensor (``assign`` would make a float64 copy first: a wide kernel's memory)."""
+    value = np.asarray(value)
+    _floating(dtype_key(value.dtype))
+    if tuple(variable.shape) != value.shape:
+        raise ValueError(f"weight {variable.path} has shape {tuple(variable.shape)}, the "
+                         f"checkpoint's {value.shape}")
+    if run.keras.backend.backend() != "torch":
+        variable.assign(_float64(value))
+        return
+    with run.torch.no_grad():
+        variable.value.copy_(torch_from_numpy(value))
+
+
+#: attributes of Keras wrappers that hold the layers whose weights they make
+_INNER = ("cell", "forward_layer", "backward_layer", "layer")
+
+
+def _zero_initialisers(keras, layer, depth: int = 0) -> None:
+    """Zeros for every initialiser of the layer (and of the cells and layers it wraps): the
+    checkpoint's weights replace them, and a random or orthogonal float64 init of a wide
+    kernel costs seconds and twice its memory."""
+    for attr, value in list(vars(layer).items()):
+        if attr.endswith("_initializer") and isinstance(value, keras.initializers.Initializer):
+            setattr(layer, attr, keras.initializers.Zeros())
+        elif attr in _INNER and depth < 3 and isinstance(value, keras.layers.Layer):
+            _zero_initialisers(keras, value, depth + 1)
 
 
 def _as_built(case: LayerCase, built: Built) -> list[np.ndarray]:
