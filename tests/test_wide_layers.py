@@ -216,3 +216,37 @@ def test_swapped_gates_of_a_wide_recurrent_layer_fail(cli, tmp_path, monkeypatch
     _sabotage(monkeypatch, kind, **{"weight_ih_l{k}{rev}": swapped, "weight_hh_l{k}{rev}": swapped})
     code, out, err = cli(src, tmp_path / "bad.h5")
     assert code == 1 and statuses(out) == {kind.lower(): "FAIL"}, out + err
+
+
+# ---------------------------------------------------------------- tolerances and precision
+
+def test_default_atol_scales_with_the_output_and_a_users_stays_absolute():
+    from transcoder.checks.compare import FAIL as FAILED, SUCCESS as PASSED, compare, magnitude
+
+    expected = np.array([1000.0, -2.0, 0.0], np.float32)
+    actual = expected + np.array([0, 0, 5e-3], np.float32)          # rounding near 0
+    assert magnitude(expected) == 1000.0 and magnitude(np.array([0.5])) == 1.0
+    scaled = compare("y", actual, expected, scaled=True)
+    assert scaled.status == PASSED and scaled.atol == pytest.approx(1e-5 * 1000)
+    assert scaled.extra["atol_scale"] == 1000.0
+    assert compare("y", actual, expected).status == FAILED          # unscaled: 5e-3 > 10 x 1e-5
+    users = compare("y", actual, expected, atol=1e-5, scaled=True)   # the user's atol: absolute
+    assert users.status == FAILED and users.atol == 1e-5
+    wrong = compare("y", expected[::-1], expected, scaled=True)      # a wrong order: O(s)
+    assert wrong.status == FAILED and wrong.worst_ratio > 1e3
+
+
+def test_the_layer_check_computes_float64_and_restores_keras_settings(cli, tmp_path):
+    """Keras' float64 demotion (torch backend) is lifted only while the check runs."""
+    import keras
+    from keras.src.backend.common import dtypes
+
+    before = (keras.config.floatx(), dict(dtypes.BIT64_TO_BIT32_DTYPE),
+              keras.config.dtype_policy().name)
+    src = write(tmp_path / "m.safetensors", ocr(np.random.default_rng(9)), "float32")
+    code, out, err = cli(src, tmp_path / "m.h5")
+    assert code == 0, out + err
+    conv = next(line for line in out.splitlines() if line.startswith("SUCCESS\tconv\t"))
+    assert float(conv.split("\t")[3]) < 1e-9      # float32 would err 1e-5..1e-4 here
+    assert (keras.config.floatx(), dict(dtypes.BIT64_TO_BIT32_DTYPE),
+            keras.config.dtype_policy().name) == before
