@@ -34,6 +34,8 @@ torch and keras are imported only when :func:`check_layers` runs.
 """
 from __future__ import annotations
 
+import gc
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -226,7 +228,23 @@ def _check_one(run: LayerCheck, layer, steps: list, options: dict, labels: dict)
         return Comparison(name, SKIPPED if mapped else FAIL, message=(
             f"the {'' if mapped else 'mapped '}Keras weights do not fit a "
             f"{layer.class_name or layer.rule}: {one_line(exc)}"), **labels)
+    finally:
+        _let_go(run, layer, built)
     return _compare_outputs(run, layer, steps, built, torch_out, keras_out, labels)
+
+
+#: a Keras layer holding more weight bytes than this is collected as soon as it was run
+WIDE_BYTES = 16 << 20
+
+
+def _let_go(run: LayerCheck, layer, built: Built) -> None:
+    """Drop the Keras layer. Keras layers sit in reference cycles, which Python frees only at
+    its next collection: a wide one (a 4096x4096 float64 kernel: 128 MiB) is collected now,
+    before the next layer is checked."""
+    size = sum(run.keras_ckpt[n].nbytes for n in _keras_names(layer) if n in run.keras_ckpt.tensors)
+    built.keras_layer = None
+    if size > WIDE_BYTES:
+        gc.collect()
 
 
 def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCase, Built]:
@@ -327,7 +345,16 @@ def _assign(run: LayerCheck, variable, value: np.ndarray) -> None:
         variable.assign(_float64(value))
         return
     with run.torch.no_grad():
-        variable.value.copy_(torch_from_numpy(value))
+        variable.value.copy_(_torch_view(run.torch, value))
+
+
+def _torch_view(torch, value: np.ndarray):
+    """A torch tensor over the array's memory, only ever read (bfloat16 through a copy)."""
+    if dtype_key(value.dtype) == "bfloat16":
+        return torch_from_numpy(value)
+    with warnings.catch_warnings():   # a read-only map: torch warns that it could write it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(value))
 
 
 #: attributes of Keras wrappers that hold the layers whose weights they make
