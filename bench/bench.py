@@ -16,10 +16,19 @@ alike. The cases (``--cases``, all by default):
   - ``bulk``: a tree of ``--bulk-files`` checkpoints (half .pt, half .safetensors, about
     ``--size-mib`` in all) with `transcode bulk` against `cp -r`; bulk also flushes each
     output to disk before recording it in its manifest (hashes only with --checksums);
+  - ``wide``: ``--wide-mib`` (1536) of Linear(4096, 4096) layers with normal(0, 1) weights
+    (24 of them), ``.pt`` and ``.safetensors`` -> ``.h5``;
   - ``llm``: a bfloat16 checkpoint of ``--llm-mib`` (4 x ``--size-mib`` unless given) in 3
     safetensors shards with ``model.safetensors.index.json``, one embedding of 1/8 of the
     bytes and Linear layers for the rest, -> ``.h5`` (bfloat16 is stored there as exact
     float32: twice the bytes `cp -r` writes), against `cp -r` of the folder.
+
+The large one-file cases (linear, conv1d, wide) also time the conversion with its default
+check (``transcode + check``) and the frameworks' start-up alone (``import torch, keras``,
+Keras on its torch backend, as the command's per-layer check runs): the issue's target is
+that the check adds at most that start-up plus 2 x the ``--no-check`` conversion's wall time,
+and that its peak RSS stays within 400 MiB plus the largest layer (``--no-check-column`` leaves
+them out).
 
 Each run is a fresh process; its wall time is measured around it and its peak RSS comes from
 ``wait4`` (that process alone; Linux counts the few MiB of this lean script at fork time in it
@@ -53,7 +62,11 @@ HERE = Path(__file__).resolve().parent
 TARGET_CP = {"linear": 1.3, "conv1d": 1.5, "bulk": 2.0}
 TARGET_RSS_MIB = 400       # every large case: peak RSS <= 400 MiB
 TARGET_PLAIN_RATIO = 0.25  # small checkpoint: wall time <= 1/4 of the plain script
-CASES = ("linear", "conv1d", "small", "bulk", "llm")
+CASES = ("linear", "conv1d", "wide", "small", "bulk", "llm")
+#: the default check (issue 18): it adds at most the frameworks' start-up plus this many times
+#: the --no-check conversion's wall time, and its peak RSS stays within TARGET_RSS_MIB plus
+#: the largest layer
+CHECK_TIMES_CONVERSION = 2.0
 
 
 @dataclass
@@ -65,6 +78,7 @@ class Run:
 
 Tools = dict[str, tuple[list[str], Path]]   # tool name -> (command, the file or folder it writes)
 CP, TRANSCODE, PLAIN = "cp", "transcode", "plain torch+h5py"
+CHECK, STARTUP = "transcode + check", "import torch, keras"
 
 
 @dataclass
@@ -73,6 +87,7 @@ class Case:
     kind: str                                   # one of CASES
     tools: Tools
     runs: dict[str, list[Run]] = field(default_factory=dict)
+    largest_mib: float = 0.0                     # the largest layer (its tensors together)
 
     def median(self, tool: str) -> float | None:
         runs = self.runs.get(tool)
@@ -116,6 +131,31 @@ def check_kernel() -> str:
 def transcode_command() -> list[str]:
     script = Path(sys.executable).parent / "transcode"
     return [str(script)] if script.exists() else [sys.executable, "-m", "transcoder"]
+
+
+def check_tools(src: Path, out_dir: Path) -> Tools:
+    """The conversion with its default check, and the frameworks' start-up alone (the check's
+    imports: torch, and Keras on its torch backend, as the command runs a per-layer check)."""
+    h5, marker = out_dir / "checked.h5", out_dir / "imported"
+    code = f"import torch, keras, pathlib; pathlib.Path({str(marker)!r}).touch()"
+    return {CHECK: (transcode_command() + [str(src), str(h5), "--quiet"], h5),
+            STARTUP: (["env", "KERAS_BACKEND=torch", "TF_CPP_MIN_LOG_LEVEL=3", sys.executable,
+                       "-c", code], marker)}
+
+
+def largest_layer_mib(safetensors: Path) -> float:
+    """MiB of the largest layer (tensors of one module path together), from the header."""
+    import json
+    import struct
+
+    with open(safetensors, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    layers: dict[str, int] = {}
+    for name, info in header.items():
+        if name != "__metadata__":
+            start, end = info["data_offsets"]
+            layers[name.rpartition(".")[0]] = layers.get(name.rpartition(".")[0], 0) + end - start
+    return max(layers.values(), default=0) / 2**20
 
 
 def one_file_tools(src: Path, out_dir: Path, plain: bool = True) -> Tools:
@@ -213,7 +253,25 @@ def table(cases: list[Case]) -> str:
     return "\n".join(rows)
 
 
+def check_verdict(case: Case, rss: float) -> str:
+    """The check's cost against its target (bests of the runs of this invocation)."""
+    check, plain, startup = case.best(CHECK), case.best(TRANSCODE), case.best(STARTUP)
+    limit = startup + (1 + CHECK_TIMES_CONVERSION) * plain
+    rss_limit = TARGET_RSS_MIB + case.largest_mib
+    cpu = {tool: statistics.median(r.cpu for r in case.runs[tool]) for tool in (CHECK, TRANSCODE, STARTUP)}
+    cpu_limit = cpu[STARTUP] + (1 + CHECK_TIMES_CONVERSION) * cpu[TRANSCODE]
+    return (f"wall: check adds {check - plain:.2f} s = start-up {startup:.2f} s + "
+            f"{(check - plain - startup) / plain:.2f} x no-check; <= start-up + "
+            f"{CHECK_TIMES_CONVERSION:g} x: {'met' if check <= limit else 'MISSED'}; CPU (medians): "
+            f"adds {cpu[CHECK] - cpu[TRANSCODE]:.2f} s = start-up {cpu[STARTUP]:.2f} s + "
+            f"{(cpu[CHECK] - cpu[TRANSCODE] - cpu[STARTUP]) / cpu[TRANSCODE]:.2f} x no-check: "
+            f"{'met' if cpu[CHECK] <= cpu_limit else 'MISSED'}; RSS <= {TARGET_RSS_MIB} + "
+            f"{case.largest_mib:.0f} MiB: {'met' if rss <= rss_limit else 'MISSED'}")
+
+
 def verdict(case: Case, tool: str, to_cp: float, to_plain: float | None, rss: float) -> str:
+    if tool == CHECK:
+        return check_verdict(case, rss)
     if tool != TRANSCODE:
         return ""
     if case.kind == "small":
@@ -234,13 +292,18 @@ def make_cases(kinds: list[str], work: Path, args: argparse.Namespace) -> list[C
     out.mkdir(parents=True, exist_ok=True)
     mib = lambda p: p.stat().st_size / 2**20  # noqa: E731
     cases = []
-    for kind in ("linear", "conv1d"):
+    labels = {"linear": "Linear-heavy", "conv1d": "Conv1d-heavy", "wide": "24 x Linear(4096)"}
+    for kind in ("linear", "conv1d", "wide"):
         if kind in kinds:
-            pt, st = generate(work / kind, args.size_mib, kind)
-            label = "Linear-heavy" if kind == "linear" else "Conv1d-heavy"
-            cases += [Case(f"{label} {mib(pt):.0f} MiB .pt -> .h5", kind, one_file_tools(pt, out, False)),
-                      Case(f"{label} {mib(st):.0f} MiB .safetensors -> .h5", kind,
-                           one_file_tools(st, out, False))]
+            size = args.wide_mib if kind == "wide" else args.size_mib
+            pt, st = generate(work / kind, size, kind)
+            largest = largest_layer_mib(st)
+            for src in (pt, st):
+                tools = one_file_tools(src, out, False)
+                if not args.no_check_column:
+                    tools.update(check_tools(src, out))
+                cases.append(Case(f"{labels[kind]} {mib(src):.0f} MiB {src.suffix} -> .h5", kind,
+                                  tools, largest_mib=largest))
     if "small" in kinds:
         small_pt, _ = generate(work / "small", args.small_mib)
         cases.append(Case(f"{mib(small_pt) * 1024:.0f} KiB .pt -> .h5", "small",
@@ -271,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="files in the `transcode bulk` tree (together about --size-mib)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="`transcode bulk --jobs` (default: the number of cores)")
+    parser.add_argument("--wide-mib", type=float, default=1536,
+                        help="the wide case: Linear(4096, 4096) layers of 64 MiB (1536: 24)")
+    parser.add_argument("--no-check-column", action="store_true",
+                        help="time the conversions without their default check only")
     parser.add_argument("--quick", action="store_true",
                         help="64 MiB (LLM 256 MiB) and 2 runs (smoke run)")
     parser.add_argument("--workdir", type=Path, help="where checkpoints and outputs go "
@@ -278,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mib, args.runs = min(args.size_mib, 64), min(args.runs, 2)
+        args.wide_mib = min(args.wide_mib, 128)
     kinds = [k for k in args.cases.split(",") if k]
     unknown = sorted(set(kinds) - set(CASES))
     if unknown:

@@ -82,12 +82,26 @@ def conv1d_tensors(size_mib: float, seed: int = 0) -> "OrderedDict[str, np.ndarr
     return sd
 
 
+def wide_tensors(size_mib: float, seed: int = 0) -> "OrderedDict[str, np.ndarray]":
+    """Linear(4096, 4096) layers with normal(0, 1) weights and biases, 64 MiB each: 24 of them
+    at 1.5 GiB (the issue's wide model)."""
+    rng = np.random.default_rng(seed)
+    sd: OrderedDict[str, np.ndarray] = OrderedDict()
+    for i in range(max(1, round(size_mib / 64))):
+        sd[f"layers.{i}.fc.weight"] = rng.standard_normal((4096, 4096), dtype=np.float32)
+        sd[f"layers.{i}.fc.bias"] = rng.standard_normal(4096, dtype=np.float32)
+    return sd
+
+
+MIXES = {"linear": tensors, "conv1d": conv1d_tensors, "wide": wide_tensors}
+
+
 def write(out_dir: Path, size_mib: float, seed: int = 0, mix: str = "linear") -> tuple[Path, Path]:
     import torch
     from safetensors.numpy import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    sd = (conv1d_tensors if mix == "conv1d" else tensors)(size_mib, seed)
+    sd = MIXES[mix](size_mib, seed)
     pt, st = out_dir / "model.pt", out_dir / "model.safetensors"
     torch.save(OrderedDict((k, torch.from_numpy(v)) for k, v in sd.items()), pt)
     save_file(dict(sd), str(st))
@@ -146,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--size-mib", type=float, default=1024)
-    parser.add_argument("--mix", choices=["linear", "conv1d", "llm"], default="linear")
+    parser.add_argument("--mix", choices=[*MIXES, "llm"], default="linear")
     args = parser.parse_args()
     if args.mix == "llm":
         paths = sorted(write_llm(args.out_dir, args.size_mib).parent.iterdir())

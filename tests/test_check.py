@@ -494,7 +494,10 @@ def test_json_report_has_the_documented_fields(failed_report, tmp_path):
     entry = data["entries"][0]
     for key in ("name", "kind", "status", "max_abs_error", "max_rel_error", "atol", "rtol", "shape"):
         assert key in entry, key
-    assert entry["atol"] == 1e-5 and entry["rtol"] == 1e-4 and entry["shape"] == [5, 3]
+    # the default atol is scaled by the output's magnitude, max(1, max |expected|)
+    scale = entry["extra"]["atol_scale"]
+    assert scale > 1 and entry["atol"] == pytest.approx(1e-5 * scale)
+    assert entry["rtol"] == 1e-4 and entry["shape"] == [5, 3]
     assert json.loads(json.dumps(data)) == data
     assert not list(path.parent.glob(".*tmp"))                  # atomic: no temp file left
 

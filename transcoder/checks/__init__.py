@@ -7,7 +7,8 @@ By concept:
 - :mod:`.models`: the full-model check (:func:`check_models`).
 - :mod:`.localise`: which paired layer first diverges.
 - :mod:`.layers`: the per-layer check of a weights-only conversion (:func:`check_layers`),
-  with each family's builder (``LayerRule.check``).
+  with each family's builder (``LayerRule.check``); :mod:`.proven`: one layer per class checked
+  numerically, the others of the class by their written bytes.
 - :mod:`.report`: :class:`CheckReport` (``passed``, ``exit_code``, JSON, JUnit); :mod:`.display`
   prints it (a table on a terminal, plain lines in a log).
 - :mod:`.artifacts`: an exported SavedModel or TFLite flatbuffer run as deployed, in the

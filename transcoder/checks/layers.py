@@ -10,29 +10,53 @@ without the model.
 
 What the weights cannot say is fixed, the same on both sides: stride 1, no padding, groups 1
 unless the module's options say otherwise (``--model``, ``options=``), eps 1e-5 (1e-6 for
-RMSNorm), tanh for a plain RNN. Everything is computed in float32 (both sides cast exactly
-from the stored dtype). A family without a builder, or a layer the builder cannot make, is
-reported SKIPPED with the reason, never passed silently.
+RMSNorm), tanh for a plain RNN. A family without a builder, or a layer the builder cannot
+make, is reported SKIPPED with the reason, never passed silently.
+
+Numbers: both sides compute in float64, from weights and inputs cast exactly from their stored
+dtype (float16, bfloat16 and float32 values are all float64 values). Where every op of the
+layer only moves values (copy, permutation, reshape, split, gate reorder), the two sides
+compute one function of the same numbers and differ only by float64 rounding: float64
+tolerances (atol 1e-10 x max(1, max |reference|), rtol 1e-8). Measured on the widest layers
+(Linear 4096x4096 and 11008->4096, normal(0, 1) and Kaiming weights; Conv2d 512x512 3x3;
+Conv2D 1x256 and 16x1 kernels; Conv1d 2048->256 k=5, 10,240-term sums), in float32, float16
+and bfloat16 checkpoints: worst error 1.3e-5 of that tolerance, where a wrong axis order, a
+transposed square weight or a swapped gate errs by O(|output|), 1e8 of it and more. An op
+that computes new values (an LSTM's two biases summed, a weight-norm fold) rounds them in the
+stored dtype: that dtype's tolerances (float32 at least). Keras computes float64 on its
+TensorFlow backend; on the others it demotes float64 to float32 (JAX's rule), which the check
+lifts while it runs and verifies (else float32 tolerances, said in a note).
+
+At scale (:mod:`.proven`): one layer per class (family, ops, names, shapes, dtypes, options)
+is checked numerically; the others of the class are proven by their written bytes. Memory: the
+two sides are built one after the other, each let go before the next (the PyTorch module made
+on the meta device takes the float64 tensors' memory; the Keras layer's initialisers are zeros
+and its weights are widened into its variables one at a time), so a layer of B float32 bytes
+costs about 3 B at the peak (4096x4096: +200 MiB over the frameworks' 335 MiB).
 
 torch and keras are imported only when :func:`check_layers` runs.
 """
 from __future__ import annotations
 
+import gc
+import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from ..errors import UsageError, one_line
-from ..frameworks import import_keras, import_torch, to_numpy
+from ..frameworks import import_keras, import_torch, to_numpy, torch_from_numpy
 from ..options import CHANNELS_LAST, Tolerance
 from ..rules import registry
 from ..rules.checkcase import Built, LayerCase, Skip
 from ..rules.plan import Plan, make_plan
 from ..rules.steps import BY_USER_RULES, COPY
-from .compare import FAIL, SKIPPED, Comparison, CompareSettings, coarsest, resolve_tolerance
+from .compare import FAIL, SKIPPED, Comparison, CompareSettings, coarsest, dtype_key
 from .localise import divergence
+from .proven import Proofs
 from .report import CheckReport
 
 
@@ -46,6 +70,8 @@ class LayerCheck:
     seed: int
     torch: object = None            # the torch package
     keras: object = None            # the keras package
+    float64: bool = True            # Keras computes float64 layers in float64
+    proofs: Proofs | None = None    # classes of layers proven numerically
 
     @property
     def torch_mapped(self) -> bool:
@@ -73,11 +99,64 @@ def check_layers(src: Checkpoint, plan: Plan | None = None, target: Checkpoint |
     if plan.direction == COPY:
         report.notes.append("source and target have the same layout: nothing was mapped")
         return report
-    target = target if target is not None else plan.apply(src)
+    expected = plan.apply(src)
+    target = target if target is not None else expected
     torch_ckpt, keras_ckpt = (src, target) if src.layout == LAYOUT_TORCH else (target, src)
     run = LayerCheck(torch_ckpt, keras_ckpt,
                      CompareSettings(Tolerance(atol, rtol), src.layout, CHANNELS_LAST), seed,
-                     import_torch(), import_keras())
+                     import_torch(), import_keras(),
+                     proofs=Proofs(expected, target, plan.direction, torch_ckpt, keras_ckpt))
+    with _keras_float64(run.keras):
+        run.float64 = _computes_float64(run.keras)
+        if not run.float64:
+            report.notes.append("this Keras computes float64 layers in float32: tolerances "
+                                "of float32")
+        _check_all(run, src, plan, options, report)
+    report.entries += [Comparison.not_checked(path, f"weights carried verbatim, not mapped: {why}")
+                       for path, why in plan.unmapped.items()]
+    report.first_divergence = _first_failure(report.entries)
+    return report
+
+
+@contextmanager
+def _keras_float64(keras):
+    """Keras layers made inside are float64 (their weights and computations). Keras keeps a
+    global dtype policy once a layer was made: both are set, both restored."""
+    config = keras.config
+    floatx, policy = config.floatx(), config.dtype_policy()
+    config.set_floatx("float64")
+    config.set_dtype_policy("float64")
+    demotes = _keras_demotions()
+    kept = dict(demotes)
+    demotes["float64"] = "float64"
+    try:
+        yield
+    finally:
+        demotes.update(kept)
+        config.set_floatx(floatx)
+        config.set_dtype_policy(policy)
+
+
+def _keras_demotions() -> dict:
+    """Keras' table of the 64-bit types its ops compute in 32 bits: on every backend but
+    TensorFlow, float64 -> float32 (JAX's rule without x64), in ``keras.src`` (an empty
+    table where a Keras has none: :func:`_computes_float64` then tells)."""
+    try:
+        from keras.src.backend.common import dtypes
+        return dtypes.BIT64_TO_BIT32_DTYPE
+    except (ImportError, AttributeError):
+        return {}
+
+
+def _computes_float64(keras) -> bool:
+    """Does Keras, here and now, compute a float64 product in float64? (1 + 2^-40 has no
+    float32 value.)"""
+    x = np.array([[1.0 + 2.0 ** -40]])
+    return float(to_numpy(keras.ops.matmul(x, np.ones((1, 1))))[0, 0]) == x[0, 0]
+
+
+def _check_all(run: LayerCheck, src: Checkpoint, plan: Plan, options: dict | None,
+               report: CheckReport) -> None:
     kinds, known = src.meta.get("module_kinds", {}), _options(src, plan, options)
     for name, layer in plan.layers.items():
         steps = [s for s in plan.steps if s.layer == name]
@@ -90,13 +169,21 @@ def check_layers(src: Checkpoint, plan: Plan | None = None, target: Checkpoint |
             entry = Comparison.not_checked(name, "mapped by a --rules [[tensor]] entry: no layer "
                                                  "family to build it with", **labels)
         else:
-            entry = _check_one(run, layer, steps, known.get(module, {}), labels)
+            entry = _check_once_per_class(run, layer, steps, known.get(module, {}), labels)
         entry.extra.update(module=module, rule=layer.rule)
         report.entries.append(entry)
-    report.entries += [Comparison.not_checked(path, f"weights carried verbatim, not mapped: {why}")
-                       for path, why in plan.unmapped.items()]
-    report.first_divergence = _first_failure(report.entries)
-    return report
+
+
+def _check_once_per_class(run: LayerCheck, layer, steps: list, options: dict,
+                          labels: dict) -> Comparison:
+    """The numeric check of the first layer of each class; the others of a proven class by
+    their written bytes (:mod:`.proven`), numerically when those differ."""
+    key = run.proofs.key(layer, steps, options)
+    entry = run.proofs.by_bytes(key, layer, steps, labels)
+    if entry is None:
+        entry = _check_one(run, layer, steps, options, labels)
+        run.proofs.record(key, entry)
+    return entry
 
 
 def _kind_unknown(kinds: tuple[str, ...]) -> str:
@@ -124,21 +211,51 @@ def _module_path(name: str, steps: list) -> str:
 
 
 def _check_one(run: LayerCheck, layer, steps: list, options: dict, labels: dict) -> Comparison:
+    """Build the layer on both sides and compare their outputs. One side at a time, each
+    freed before the next is built: a wide layer's float64 weights are held once or twice,
+    never four times."""
     name = layer.name
     try:
         case, built = _build(run, layer, steps, options)
     except Skip as exc:
         return Comparison.skipped(name, str(exc), **labels)
-    failure = _load_both(run, layer, case, built)
-    if failure is not None:
-        status, message = failure
-        return Comparison(name, status, message=message, **labels)
-    return _compare_built(run, layer, steps, case, built, labels)
+    mapped = run.torch_mapped
+    try:
+        torch_out = _torch_output(run, case, built)
+    except (RuntimeError, ValueError) as exc:
+        return Comparison(name, FAIL if mapped else SKIPPED, message=(
+            f"the {'mapped ' if mapped else ''}PyTorch tensors do not fit a {layer.rule}: "
+            f"{one_line(exc)}"), **labels)
+    try:
+        keras_out = _keras_output(run, layer, case, built)
+    except (ValueError, TypeError) as exc:
+        return Comparison(name, SKIPPED if mapped else FAIL, message=(
+            f"the {'' if mapped else 'mapped '}Keras weights do not fit a "
+            f"{layer.class_name or layer.rule}: {one_line(exc)}"), **labels)
+    finally:
+        _let_go(run, layer, built)
+    return _compare_outputs(run, layer, steps, built, torch_out, keras_out, labels)
+
+
+#: a Keras layer holding more weight bytes than this is collected as soon as it was run
+WIDE_BYTES = 16 << 20
+
+
+def _let_go(run: LayerCheck, layer, built: Built) -> None:
+    """Drop the Keras layer. Keras layers sit in reference cycles, which Python frees only at
+    its next collection: a wide one (a 4096x4096 float64 kernel: 128 MiB) is collected now,
+    before the next layer is checked."""
+    size = sum(run.keras_ckpt[n].nbytes for n in _keras_names(layer) if n in run.keras_ckpt.tensors)
+    built.keras_layer = None
+    if size > WIDE_BYTES:
+        gc.collect()
 
 
 def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCase, Built]:
     """The layer's tensors on both sides and its family's (module, Keras layer) pair; Skip
-    when the family has no builder or the builder cannot make this layer."""
+    when the family has no builder or the builder cannot make this layer. The PyTorch module
+    is made on the meta device (no memory, no initialisation: the tensors replace its
+    parameters); the Keras weights are shape-only stand-ins until the layer is loaded."""
     family = registry.TABLE.by_name(layer.rule)
     if family is None or family.check is None:
         raise Skip(f"no per-layer builder for the {layer.rule or 'unknown'} family")
@@ -146,49 +263,117 @@ def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCas
     module = _module_path(layer.name, steps)
     try:
         case = LayerCase(layer.name, module, layer.rule, _local_torch(run, family, module, steps),
-                         [_float32(run.keras_ckpt[f"{layer.name}/{w}"].load())
-                          for w in layer.weights],
+                         [_stand_in(run.keras_ckpt[n]) for n in _keras_names(layer)],
                          options, rng, run.torch.nn, run.keras.layers, steps)
-        with run.torch.random.fork_rng():
+        with run.torch.random.fork_rng(), run.torch.device("meta"):
             run.torch.manual_seed(run.seed)
-            return case, family.build_check(case)
+            built = family.build_check(case)
+        built.inputs = _wide(built.inputs)
+        return case, built
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise Skip(f"cannot build a {layer.rule} from these tensors ({exc})") from None
 
 
+def _keras_names(layer) -> list[str]:
+    return [f"{layer.name}/{w}" for w in layer.weights]
+
+
 def _local_torch(run: LayerCheck, family, module: str, steps: list) -> dict[str, np.ndarray]:
-    """``{name in the module the builder makes: float32 array}``."""
+    """``{name in the module the builder makes: float64 array}``."""
     out = {}
     for full in dict.fromkeys(n for s in steps for n in s.torch):
         local = full[len(module) + 1:] if module else full
-        out[family.check_name(local)] = _float32(run.torch_ckpt[full].load())
+        out[family.check_name(local)] = _float64(run.torch_ckpt[full].load())
     return out
 
 
-def _float32(array: np.ndarray) -> np.ndarray:
+def _floating(dtype: str) -> None:
+    if not (dtype.startswith("float") or dtype.startswith("complex") or dtype == "bfloat16"):
+        raise Skip(f"a {dtype} weight (only floating weights are checked)")
+
+
+def _stand_in(ref) -> np.ndarray:
+    """A read-only float64 array of the weight's shape that holds no memory (builders read
+    shapes only; the values are loaded with the layer)."""
+    _floating(ref.dtype)
+    return np.broadcast_to(np.float64(0), tuple(ref.shape))
+
+
+def _float64(array: np.ndarray) -> np.ndarray:
+    """The weight in float64: every float16, bfloat16 and float32 value is a float64 exactly."""
     array = np.asarray(array)
-    if array.dtype.kind not in "fc" and array.dtype.name != "bfloat16":
-        raise Skip(f"a {array.dtype} weight (only floating weights are checked)")
-    return np.array(array, dtype=np.float32, order="C")   # a 0-d weight stays 0-d
+    _floating(dtype_key(array.dtype))
+    return np.array(array, dtype=np.float64, order="C")   # a 0-d weight stays 0-d
 
 
-def _load_both(run: LayerCheck, layer, case: LayerCase, built: Built) -> tuple[str, str] | None:
-    """Load each side's tensors: ``(FAIL, why)`` when the mapped side's do not fit, ``(SKIPPED,
-    why)`` when the original side's do not; None when both load."""
-    family, mapped = layer.rule, run.torch_mapped
+def _wide(inputs: list[np.ndarray]) -> list[np.ndarray]:
+    return [x.astype(np.float64) if x.dtype.kind == "f" else x for x in inputs]
+
+
+def _torch_output(run: LayerCheck, case: LayerCase, built: Built) -> np.ndarray:
+    """Load the PyTorch tensors into the module (sharing their memory) and run it; the module
+    and the tensors are let go."""
+    _load_torch(run.torch, built.torch_module, case.torch)
     try:
-        _load_torch(run.torch, built.torch_module, case.torch)
-    except (RuntimeError, ValueError) as exc:
-        message = f"the {'mapped ' if mapped else ''}PyTorch tensors do not fit a {family}: {one_line(exc)}"
-        return (FAIL if mapped else SKIPPED), message
-    try:
-        _keras_call(built)(built.keras_layer, _keras_inputs(built))   # builds the layer
+        return _run_torch(run.torch, built)
+    finally:
+        built.torch_module, case.torch = None, {}
+
+
+def _keras_output(run: LayerCheck, layer, case: LayerCase, built: Built) -> np.ndarray:
+    """Build the Keras layer (a first call), load its weights, run it."""
+    _zero_initialisers(run.keras, built.keras_layer)
+    _keras_call(built)(built.keras_layer, _keras_inputs(built))   # builds the layer
+    names, variables = _keras_names(layer), built.keras_layer.weights
+    if built.keras_weights is None and "keras_shape" not in case.options \
+            and len(names) == len(variables):
+        for name, variable in zip(names, variables):   # one weight in memory at a time
+            _assign(run, variable, run.keras_ckpt[name].load())
+    else:
+        case.keras = [_float64(run.keras_ckpt[n].load()) for n in names]
         built.keras_layer.set_weights(_as_built(case, built))
-    except (ValueError, TypeError) as exc:
-        message = (f"the {'' if mapped else 'mapped '}Keras weights do not fit a "
-                   f"{layer.class_name or family}: {one_line(exc)}")
-        return (SKIPPED if mapped else FAIL), message
-    return None
+    case.keras = []
+    return to_numpy(_keras_call(built)(built.keras_layer, _keras_inputs(built)))
+
+
+def _assign(run: LayerCheck, variable, value: np.ndarray) -> None:
+    """``variable.assign(value)`` in float64, as Keras' ``set_weights`` does (ValueError when
+    the shapes differ). On the torch backend the stored values are widened straight into the
+    variable's tensor (``assign`` would make a float64 copy first: a wide kernel's memory)."""
+    value = np.asarray(value)
+    _floating(dtype_key(value.dtype))
+    if tuple(variable.shape) != value.shape:
+        raise ValueError(f"weight {variable.path} has shape {tuple(variable.shape)}, the "
+                         f"checkpoint's {value.shape}")
+    if run.keras.backend.backend() != "torch":
+        variable.assign(_float64(value))
+        return
+    with run.torch.no_grad():
+        variable.value.copy_(_torch_view(run.torch, value))
+
+
+def _torch_view(torch, value: np.ndarray):
+    """A torch tensor over the array's memory, only ever read (bfloat16 through a copy)."""
+    if dtype_key(value.dtype) == "bfloat16":
+        return torch_from_numpy(value)
+    with warnings.catch_warnings():   # a read-only map: torch warns that it could write it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(value))
+
+
+#: attributes of Keras wrappers that hold the layers whose weights they make
+_INNER = ("cell", "forward_layer", "backward_layer", "layer")
+
+
+def _zero_initialisers(keras, layer, depth: int = 0) -> None:
+    """Zeros for every initialiser of the layer (and of the cells and layers it wraps): the
+    checkpoint's weights replace them, and a random or orthogonal float64 init of a wide
+    kernel costs seconds and twice its memory."""
+    for attr, value in list(vars(layer).items()):
+        if attr.endswith("_initializer") and isinstance(value, keras.initializers.Initializer):
+            setattr(layer, attr, keras.initializers.Zeros())
+        elif attr in _INNER and depth < 3 and isinstance(value, keras.layers.Layer):
+            _zero_initialisers(keras, value, depth + 1)
 
 
 def _as_built(case: LayerCase, built: Built) -> list[np.ndarray]:
@@ -204,23 +389,31 @@ def _as_built(case: LayerCase, built: Built) -> list[np.ndarray]:
     return [w.reshape(s) if w.size == int(np.prod(s)) else w for w, s in zip(case.keras, shapes)]
 
 
-def _compare_built(run: LayerCheck, layer, steps: list, case: LayerCase, built: Built,
-                   labels: dict) -> Comparison:
-    torch_out = _run_torch(run.torch, built)
-    keras_out = to_numpy(_keras_call(built)(built.keras_layer, _keras_inputs(built)))
+def _compare_outputs(run: LayerCheck, layer, steps: list, built: Built, torch_out: np.ndarray,
+                     keras_out: np.ndarray, labels: dict) -> Comparison:
     if built.channels_last and keras_out.ndim >= 3:
         keras_out = np.moveaxis(keras_out, -1, 1)
-    # computed in float32, but the mapped weights are only as exact as their stored dtype (an
-    # LSTM's two biases summed in float16 round): the coarser of the two sets the tolerance
-    stored = coarsest({run.torch_ckpt[n].dtype for s in steps for n in s.torch} | {"float32"})
-    tolerance = Tolerance(*resolve_tolerance(stored, run.settings.tolerance.atol,
-                                             run.settings.tolerance.rtol))
-    settings = CompareSettings(tolerance, run.settings.reference, run.settings.keras_layout)
+    tolerances, note = _tolerances_for(run, steps)
+    settings = CompareSettings(run.settings.tolerance, run.settings.reference,
+                               run.settings.keras_layout, defaults=tolerances)
     entry = settings.compare(layer.name, torch_out, keras_out, **labels)
-    note = f"{stored} weights: {stored} tolerances" if stored != "float32" else ""
     entry.message = "; ".join(m for m in (entry.message, built.note, note) if m)
     entry.extra["input_shapes"] = [list(x.shape) for x in built.inputs]
     return entry
+
+
+def _tolerances_for(run: LayerCheck, steps: list) -> tuple[str, str]:
+    """The dtype whose default tolerances apply, and a note. Both sides compute in float64
+    from the same values when every op only moves them: float64's. An op that computes new
+    values (an LSTM's two biases summed, a weight-norm fold) rounds them in their stored dtype:
+    the coarsest of the two sides' dtypes (float32 at least)."""
+    if run.float64 and not any(s.op.rounds for s in steps):
+        return "float64", ""
+    names = [(run.torch_ckpt, n) for s in steps for n in s.torch]
+    names += [(run.keras_ckpt, n) for s in steps for n in s.keras if n in run.keras_ckpt.tensors]
+    stored = coarsest({ckpt[n].dtype for ckpt, n in names} | {"float32"})
+    kinds = ", ".join(sorted({s.op.describe() for s in steps if s.op.rounds}))
+    return stored, (f"{kinds} rounds in {stored}: {stored} tolerances" if kinds else "")
 
 
 def _keras_call(built: Built):
@@ -233,11 +426,16 @@ def _keras_inputs(built: Built) -> list[np.ndarray]:
 
 
 def _load_torch(torch, module, tensors: dict[str, np.ndarray]) -> None:
+    """The tensors become the (meta) module's own, sharing their memory; RuntimeError when
+    they do not fit, or when the module holds tensors they do not give."""
+    module.double()
     state = {k: torch.from_numpy(v) for k, v in tensors.items()}
-    expected = module.state_dict()
-    state.update({k: v for k, v in expected.items() if k not in state and k.endswith(
-        "num_batches_tracked")})
-    module.load_state_dict(state, strict=True)
+    state.update({k: torch.zeros((), dtype=torch.long) for k in module.state_dict()
+                  if k not in state and k.endswith("num_batches_tracked")})
+    module.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"the module holds tensors the checkpoint does not: {', '.join(left)}")
     module.eval()
 
 

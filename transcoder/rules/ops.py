@@ -27,6 +27,9 @@ class Op:
     arity: ClassVar[tuple[int, int]] = (1, 1)  # (torch tensors, keras tensors)
     #: one tensor to one whose blocks methods are right: writers may stream it
     streams: ClassVar[bool] = False
+    #: computes new values (a sum, a fold) that round in the tensors' dtype, instead of only
+    #: moving them (a copy, permutation, reshape, split, reorder: every value kept exactly)
+    rounds: ClassVar[bool] = False
 
     def forward(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         return list(xs)

@@ -84,6 +84,7 @@ class WeightNorm(Op):
     carried as two more Keras-side tensors."""
 
     kind: ClassVar[str] = "weight_norm"
+    rounds: ClassVar[bool] = True
     arity: ClassVar[tuple[int, int]] = (2, 3)
     axes: tuple[int, ...] = ()
 

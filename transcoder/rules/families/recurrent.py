@@ -107,6 +107,7 @@ class SumBias(Op):
     otherwise bias_ih = the Keras bias and bias_hh = zeros (the sum is what computes)."""
 
     kind: ClassVar[str] = "sum_bias"
+    rounds: ClassVar[bool] = True
     arity: ClassVar[tuple[int, int]] = (2, 3)  # (2, 1) without carry
     carry: bool = True
 
