@@ -11,6 +11,7 @@ import gc
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -25,10 +26,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from . import formats  # noqa: E402
 from .formats.shards import parse_size  # noqa: E402
 from ._version import __version__  # noqa: E402
-from .errors import INTERNAL_ERROR_EXIT, TranscoderError, UsageError, one_line  # noqa: E402
+from .errors import (INTERNAL_ERROR_EXIT, CheckFailed, TranscoderError, UsageError,  # noqa: E402
+                     one_line)
 from .frameworks import prefer_keras_backend  # noqa: E402
 from .options import Architecture, CheckRequest, InputOptions, Tolerance  # noqa: E402
 from .pipeline import prepare, transcode  # noqa: E402
+from .printing import print_json  # noqa: E402
 from .rules import COPY  # noqa: E402
 from .tables import (PAIR_COLUMNS, PLAN_COLUMNS, RULE_COLUMNS, pairing_rows, plan_rows,  # noqa: E402
                      print_rows, rule_rows)
@@ -97,6 +100,23 @@ class CheckOutputs:
     report: Optional[Path] = None
     junit: Optional[Path] = None
     quiet: bool = False
+    as_json: bool = False
+
+
+@contextmanager
+def _on_error(outputs: CheckOutputs):
+    """A command stopped by an error (exit 2, or 3 for a bug) still writes its --report and
+    --junit (status error, the message) and, with --json, prints that document."""
+    try:
+        yield
+    except CheckFailed:
+        raise
+    except Exception as exc:
+        if outputs.report or outputs.junit or outputs.as_json:
+            from .checks.report import write_error_outputs
+
+            write_error_outputs(exc, outputs.report, outputs.junit, outputs.as_json)
+        raise
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -131,7 +151,7 @@ def convert_cmd(
     atol: AtolOpt = None, rtol: RtolOpt = None, seed: SeedOpt = 0,
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
     strict: StrictOpt = False, source_format: FromOpt = None, quantize: QuantizeOpt = None,
-    shard_size: ShardSizeOpt = None,
+    shard_size: ShardSizeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
 
@@ -141,28 +161,34 @@ def convert_cmd(
     DST.savedmodel and DST.tflite are exported from the Keras model (--model rebuilt, or
     --keras-model), and the check runs the exported artifact itself.
     """
+    outputs = CheckOutputs(report, junit, quiet, as_json)
+    with _on_error(outputs):
+        _convert(src, dst, force, dry_run, key, rules, check, outputs, shard_size,
+                 CheckRequest(_architecture(model, keras_model, input_shape, input_dtype, seed,
+                                            channels_last, quantize),
+                              key, rules, Tolerance(atol, rtol), strict, source_format))
+
+
+def _convert(src: Path, dst: Path, force: bool, dry_run: bool, key, rules, check,
+             outputs: CheckOutputs, shard_size: Optional[str], request: CheckRequest) -> None:
     started = time.perf_counter()
-    arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
-                         quantize)
-    request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
     if dry_run:
-        _dry_run(src, dst, request)
+        _dry_run(src, dst, request, outputs.as_json)
         return
-    prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=arch,
-                         source_format=source_format,
+    prepared = transcode(src, dst, force=force, key=key, rules=rules, arch=request.arch,
+                         source_format=request.source_format,
                          shard_size=None if shard_size is None else parse_size(shard_size))
     plan, dst = prepared.plan, prepared.written[-1]   # a sharded output: its index
+    seconds = time.perf_counter() - started
+    quiet = outputs.quiet or outputs.as_json
     if prepared.pairs and not quiet:
         print_rows(pairing_rows(prepared.pairs), PAIR_COLUMNS, title="layer pairing")
-    mapped = sum(len(s.torch) for s in plan.steps)
-    shards = f" and {len(prepared.written) - 1} shards" if len(prepared.written) > 1 else ""
-    _say(quiet, f"wrote {dst}{shards}: {mapped} tensors mapped, {len(plan.carried)} carried "
-                f"({time.perf_counter() - started:.2f} s)")
-    for note in [] if quiet else plan.notes:
+    _say(quiet, prepared.wrote_line(seconds))
+    for note in [] if outputs.quiet else plan.notes:
         _note(note)
     try:
-        _run_check(src, dst, request, CheckOutputs(report, junit, quiet), asked=check,
-                   same_layout=plan.direction == COPY)
+        result = _run_check(src, dst, request, asked=check, same_layout=plan.direction == COPY)
+        _report(result, outputs, prepared.to_dict(round(seconds, 3)))
     except TranscoderError as exc:
         from .checks.verify import after_write
 
@@ -178,41 +204,51 @@ def _light_check(arch: Architecture) -> None:
         prefer_keras_backend("torch")
 
 
-def _run_check(src: Path, dst: Path, request: CheckRequest, outputs: CheckOutputs, *,
-               asked: Optional[bool], same_layout: bool = False) -> None:
-    """Check DST against SRC when the policy says so; raises CheckFailed (exit 1) when they
-    differ."""
+def _run_check(src: Path, dst: Path, request: CheckRequest, *, asked: Optional[bool],
+               same_layout: bool = False):
+    """Check DST against SRC when the policy says so: the report, or None."""
     if asked is False:
-        return   # --no-check: not even the check's modules are imported
+        return None   # --no-check: not even the check's modules are imported
     from .checks.verify import check_conversion  # the check's modules: only when one may run
 
     _light_check(request.arch)
     result, notes = check_conversion(src, dst, request, asked=asked, same_layout=same_layout)
     for note in notes:
         _note(note)
-    if result is not None:
-        _report(result, outputs)
+    return result
 
 
-def _report(result, outputs: CheckOutputs) -> None:
-    from .checks import print_table
-
-    if outputs.quiet:
+def _report(result, outputs: CheckOutputs, document: Optional[dict] = None) -> None:
+    """Print the check's table (or its verdict line, or the --json document), write --report
+    and --junit; CheckFailed (exit 1) when it failed, its verdict not printed again."""
+    if outputs.as_json:
+        report = result.to_dict() if result is not None else None
+        print_json(report if document is None else {**document, "report": report})
+    elif result is not None and outputs.quiet:
         typer.echo(result.summary())
-    else:
+    elif result is not None:
+        from .checks import print_table
+
         print_table(result)  # ends with the verdict line
+    if result is None:
+        return
     if outputs.report:
         result.write_json(outputs.report)
     if outputs.junit:
         result.write_junit(outputs.junit)
-    result.raise_for_status()
+    result.raise_for_status(shown=True)
 
 
-def _dry_run(src: Path, dst: Path, request: CheckRequest) -> None:
+def _dry_run(src: Path, dst: Path, request: CheckRequest, as_json: bool = False) -> None:
     prepared = prepare(src, formats.for_path(dst), key=request.key, rules=request.rules,
                        arch=request.arch, source_format=request.source_format)
     try:
         target = prepared.plan.apply(prepared.source)
+        if as_json:
+            print_json({"command": "convert", "dry_run": True, "src": str(src), "dst": str(dst),
+                        "rows": plan_rows(prepared.plan, prepared.source, target),
+                        "pairs": pairing_rows(prepared.pairs), "notes": prepared.plan.notes})
+            return
         print_rows(plan_rows(prepared.plan, prepared.source, target), PLAN_COLUMNS,
                    title=f"{src} -> {dst} (dry run: nothing written)")
         if prepared.pairs:
@@ -237,7 +273,7 @@ def check_cmd(
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")
                      ] = False,
-    strict: StrictOpt = False, source_format: FromOpt = None,
+    strict: StrictOpt = False, source_format: FromOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Validate DST against SRC without writing anything: exit 0 same, 1 differ, 2 bad input.
 
@@ -246,18 +282,21 @@ def check_cmd(
     in both frameworks from the two files' tensors and compared. Two files of one layout
     (a.pt and a.safetensors): every tensor is compared bit for bit.
     """
-    for path in (src, dst):
-        if not path.exists():
-            raise UsageError("no such file", path=path)
-    arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
-    from .checks.verify import check_files
+    outputs = CheckOutputs(report, junit, quiet, as_json)
+    with _on_error(outputs):
+        for path in (src, dst):
+            if not path.exists():
+                raise UsageError("no such file", path=path)
+        arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
+        from .checks.verify import check_files
 
-    _light_check(arch)
-    result, notes = check_files(src, dst, CheckRequest(arch, key, rules, Tolerance(atol, rtol),
-                                                       strict, source_format))
-    for note in notes:
-        _note(note)
-    _report(result, CheckOutputs(report, junit, quiet))
+        _light_check(arch)
+        result, notes = check_files(src, dst, CheckRequest(arch, key, rules,
+                                                           Tolerance(atol, rtol), strict,
+                                                           source_format))
+        for note in notes:
+            _note(note)
+        _report(result, outputs)
 
 
 @app.command("inspect")
@@ -385,7 +424,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TranscoderError as exc:
         if debug:
             raise
-        _note(f"error: {exc}")
+        if not exc.shown:   # a failed check's verdict is printed under its table, once
+            _note(f"error: {exc}")
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

@@ -39,6 +39,7 @@ class LiveModels:
     inputs: Any = None  # InputOptions with input shapes, to rebuild the module in Keras
     arch: Architecture | None = None   # as given (an export reads --quantize from it)
     notes: list[str] = field(default_factory=list)
+    wrote: str | None = None   # what write() wrote, for the "wrote DST: ..." line
 
     @classmethod
     def load(cls, arch: Architecture) -> "LiveModels":
@@ -101,6 +102,7 @@ class LiveModels:
             fmt.write(keras_side.renamed_to_theirs(self.pairs, target, order), tmp)
             return True
         model = self.keras_model_of(target, dst)
+        self.wrote = self._what(model, fmt)
         if fmt.exported:
             request = export.ExportRequest(fmt, self.arch or Architecture(inputs=self.inputs))
             self.notes += [f"{dst.name}: {note}" for note in export.write(model, tmp, request)]
@@ -108,6 +110,14 @@ class LiveModels:
             keras_side.save(model, tmp, dst.name)
             self.notes += _classes_note(model, fmt, dst)
         return True
+
+    def _what(self, model, fmt: Format) -> str:
+        """``SavedModel of the rebuilt Keras model (12 weights)``."""
+        whose = "the rebuilt Keras model" if self.keras_model is None else "your Keras model"
+        if self.keras_model is not None and self.arch is not None and self.arch.keras_model:
+            whose = f"the Keras model {self.arch.keras_model.rpartition(':')[2]}"
+        count = len(getattr(model, "weights", []))
+        return f"{WRITTEN_AS.get(fmt.name, fmt.description)} of {whose} ({count} weights)"
 
     def keras_model_of(self, target: Checkpoint, dst: Path):
         """The Keras model holding ``target``'s weights: the user's ``--keras-model`` filled
@@ -129,6 +139,9 @@ class LiveModels:
                                   keras_ckpt=target)
 
 
+#: what a format written through a Keras model is called in the "wrote" line
+WRITTEN_AS = {"savedmodel": "SavedModel", "tflite": "TFLite flatbuffer",
+              "keras_zip": ".keras archive", "keras_weights_h5": "Keras 3 weights file"}
 #: formats that store the model's layer classes, which Keras must find to load them
 STORES_CLASSES = ("keras_zip",)
 

@@ -26,7 +26,7 @@ from .errors import OutputExistsError, TranscoderError, UsageError
 from .frameworks import import_frameworks
 from .live import LiveModels
 from .options import Architecture
-from .rules import Plan, UserRules, load_user_rules, make_plan
+from .rules import COPY, Plan, UserRules, load_user_rules, make_plan
 
 
 @dataclass
@@ -53,6 +53,39 @@ class Prepared:
 
     def close(self) -> None:
         self.source.close()
+
+    def counts(self) -> dict[str, int]:
+        """Tensors mapped by a rule, carried verbatim, or copied (a same-layout target)."""
+        if self.plan.direction == COPY:
+            return {"copied": len(self.source), "mapped": 0, "carried": 0}
+        return {"copied": 0, "mapped": sum(len(s.torch) for s in self.plan.steps),
+                "carried": len(self.plan.carried)}
+
+    def described(self) -> str:
+        """What was written, for the "wrote DST: ..." line: the artifact and the Keras model it
+        holds, or the tensors mapped, carried or copied."""
+        if self.live is not None and self.live.wrote:
+            return self.live.wrote
+        counts = self.counts()
+        if self.plan.direction == COPY:
+            return f"{counts['copied']} tensors copied"
+        return f"{counts['mapped']} tensors mapped, {counts['carried']} carried"
+
+    def wrote_line(self, seconds: float) -> str:
+        """``wrote m.h5: 18 tensors mapped, 1 carried (0.23 s)``; a sharded output: its index
+        ``and 3 shards``."""
+        dst, shards = self.written[-1], len(self.written) - 1
+        also = f" and {shards} shards" if shards else ""
+        return f"wrote {dst}{also}: {self.described()} ({seconds:.2f} s)"
+
+    def to_dict(self, seconds: float | None = None) -> dict:
+        """The conversion as ``transcode SRC DST --json`` prints it (the check's report is
+        added by the command)."""
+        return {"command": "convert", "src": str(self.source.source), "dst": str(self.written[-1]),
+                "files": [str(p) for p in self.written], "wrote": self.described(),
+                "tensors": self.counts(), "seconds": seconds, "notes": list(self.plan.notes),
+                "pairs": [{"pytorch": p.ours.name, "keras": p.theirs.name, "paired_by": p.how}
+                          for p in self.pairs]}
 
 
 def prepare(src: Path, target: formats.Format | str, *, key: str | None = None,

@@ -3,6 +3,10 @@ tab-separated line per row under a ``# column`` header, never wrapped or cut, no
 CI log stays readable and ``grep``/``cut`` work on it; or JSON.
 
 Colour only on a terminal, and never with ``NO_COLOR`` set (rich honours it).
+
+Every JSON document the tool writes (``--json`` outputs, ``--report`` files, manifest lines)
+carries ``"schema": SCHEMA``, the version of its layout: it changes when a field is removed
+or changes meaning, not when one is added.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import sys
 from typing import Callable, Iterable, TextIO
 
 Row = dict
+#: the layout version of every JSON document the tool writes
+SCHEMA = 1
 #: a row's rich style ("green", "dim" ...), or None
 Styler = Callable[[Row], "str | None"]
 
@@ -37,8 +43,7 @@ def print_rows(rows: list[Row], columns: Iterable[str], *, as_json: bool = False
     out = out or sys.stdout
     columns = list(columns)
     if as_json:
-        json.dump(rows, out, indent=1)
-        out.write("\n")
+        print_json({"title": title, "columns": columns, "rows": rows}, out)
     elif console is not None or out.isatty():
         _rich_table(rows, columns, title, style, console or _console(out))
     else:
@@ -47,6 +52,19 @@ def print_rows(rows: list[Row], columns: Iterable[str], *, as_json: bool = False
         out.write("# " + "\t".join(columns) + "\n")
         for row in rows:
             out.write("\t".join(cell(row[c]) for c in columns) + "\n")
+
+
+def with_schema(document: dict) -> dict:
+    """``document`` with ``"schema"`` first (see the module docstring)."""
+    return {"schema": SCHEMA, **{k: v for k, v in document.items() if k != "schema"}}
+
+
+def print_json(document: dict, out: TextIO | None = None) -> None:
+    """One JSON document (with its ``schema``) on ``out`` (stdout)."""
+    out = out or sys.stdout
+    json.dump(with_schema(document), out, indent=1, allow_nan=False)
+    out.write("\n")
+    out.flush()
 
 
 def print_line(text: str, *, style: str | None = None, out: TextIO | None = None,

@@ -122,7 +122,9 @@ def exported(path: Path) -> formats.Format | None:
 def after_write(exc: TranscoderError, dst: Path) -> TranscoderError:
     """An error of the check after DST was written says so: DST stays (README, "The forward
     check"). A failed check keeps its exit code 1, a check that could not run its own."""
-    if isinstance(exc, CheckFailed):
+    if isinstance(exc, CheckFailed) and exc.shown:   # its verdict line is printed already
+        exc.message, exc.shown = f"{dst} was written and is kept; its check failed (above)", False
+    elif isinstance(exc, CheckFailed):
         exc.message = f"{dst} was written, and its {exc.message}"
     else:
         exc.message = f"{dst} was written, but the check could not run: {exc.message}"
