@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from . import export
 from . import formats
-from .formats import shards, sigbus
+from .formats import filemeta, shards, sigbus
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
 from .frameworks import import_frameworks
@@ -48,8 +48,17 @@ class Prepared:
         target = self.plan.apply(self.source)
         if self.live is not None and self.live.write(target, tmp, dst):
             self.plan.notes += self.live.notes   # what the written model needs, holds
+            self._metadata_note(through_model=self.target_format.needs_model)
             return
         self.target_format.write(target, tmp)
+        self._metadata_note()
+
+    def _metadata_note(self, through_model: bool = False) -> None:
+        """A note when the source's own metadata (a safetensors ``__metadata__``) could not
+        be kept by the target."""
+        note = filemeta.dropped_note(self.source.meta, self.target_format.name, through_model)
+        if note:
+            self.plan.notes.append(note)
 
     def close(self) -> None:
         self.source.close()
@@ -187,6 +196,7 @@ def _write_shards(prepared: Prepared, src: Path, dst: Path, shard_size: int | No
             raise exc.with_context(path=src) from None
         if layout.index:
             tmps[-1].write_bytes(layout.index_json())
+        prepared._metadata_note()
     return [folder / n for n in layout.names]
 
 
