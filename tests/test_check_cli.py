@@ -60,8 +60,9 @@ def test_wrong_batchnorm_epsilon_names_the_layer(cli, tmp_path):
     args = ("--model", f"{MODELS}:CNN1d", "--input-shape", "3,4,9")
     code, _, err = cli(tmp_path / "m.pt", tmp_path / "m.h5", *args, "--keras-model", f"{TWINS}:cnn1d")
     assert code == 0, err
-    code, _, err = cli("check", tmp_path / "m.pt", tmp_path / "m.h5", *args,
-                       "--keras-model", f"{TWINS}:cnn1d_keras_epsilon", "--report", tmp_path / "r.json")
+    code, out, err = cli("check", tmp_path / "m.pt", tmp_path / "m.h5", *args,
+                         "--keras-model", f"{TWINS}:cnn1d_keras_epsilon", "--report",
+                         tmp_path / "r.json")
     assert code == 1 and "bn1" in out.splitlines()[-1]
     assert json.loads((tmp_path / "r.json").read_text())["first_divergence"]["name"] == "bn1"
 

@@ -30,6 +30,7 @@ from .errors import (INTERNAL_ERROR_EXIT, CheckFailed, TranscoderError, UsageErr
                      one_line)
 from .frameworks import prefer_keras_backend  # noqa: E402
 from .options import Architecture, CheckRequest, InputOptions, Tolerance  # noqa: E402
+from . import progress  # noqa: E402
 from .pipeline import prepare, transcode  # noqa: E402
 from .printing import print_json  # noqa: E402
 from .rules import COPY  # noqa: E402
@@ -162,6 +163,8 @@ def convert_cmd(
     --keras-model), and the check runs the exported artifact itself.
     """
     outputs = CheckOutputs(report, junit, quiet, as_json)
+    if quiet:
+        progress.mute()
     with _on_error(outputs):
         _convert(src, dst, force, dry_run, key, rules, check, outputs, shard_size,
                  CheckRequest(_architecture(model, keras_model, input_shape, input_dtype, seed,
@@ -283,6 +286,8 @@ def check_cmd(
     (a.pt and a.safetensors): every tensor is compared bit for bit.
     """
     outputs = CheckOutputs(report, junit, quiet, as_json)
+    if quiet:
+        progress.mute()
     with _on_error(outputs):
         for path in (src, dst):
             if not path.exists():
@@ -395,6 +400,7 @@ def bulk_cmd(
     from .checks.verify import decide
 
     decision = decide(check)
+    progress.mute()   # bulk.display draws its own bar (bytes within files included)
     _light_check(Architecture())   # each file's check is per layer
     options = BulkOptions(to=to.value, jobs=jobs, pattern=pattern, force=force, key=key,
                           rules=rules, fail_fast=fail_fast, engine=engine.value, address=address,
@@ -419,7 +425,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.insert(0, "convert")
     debug = os.environ.get("TRANSCODER_DEBUG") == "1"
     try:
-        result = app(args, prog_name="transcode", standalone_mode=False)
+        with progress.on_terminal():   # stages show progress on a terminal, never in a pipe
+            result = app(args, prog_name="transcode", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except TranscoderError as exc:
         if debug:

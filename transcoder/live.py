@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import export
+from . import export, progress
 from .checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from .errors import UsageError
 from .formats import Format, for_path
@@ -103,12 +103,13 @@ class LiveModels:
             return True
         model = self.keras_model_of(target, dst)
         self.wrote = self._what(model, fmt)
-        if fmt.exported:
-            request = export.ExportRequest(fmt, self.arch or Architecture(inputs=self.inputs))
-            self.notes += [f"{dst.name}: {note}" for note in export.write(model, tmp, request)]
-        else:
-            keras_side.save(model, tmp, dst.name)
-            self.notes += _classes_note(model, fmt, dst)
+        with progress.status(f"writing {dst.name}: {self.wrote}"):
+            if fmt.exported:
+                request = export.ExportRequest(fmt, self.arch or Architecture(inputs=self.inputs))
+                self.notes += [f"{dst.name}: {note}" for note in export.write(model, tmp, request)]
+            else:
+                keras_side.save(model, tmp, dst.name)
+                self.notes += _classes_note(model, fmt, dst)
         return True
 
     def _what(self, model, fmt: Format) -> str:

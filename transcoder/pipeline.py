@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from . import export
 from . import formats
+from . import progress
 from .formats import filemeta, shards, sigbus
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
@@ -46,11 +47,13 @@ class Prepared:
     def write(self, tmp: Path, dst: Path) -> None:
         """Write the converted checkpoint to ``tmp`` (later renamed to ``dst``)."""
         target = self.plan.apply(self.source)
-        if self.live is not None and self.live.write(target, tmp, dst):
-            self.plan.notes += self.live.notes   # what the written model needs, holds
-            self._metadata_note(through_model=self.target_format.needs_model)
-            return
-        self.target_format.write(target, tmp)
+        with progress.task(f"writing {dst.name}", target.nbytes, items=len(target)) as shown:
+            target = progress.tracked(target, shown)
+            if self.live is not None and self.live.write(target, tmp, dst):
+                self.plan.notes += self.live.notes   # what the written model needs, holds
+                self._metadata_note(through_model=self.target_format.needs_model)
+                return
+            self.target_format.write(target, tmp)
         self._metadata_note()
 
     def _metadata_note(self, through_model: bool = False) -> None:
@@ -129,7 +132,8 @@ def read(src: Path, *, key: str | None = None, source_format: str | None = None)
     src = Path(src)
     try:
         fmt, note = formats.for_source(src, source_format)
-        ckpt = fmt.read(src, formats.ReadOptions(key=key))
+        with progress.status(f"reading {src.name}"):
+            ckpt = fmt.read(src, formats.ReadOptions(key=key))
     except TranscoderError as exc:
         raise exc.with_context(path=src) from None
     if note:
@@ -188,7 +192,9 @@ def _write_shards(prepared: Prepared, src: Path, dst: Path, shard_size: int | No
     folder = dst.parent
     earlier = layout.earlier_outputs(folder)
     _refuse_source_files(src, [folder / n for n in layout.names + earlier])
-    with atomic_files(folder, layout.names, force=force, replaced=earlier) as tmps:
+    with atomic_files(folder, layout.names, force=force, replaced=earlier) as tmps, \
+            progress.task(f"writing {dst.name}", target.nbytes, items=len(target)) as shown:
+        target = progress.tracked(target, shown)
         try:
             for tmp, group in zip(tmps, layout.groups):
                 fmt.write(shards.subset(target, group), tmp)

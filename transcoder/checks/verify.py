@@ -19,7 +19,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import formats
+from .. import formats, progress
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH
 from ..errors import CheckFailed, MissingDependencyError, TranscoderError, UsageError
 from ..frameworks import CHECK_EXTRA, import_frameworks
@@ -142,7 +142,8 @@ def verify(src: Path, dst: Path, request: CheckRequest | None = None, *,
             return compare_tensors(original, copy)
     import_frameworks()
     if request.arch.model and full:
-        return _check_model(src, dst, request)
+        with progress.status(f"checking {dst.name}: both models on the same inputs"):
+            return _check_model(src, dst, request)
     return _check_layers(src, dst, request)
 
 
