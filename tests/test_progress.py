@@ -147,6 +147,7 @@ def test_tracked_counts_every_byte_once_from_the_writers_threads(tmp_path):
 
     rng = np.random.default_rng(0)
     arrays = {"big.weight": rng.normal(size=(4096, 1100)).astype(np.float32),   # 17.2 MiB
+              "big.bias": np.zeros(4096, np.float32),
               "fc.weight": rng.normal(size=(5, 3)).astype(np.float32),
               "fc.bias": np.zeros(5, np.float32)}
     save_file(arrays, tmp_path / "s.safetensors")
@@ -207,7 +208,11 @@ def test_tables_fit_the_terminal_one_line_per_row():
         lines = buf.getvalue().splitlines()
         assert len(lines) == 1 + 3 + len(rows) + 1       # title, header, rows, bottom
         assert max(len(line) for line in lines) <= width
-        cell = lines[4].split("\u2502")[2].strip()
-        assert cell == shorten(long, len(cell)) and cell.startswith("encoder.la")
-        assert cell.endswith("final") and "\u2026" in cell
+        name, note = (c.strip() for c in lines[4].split("\u2502")[2:4])
+        assert name == shorten(long, len(name)) and note == shorten(rows[0]["note"], len(note))
+        assert name.startswith("encoder.la") and name.endswith("final")
+        if width >= 100:   # the names keep their width while shortening the notes suffices
+            assert name == long and note.endswith("holds") and "\u2026" in note
+        else:
+            assert "\u2026" in name
     assert shorten("abcdefghij", 5) == "ab\u2026ij" and shorten("abc", 5) == "abc"
