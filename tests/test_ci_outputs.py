@@ -173,3 +173,19 @@ def test_inspect_rules_and_manifest_json_carry_the_schema(cli, tmp_path):
     assert code == 0, err
     lines = (tmp_path / "dst" / "transcode-manifest.jsonl").read_text().splitlines()
     assert [json.loads(line)["schema"] for line in lines] == [1]
+
+
+# ---------------------------------------------------------------- the "wrote" line
+
+def test_an_export_says_what_it_wrote(cli, tmp_path):
+    """Not "0 tensors mapped": the artifact, the Keras model it holds and its weights."""
+    import re
+
+    tf = pytest.importorskip("tensorflow")
+    code, out, err = cli(FIXTURES / "encoder.pt", tmp_path / "m.savedmodel", "--model",
+                         f"{MODELS}:Encoder", "--input-shape", "4,10,128", "--no-check")
+    assert code == 0, err
+    found = re.fullmatch(rf"wrote {re.escape(str(tmp_path / 'm.savedmodel'))}: SavedModel of the "
+                         r"rebuilt Keras model \((\d+) weights?\) \([\d.]+ s\)", out.splitlines()[0])
+    assert found, out
+    assert int(found[1]) == len(tf.saved_model.load(str(tmp_path / "m.savedmodel")).variables)

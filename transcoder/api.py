@@ -27,6 +27,7 @@ from .checks.verify import after_write, check_conversion, check_files
 from .errors import TranscoderError
 from .options import Architecture, CheckRequest, InputOptions, Tolerance
 from .pipeline import prepare, transcode
+from .printing import with_schema
 from .rules import COPY, Plan
 from .tables import pairing_rows, plan_rows
 
@@ -48,9 +49,9 @@ class Conversion:
     written: bool = True
 
     def to_dict(self) -> dict:
-        return {"src": str(self.src), "dst": str(self.dst), "written": self.written,
-                "rows": self.rows, "pairs": self.pairs, "notes": self.notes,
-                "report": self.report.to_dict() if self.report else None}
+        return with_schema({"src": str(self.src), "dst": str(self.dst), "written": self.written,
+                            "rows": self.rows, "pairs": self.pairs, "notes": self.notes,
+                            "report": self.report.to_dict() if self.report else None})
 
 
 @dataclass

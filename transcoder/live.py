@@ -118,7 +118,8 @@ class LiveModels:
         if self.keras_model is not None and self.arch is not None and self.arch.keras_model:
             whose = f"the Keras model {self.arch.keras_model.rpartition(':')[2]}"
         count = len(getattr(model, "weights", []))
-        return f"{WRITTEN_AS.get(fmt.name, fmt.description)} of {whose} ({count} weights)"
+        weights = f"{count} weight{'s' if count != 1 else ''}"
+        return f"{WRITTEN_AS.get(fmt.name, fmt.description)} of {whose} ({weights})"
 
     def keras_model_of(self, target: Checkpoint, dst: Path):
         """The Keras model holding ``target``'s weights: the user's ``--keras-model`` filled

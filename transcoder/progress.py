@@ -137,7 +137,7 @@ class _Counted(TensorRef):
 
     def __init__(self, ref: TensorRef, counter: _Counter) -> None:   # no re-validation
         self.name, self.shape, self.dtype = ref.name, ref.shape, ref.dtype
-        self.loader, self.blocker = ref.loader, ref.blocker
+        self.loader, self.blocker = self.load, ref.blocker   # a copy made from it counts too
         self._ref, self._counter = ref, counter
 
     def load(self):
