@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import progress
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from ..errors import UsageError, one_line
 from ..frameworks import import_keras, import_torch, to_numpy
@@ -79,7 +80,7 @@ def check_layers(src: Checkpoint, plan: Plan | None = None, target: Checkpoint |
                      CompareSettings(Tolerance(atol, rtol), src.layout, CHANNELS_LAST), seed,
                      import_torch(), import_keras())
     kinds, known = src.meta.get("module_kinds", {}), _options(src, plan, options)
-    for name, layer in plan.layers.items():
+    for name, layer in progress.each(plan.layers.items(), "checking layers", unit="layers"):
         steps = [s for s in plan.steps if s.layer == name]
         module = _module_path(name, steps)
         labels = {"kind": "layer", "torch_kind": kinds.get(module, layer.rule),
