@@ -42,7 +42,7 @@ def test_dry_run_writes_nothing_and_inspect_matches_the_command(cli, tmp_path):
     assert not result.written and not (tmp_path / "x.h5").exists()
     found = transcoder.inspect(FIXTURES / "encoder.pt")
     code, out, _ = cli("inspect", FIXTURES / "encoder.pt", "--json")
-    assert found.rows == json.loads(out) and found.layout == "torch"
+    assert found.rows == json.loads(out)["rows"] and found.layout == "torch"
 
 
 def test_bad_input_raises_the_one_error_family(tmp_path):

@@ -168,13 +168,13 @@ def test_inspect_is_greppable_and_json(cli):
     by_name = {r[0]: r for r in rows}
     assert by_name["token_embedding.weight"][3:6] == ["Embedding", "copy", "token_embedding/embeddings"]
     code, out, _ = cli("inspect", "--json", FIXTURES / "small_cnn.pt")
-    data = json.loads(out)
+    data = json.loads(out)["rows"]
     assert {"source", "shape", "dtype", "rule", "op", "target", "target shape"} <= set(data[0])
 
 
 def test_rules_json_lists_the_table(cli):
     code, out, _ = cli("rules", "--json")
-    rows = json.loads(out)
+    rows = json.loads(out)["rows"]
     conv1d = next(r for r in rows if r["rule"] == "Conv1d" and r["torch tensor"] == "weight")
     assert conv1d["keras"] == "Conv1D" and conv1d["op"] == "permute(2, 1, 0)"
     assert any(r["rule"] == "Embedding" and r["op"] == "copy" for r in rows)

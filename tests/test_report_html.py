@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from html import escape
 from html.parser import HTMLParser
 
 import numpy as np
@@ -128,3 +129,68 @@ def test_the_page_renders_in_a_real_browser(tmp_path):
         hexcode = COLOURS[status].lstrip("#")
         rgb = tuple(int(hexcode[i:i + 2], 16) for i in (0, 2, 4))
         assert rgb in colours, status
+
+
+# ---------------------------------------------------------------- the command's --report-html
+
+def _bars_and_entries(tmp_path, name: str):
+    """The page's bars and the --report JSON's entries, as (name, status, worst_ratio)."""
+    import json
+
+    bars = _parse((tmp_path / f"{name}.html").read_text())
+    report = json.loads((tmp_path / f"{name}.json").read_text())
+    entries = [(e["name"], e["status"], e["worst_ratio"]) for e in report["entries"]]
+    shown = [(n, s, None if r == "None" else float(r)) for n, s, r in bars.bars]
+    return shown, entries, report, bars
+
+
+def test_report_html_from_the_command_matches_its_report(cli, tmp_path):
+    """--report-html beside --report: one bar per entry of the JSON, same status and ratio, on
+    a passing check, on a failing one (one kernel value off by 0.5: exit 1) and on convert."""
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("torch")
+    from conftest import FIXTURES
+
+    src, h5 = FIXTURES / "small_cnn.pt", tmp_path / "cnn.h5"
+    code, _, err = cli(src, h5, "--report-html", tmp_path / "conv.html",
+                       "--report", tmp_path / "conv.json")
+    assert code == 0, err
+    shown, entries, report, bars = _bars_and_entries(tmp_path, "conv")
+    assert shown == entries and len(entries) == 9 and report["passed"]
+    assert {s for _, s, _ in shown} == {"SUCCESS"} and max(r for *_, r in shown) <= 1.0
+
+    code, _, err = cli("check", src, h5, "--report-html", tmp_path / "ok.html",
+                       "--report", tmp_path / "ok.json")
+    assert code == 0, err
+    shown, entries, _, _ = _bars_and_entries(tmp_path, "ok")
+    assert shown == entries and len(shown) == 9
+    assert 'data-verdict="PASSED"' in (tmp_path / "ok.html").read_text()
+
+    with h5py.File(h5, "r+") as f:
+        data = f["conv2/conv2/kernel"][...]
+        data.flat[0] += 0.5
+        f["conv2/conv2/kernel"][...] = data
+    code, out, _ = cli("check", src, h5, "--report-html", tmp_path / "bad.html",
+                       "--report", tmp_path / "bad.json")
+    assert code == 1
+    shown, entries, report, bars = _bars_and_entries(tmp_path, "bad")
+    assert shown == entries and len(shown) == 9
+    failing = [(n, r) for n, s, r in shown if s == "FAIL"]
+    assert [n for n, _ in failing] == ["conv2"] and failing[0][1] > 1000   # 0.5 / ~1e-4
+    assert all(r <= 1.0 for n, s, r in shown if s == "SUCCESS")
+    assert 'data-verdict="FAILED"' in (tmp_path / "bad.html").read_text()
+    assert bars.first == [report["first_divergence"]["name"]] == ["conv2"]
+
+
+@pytest.mark.parametrize("command", ["check", "convert"])
+def test_report_html_on_exit_2_is_an_error_page(cli, tmp_path, command):
+    bad, dst = tmp_path / "bad.pt", tmp_path / "out.h5"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    if command == "check":
+        dst.write_bytes(b"")
+    code, _, err = cli(command, bad, dst, "--report-html", tmp_path / "e.html")
+    assert code == 2
+    message = err.strip().splitlines()[-1].removeprefix("transcode: error: ")
+    page = (tmp_path / "e.html").read_text()
+    assert 'data-verdict="ERROR"' in page and escape(message) in page and "bad.pt" in message
+    assert _parse(page).bars == []

@@ -43,7 +43,7 @@ def save(module: nn.Module, path) -> None:
 def test_an_ambiguous_groupnorm_is_shown_and_not_checked(cli, tmp_path):
     make_fixtures.write_groupnorm_stack(tmp_path).rename(tmp_path / "m.pt")
     code, out, err = cli("inspect", tmp_path / "m.pt", "--json")
-    rows = {r["source"]: r for r in json.loads(out)}
+    rows = {r["source"]: r for r in json.loads(out)["rows"]}
     assert code == 0 and rows["input_stack.1.weight"]["rule"] == "LayerNorm?"
     assert rows["input_stack.1.weight"]["alternatives"] == ["GroupNorm", "InstanceNorm"]
     assert rows["input_stack.0.weight"]["alternatives"] == []

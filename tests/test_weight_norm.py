@@ -128,7 +128,7 @@ def test_weight_norm_on_a_family_that_cannot_fold_it_is_not_checked(tmp_path, cl
 def test_the_rule_table_shows_weight_norm(cli):
     code, out, _ = cli("rules", "--json")
     assert code == 0
-    rows = [r for r in json.loads(out) if "weight_g" in r["torch tensor"]]
+    rows = [r for r in json.loads(out)["rows"] if "weight_g" in r["torch tensor"]]
     assert {r["rule"] for r in rows} == {"Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
                                          "ConvTranspose2d", "ConvTranspose3d"}
     assert all("parametrizations.weight.original0" in r["torch tensor"] for r in rows)

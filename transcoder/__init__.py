@@ -5,7 +5,8 @@ imports only modules of its own layer or of lower ones (imports inside functions
 ``tests/test_structure.py`` checks it), and no two modules import each other:
 
   1. errors, _version, printing      the exception family; the version; printing rows
-  2. checkpoint                      Checkpoint and lazy TensorRef: what every stage speaks
+  2. checkpoint, progress            Checkpoint and lazy TensorRef: what every stage speaks;
+                                     what the command shows while a stage works
   3. frameworks, options             importing torch/keras quietly; the options users give
   4. formats, rules                  readers and writers; the rule table, ops and plans (numpy)
   5. models                          live PyTorch and Keras models, inputs, the Keras rebuild

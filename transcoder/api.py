@@ -16,6 +16,7 @@ neither torch nor TensorFlow; they load when a live model is needed.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -26,6 +27,7 @@ from .formats.shards import parse_size
 from .errors import TranscoderError, UsageError
 from .options import Architecture, CheckRequest, InputOptions, Tolerance
 from .pipeline import Prepared, conversion, prepare
+from .printing import with_schema
 from .rules import COPY, TO_KERAS, Plan
 
 if TYPE_CHECKING:   # the check's modules load only when a check runs
@@ -48,11 +50,19 @@ class Conversion:
     report: CheckReport | None = None
     written: bool = True
     files: list[Path] = field(default_factory=list)   # every file written (shards, index last)
+    wrote: str = ""   # what was written: "18 tensors mapped, 1 carried", "SavedModel of ..."
+    tensors: dict[str, int] = field(default_factory=dict)   # copied, mapped, carried
+    seconds: float | None = None   # reading, planning and writing (the check not included)
 
     def to_dict(self) -> dict:
-        return {"src": str(self.src), "dst": str(self.dst), "written": self.written,
-                "rows": self.rows, "pairs": self.pairs, "notes": self.notes,
-                "report": self.report.to_dict() if self.report else None}
+        """What ``transcode SRC DST --json`` prints (``--dry-run`` too: ``dry_run`` true,
+        nothing written), with its ``schema``."""
+        return with_schema({"command": "convert", "dry_run": not self.written,
+                            "src": str(self.src), "dst": str(self.dst), "written": self.written,
+                            "files": [str(p) for p in self.files], "wrote": self.wrote,
+                            "tensors": self.tensors, "seconds": self.seconds,
+                            "rows": self.rows, "pairs": self.pairs, "notes": self.notes,
+                            "report": self.report.to_dict() if self.report else None})
 
 
 @dataclass
@@ -86,6 +96,7 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
                                                          list(input_dtype or ()), seed,
                                                          channels_last), quantize)
     request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
+    started = time.perf_counter()
     if dry_run:
         with prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch,
                      source_format=source_format) as prepared:
@@ -94,6 +105,7 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
                     source_format=source_format,
                     shard_size=None if shard_size is None else parse_size(shard_size)) as done:
         result = _result(src, done.dst, done)
+        result.seconds = round(time.perf_counter() - started, 3)
         if on_written is not None:
             on_written(result)
         if check is not False:   # --no-check: not even the check's modules are imported
@@ -116,7 +128,8 @@ def _result(src: Path, dst: Path, prepared: Prepared, written: bool = True) -> C
     target = prepared.plan.apply(prepared.source)
     return Conversion(src, dst, prepared.plan, plan_rows(prepared.plan, prepared.source, target),
                       pairing_rows(prepared.pairs), list(prepared.plan.notes), written=written,
-                      files=list(prepared.written))
+                      files=list(prepared.written),
+                      wrote=prepared.described() if written else "", tensors=prepared.counts())
 
 
 def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None,

@@ -16,6 +16,9 @@ class TranscoderError(Exception):
     """Base of every error the tool raises on purpose (exit code 2: bad usage or input)."""
 
     exit_code = 2
+    #: True when the command has already printed what this error says (a failed check's
+    #: verdict line, under its table): the error line is then not printed a second time.
+    shown = False
 
     def __init__(self, message: str, *, path: object = None, tensor: str | None = None,
                  hint: str | None = None) -> None:

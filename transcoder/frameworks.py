@@ -1,9 +1,15 @@
 """Importing the frameworks for the parts that need a live model.
 
-TensorFlow's C++ start-up prints absl notices ("oneDNN custom operations are on ...") straight
-to the stderr file descriptor, past ``TF_CPP_MIN_LOG_LEVEL``. The command promises one-line
-messages, so the first import runs with that descriptor pointed at /dev/null; Python errors
-still propagate as exceptions.
+TensorFlow's C++ start-up prints absl notices ("oneDNN custom operations are on ...", CUDA
+drivers, CPU features, ``absl::InitializeLog``) straight to the stderr file descriptor, past
+``TF_CPP_MIN_LOG_LEVEL``. The command promises one-line messages, so ``TF_CPP_MIN_LOG_LEVEL``
+is set to 3 before TensorFlow is imported, the first import runs with that descriptor
+pointed at /dev/null, and absl's Python logger (SavedModel exports' "WARNING:absl:...") is
+set to errors only; Python errors still propagate as exceptions. A user who set
+``TF_CPP_MIN_LOG_LEVEL`` themselves gets none of that: they asked for those lines.
+
+While the frameworks load (seconds), a terminal shows "loading torch and TensorFlow..."
+(:mod:`.progress`).
 """
 from __future__ import annotations
 
@@ -12,7 +18,11 @@ import sys
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
+from . import progress
 from .errors import MissingDependencyError
+
+#: the user's own TF_CPP_MIN_LOG_LEVEL, read before we set ours (False: not read yet)
+_user_log_level: "str | None | bool" = False
 
 
 @contextmanager
@@ -51,8 +61,44 @@ def prefer_keras_backend(name: str) -> None:
 
 def quiet_framework_environment() -> None:
     """Environment defaults read when Keras and TensorFlow are first imported."""
+    global _user_log_level
+    if _user_log_level is False:
+        _user_log_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
     for name, value in QUIET_FRAMEWORKS.items():
         os.environ.setdefault(name, value)
+
+
+def _quiet() -> bool:
+    """Whether TensorFlow's start-up lines are ours to hide (the user set no log level)."""
+    return _user_log_level in (None, False)
+
+
+@contextmanager
+def _loading(names: list[str]) -> Iterator[None]:
+    """The first import of ``names``: a line on a terminal, TensorFlow's start-up silenced."""
+    missing = [n for n in names if sys.modules.get(n) is None]
+    if not missing:
+        yield
+        return
+    shown = [LABELS.get(n, n) for n in missing]
+    if "keras" in missing and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" \
+            and sys.modules.get("tensorflow") is None:
+        shown.append("TensorFlow")
+    with progress.status(f"loading {' and '.join(shown)}..."), \
+            _stderr_silenced() if _quiet() else nullcontext():
+        yield
+    _silence_absl()
+
+
+def _silence_absl() -> None:
+    """absl's Python logger (TensorFlow's "WARNING:absl:..." lines) to errors only, unless the
+    user chose a TensorFlow log level."""
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None and _quiet():
+        absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+LABELS = {"torch": "torch", "keras": "Keras"}
 
 
 def import_frameworks() -> None:
@@ -62,7 +108,7 @@ def import_frameworks() -> None:
         return
     quiet_framework_environment()
     try:
-        with _stderr_silenced():
+        with _loading(["torch", "keras"]):
             import keras  # noqa: F401
             import torch  # noqa: F401
     except ImportError as exc:
@@ -73,7 +119,8 @@ def import_frameworks() -> None:
 def import_torch():
     """``torch``, or MissingDependencyError naming the extra to install."""
     try:
-        import torch
+        with _loading(["torch"]):
+            import torch
     except ImportError:
         raise MissingDependencyError("the forward check needs torch", hint=CHECK_EXTRA) from None
     return torch
@@ -83,7 +130,7 @@ def import_keras():
     """``keras`` on the TensorFlow backend (unless KERAS_BACKEND says otherwise), quietly."""
     quiet_framework_environment()
     try:
-        with _stderr_silenced() if sys.modules.get("keras") is None else nullcontext():
+        with _loading(["keras"]):
             import keras
     except ImportError:
         raise MissingDependencyError("the forward check needs keras (tensorflow-cpu)",

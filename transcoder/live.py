@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import export
+from . import export, progress
 from .checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from .errors import UsageError
 from .formats import Format
@@ -39,6 +39,7 @@ class LiveModels:
     inputs: Any = None  # InputOptions with input shapes, to rebuild the module in Keras
     arch: Architecture | None = None   # as given (an export reads --quantize from it)
     notes: list[str] = field(default_factory=list)
+    wrote: str | None = None   # what write() wrote, for the "wrote DST: ..." line
 
     @classmethod
     def load(cls, arch: Architecture) -> "LiveModels":
@@ -102,13 +103,24 @@ class LiveModels:
             fmt.write(keras_side.renamed_to_theirs(self.pairs, target, order), tmp)
             return True
         model = self.keras_model_of(target, dst, fmt)
-        if fmt.exported:
-            request = export.ExportRequest(fmt, self.arch or Architecture(inputs=self.inputs))
-            self.notes += [f"{dst.name}: {note}" for note in export.write(model, tmp, request)]
-        else:
-            keras_side.save(model, tmp, dst.name)
-            self.notes += _classes_note(model, fmt, dst)
+        self.wrote = self._what(model, fmt)
+        with progress.status(f"writing {dst.name}: {self.wrote}"):
+            if fmt.exported:
+                request = export.ExportRequest(fmt, self.arch or Architecture(inputs=self.inputs))
+                self.notes += [f"{dst.name}: {note}" for note in export.write(model, tmp, request)]
+            else:
+                keras_side.save(model, tmp, dst.name)
+                self.notes += _classes_note(model, fmt, dst)
         return True
+
+    def _what(self, model, fmt: Format) -> str:
+        """``SavedModel of the rebuilt Keras model (12 weights)``."""
+        whose = "the rebuilt Keras model" if self.keras_model is None else "your Keras model"
+        if self.keras_model is not None and self.arch is not None and self.arch.keras_model:
+            whose = f"the Keras model {self.arch.keras_model.rpartition(':')[2]}"
+        count = len(getattr(model, "weights", []))
+        weights = f"{count} weight{'s' if count != 1 else ''}"
+        return f"{WRITTEN_AS.get(fmt.name, fmt.description)} of {whose} ({weights})"
 
     def keras_model_of(self, target: Checkpoint, dst: Path, fmt: Format):
         """The Keras model holding ``target``'s weights: the user's ``--keras-model`` filled
@@ -129,6 +141,11 @@ class LiveModels:
 
         return rebuild_for_inputs(self.torch_model, from_options(self.inputs), self.inputs,
                                   keras_ckpt=target)
+
+
+#: what a format written through a Keras model is called in the "wrote" line
+WRITTEN_AS = {"savedmodel": "SavedModel", "tflite": "TFLite flatbuffer",
+              "keras_zip": ".keras archive", "keras_weights_h5": "Keras 3 weights file"}
 
 
 def _classes_note(model, fmt: Format, dst: Path) -> list[str]:

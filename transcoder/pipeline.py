@@ -23,7 +23,8 @@ from typing import Any, Iterator
 
 from . import export
 from . import formats
-from .formats import shards, sigbus
+from . import progress
+from .formats import filemeta, shards, sigbus
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
 from .frameworks import import_frameworks
@@ -68,13 +69,41 @@ class Prepared:
     def write(self, tmp: Path, dst: Path) -> None:
         """Write the converted checkpoint to ``tmp`` (later renamed to ``dst``)."""
         target = self.plan.apply(self.source)
-        if self.live is not None and self.live.write(target, tmp, dst, self.target_format):
-            self.plan.notes += self.live.notes   # what the written model needs, holds
-            return
-        self.target_format.write(target, tmp)
+        with progress.task(f"writing {dst.name}", target.nbytes, items=len(target)) as shown:
+            target = progress.tracked(target, shown)
+            if self.live is not None and self.live.write(target, tmp, dst, self.target_format):
+                self.plan.notes += self.live.notes   # what the written model needs, holds
+                self._metadata_note(through_model=self.target_format.needs_model)
+                return
+            self.target_format.write(target, tmp)
+        self._metadata_note()
+
+    def _metadata_note(self, through_model: bool = False) -> None:
+        """A note when the source's own metadata (a safetensors ``__metadata__``) could not
+        be kept by the target."""
+        note = filemeta.dropped_note(self.source.meta, self.target_format.name, through_model)
+        if note:
+            self.plan.notes.append(note)
 
     def close(self) -> None:
         self.source.close()
+
+    def counts(self) -> dict[str, int]:
+        """Tensors mapped by a rule, carried verbatim, or copied (a same-layout target)."""
+        if self.copy:
+            return {"copied": len(self.source), "mapped": 0, "carried": 0}
+        return {"copied": 0, "mapped": sum(len(s.torch) for s in self.plan.steps),
+                "carried": len(self.plan.carried)}
+
+    def described(self) -> str:
+        """What was written, for the "wrote DST: ..." line: the artifact and the Keras model it
+        holds, or the tensors mapped, carried or copied."""
+        if self.live is not None and self.live.wrote:
+            return self.live.wrote
+        counts = self.counts()
+        if self.copy:
+            return f"{counts['copied']} tensors copied"
+        return f"{counts['mapped']} tensors mapped, {counts['carried']} carried"
 
 
 def prepare(src: Path | formats.Identified, target: formats.Format | str, *,
@@ -113,7 +142,8 @@ def read(src: Path | formats.Identified, *, key: str | None = None,
     path = Path(src.path if isinstance(src, formats.Identified) else src)
     try:
         found = src if isinstance(src, formats.Identified) else formats.identify(path, source_format)
-        ckpt = found.read(formats.ReadOptions(key=key))
+        with progress.status(f"reading {path.name}"):
+            ckpt = found.read(formats.ReadOptions(key=key))
     except TranscoderError as exc:
         raise exc.with_context(path=path) from None
     if found.note:
@@ -182,7 +212,9 @@ def _write_shards(prepared: Prepared, src: Path, dst: Path, shard_size: int | No
     folder = dst.parent
     earlier = layout.earlier_outputs(folder)
     _refuse_source_files(src, [folder / n for n in layout.names + earlier])
-    with atomic_files(folder, layout.names, force=force, replaced=earlier) as tmps:
+    with atomic_files(folder, layout.names, force=force, replaced=earlier) as tmps, \
+            progress.task(f"writing {dst.name}", target.nbytes, items=len(target)) as shown:
+        target = progress.tracked(target, shown)
         try:
             for tmp, group in zip(tmps, layout.groups):
                 fmt.write(shards.subset(target, group), tmp)
@@ -190,6 +222,7 @@ def _write_shards(prepared: Prepared, src: Path, dst: Path, shard_size: int | No
             raise exc.with_context(path=src) from None
         if layout.index:
             tmps[-1].write_bytes(layout.index_json())
+        prepared._metadata_note()
     return [folder / n for n in layout.names]
 
 

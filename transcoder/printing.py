@@ -3,6 +3,10 @@ tab-separated line per row under a ``# column`` header, never wrapped or cut, no
 CI log stays readable and ``grep``/``cut`` work on it; or JSON; or a Markdown table (the docs).
 
 Colour only on a terminal, and never with ``NO_COLOR`` set (rich honours it).
+
+Every JSON document the tool writes (``--json`` outputs, ``--report`` files, manifest lines)
+carries ``"schema": SCHEMA``, the version of its layout: it changes when a field is removed
+or changes meaning, not when one is added.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import sys
 from typing import Callable, Iterable, TextIO
 
 Row = dict
+#: the layout version of every JSON document the tool writes
+SCHEMA = 1
 #: a row's rich style ("green", "dim" ...), or None
 Styler = Callable[[Row], "str | None"]
 
@@ -37,8 +43,7 @@ def print_rows(rows: list[Row], columns: Iterable[str], *, as_json: bool = False
     out = out or sys.stdout
     columns = list(columns)
     if as_json:
-        json.dump(rows, out, indent=1)
-        out.write("\n")
+        print_json({"title": title, "columns": columns, "rows": rows}, out)
     elif console is not None or out.isatty():
         _rich_table(rows, columns, title, style, console or _console(out))
     else:
@@ -63,6 +68,19 @@ def _markdown_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*")
 
 
+def with_schema(document: dict) -> dict:
+    """``document`` with ``"schema"`` first (see the module docstring)."""
+    return {"schema": SCHEMA, **{k: v for k, v in document.items() if k != "schema"}}
+
+
+def print_json(document: dict, out: TextIO | None = None) -> None:
+    """One JSON document (with its ``schema``) on ``out`` (stdout)."""
+    out = out or sys.stdout
+    json.dump(with_schema(document), out, indent=1, allow_nan=False)
+    out.write("\n")
+    out.flush()
+
+
 def print_line(text: str, *, style: str | None = None, out: TextIO | None = None,
                console=None) -> None:
     """One line, styled on a terminal."""
@@ -70,7 +88,8 @@ def print_line(text: str, *, style: str | None = None, out: TextIO | None = None
     if console is not None or out.isatty():
         from rich.text import Text
 
-        (console or _console(out)).print(Text(text, style=style or ""))
+        # soft_wrap: a long verdict is one line the terminal folds, not lines cut by rich
+        (console or _console(out)).print(Text(text, style=style or ""), soft_wrap=True)
     else:
         out.write(text + "\n")
 
@@ -83,11 +102,74 @@ def _console(out: TextIO):
 
 def _rich_table(rows: list[Row], columns: list[str], title: str | None, style: Styler | None,
                 console) -> None:
+    """A table that fits the console's width: one line per row, the widest columns' long
+    cells shortened in the middle (``encoder.layers.1…attn.out_proj``), never wrapped."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(cell(row[c]) for c in columns), style=style(row) if style else None)
+    cells = [[cell(row[c]) for c in columns] for row in rows]
+    natural = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    caps = fit_widths(natural, [len(c) for c in columns],
+                      console.width - TABLE_OVERHEAD(len(columns)),
+                      [c in NAME_COLUMNS for c in columns])
+    table = Table(title=shorten(title, console.width) if title else None, title_justify="left")
+    for column, cap in zip(columns, caps):
+        table.add_column(shorten(column, cap), no_wrap=True, overflow="ellipsis", max_width=cap)
+    for row, texts in zip(rows, cells):
+        table.add_row(*(shorten(t, cap) for t, cap in zip(texts, caps)),
+                      style=style(row) if style else None)
     console.print(table)
+
+
+def TABLE_OVERHEAD(columns: int) -> int:   # noqa: N802  (a constant of the box drawing)
+    """Characters a rich table with a box spends besides its cells: a space either side of
+    each cell and a border between and around them."""
+    return 3 * columns + 1
+
+
+#: a column is never shortened below this many characters (or its header's)
+MIN_COLUMN = 8
+ELLIPSIS = "\u2026"
+
+
+#: columns holding names, shortened only when shortening the others is not enough
+NAME_COLUMNS = ("name", "source", "pytorch", "keras", "target")
+
+
+def fit_widths(natural: list[int], headers: list[int], available: int,
+               names: list[bool] | None = None) -> list[int]:
+    """Column widths no wider than their content that sum to at most ``available`` where
+    that is possible: the widest columns are capped first, at one common width (none below
+    MIN_COLUMN or its header); ``names`` columns keep their width if capping the others
+    suffices."""
+    if sum(natural) <= available:
+        return list(natural)
+    names = names or [False] * len(natural)
+    if any(names) and not all(names):
+        others = [w for w, n in zip(natural, names) if not n]
+        rest = available - sum(w for w, n in zip(natural, names) if n)
+        floors = sum(min(w, max(MIN_COLUMN, h)) for w, h, n in zip(natural, headers, names)
+                     if not n)
+        if rest >= floors:
+            capped = iter(fit_widths(others, [h for h, n in zip(headers, names) if not n], rest))
+            return [w if n else next(capped) for w, n in zip(natural, names)]
+    floors = [min(w, max(MIN_COLUMN, h)) for w, h in zip(natural, headers)]
+    low, high = 0, max(natural)
+    while low < high:   # the largest common cap that fits
+        cap = (low + high + 1) // 2
+        if sum(max(f, min(w, cap)) for w, f in zip(natural, floors)) <= available:
+            low = cap
+        else:
+            high = cap - 1
+    return [max(f, min(w, low)) for w, f in zip(natural, floors)]
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters: its middle replaced by an ellipsis (the
+    start and the end of a name say the most)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    head = (width - 1 + 1) // 2
+    tail = width - 1 - head
+    return text[:head] + ELLIPSIS + (text[-tail:] if tail else "")

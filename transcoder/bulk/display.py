@@ -1,11 +1,17 @@
 """What `transcode bulk` shows: a progress bar (files, bytes, rate, ETA) on a terminal, one line
 per file when output is piped into a log, failures as they happen, and a summary at the end.
-``quiet`` prints nothing but the failures."""
+``quiet`` prints nothing but the failures.
+
+The bar counts bytes within files too, not only finished ones: a thread of the display adds
+what the files being converted have written so far (:func:`.engines.bytes_in_flight`) to
+the finished files' bytes, four times a second, never moving the bar back."""
 from __future__ import annotations
 
 import sys
+import threading
 
 from ..printing import print_rows
+from . import engines
 from .runner import BulkReport
 from .task import DONE
 
@@ -20,6 +26,15 @@ class Display:
         self.progress = None
         self.files = 0
         self.done = 0
+        self.finished_bytes = 0   # sizes of the files reported
+        self.total_bytes = 0
+        self._shown = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    #: seconds between two looks at the bytes the files in progress have written
+    POLL = 0.25
 
     def start(self, files: int, nbytes: int, reused: int) -> None:
         self.files = files
@@ -36,7 +51,24 @@ class Display:
                                      TimeRemainingColumn(), console=Console(stderr=True))
             self.task = self.progress.add_task("converting", total=nbytes or 1,
                                                files=f"0/{files}")
+            self.total_bytes = nbytes
             self.progress.start()
+            self._poller = threading.Thread(target=self._poll, name="transcoder-bulk-display",
+                                            daemon=True)
+            self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL):
+            self._show(engines.bytes_in_flight())
+
+    def _show(self, in_flight: int) -> None:
+        """The bar at the finished files' bytes plus ``in_flight``, never back, never past
+        the total (an output may be larger than its source: bfloat16 stored as float32)."""
+        with self._lock:
+            done = self.finished_bytes + in_flight
+            self._shown = max(self._shown, min(done, self.total_bytes or done))
+            shown = self._shown
+        self.progress.update(self.task, completed=shown, files=f"{self.done}/{self.files}")
 
     def result(self, record: dict) -> None:
         self.done += 1
@@ -46,10 +78,14 @@ class Display:
         elif not self.live and not self.quiet:
             self._print(f"done {record['source']} -> {record['output']} ({record['seconds']:.2f} s)")
         if self.progress is not None:
-            self.progress.update(self.task, advance=record.get("size") or 0,
-                                 files=f"{self.done}/{self.files}")
+            with self._lock:
+                self.finished_bytes += record.get("size") or 0
+            self._show(0)
 
     def finish(self, report: BulkReport) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
         if self.progress is not None:
             self.progress.stop()
         if self.quiet:

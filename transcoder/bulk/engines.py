@@ -12,6 +12,11 @@ started are cancelled, the ones running are finished and still reported.
   HDF5 file and runs no thread of its own when it forks. Elsewhere they are spawned.
 - ``ray``: Ray tasks on a cluster (``--address``) or on a local Ray instance; every node must
   see SRC_DIR and DST_DIR at the same paths and have transcoder installed.
+
+:func:`bytes_in_flight`: what the files being converted have written so far (serial and
+local engines: each worker counts into a number shared with the run, see
+:func:`transcoder.progress.count_into`), for the run's progress bar; Ray's workers report
+only finished files.
 """
 from __future__ import annotations
 
@@ -21,10 +26,12 @@ import signal
 import sys
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
+from .. import progress
 from ..errors import INTERNAL_ERROR_EXIT, MissingDependencyError, UsageError
 from ..formats import rawfill
 from .task import FAILED, Task, run_task
@@ -33,6 +40,17 @@ OnResult = Callable[[dict], bool]
 ENGINES = ("local", "ray")
 BAD_INPUT_CODE = 2
 START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+#: the counters of the files being converted now (worker or serial run -> its counter)
+_IN_FLIGHT: dict[int, object] = {}
+
+
+def bytes_in_flight() -> int:
+    """Bytes written so far by the files being converted now (not yet reported)."""
+    return sum(counter.value for counter in list(_IN_FLIGHT.values()))
+
+
+class _Counter:
+    value = 0
 
 
 def run(engine: str, tasks: list[Task], on_result: OnResult, *, jobs: int,
@@ -52,9 +70,15 @@ def run(engine: str, tasks: list[Task], on_result: OnResult, *, jobs: int,
 
 
 def run_serial(tasks: list[Task], on_result: OnResult) -> None:
-    for task in tasks:
-        if not on_result(run_task(task)):
-            return
+    counter = _IN_FLIGHT.setdefault(id(tasks), _Counter())
+    try:
+        for task in tasks:
+            with progress.count_into(counter):
+                record = run_task(task)
+            if not on_result(record):
+                return
+    finally:
+        _IN_FLIGHT.pop(id(tasks), None)
 
 
 def run_local(tasks: list[Task], on_result: OnResult, *, jobs: int,
@@ -124,15 +148,19 @@ class _Worker:
     task: Task | None = None
     started: float = 0.0
     fill_threads: int | None = None   # rawfill threads per conversion (None: its default)
+    counter: object = None            # bytes of its file in progress (shared with it)
 
     def start(self, task: Task) -> None:
         if self.process is None:
             context = multiprocessing.get_context(START_METHOD)
             self.conn, child = context.Pipe()
+            self.counter = context.RawValue("q", 0)   # written by the worker, read by the run
             self.process = context.Process(target=_worker_main,
-                                           args=(child, os.getpid(), self.fill_threads))
+                                           args=(child, os.getpid(), self.fill_threads,
+                                                 self.counter))
             self.process.start()
             child.close()
+            _IN_FLIGHT[id(self)] = self.counter
         self.task, self.started = task, time.monotonic()
         self.conn.send(task)
 
@@ -158,6 +186,7 @@ class _Worker:
                         timeout)
 
     def kill(self) -> None:
+        _IN_FLIGHT.pop(id(self), None)
         if self.process is not None:
             self.process.kill()
             self.process.join()
@@ -184,13 +213,17 @@ def _death(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _worker_main(conn: Connection, parent_pid: int, fill_threads: int | None) -> None:
-    """Convert the tasks the parent sends, one at a time, until it sends None."""
+def _worker_main(conn: Connection, parent_pid: int, fill_threads: int | None,
+                 counter=None) -> None:
+    """Convert the tasks the parent sends, one at a time, until it sends None; the bytes of
+    the file in progress go to ``counter``."""
     _worker_init(parent_pid)
     if fill_threads:
         rawfill.WORKERS = fill_threads
     while (task := conn.recv()) is not None:
-        conn.send(run_task(task))
+        with progress.count_into(counter) if counter is not None else nullcontext():
+            record = run_task(task)
+        conn.send(record)
 
 
 def _worker_init(parent_pid: int) -> None:

@@ -4,7 +4,8 @@ Each line records ``source`` (relative to SRC_DIR), its ``size``, ``mtime_ns`` a
 the ``output`` (relative to DST_DIR) with ``output_size``, ``output_mtime_ns`` and
 ``output_sha256`` (both hashes only with ``--checksums``, else null); ``status`` (``done``,
 ``failed`` or ``skipped``), ``error``, ``seconds``, and ``options`` (what else decides the
-output: ``--to``, ``--key``, the ``--rules`` file's hash).
+output: ``--to``, ``--key``, the ``--rules`` file's hash); and ``schema``, the version of
+this layout (:data:`transcoder.printing.SCHEMA`).
 
 Lines are appended and flushed to disk one by one, so a run killed at any moment leaves at
 worst a truncated last line, which is ignored; for a source, the last line wins. A run
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import UsageError
+from ..printing import with_schema
 from .task import DONE, Fingerprint, sha256_files, stat_files
 
 NAME = "transcode-manifest.jsonl"
@@ -67,7 +69,7 @@ class Manifest:
         """Record one attempt; on disk (flushed and fsynced) when this returns."""
         entry = {k: record.get(k) for k in FIELDS}
         self.entries[(entry["source"], entry["output"])] = entry
-        self._fh.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._fh.write(_line(entry))
         self._fh.flush()
         os.fsync(self._fh.fileno())
         return entry
@@ -80,7 +82,7 @@ class Manifest:
         try:
             with os.fdopen(fd, "w") as fh:
                 for key in sorted(self.entries):
-                    fh.write(json.dumps(self.entries[key], separators=(",", ":")) + "\n")
+                    fh.write(_line(self.entries[key]))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -102,6 +104,10 @@ class Manifest:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _line(entry: dict) -> str:
+    return json.dumps(with_schema(entry), separators=(",", ":")) + "\n"
 
 
 #: What each field of a line may hold (anything else makes the line unreadable, and ignored).

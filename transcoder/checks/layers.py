@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import progress
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint
 from ..errors import UsageError, one_line
 from ..frameworks import import_keras, import_torch, to_numpy, torch_from_numpy
@@ -158,7 +159,7 @@ def _computes_float64(keras) -> bool:
 def _check_all(run: LayerCheck, src: Checkpoint, plan: Plan, options: dict | None,
                report: CheckReport) -> None:
     kinds, known = src.meta.get("module_kinds", {}), _options(src, plan, options)
-    for name, layer in plan.layers.items():
+    for name, layer in progress.each(plan.layers.items(), "checking layers", unit="layers"):
         steps = [s for s in plan.steps if s.layer == name]
         module = _module_path(name, steps)
         labels = {"kind": "layer", "torch_kind": kinds.get(module, layer.rule),

@@ -20,7 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckFailed
+from ..errors import INTERNAL_ERROR_EXIT, CheckFailed, TranscoderError
+from ..printing import print_json, with_schema
 from .compare import (DEFAULT_TOLERANCES, NOT_CHECKED, SKIPPED, SUCCESS,
                       Comparison, json_float, overall_status)
 
@@ -141,15 +142,23 @@ class CheckReport:
                                                   (self.not_checked, "not checked")) if n]
         return ", ".join(counts) or f"no {what}"
 
-    def raise_for_status(self) -> None:
-        """Raise :class:`CheckFailed` (exit code 1) with :meth:`summary` unless the check passed."""
+    def raise_for_status(self, shown: bool = False) -> None:
+        """Raise :class:`CheckFailed` (exit code 1) with :meth:`summary` unless the check passed;
+        ``shown``: the summary is printed already (the command prints it once)."""
         if not self.passed:
-            raise CheckFailed(self.summary())
+            failed = CheckFailed(self.summary())
+            failed.shown = shown
+            raise failed
+
+    def gates(self, entry: Comparison) -> bool:
+        """Whether ``entry`` fails the check: it differs, or under ``strict`` it was not
+        verified (the exit code, the JSON and JUnit all say so)."""
+        return entry.diverged or (self.strict and not entry.compared)
 
     # ------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return with_schema({
             "report_version": REPORT_VERSION,
             "kind": self.kind,
             "status": self.status,
@@ -170,13 +179,14 @@ class CheckReport:
             "not_checked": self.not_checked,
             "strict": self.strict,
             "failed": len(self.failures),
+            "failing": sum(1 for e in self.entries if self.gates(e)),
             "first_divergence": _json_safe(self.first_divergence),
             "artifact": self.artifact,
             "versions": dict(self.versions),
             "notes": list(self.notes),
             "entries": [e.to_dict() for e in self.entries],
             "trace": [e.to_dict() for e in self.trace],
-        }
+        })
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -204,45 +214,132 @@ class CheckReport:
     # ------------------------------------------------------------ JUnit
 
     def to_junit(self) -> ET.Element:
-        """``<testsuites>`` with one ``<testsuite>``; a testcase per entry, then per trace entry."""
-        cases = [(self.what, e) for e in self.entries]
-        cases += [("trace", e) for e in self.trace]
-        suite = ET.Element("testsuite", {
-            "name": f"transcoder.check.{self.kind}", "tests": str(len(cases)),
-            "failures": str(sum(1 for _, e in cases if e.diverged)), "errors": "0",
-            "skipped": str(sum(1 for _, e in cases if not e.compared)), "time": "0"})
-        props = ET.SubElement(suite, "properties")
-        for name, value in [("status", self.status), ("seed", self.seed),
-                            ("input_shapes", json.dumps(self.input_shapes)),
-                            ("input_dtypes", json.dumps(self.input_dtypes)),
-                            ("reference", self.reference)] + \
-                [(f"artifact.{k}", v) for k, v in (self.artifact or {}).items()] + \
-                [(f"version.{k}", v) for k, v in self.versions.items()]:
-            ET.SubElement(props, "property", {"name": name, "value": str(value)})
-        for group, entry in cases:
-            case = ET.SubElement(suite, "testcase", {"classname": f"transcoder.check.{group}",
-                                                     "name": entry.label, "time": "0"})
-            if entry.diverged:
-                failure = ET.SubElement(case, "failure", {"message": f"{entry.status}: "
-                                                                     f"{entry.summary()}",
-                                                          "type": entry.status})
-                failure.text = json.dumps(entry.to_dict(), indent=1)
-            elif not entry.compared:
-                ET.SubElement(case, "skipped", {"message": f"{entry.status}: {entry.message}"})
-            else:
-                out = ET.SubElement(case, "system-out")
-                out.text = entry.summary()
-        root = ET.Element("testsuites", {"name": "transcoder", "tests": suite.get("tests"),
-                                         "failures": suite.get("failures"), "errors": "0",
-                                         "skipped": suite.get("skipped")})
-        root.append(suite)
-        return root
+        """``<testsuites>`` with one ``<testsuite>``; a testcase per entry, then per trace entry.
+        Its counts tell what the exit code tells: an entry that gates the verdict
+        (:meth:`gates`: under ``--strict`` a SKIPPED or NOT CHECKED one too) is a failure,
+        and a check that fails with no failing entry (nothing compared at all) gets a
+        ``verdict`` testcase that fails with the summary."""
+        cases = [(self.what, e, self.gates(e)) for e in self.entries]
+        cases += [("trace", e, e.diverged) for e in self.trace]
+        suite = _suite(f"transcoder.check.{self.kind}", self._properties())
+        for group, entry, fails in cases:
+            _entry_case(suite, group, entry, fails)
+        if not self.passed and not any(fails for *_, fails in cases):
+            case = _case(suite, "verdict", "check")
+            ET.SubElement(case, "failure", {"message": self.summary(), "type": self.status})
+        return _suites(suite)
+
+    def _properties(self) -> list[tuple[str, Any]]:
+        return [("status", self.status), ("passed", self.passed), ("exit_code", self.exit_code),
+                ("strict", self.strict), ("seed", self.seed),
+                ("input_shapes", json.dumps(self.input_shapes)),
+                ("input_dtypes", json.dumps(self.input_dtypes)),
+                ("reference", self.reference)] + \
+            [(f"artifact.{k}", v) for k, v in (self.artifact or {}).items()] + \
+            [(f"version.{k}", v) for k, v in self.versions.items()]
 
     def write_junit(self, path: str | os.PathLike) -> Path:
-        root = self.to_junit()
-        ET.indent(root)
-        text = ET.tostring(root, encoding="unicode", xml_declaration=False)
-        return _write_atomic(Path(path), '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n")
+        return _write_junit(self.to_junit(), Path(path))
+
+
+# ---------------------------------------------------------------- JUnit pieces
+
+def _suite(name: str, properties: list[tuple[str, Any]]) -> ET.Element:
+    suite = ET.Element("testsuite", {"name": name, "time": "0"})
+    props = ET.SubElement(suite, "properties")
+    for key, value in properties:
+        ET.SubElement(props, "property", {"name": key, "value": str(value)})
+    return suite
+
+
+def _case(suite: ET.Element, name: str, group: str) -> ET.Element:
+    return ET.SubElement(suite, "testcase", {"classname": f"transcoder.check.{group}",
+                                             "name": name, "time": "0"})
+
+
+def _entry_case(suite: ET.Element, group: str, entry: Comparison, fails: bool) -> None:
+    case = _case(suite, entry.label, group)
+    if fails:
+        failure = ET.SubElement(case, "failure", {"message": f"{entry.status}: {entry.summary()}",
+                                                  "type": entry.status})
+        failure.text = json.dumps(entry.to_dict(), indent=1)
+    elif not entry.compared:
+        ET.SubElement(case, "skipped", {"message": f"{entry.status}: {entry.message}"})
+    else:
+        ET.SubElement(case, "system-out").text = entry.summary()
+
+
+def _suites(suite: ET.Element) -> ET.Element:
+    """Count the suite's testcases into its attributes and wrap it in ``<testsuites>``."""
+    cases = suite.findall("testcase")
+    counts = {"tests": len(cases),
+              "failures": sum(1 for c in cases if c.find("failure") is not None),
+              "errors": sum(1 for c in cases if c.find("error") is not None),
+              "skipped": sum(1 for c in cases if c.find("skipped") is not None)}
+    suite.attrib.update({k: str(v) for k, v in counts.items()})
+    root = ET.Element("testsuites", {"name": "transcoder", **{k: str(v) for k, v in counts.items()}})
+    root.append(suite)
+    return root
+
+
+def _write_junit(root: ET.Element, path: Path) -> Path:
+    ET.indent(root)
+    text = ET.tostring(root, encoding="unicode", xml_declaration=False)
+    return _write_atomic(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n")
+
+
+# ---------------------------------------------------------------- when no check could run
+
+def error_document(exc: BaseException) -> dict[str, Any]:
+    """What ``--report`` and ``--json`` hold when the command stopped on an error (exit 2,
+    or 3 for a bug): ``status: "error"`` and the one-line message."""
+    code = exc.exit_code if isinstance(exc, TranscoderError) else INTERNAL_ERROR_EXIT
+    message = str(exc) if isinstance(exc, TranscoderError) else f"internal error: " \
+        f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return with_schema({"report_version": REPORT_VERSION, "status": "error", "passed": False,
+                        "exit_code": code, "summary": message, "message": message,
+                        "error_type": type(exc).__name__, "versions": library_versions(),
+                        "entries": [], "trace": []})
+
+
+def write_error_json(exc: BaseException, path: str | os.PathLike) -> Path:
+    text = json.dumps(error_document(exc), indent=2, allow_nan=False)
+    return _write_atomic(Path(path), text + "\n")
+
+
+def write_error_html(exc: BaseException, path: str | os.PathLike) -> Path:
+    """The ``--report-html`` page of a command stopped by ``exc``: ERROR and the message."""
+    from .html import render
+
+    return _write_atomic(Path(path), render(error_document(exc)))
+
+
+def write_error_outputs(exc: BaseException, report: str | os.PathLike | None,
+                        junit: str | os.PathLike | None, as_json: bool,
+                        html: str | os.PathLike | None = None) -> None:
+    """``--report``, ``--junit``, ``--report-html`` and ``--json`` of a command stopped by
+    ``exc``; a file that cannot be written is left out (the error itself is what the command
+    reports)."""
+    for path, write in ((report, write_error_json), (junit, write_error_junit),
+                        (html, write_error_html)):
+        if path is not None:
+            try:
+                write(exc, path)
+            except OSError:
+                pass
+    if as_json:
+        print_json(error_document(exc))
+
+
+def write_error_junit(exc: BaseException, path: str | os.PathLike) -> Path:
+    """One testcase with an ``<error>``: CI shows the run as broken, not as green."""
+    document = error_document(exc)
+    suite = _suite("transcoder.check", [("status", "error"),
+                                        ("exit_code", document["exit_code"])])
+    case = _case(suite, "check", "check")
+    ET.SubElement(case, "error", {"message": document["message"],
+                                  "type": document["error_type"]})
+    return _write_junit(_suites(suite), Path(path))
 
 
 def _json_safe(value: Any) -> Any:

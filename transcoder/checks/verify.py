@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import formats
+from .. import formats, progress
 from ..checkpoint import LAYOUT_KERAS, LAYOUT_TORCH
 from ..errors import (CheckFailed, MappingError, MissingDependencyError, TranscoderError,
                       UsageError)
@@ -139,7 +139,9 @@ def _artifact_unchecked(src_layout: str, src: Path, dst: Path, arch: Architectur
 def after_write(exc: TranscoderError, dst: Path) -> TranscoderError:
     """An error of the check after DST was written says so: DST stays (docs/check.md, "The forward
     check"). A failed check keeps its exit code 1, a check that could not run its own."""
-    if isinstance(exc, CheckFailed):
+    if isinstance(exc, CheckFailed) and exc.shown:   # its verdict line is printed already
+        exc.message, exc.shown = f"{dst} was written and is kept; its check failed (above)", False
+    elif isinstance(exc, CheckFailed):
         exc.message = f"{dst} was written, and its {exc.message}"
     else:
         exc.message = f"{dst} was written, but the check could not run: {exc.message}"
@@ -153,7 +155,8 @@ def _verify(done: Prepared, dst: formats.Identified, request: CheckRequest, *,
     check (which still takes layer kinds from the model)."""
     import_frameworks()
     if request.arch.model and full:
-        report = _check_model(done, dst, request)
+        with progress.status(f"checking {dst.path.name}: both models on the same inputs"):
+            report = _check_model(done, dst, request)
     else:
         report = _check_layers(done, dst, request)
     return hyper.judge(report, done.source.as_stated, request)

@@ -19,6 +19,7 @@ import typer
 # idle worker threads would spin on the cores a conversion needs.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from .. import progress  # noqa: E402
 from .._version import __version__  # noqa: E402
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError, one_line  # noqa: E402
 from .bulk import bulk_cmd  # noqa: E402
@@ -51,12 +52,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.insert(0, "convert")
     debug = os.environ.get("TRANSCODER_DEBUG") == "1"
     try:
-        result = app(args, prog_name="transcode", standalone_mode=False)
+        with progress.on_terminal():   # stages show progress on a terminal, never in a pipe
+            result = app(args, prog_name="transcode", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except TranscoderError as exc:
         if debug:
             raise
-        note(f"error: {exc}")
+        if not exc.shown:   # a failed check's verdict is printed under its table, once
+            note(f"error: {exc}")
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

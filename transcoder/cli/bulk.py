@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import progress
 from .options import ChecksumsOpt, Engine, KeyOpt, RulesOpt, Target
 from .output import light_check, note
 
@@ -54,6 +55,7 @@ def bulk_cmd(
     from ..checks.verify import decide
 
     decision = decide(check)
+    progress.mute()   # bulk.display draws its own bar (bytes within files included)
     light_check(False)   # each file's check is per layer
     options = BulkOptions(to=to.value, jobs=jobs, pattern=pattern, force=force, key=key,
                           rules=rules, fail_fast=fail_fast, engine=engine.value, address=address,

@@ -8,9 +8,9 @@ import typer
 
 from .. import api
 from .options import (AtolOpt, ChannelsLastOpt, FromOpt, InputDtypeOpt, InputShapeOpt, JsonOpt,
-                      JunitOpt, KerasModelOpt, KeyOpt, ModelOpt, ReportOpt, RtolOpt, RulesOpt,
-                      SeedOpt, StrictOpt)
-from .output import CheckOutputs, light_check, note, report as print_report
+                      JunitOpt, KerasModelOpt, KeyOpt, ModelOpt, ReportHtmlOpt, ReportOpt,
+                      RtolOpt, RulesOpt, SeedOpt, StrictOpt)
+from .output import CheckOutputs, light_check, note, outputs_of, report as print_report
 from ..printing import markdown_table
 from .tables import PLAN_COLUMNS, RULE_COLUMNS, print_rows, rule_rows
 
@@ -26,7 +26,8 @@ def check_cmd(
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")
                      ] = False,
-    strict: StrictOpt = False, source_format: FromOpt = None,
+    strict: StrictOpt = False, source_format: FromOpt = None, as_json: JsonOpt = False,
+    report_html: ReportHtmlOpt = None,
 ) -> None:
     """Validate DST against SRC without writing anything: exit 0 same, 1 differ, 2 bad input.
 
@@ -35,12 +36,14 @@ def check_cmd(
     in both frameworks from the two files' tensors and compared. Two files of one layout
     (a.pt and a.safetensors): every tensor is compared bit for bit.
     """
-    light_check(bool(model or keras_model))
-    result = api.check(src, dst, key=key, rules=rules, model=model, keras_model=keras_model,
-                       input_shape=input_shape or (), input_dtype=input_dtype or (), seed=seed,
-                       channels_last=channels_last, atol=atol, rtol=rtol, strict=strict,
-                       source_format=source_format)
-    print_report(result, CheckOutputs(report, junit, quiet))
+    outputs = CheckOutputs(report, junit, quiet, as_json, report_html)
+    with outputs_of(outputs):
+        light_check(bool(model or keras_model))
+        result = api.check(src, dst, key=key, rules=rules, model=model, keras_model=keras_model,
+                           input_shape=input_shape or (), input_dtype=input_dtype or (),
+                           seed=seed, channels_last=channels_last, atol=atol, rtol=rtol,
+                           strict=strict, source_format=source_format)
+        print_report(result, outputs)
 
 
 def inspect_cmd(

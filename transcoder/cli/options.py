@@ -35,6 +35,9 @@ ReportOpt = Annotated[Optional[Path], typer.Option(
     "--report", help="Write the check report as JSON here.")]
 JunitOpt = Annotated[Optional[Path], typer.Option(
     "--junit", help="Write the check result as JUnit XML here.")]
+ReportHtmlOpt = Annotated[Optional[Path], typer.Option(
+    "--report-html", help="Write the check report as one self-contained HTML page here (a bar "
+                          "per layer or output: its error against the tolerance).")]
 ChannelsLastOpt = Annotated[bool, typer.Option(
     "--channels-last", help="The Keras model takes and returns channels-last tensors (rebuilt "
                             "models too).")]
@@ -44,7 +47,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Fail the check (exit 1) unless every layer was verified: none SKIPPED or "
                      "NOT CHECKED.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Machine-readable output: one JSON document on stdout (with its schema).")]
 QuantizeOpt = Annotated[Optional[str], typer.Option(
     "--quantize", help="A .tflite export's weights: float16, or dynamic (int8 weights of 1024 "
                        "elements or more); the check's default tolerance follows it.")]

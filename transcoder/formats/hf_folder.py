@@ -176,8 +176,9 @@ def sniff(head: Head, path: Path) -> bool:
     if head.folder:
         return is_model_folder(path)
     text = str(path)
-    return isinstance(head.problem, FormatError) and not Path(path).exists() \
-        and bool(REPO_ID.match(text)) and not text.endswith(_SUFFIXES)
+    # the name first: os.path.exists is False (not an OSError) for a name too long to stat
+    return isinstance(head.problem, FormatError) and bool(REPO_ID.match(text)) \
+        and not text.endswith(_SUFFIXES) and not os.path.exists(path)
 
 
 def attach(ckpt, folder: ModelFolder, given: object):

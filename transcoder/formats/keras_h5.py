@@ -31,7 +31,7 @@ import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import FormatError, MappingError, UnsafeFileError, UnsupportedError, UsageError
-from . import jsonsafe, limits, rawfill, sigbus
+from . import filemeta, jsonsafe, limits, rawfill, sigbus
 from . import keras_config
 from .base import HDF5, Format, Head, LazyModule, ReadOptions
 
@@ -319,6 +319,9 @@ def _read_ours(f: h5py.File, tensors: dict[str, TensorRef], meta: dict, path: Pa
     ours = h5s.attr_json(f, "transcoder", path)
     if ours is not None:
         meta["transcoder"] = jsonsafe.check_stored_meta(ours, path)
+    theirs = h5s.attr_json(f, filemeta.KEY, path)
+    if theirs is not None:
+        meta[filemeta.KEY] = filemeta.checked(theirs, path)
     if not h5s.has(f, CARRIED_GROUP):
         return
     carried = []
@@ -422,6 +425,8 @@ def _write_root(f: h5py.File, names: list[str], meta: dict) -> None:
     f.attrs["keras_version"] = KERAS_VERSION.encode("utf8")
     if meta.get("transcoder") is not None:
         f.attrs["transcoder"] = json.dumps(meta["transcoder"])
+    if filemeta.of(meta):   # the source's own metadata (a safetensors __metadata__)
+        f.attrs[filemeta.KEY] = json.dumps(filemeta.of(meta))
 
 
 def _create_layer(f: h5py.File, entry: dict) -> list[tuple[h5py.Group, str, str]]:

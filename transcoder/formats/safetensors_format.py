@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, UnsupportedError, one_line
-from . import jsonsafe, rawfill, sigbus
+from . import filemeta, jsonsafe, rawfill, sigbus
 from .base import Format, Head, ReadOptions
 from .shards import INDEX
 from .shards import existing_shard, weight_map
@@ -102,6 +102,9 @@ def _add_file(ckpt: Checkpoint, path: Path) -> None:
     if "transcoder" in meta:
         stored = jsonsafe.loads(meta["transcoder"], "the transcoder metadata", path)
         ckpt.meta.setdefault("transcoder", jsonsafe.check_stored_meta(stored, path))
+    own = filemeta.checked({k: v for k, v in meta.items() if k != "transcoder"}, path)
+    if own:   # shards: the first shard's value of a key wins
+        ckpt.meta[filemeta.KEY] = {**own, **filemeta.of(ckpt.meta)}
     ordered = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
     for name, info in ordered:
         if info["dtype"] not in CODES:
@@ -181,7 +184,9 @@ def write(ckpt: Checkpoint, path: Path) -> None:
 
 
 def _metadata(ckpt: Checkpoint) -> dict[str, str]:
-    meta = {"format": "pt"}
+    """The source's own metadata (:mod:`.filemeta`; ``"format": "pt"`` unless it says
+    otherwise), and ours."""
+    meta = {"format": "pt", **filemeta.of(ckpt.meta)}
     if ckpt.meta.get("transcoder"):
         meta["transcoder"] = json.dumps(ckpt.meta["transcoder"], separators=(",", ":"))
     return meta

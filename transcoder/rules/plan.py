@@ -223,7 +223,14 @@ def _apply_to_keras(plan: Plan, src: Checkpoint) -> Checkpoint:
         out.tensors[name] = src[name]
     out.meta.update(keras_layers=[layer.as_meta() for layer in plan.layers.values()],
                     carried=list(plan.carried), transcoder=stored_meta(plan, src))
+    _keep_file_metadata(src, out)
     return out
+
+
+def _keep_file_metadata(src: Checkpoint, out: Checkpoint) -> None:
+    """The source file's own metadata (``formats.filemeta``) goes to the target."""
+    if src.meta.get("file_metadata"):
+        out.meta["file_metadata"] = dict(src.meta["file_metadata"])
 
 
 def stored_meta(plan: Plan, src: Checkpoint) -> dict:
@@ -447,6 +454,7 @@ def _apply_to_torch(plan: Plan, src: Checkpoint) -> Checkpoint:
         made.setdefault(name, src[name])
     order = [n for n in plan.torch_order if n in made] + [n for n in made if n not in plan.torch_order]
     out.tensors.update((n, made[n]) for n in order)
+    _keep_file_metadata(src, out)
     return out
 
 
