@@ -29,11 +29,24 @@ from .models.registration import register_keras_layers_when_loaded
 
 register_keras_layers_when_loaded()
 
-_API = ("convert", "inspect", "check", "Conversion", "Inspection")
+_API = ("convert", "inspect", "check", "Conversion", "Inspection", "CheckReport", "CheckFailed")
 __all__ = ["__version__", "TranscoderError", *_API]
 
 
+def __dir__() -> list[str]:
+    """The API too (loaded on first use), so that ``dir()`` and tab completion show it."""
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str):
+    if name == "CheckFailed":
+        from .errors import CheckFailed
+
+        return CheckFailed
+    if name == "CheckReport":
+        from .checks.report import CheckReport
+
+        return CheckReport
     if name in _API:
         from . import api
 

@@ -16,8 +16,9 @@ neither torch nor TensorFlow; they load when a live model is needed.
 """
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -25,10 +26,16 @@ from . import formats
 from .checkpoint import Checkpoint
 from .formats.shards import parse_size
 from .errors import TranscoderError, UsageError
+from .formats import hf_folder
+from .models import hf
+from .models.spec import precheck
 from .options import Architecture, CheckRequest, InputOptions, Tolerance
 from .pipeline import Prepared, conversion, prepare
 from .printing import with_schema
 from .rules import COPY, TO_KERAS, Plan
+
+#: ``transcode --verbose`` shows this logger's records on stderr: what is loaded and decided
+log = logging.getLogger("transcoder")
 
 if TYPE_CHECKING:   # the check's modules load only when a check runs
     from .checks.report import CheckReport
@@ -54,6 +61,18 @@ class Conversion:
     tensors: dict[str, int] = field(default_factory=dict)   # copied, mapped, carried
     seconds: float | None = None   # reading, planning and writing (the check not included)
 
+    def __repr__(self) -> str:
+        check = self.report.summary() if self.report is not None else "no check ran"
+        what = self.wrote or ("planned, not written" if not self.written else "written")
+        return f"<Conversion {self.src} -> {self.dst}: {what}; {check}>"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the check's picture (:mod:`.checks.html`), else the one line."""
+        if self.report is not None:
+            return self.report._repr_html_()
+        from html import escape
+        return f"<code>{escape(repr(self))}</code>"
+
     def to_dict(self) -> dict:
         """What ``transcode SRC DST --json`` prints (``--dry-run`` too: ``dry_run`` true,
         nothing written), with its ``schema``."""
@@ -75,6 +94,10 @@ class Inspection:
     rows: list[dict]
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        return (f"<Inspection {self.path}: {self.format}, {self.layout} layout, "
+                f"{len(self.rows)} tensors>")
+
 
 def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool = False,
             key: str | None = None, rules: PathLike | None = None, model: str | None = None,
@@ -92,13 +115,15 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
     ``on_written`` is called with the result once DST is written, before the check runs."""
     src, dst = Path(src), Path(dst)
     rules = Path(rules) if rules is not None else None
-    arch = Architecture(model, keras_model, InputOptions(list(input_shape or ()),
-                                                         list(input_dtype or ()), seed,
-                                                         channels_last), quantize)
+    target = formats.for_path(dst)
+    arch = _architecture(src, model, keras_model, InputOptions(
+        list(input_shape or ()), list(input_dtype or ()), seed, channels_last), quantize,
+        needs_model=target.needs_model, checking=check is not False)
     request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
     started = time.perf_counter()
+    log.info("converting %s to %s (%s)", src, dst, target.description or target.name)
     if dry_run:
-        with prepare(src, formats.for_path(dst), key=key, rules=rules, arch=arch,
+        with prepare(src, target, key=key, rules=rules, arch=arch,
                      source_format=source_format) as prepared:
             return _result(src, dst, prepared, written=False)
     with conversion(src, dst, force=force, key=key, rules=rules, arch=arch,
@@ -106,11 +131,37 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
                     shard_size=None if shard_size is None else parse_size(shard_size)) as done:
         result = _result(src, done.dst, done)
         result.seconds = round(time.perf_counter() - started, 3)
+        log.info("read %s as %s (%s layout); %d tensors planned %s", src, done.source.format,
+                 done.source.layout, len(done.plan.steps), done.plan.direction)
         if on_written is not None:
             on_written(result)
         if check is not False:   # --no-check: not even the check's modules are imported
             _check_written(result, done, request, check)
     return result
+
+
+def _architecture(src: Path, model: str | None, keras_model: str | None, inputs: InputOptions,
+                  quantize: str | None = None, *, needs_model: bool = False,
+                  checking: bool = False) -> Architecture:
+    """What the user said about the model, each spec checked before anything loads (a typo is
+    one line with the closest names, not a framework start-up later); for a Hugging Face
+    folder without ``--model``, its own architecture (``hf:DIR``, built by transformers) when
+    a check or a Keras model will use it, with its main input where a model is rebuilt."""
+    for option, spec in (("--model", model), ("--keras-model", keras_model)):
+        if spec:
+            precheck(spec, option)
+    arch = Architecture(model, keras_model, inputs, quantize)
+    if model or keras_model or not (needs_model or checking) or not hf.available():
+        return arch
+    folder = hf_folder.resolve(src)
+    if folder is None or not hf.knows(folder.config):
+        return arch
+    if needs_model and not inputs.input_shapes:
+        given = hf.default_inputs(folder.config)
+        inputs = replace(inputs, input_shapes=given.input_shapes, input_dtypes=given.input_dtypes)
+    log.info("architecture: %s, built by transformers from its config.json; inputs %s",
+             folder.model_type, ", ".join(inputs.input_shapes) or "(per-layer check)")
+    return replace(arch, model=hf.spec_for(folder.folder), inputs=inputs)
 
 
 def _check_written(result: Conversion, done: Prepared, request: CheckRequest,
@@ -157,9 +208,8 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
             raise UsageError("no such file", path=path)
     from .checks.verify import check_files
 
-    arch = Architecture(model, keras_model, InputOptions(list(input_shape or ()),
-                                                         list(input_dtype or ()), seed,
-                                                         channels_last))
+    arch = _architecture(Path(src), model, keras_model, InputOptions(
+        list(input_shape or ()), list(input_dtype or ()), seed, channels_last), checking=True)
     request = CheckRequest(arch, key, Path(rules) if rules else None, Tolerance(atol, rtol),
                            strict, source_format)
     return check_files(Path(src), Path(dst), request)

@@ -9,9 +9,10 @@ commands take are declared once, in :mod:`.options`.
 from __future__ import annotations
 
 import gc
+from contextlib import contextmanager
 import os
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -27,8 +28,20 @@ from .check import check_cmd, inspect_cmd, rules_cmd  # noqa: E402
 from .convert import convert_cmd  # noqa: E402
 from .output import note  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Move weights between PyTorch and Keras; `transcode SRC DST` converts.")
+
+#: Options of the whole command, taken wherever they stand before ``--`` (``main`` reads them)
+VERSION, VERBOSE = ("--version", "-V"), ("--verbose", "-v")
+
+
+@app.callback()
+def _options(
+        version: bool = typer.Option(False, *VERSION, help="Print the version and exit."),
+        verbose: bool = typer.Option(False, *VERBOSE, help="Say on stderr what is loaded and "
+                                     "decided (formats, architecture, check).")) -> None:
+    """Move weights between PyTorch and Keras; `transcode SRC DST` converts."""
 
 
 def version_cmd() -> None:
@@ -47,12 +60,22 @@ PASSTHROUGH = {"--help", "-h"}
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: maps every error to its exit code and a one-line message."""
-    args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
-    if args and args[0] not in COMMANDS | PASSTHROUGH:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:   # nothing asked: the help, and the exit code of a usage error
+        app(["--help"], prog_name="transcode", standalone_mode=False)
+        return 2
+    if args[0] in VERSION:
+        typer.echo(__version__)
+        return 0
+    args, verbose = _take_verbose(args)
+    if args and args[0] not in COMMANDS | PASSTHROUGH and not args[0].startswith("--"):
+        args.insert(0, "convert")
+    elif args and args[0] not in COMMANDS | PASSTHROUGH | {"--install-completion",
+                                                          "--show-completion"}:
         args.insert(0, "convert")
     debug = os.environ.get("TRANSCODER_DEBUG") == "1"
     try:
-        with progress.on_terminal():   # stages show progress on a terminal, never in a pipe
+        with _verbose(verbose), progress.on_terminal():   # progress on a terminal, never piped
             result = app(args, prog_name="transcode", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except TranscoderError as exc:
@@ -75,6 +98,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         note(f"internal error: {type(exc).__name__}: {one_line(exc)} (set TRANSCODER_DEBUG=1 "
               "for the traceback, and please report it)")
         return INTERNAL_ERROR_EXIT
+
+
+def _take_verbose(args: list[str]) -> tuple[list[str], bool]:
+    """``args`` without ``--verbose``/``-v`` (before ``--``), and whether it was there."""
+    end = args.index("--") if "--" in args else len(args)
+    kept = [a for a in args[:end] if a not in VERBOSE] + args[end:]
+    return kept, len(kept) != len(args)
+
+
+@contextmanager
+def _verbose(enabled: bool) -> Iterator[None]:
+    """With ``--verbose``: the ``transcoder`` logger's records on stderr, one line each, for
+    this command only."""
+    if not enabled:
+        yield
+        return
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("transcode: %(message)s"))
+    logger = logging.getLogger("transcoder")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def run() -> None:

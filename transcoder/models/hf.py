@@ -27,8 +27,17 @@ DECODER_IDS = 4
 
 
 def available() -> bool:
-    """Is transformers installed (without importing it)?"""
-    return importlib.util.find_spec("transformers") is not None
+    """Are transformers, torch and Keras installed (without importing them)?"""
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("transformers", "torch", "keras"))
+
+
+def knows(config: dict[str, Any]) -> bool:
+    """Does transformers have a built-in architecture for this config's ``model_type``?"""
+    _transformers()
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return config.get("model_type") in CONFIG_MAPPING_NAMES
 
 
 def spec_for(folder: Path | str) -> str:

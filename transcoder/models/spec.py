@@ -62,13 +62,21 @@ def precheck(spec: str, option: str) -> None:
         close = _closest(path.name, [p.name for p in path.parent.glob("*.py")]
                          if path.parent.is_dir() else [])
         raise UsageError(f"{option}: file not found{close}", path=path)
+    source = path.read_text(encoding="utf-8", errors="replace")
+    if any(word in source for word in DYNAMIC):
+        return   # names made as the module runs: only the import can tell
     try:
-        names = top_level_names(path.read_text(encoding="utf-8", errors="replace"))
+        names = top_level_names(source)
     except SyntaxError:
         return   # the import reports it, with its line
     if name not in names:
         raise UsageError(f"{option}: {where} defines no {name!r} at its top level"
                          f"{_closest(name, sorted(names))}")
+
+
+#: a module that defines names as it runs (``globals()[name] = ...``, a module ``__getattr__``,
+#: ``import *``, ``exec``, ``setattr``): no reading of its text says what it defines
+DYNAMIC = ("globals()", "__getattr__", "import *", "exec(", "setattr(", "vars()")
 
 
 def top_level_names(source: str) -> set[str]:
