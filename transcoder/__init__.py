@@ -7,7 +7,8 @@ imports only modules of its own layer or of lower ones (imports inside functions
   1. errors, _version, printing      the exception family; the version; printing rows
   2. checkpoint, progress            Checkpoint and lazy TensorRef: what every stage speaks;
                                      what the command shows while a stage works
-  3. frameworks, options             importing torch/keras quietly; the options users give
+  3. frameworks, options, remote     importing torch/keras quietly; the options users give;
+                                     fsspec URLs staged to local paths
   4. formats, rules                  readers and writers; the rule table, ops and plans (numpy)
   5. models                          live PyTorch and Keras models, inputs, the Keras rebuild
   6. pipeline, live, export          read -> plan -> write; live models in the pipeline;

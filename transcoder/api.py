@@ -26,6 +26,7 @@ from . import formats
 from .checkpoint import Checkpoint
 from .formats.shards import parse_size
 from .errors import TranscoderError, UsageError
+from . import remote
 from .formats import hf_folder
 from .models import hf
 from .models.spec import precheck
@@ -112,8 +113,16 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
     ``dst`` ending in ``.savedmodel`` or ``.tflite`` is exported, and the check runs it;
     ``quantize`` ("float16" or "dynamic") for a ``.tflite``; ``shard_size`` (bytes or
     ``"5GB"``) writes shards and their index (the result's ``dst`` is then the index).
-    ``on_written`` is called with the result once DST is written, before the check runs."""
-    src, dst = Path(src), Path(dst)
+    ``on_written`` is called with the result once DST is written, before the check runs.
+    SRC and DST may be fsspec URLs (``s3://bucket/m.pt``; :mod:`.remote`)."""
+    if remote.is_url(src) or remote.is_url(dst):
+        return _convert_remote(src, dst, force=force, dry_run=dry_run, key=key, rules=rules,
+                               model=model, keras_model=keras_model, input_shape=input_shape,
+                               input_dtype=input_dtype, seed=seed, channels_last=channels_last,
+                               check=check, atol=atol, rtol=rtol, strict=strict,
+                               source_format=source_format, quantize=quantize,
+                               shard_size=shard_size, on_written=on_written)
+    src, dst = Path(remote.local(src)), Path(remote.local(dst))
     rules = Path(rules) if rules is not None else None
     target = formats.for_path(dst)
     arch = _architecture(src, model, keras_model, InputOptions(
@@ -138,6 +147,35 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
         if check is not False:   # --no-check: not even the check's modules are imported
             _check_written(result, done, request, check)
     return result
+
+
+def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
+                    on_written: Callable[[Conversion], None] | None, **options) -> Conversion:
+    """:func:`convert` through local stand-ins for URLs: SRC copied down, DST written locally
+    and published under its URL when done (nothing partial is ever under DST's name); results
+    and errors name the URLs."""
+    def named(result: Conversion) -> Conversion:
+        result.src, result.dst = src, dst
+        return result
+
+    try:
+        with remote.local_paths(src, dst, force=force) as (local_src, local_dst):
+            # a URL DST was refused above unless --force, and its stand-in is new
+            result = convert(local_src, local_dst, force=force or remote.is_url(dst), **options,
+                             on_written=(lambda r: on_written(named(r))) if on_written else None)
+    except TranscoderError as exc:
+        raise _named_error(exc, src, dst) from None
+    return named(result)
+
+
+def _named_error(exc: TranscoderError, src: PathLike, dst: PathLike) -> TranscoderError:
+    """The error with the URLs where it names the local stand-ins."""
+    text = str(exc.path) if getattr(exc, "path", None) is not None else ""
+    if text and "transcoder-src-" in text:
+        exc.path = src
+    elif text and "transcoder-dst-" in text:
+        exc.path = dst
+    return exc
 
 
 def _architecture(src: Path, model: str | None, keras_model: str | None, inputs: InputOptions,

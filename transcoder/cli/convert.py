@@ -20,11 +20,14 @@ from .tables import PAIR_COLUMNS, PLAN_COLUMNS, print_rows
 
 
 def convert_cmd(
-    src: Annotated[Path, typer.Argument(help="Checkpoint to read (.pt .pth .bin .ckpt "
-                                             ".safetensors .h5 .keras).")],
-    dst: Annotated[Path, typer.Argument(help="File to write (.h5 .weights.h5 .keras .pt "
-                                             ".safetensors .savedmodel .tflite); its extension "
-                                             "picks the format and layout.")],
+    src: Annotated[str, typer.Argument(help="Checkpoint to read (.pt .pth .bin .ckpt "
+                                            ".safetensors .h5 .keras, a Hugging Face folder or "
+                                            "cached repo id, or an fsspec URL such as "
+                                            "s3://bucket/m.pt).")],
+    dst: Annotated[str, typer.Argument(help="File to write (.h5 .weights.h5 .keras .pt "
+                                            ".safetensors .savedmodel .tflite; a path or an "
+                                            "fsspec URL); its extension picks the format and "
+                                            "layout.")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite DST if it exists.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")
                        ] = False,
@@ -54,7 +57,7 @@ def convert_cmd(
             shard_size=shard_size))
 
 
-def _convert(src: Path, dst: Path, outputs: CheckOutputs, options: dict) -> None:
+def _convert(src: str, dst: str, outputs: CheckOutputs, options: dict) -> None:
     """Call :func:`api.convert` with the command's ``options``; print and write its results."""
     started = time.perf_counter()
     if options["check"] is not False:
