@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import formats
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
+from ..formats.regular import NotRegularError, open_regular
 from ..options import CheckRequest
 from ..pipeline import transcode
 from .tree import output_folder, unreadable
@@ -52,8 +54,12 @@ class Fingerprint:
 
 
 def stat_files(paths: list[Path]) -> Fingerprint:
-    """Total size and newest mtime of a source's files (no hashing)."""
+    """Total size and newest mtime of a source's files (no hashing); NotRegularError if one
+    is not a regular file."""
     stats = [p.stat() for p in paths]
+    for path, found in zip(paths, stats):
+        if not stat.S_ISREG(found.st_mode):
+            raise NotRegularError(path)
     return Fingerprint(sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
 
 
@@ -66,7 +72,7 @@ def sha256_files(paths: list[Path]) -> str:
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:   # a FIFO or /dev/zero is refused, never read
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
@@ -146,10 +152,10 @@ def _output_fingerprint(path: Path, task: Task) -> Fingerprint:
     here with ``sync_file_range`` blocked the worker for about as long, 23 ms per 128 MiB)."""
     if task.sync:
         make_durable(path)
-    with open(path, "rb") as fh:
-        stat = os.fstat(fh.fileno())
+    with open_regular(path, follow=False) as fh:
+        found = os.fstat(fh.fileno())
         digest = hashlib.file_digest(fh, "sha256").hexdigest() if task.checksums else None
-    return Fingerprint(stat.st_size, stat.st_mtime_ns, digest)
+    return Fingerprint(found.st_size, found.st_mtime_ns, digest)
 
 
 def make_durable(path: Path) -> None:

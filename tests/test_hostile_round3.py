@@ -1,0 +1,74 @@
+"""Hostile input and faults, round 3 (issue 22): hangs on FIFOs named by files, exit-3 paths,
+debris after signals, same input same bytes, and the Python API's errors."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from hostile import one_error_line, run_bounded
+from transcoder.bulk import BulkOptions, run_bulk
+from transcoder.bulk.manifest import NAME as MANIFEST
+
+posix = pytest.mark.skipif(os.name != "posix", reason="FIFOs, signals, permissions")
+
+
+def small(path: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"fc.weight": rng.standard_normal((4, 3), dtype=np.float32),
+               "fc.bias": rng.standard_normal(4, dtype=np.float32)}, str(path))
+    return path
+
+
+# ------------------------------------------------------------------ FIFOs named by files
+
+@posix
+@pytest.mark.parametrize("index, shard", [("model.safetensors.index.json", "shard.safetensors"),
+                                          ("pytorch_model.bin.index.json", "shard.bin")])
+def test_an_index_naming_a_fifo_as_a_shard_is_refused_without_blocking(tmp_path, index, shard):
+    os.mkfifo(tmp_path / shard)
+    (tmp_path / index).write_text(json.dumps({"weight_map": {"w": shard}}))
+    run = run_bounded([tmp_path / index, tmp_path / "out.h5", "--no-check"], tmp_path, timeout=60)
+    assert run.code == 2, run
+    line = one_error_line(run.stderr)
+    assert index in line and shard in line and "not a regular file" in line
+    assert not (tmp_path / "out.h5").exists()
+
+
+_RESUME = """
+import sys
+from transcoder.bulk import BulkOptions, run_bulk
+report = run_bulk(sys.argv[1], sys.argv[2], BulkOptions(to="h5", jobs=1))
+print(report.exit_code, sorted(r["source"] for r in report.results))
+"""
+
+
+@posix
+@pytest.mark.parametrize("planted", ["fifo", "/dev/zero"])
+def test_bulk_resume_never_reads_a_planted_output_whose_line_holds_a_hash(tmp_path, planted):
+    import subprocess
+    import sys
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    small(src / "a.safetensors")
+    assert run_bulk(src, dst, BulkOptions(to="h5", jobs=1, checksums=True)).exit_code == 0
+    line = json.loads((dst / MANIFEST).read_text().splitlines()[0])
+    assert line["output_sha256"]
+    out = dst / "a.h5"
+    out.unlink()
+    if planted == "fifo":
+        os.mkfifo(out)
+    else:
+        out.symlink_to(planted)
+    stat = os.stat(out)
+    line.update(output_size=stat.st_size, output_mtime_ns=stat.st_mtime_ns + 1)   # only the date differs
+    (dst / MANIFEST).write_text(json.dumps(line) + "\n")
+    done = subprocess.run([sys.executable, "-c", _RESUME, src, dst], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split(None, 1) == ["0", "['a.safetensors']\n"], done
+    assert out.is_file() and not out.is_symlink()   # redone: the output replaced the plant
