@@ -72,3 +72,42 @@ def test_bulk_resume_never_reads_a_planted_output_whose_line_holds_a_hash(tmp_pa
                           text=True, timeout=60)
     assert done.stdout.split(None, 1) == ["0", "['a.safetensors']\n"], done
     assert out.is_file() and not out.is_symlink()   # redone: the output replaced the plant
+
+
+# ------------------------------------------------------------------ the Python API
+
+@pytest.mark.parametrize("src, dst", [("a\0b.safetensors", "out.h5"), ("a\ud800.safetensors", "out.h5"),
+                                      ("{ok}", "o\0.h5"), ("{ok}", "o\ud800.h5")])
+def test_the_api_raises_only_transcoder_errors_for_bad_names(tmp_path, src, dst):
+    import transcoder
+
+    ok = str(small(tmp_path / "ok.safetensors"))
+    src, dst = src.format(ok=ok), str(tmp_path / dst)
+    for call in (lambda: transcoder.convert(src, dst, check=False),
+                 lambda: transcoder.check(src, dst), lambda: transcoder.inspect(src + dst)):
+        with pytest.raises(transcoder.TranscoderError) as caught:
+            call()
+        assert caught.value.exit_code == 2
+        assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.safetensors"]
+
+
+@pytest.mark.parametrize("given, shapes", [((2, 8, 20), ["2,8,20"]), ("2,8,20", ["2,8,20"]),
+                                           ([(2, 8), (3, 4)], ["2,8", "3,4"]),
+                                           (["2,8", (3, 4)], ["2,8", "3,4"]), ((), [])])
+def test_the_api_takes_input_shape_as_a_tuple_a_list_of_tuples_or_strings(given, shapes):
+    from transcoder import api
+    from transcoder.models.inputs import parse_input_specs
+
+    arch = api._architecture("net.py:Net", None, given, (), 0, False)
+    assert arch.inputs.input_shapes == shapes
+    assert not shapes or [s.shape for s in parse_input_specs(arch.inputs.input_shapes, [])] == \
+        [tuple(map(int, s.split(","))) for s in shapes]
+
+
+@pytest.mark.parametrize("given", [1.5, [1.5], [(2, "x")], {"a": 1}])
+def test_a_shape_the_api_cannot_read_is_a_transcoder_error(given):
+    import transcoder
+
+    with pytest.raises(transcoder.TranscoderError):
+        transcoder.check("a.pt", "b.h5", model="net.py:Net", input_shape=given)

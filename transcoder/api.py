@@ -25,7 +25,7 @@ from .formats.shards import parse_size
 from .checks.report import CheckReport
 from .checks.verify import after_write, check_conversion, check_files
 from .errors import TranscoderError
-from .options import Architecture, CheckRequest, InputOptions, Tolerance
+from .options import Architecture, CheckRequest, InputOptions, Tolerance, user_path
 from .pipeline import prepare, transcode
 from .rules import COPY, Plan
 from .tables import pairing_rows, plan_rows
@@ -66,7 +66,7 @@ class Inspection:
 
 def _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
                   quantize=None) -> Architecture:
-    return Architecture(model, keras_model, InputOptions(list(input_shape), list(input_dtype),
+    return Architecture(model, keras_model, InputOptions(input_shape, input_dtype,
                                                          seed, channels_last), quantize)
 
 
@@ -82,8 +82,8 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
     ``dst`` ending in ``.savedmodel`` or ``.tflite`` is exported, and the check runs it;
     ``quantize`` ("float16" or "dynamic") for a ``.tflite``; ``shard_size`` (bytes or
     ``"5GB"``) writes shards and their index (the result's ``dst`` is then the index)."""
-    src, dst = Path(src), Path(dst)
-    rules = Path(rules) if rules is not None else None
+    src, dst = user_path(src, "SRC"), user_path(dst, "DST")
+    rules = user_path(rules, "rules") if rules is not None else None
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last,
                          quantize)
     request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
@@ -121,9 +121,9 @@ def _dry_run(src: Path, dst: Path, request: CheckRequest) -> Conversion:
 def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None,
             source_format: str | None = None) -> Inspection:
     """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping."""
-    path = Path(path)
+    path = user_path(path)
     layout = formats.other_layout(formats.for_source(path, source_format)[0].layout)
-    prepared = prepare(path, layout, key=key, rules=Path(rules) if rules else None,
+    prepared = prepare(path, layout, key=key, rules=user_path(rules, "rules") if rules else None,
                        source_format=source_format)
     try:
         target = prepared.plan.apply(prepared.source)
@@ -143,6 +143,6 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
     """``transcode check SRC DST``: the report (``report.passed``, ``report.to_dict()`` as
     ``--report`` writes it); raises only for bad input."""
     arch = _architecture(model, keras_model, input_shape, input_dtype, seed, channels_last)
-    request = CheckRequest(arch, key, Path(rules) if rules else None, Tolerance(atol, rtol),
-                           strict, source_format)
-    return check_files(Path(src), Path(dst), request)[0]
+    request = CheckRequest(arch, key, user_path(rules, "rules") if rules else None,
+                           Tolerance(atol, rtol), strict, source_format)
+    return check_files(user_path(src, "SRC"), user_path(dst, "DST"), request)[0]
