@@ -111,3 +111,55 @@ def test_a_shape_the_api_cannot_read_is_a_transcoder_error(given):
 
     with pytest.raises(transcoder.TranscoderError):
         transcoder.check("a.pt", "b.h5", model="net.py:Net", input_shape=given)
+
+
+# ------------------------------------------------------------------ exit 3 that were bad input
+
+def _refuse_temporaries(monkeypatch):
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")   # a read-only folder (root ignores modes)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+
+
+def test_a_read_only_dst_folder_is_exit_2_in_one_line(cli, tmp_path, monkeypatch):
+    src = small(tmp_path / "ok.safetensors")
+    _refuse_temporaries(monkeypatch)
+    code, _, err = cli(src, tmp_path / "out.h5", "--no-check")
+    assert code == 2 and "Permission denied" in one_error_line(err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.safetensors"]
+
+
+def test_bulk_into_a_read_only_dst_folder_is_exit_2_in_one_line(cli, tmp_path, monkeypatch):
+    small(tmp_path / "src" / "a.safetensors")
+    (tmp_path / "dst").mkdir()
+    _refuse_temporaries(monkeypatch)
+    code, _, err = cli("bulk", tmp_path / "src", tmp_path / "dst", "--to", "h5", "--jobs", "1")
+    assert code == 2 and "manifest" in one_error_line(err), err
+
+
+def test_a_stale_temporary_that_is_a_folder_does_not_stop_bulk(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    small(src / "a.safetensors")
+    stale = dst / ".a.h5.k3j2.tmp"
+    (stale / "inside").mkdir(parents=True)
+    report = run_bulk(src, dst, BulkOptions(to="h5", jobs=1))
+    assert report.exit_code == 0 and [r["status"] for r in report.results] == ["done"]
+    assert (stale / "inside").is_dir()   # not ours to delete: left as it was
+
+
+@pytest.mark.parametrize("shape", [(2**64, 0), (0, 2**64), (2**62, 0), (2**40, 2**40, 0)])
+@pytest.mark.parametrize("target", ["out.h5", "out.safetensors", "out.pt"])
+def test_absurd_dimensions_are_refused_for_every_target_even_in_an_empty_tensor(
+        cli, tmp_path, shape, target):
+    from hostile import Entry, state_dict_pickle, torch_zip
+
+    entries = [Entry("fc.weight", "0", 0, shape, (0,) * len(shape)),
+               Entry("fc.bias", "1", 4, (4,), (1,))]
+    src = torch_zip(tmp_path / "huge.pt", state_dict_pickle(entries), {"0": b"", "1": bytes(16)})
+    code, _, err = cli(src, tmp_path / target, "--no-check")
+    line = one_error_line(err)
+    assert code == 2 and "huge.pt" in line and "fc.weight" in line and "2^62" in line, err
+    assert not (tmp_path / target).exists()

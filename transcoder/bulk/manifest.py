@@ -76,7 +76,11 @@ class Manifest:
         """Rewrite the file with the last entry per source, sorted (atomically: temp + rename)."""
         if self._fh is not None:
             self._fh.close()
-        fd, tmp = tempfile.mkstemp(prefix=f".{NAME}.", suffix=".tmp", dir=self.root)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{NAME}.", suffix=".tmp", dir=self.root)
+        except OSError as exc:
+            raise UsageError(f"cannot write the manifest: {exc.strerror or exc}",
+                             path=self.root) from None
         try:
             with os.fdopen(fd, "w") as fh:
                 for key in sorted(self.entries):
