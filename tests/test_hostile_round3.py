@@ -163,3 +163,72 @@ def test_absurd_dimensions_are_refused_for_every_target_even_in_an_empty_tensor(
     line = one_error_line(err)
     assert code == 2 and "huge.pt" in line and "fc.weight" in line and "2^62" in line, err
     assert not (tmp_path / target).exists()
+
+
+# ------------------------------------------------------------------ signals
+
+_MANY_FAULTS = """
+import os, sys, threading, time
+from transcoder.formats import sigbus
+
+class SlowOs:   # os.write releases the GIL: make the window before os._exit wide
+    def __getattr__(self, name):
+        return getattr(os, name)
+    def write(self, fd, data):
+        done = os.write(fd, data)
+        time.sleep(0.3)
+        return done
+
+sigbus.os = SlowOs()
+barrier = threading.Barrier(4)
+def fault():
+    barrier.wait()
+    sigbus._on_fault(0)
+threads = [threading.Thread(target=fault) for _ in range(4)]
+for t in threads:
+    t.start()
+time.sleep(30)
+"""
+
+
+def test_one_sigbus_line_however_many_threads_fault():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _MANY_FAULTS], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1 and "(SIGBUS)" in done.stderr, done.stderr
+
+
+@posix
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_terminated_conversion_leaves_no_temporary_file(tmp_path, signum):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    layers = {}
+    for i in range(24):                                                     # 384 MiB
+        layers[f"layer{i}.weight"] = np.full((1024, 4096), i, np.float32)
+        layers[f"layer{i}.bias"] = np.zeros(1024, np.float32)
+    save_file(layers, str(tmp_path / "big.safetensors"))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "transcoder", tmp_path / "big.safetensors",
+                             out / "big.h5", "--no-check"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TRANSCODER_DEBUG": ""})
+    deadline = time.monotonic() + 120
+    while not list(out.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=120)
+    left = sorted(p.name for p in out.iterdir())
+    assert not [name for name in left if name.endswith(".tmp")], left    # no .big.h5.XXXX.tmp
+    if proc.returncode == 0:    # the signal came as the finished output was being renamed
+        assert left == ["big.h5"]
+    else:
+        assert proc.returncode == 128 + getattr(signal, signum), err
+        assert left == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -381,6 +382,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     debug = os.environ.get("TRANSCODER_DEBUG") == "1"
     try:
         result = app(args, prog_name="transcode", standalone_mode=False)
+        if _RECEIVED:   # Typer returns 130 for any KeyboardInterrupt
+            _note("interrupted")
+            return 128 + _RECEIVED[-1]
         return result if isinstance(result, int) else 0
     except TranscoderError as exc:
         if debug:
@@ -394,7 +398,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except (typer.Abort, KeyboardInterrupt):
         _note("interrupted")
-        return 130
+        return 128 + (_RECEIVED[-1] if _RECEIVED else signal.SIGINT)
     except Exception as exc:  # a bug: still one line, unless debugging
         if debug:
             raise
@@ -408,4 +412,17 @@ def run() -> None:
     garbage collector from scanning them again on every full collection. Not in :func:`main`,
     which tests call many times."""
     gc.freeze()
+    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None:
+            signal.signal(signum, _interrupt)
     sys.exit(main())
+
+
+_RECEIVED: list[int] = []
+
+
+def _interrupt(signum: int, frame) -> None:
+    """SIGTERM or SIGHUP, raised as Ctrl-C's KeyboardInterrupt so that the same clean-up runs
+    (temporary outputs removed, a bulk run's manifest written); exit code 128 + the signal."""
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
