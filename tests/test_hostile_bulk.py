@@ -150,3 +150,20 @@ def test_a_manifest_that_is_a_link_or_fifo_is_refused(tmp_path, cli):
     os.mkfifo(dst / MANIFEST)
     code, _, err = cli("bulk", src, dst, "--to", "h5", "--jobs", "1")
     assert code == 2 and "not a regular file" in one_error_line(err)
+
+
+@pytest.mark.parametrize("src_rel, dst_rel", [("src", ""), ("a/src", ""), ("", "out")])
+def test_bulk_never_writes_over_a_file_inside_src_dir(tmp_path, src_rel, dst_rel):
+    """``bulk d/src d`` with ``d/src/src/m.pt``: its output was ``d/src/m.safetensors``, a
+    source, replaced (exit 0). Outputs that would land inside SRC_DIR are skipped, saying why."""
+    src, dst = tmp_path / src_rel, tmp_path / dst_rel
+    save(src / "m.safetensors", 1)
+    inner = save(src / src_rel / "m.safetensors", 2) if src_rel else None
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    report = bulk(src, dst, to="safetensors")
+    for path, data in before.items():
+        assert path.read_bytes() == data, f"{path} was written over"
+    if inner is not None:
+        skipped = {s["source"]: s["error"] for s in report.skipped}
+        assert "would land inside SRC_DIR" in skipped[inner.relative_to(src).as_posix()]
+    assert [r["status"] for r in report.results] == ["done"]
