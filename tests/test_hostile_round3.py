@@ -232,3 +232,43 @@ def test_a_terminated_conversion_leaves_no_temporary_file(tmp_path, signum):
     else:
         assert proc.returncode == 128 + getattr(signal, signum), err
         assert left == []
+
+
+# ------------------------------------------------------------------ mappings onto one name
+
+def _keras_h5(path: Path) -> Path:
+    from hostile import legacy_h5
+
+    rng = np.random.default_rng(0)
+    return legacy_h5(path, {"dense": {"kernel:0": rng.standard_normal((3, 4), dtype=np.float32),
+                                      "bias:0": rng.standard_normal(4, dtype=np.float32)}})
+
+
+@pytest.mark.parametrize("rules, target", [
+    ('[[tensor]]\nkeras = "dense/*"\ntorch = "x"\n', "out.pt"),            # two onto one name
+    ('[[tensor]]\nkeras = "dense/*"\ntorch = ""\n', "out.pt"),             # an empty name
+    ('[[tensor]]\nkeras = "dense/kernel*"\ntorch = "x"\n\n'
+     '[[tensor]]\nkeras = "dense/bias*"\ntorch = "x"\n', "out.safetensors"),
+])
+def test_rules_mapping_keras_tensors_onto_one_or_an_empty_name_are_refused(cli, tmp_path, rules,
+                                                                         target):
+    src = _keras_h5(tmp_path / "k.h5")
+    (tmp_path / "rules.toml").write_text(rules)
+    code, _, err = cli(src, tmp_path / target, "--no-check", "--rules", tmp_path / "rules.toml")
+    line = one_error_line(err)
+    assert code == 2, err
+    assert "dense/" in line and ("two tensors" in line or "empty name" in line), line
+    if "two tensors" in line:
+        assert "kernel" in line and "bias" in line, line     # both sources named
+    assert not (tmp_path / target).exists()
+
+
+def test_rules_mapping_torch_tensors_onto_one_name_are_refused(cli, tmp_path):
+    src = small(tmp_path / "t.safetensors")
+    (tmp_path / "rules.toml").write_text(
+        '[[tensor]]\ntorch = "fc.weight"\nkeras = "dense/kernel"\npermute = [1, 0]\n\n'
+        '[[tensor]]\ntorch = "fc.bias"\nkeras = "dense/kernel"\n')
+    code, _, err = cli(src, tmp_path / "out.h5", "--no-check", "--rules", tmp_path / "rules.toml")
+    line = one_error_line(err)
+    assert code == 2 and "two tensors" in line and "fc.weight" in line and "fc.bias" in line, err
+    assert not (tmp_path / "out.h5").exists()
