@@ -204,11 +204,11 @@ def check_targets(plan: Plan) -> None:
     """MappingError, naming both sources, when two tensors would be written under one name
     (a writer keeps one of them, silently), or naming the source when one would be written
     under an empty name: from ``--rules`` (``torch = "x"`` for ``keras = "dense/*"``), a
-    file's stored steps, or anywhere else. PyTorch -> Keras, carried tensors keep their names
-    and count too; Keras -> PyTorch, a step remaking a carried tensor replaces it (LSTM bias
+    file's stored steps, or anywhere else. Carried tensors are not counted: a step may carry
+    its own sources under their names (weight norm), or remake a carried tensor (LSTM bias
     pairs), by design."""
     to_keras = plan.direction == TO_KERAS
-    seen: dict[str, str] = {n: f"{n} (carried)" for n in plan.carried} if to_keras else {}
+    seen: dict[str, str] = {}
     for step in plan.steps:
         targets, origin = (step.keras, step.torch[0]) if to_keras else (step.torch, step.keras[0])
         for name in targets:
