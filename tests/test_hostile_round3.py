@@ -272,3 +272,30 @@ def test_rules_mapping_torch_tensors_onto_one_name_are_refused(cli, tmp_path):
     line = one_error_line(err)
     assert code == 2 and "two tensors" in line and "fc.weight" in line and "fc.bias" in line, err
     assert not (tmp_path / "out.h5").exists()
+
+
+# ------------------------------------------------------------------ same input, same bytes
+
+NET = "import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n" \
+      "        self.fc = torch.nn.Linear(3, 4)\n    def forward(self, x):\n        return self.fc(x)\n"
+
+
+@pytest.mark.parametrize("target", ["h5", "safetensors", "pt", "weights.h5", "keras"])
+def test_two_conversions_of_one_file_give_the_same_bytes(tmp_path, target):
+    import time
+
+    import transcoder
+
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    src = small(tmp_path / "src.safetensors")
+    (tmp_path / "net.py").write_text(NET)
+    arch = {"model": f"{tmp_path / 'net.py'}:Net", "input_shape": (2, 3)} \
+        if target in ("weights.h5", "keras") else {}
+    outputs = []
+    for run in (1, 2):
+        out = tmp_path / f"out{run}.{target}"
+        transcoder.convert(src, out, check=False, **arch)
+        outputs.append(out.read_bytes())
+        time.sleep(1.1)   # HDF5 and zip times have a resolution of 1 s and 2 s
+    assert outputs[0] == outputs[1]
