@@ -19,13 +19,14 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .. import formats
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
 from ..formats.regular import NotRegularError, open_regular
 from ..options import CheckRequest
 from ..pipeline import transcode
+from .beneath import pinned
 from .tree import output_folder, unreadable
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
@@ -84,23 +85,12 @@ def fingerprint(paths: list[Path], checksums: bool) -> Fingerprint:
 def run_task(task: Task) -> dict:
     """Convert ``task.source`` to ``task.output``; returns the manifest record (plus ``exit_code``)."""
     started = time.perf_counter()
-    src_root, dst_root = Path(task.src_root), Path(task.dst_root)
-    files = [src_root / f for f in task.files]
+    src_root = Path(task.src_root)
     record: dict = {"source": task.source, "output": task.output, "status": FAILED, "error": None}
     try:
         _still_readable(src_root, task.files)
-        before = _source_fingerprint(files, task.source, task.checksums)
-        record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)
-        dst = _output_path(dst_root, task.output)
-        transcode(src_root / task.source, dst, force=True, key=task.key, rules=task.rules)
-        if task.check:
-            _check(src_root / task.source, dst, task)
-        if stat_files(files) != Fingerprint(before.size, before.mtime_ns):
-            raise TranscoderError("changed while it was being converted; run again",
-                                  path=src_root / task.source)
-        out = _output_fingerprint(dst, task)
-        record.update(status=DONE, output_size=out.size, output_mtime_ns=out.mtime_ns,
-                      output_sha256=out.sha256)
+        with pinned(src_root, task.files) as (folder, _):
+            _convert(task, folder, [folder / PurePosixPath(f).name for f in task.files], record)
     except TranscoderError as exc:
         record.update(error=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # a bug must not stop the other files either; say it is one
@@ -109,6 +99,32 @@ def run_task(task: Task) -> dict:
     record["options"] = list(task.options)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _convert(task: Task, folder: Path, files: list[Path], record: dict) -> None:
+    """The conversion of the source's files as ``folder`` holds them (what was opened, see
+    :mod:`.beneath`); fills ``record``. Errors name the files in SRC_DIR."""
+    src_root, dst_root = Path(task.src_root), Path(task.dst_root)
+    real = src_root / PurePosixPath(task.source).parent
+    source = folder / PurePosixPath(task.source).name
+    try:
+        before = _source_fingerprint(files, task.source, task.checksums)
+        record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)
+        dst = _output_path(dst_root, task.output)
+        transcode(source, dst, force=True, key=task.key, rules=task.rules)
+        if task.check:
+            _check(source, dst, task)
+        if stat_files(files) != Fingerprint(before.size, before.mtime_ns):
+            raise TranscoderError("changed while it was being converted; run again",
+                                  path=src_root / task.source)
+    except TranscoderError as exc:
+        if folder != real:
+            exc.message = exc.message.replace(str(folder), str(real))
+            exc.path = exc.path and Path(str(exc.path).replace(str(folder), str(real)))
+        raise
+    out = _output_fingerprint(dst, task)
+    record.update(status=DONE, output_size=out.size, output_mtime_ns=out.mtime_ns,
+                  output_sha256=out.sha256)
 
 
 def _still_readable(src_root: Path, files: tuple[str, ...]) -> None:
