@@ -553,6 +553,8 @@ MUTATORS: dict[str, Callable[[Random, Case], Case]] = {
     "keras": _on_source(lambda rng, d: mutate_zip(rng, d, _keras_member)),
     "rules": lambda rng, case: case.with_file("rules.toml",
                                               mutate_rules(rng, case.files["rules.toml"])),
+    "rules_keras": lambda rng, case: case.with_file("rules.toml",
+                                                    mutate_rules(rng, case.files["rules.toml"])),
 }
 
 

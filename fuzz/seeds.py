@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/hostile.py: the pickle builders
 
 #: format name -> the target extension(s) its inputs are converted to
 FORMATS = ("torch_zip", "legacy_pickle", "torchscript", "safetensors", "index", "legacy_h5",
-           "weights_h5", "keras", "rules")
+           "weights_h5", "keras", "rules", "rules_keras")
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,15 @@ RULES = (
 )
 
 
+#: --rules on a Keras source (issue 22: a glob onto one PyTorch name lost tensors silently)
+RULES_KERAS = (
+    b'[[tensor]]\nkeras = "fc/kernel*"\ntorch = "fc.weight"\npermute = [1, 0]\n',
+    b'[[layer]]\nmatch = "conv"\nkind = "Conv2d"\n\n[[tensor]]\nkeras = "fc/bias*"\n'
+    b'torch = "head.bias"\n',
+    b'[[layer]]\nmatch = "fc"\nkind = "Linear"\n',
+)
+
+
 def _index_case(seed: int) -> Case:
     tensors = _tensors(seed)
     names = list(tensors)
@@ -188,4 +197,7 @@ def seeds() -> dict[str, list[Case]]:
         "keras": [Case({"m.keras": _keras_archive()}, "m.keras", "out.pt")],
         "rules": [Case({"m.safetensors": rules_src, "rules.toml": text}, "m.safetensors",
                        "out.h5", ("--rules", "rules.toml")) for text in RULES],
+        "rules_keras": [Case({"m.h5": _legacy_h5(False), "rules.toml": text}, "m.h5", out,
+                             ("--rules", "rules.toml"))
+                        for text in RULES_KERAS for out in ("out.pt", "out.safetensors")],
     }

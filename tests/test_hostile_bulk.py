@@ -153,3 +153,51 @@ def test_a_manifest_that_is_a_link_or_fifo_is_refused(tmp_path, cli):
     os.mkfifo(dst / MANIFEST)
     code, _, err = cli("bulk", src, dst, "--to", "h5", "--jobs", "1")
     assert code == 2 and "not a regular file" in one_error_line(err)
+
+
+@pytest.mark.parametrize("src_rel, dst_rel", [("src", ""), ("a/src", ""), ("", "out")])
+def test_bulk_never_writes_over_a_file_inside_src_dir(tmp_path, src_rel, dst_rel):
+    """``bulk d/src d`` with ``d/src/src/m.pt``: its output was ``d/src/m.safetensors``, a
+    source, replaced (exit 0). Outputs that would land inside SRC_DIR are skipped, saying why."""
+    src, dst = tmp_path / src_rel, tmp_path / dst_rel
+    save(src / "m.safetensors", 1)
+    inner = save(src / src_rel / "m.safetensors", 2) if src_rel else None
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    report = bulk(src, dst, to="safetensors")
+    for path, data in before.items():
+        assert path.read_bytes() == data, f"{path} was written over"
+    if inner is not None:
+        skipped = {s["source"]: s["error"] for s in report.skipped}
+        assert "would land inside SRC_DIR" in skipped[inner.relative_to(src).as_posix()]
+    assert [r["status"] for r in report.results] == ["done"]
+
+
+@pytest.mark.parametrize("openat2", [True, False])
+@pytest.mark.parametrize("where", ["top", "nested/deeper"])
+def test_a_file_swapped_for_a_link_after_the_last_look_is_not_read_through_it(
+        tmp_path, monkeypatch, where, openat2):
+    """The swap lands between the worker's last look at the path and the read (made
+    deterministic here: inside the fingerprinting that precedes the conversion). What was
+    opened beneath SRC_DIR is read, never the link's target outside it."""
+    from transcoder.bulk import beneath
+    from transcoder.bulk import task as task_module
+
+    if not openat2:   # O_NOFOLLOW one component at a time, as without openat2
+        monkeypatch.setattr(beneath, "_openat2", [None])
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    rel = f"{where}/net.safetensors"
+    mine = save(src / rel, 1)
+    secret = save(tmp_path / "secret" / "net.safetensors", 99)
+    fingerprint = task_module._source_fingerprint
+
+    def swap_then_fingerprint(*args, **kwargs):
+        os.replace(mine, tmp_path / "aside.safetensors")
+        mine.symlink_to(secret)
+        return fingerprint(*args, **kwargs)
+
+    monkeypatch.setattr(task_module, "_source_fingerprint", swap_then_fingerprint)
+    dst.mkdir()
+    record = task_module.run_task(task_module.Task(str(src), str(dst), rel, f"{where}/net.h5",
+                                                   (rel,)))
+    assert record["status"] == "done", record
+    assert_bit_exact(kernel(dst / where / "net.h5"), weights(1)["fc.weight"].T)

@@ -30,7 +30,7 @@ from . import remote
 from .formats import hf_folder
 from .models import hf
 from .models.spec import precheck
-from .options import Architecture, CheckRequest, InputOptions, Tolerance
+from .options import Architecture, CheckRequest, InputOptions, Tolerance, user_path
 from .pipeline import Prepared, conversion, prepare
 from .printing import with_schema
 from .rules import COPY, TO_KERAS, Plan
@@ -122,11 +122,11 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
                                check=check, atol=atol, rtol=rtol, strict=strict,
                                source_format=source_format, quantize=quantize,
                                shard_size=shard_size, on_written=on_written)
-    src, dst = Path(remote.local(src)), Path(remote.local(dst))
-    rules = Path(rules) if rules is not None else None
+    src, dst = user_path(remote.local(src), "SRC"), user_path(remote.local(dst), "DST")
+    rules = user_path(rules, "rules") if rules is not None else None
     target = formats.for_path(dst)
     arch = _architecture(src, model, keras_model, InputOptions(
-        list(input_shape or ()), list(input_dtype or ()), seed, channels_last), quantize,
+        input_shape or (), input_dtype or (), seed, channels_last), quantize,
         needs_model=target.needs_model, checking=check is not False)
     request = CheckRequest(arch, key, rules, Tolerance(atol, rtol), strict, source_format)
     started = time.perf_counter()
@@ -224,9 +224,9 @@ def _result(src: Path, dst: Path, prepared: Prepared, written: bool = True) -> C
 def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None,
             source_format: str | None = None) -> Inspection:
     """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping."""
-    found = formats.identify(path, source_format)
+    found = formats.identify(user_path(path), source_format)
     with prepare(found, formats.other_layout(found.layout), key=key,
-                 rules=Path(rules) if rules else None) as prepared:
+                 rules=user_path(rules, "rules") if rules else None) as prepared:
         target = prepared.plan.apply(prepared.source)
         return Inspection(found.path, prepared.source.format, prepared.source.layout,
                           plan_rows(prepared.plan, prepared.source, target),
@@ -241,16 +241,17 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
           source_format: str | None = None) -> CheckReport:
     """``transcode check SRC DST``: the report (``report.passed``, ``report.to_dict()`` as
     ``--report`` writes it); raises only for bad input."""
-    for path in (Path(src), Path(dst)):
-        if not path.exists():
+    src, dst = user_path(src, "SRC"), user_path(dst, "DST")
+    for path in (src, dst):
+        if not path.exists() and not formats.identify(path).format.folder:
             raise UsageError("no such file", path=path)
     from .checks.verify import check_files
 
     arch = _architecture(Path(src), model, keras_model, InputOptions(
-        list(input_shape or ()), list(input_dtype or ()), seed, channels_last), checking=True)
-    request = CheckRequest(arch, key, Path(rules) if rules else None, Tolerance(atol, rtol),
-                           strict, source_format)
-    return check_files(Path(src), Path(dst), request)
+        input_shape or (), input_dtype or (), seed, channels_last), checking=True)
+    request = CheckRequest(arch, key, user_path(rules, "rules") if rules else None,
+                           Tolerance(atol, rtol), strict, source_format)
+    return check_files(src, dst, request)
 
 
 # ---------------------------------------------------------------- rows (what --json prints)

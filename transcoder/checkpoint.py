@@ -111,7 +111,8 @@ def check_name(name: object) -> None:
 
 def check_shape(shape: Any, itemsize: int, name: str | None = None) -> tuple[int, ...]:
     """``shape`` as a tuple of ints; FormatError for negative or non-integer sizes, more than
-    :data:`MAX_DIMS` dimensions or more than :data:`MAX_TENSOR_BYTES` bytes."""
+    :data:`MAX_DIMS` dimensions or more than :data:`MAX_TENSOR_BYTES` bytes (empty dimensions
+    counted as 1: no format or library holds a dimension of 2^64, even in an empty tensor)."""
     try:
         dims = tuple(shape)
     except TypeError:
@@ -125,10 +126,12 @@ def check_shape(shape: Any, itemsize: int, name: str | None = None) -> tuple[int
                           tensor=name)
     dims = tuple(int(d) for d in dims)
     count = 1
-    for d in dims:
-        count *= d
+    for d in dims:   # an empty dimension does not excuse an absurd one (2^64 x 0)
+        count *= max(d, 1)
     if count * itemsize > MAX_TENSOR_BYTES:
-        raise FormatError(f"tensor declares {count * itemsize} bytes (more than 2^62)", tensor=name)
+        empty = " counting its empty dimensions as 1" if 0 in dims else ""
+        raise FormatError(f"tensor declares {count * itemsize} bytes{empty} (more than 2^62)",
+                          tensor=name)
     return dims
 
 

@@ -8,8 +8,11 @@ the two files.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import UsageError
 
 TORCH_LAYOUT, CHANNELS_LAST = "torch", "channels_last"
 
@@ -24,6 +27,14 @@ class InputOptions:
     input_dtypes: list[str] = field(default_factory=list)
     seed: int = 0
     channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        self.input_shapes = shape_texts(self.input_shapes)
+        self.input_dtypes = [self.input_dtypes] if isinstance(self.input_dtypes, str) else \
+            list(self.input_dtypes)
+        if not all(isinstance(d, str) for d in self.input_dtypes):
+            raise UsageError(f"input_dtype {self.input_dtypes!r}: give dtype names "
+                             f"(\"float32\", \"int64:HIGH\")")
 
     @property
     def keras_layout(self) -> str:
@@ -63,3 +74,43 @@ class CheckRequest:
     tolerance: Tolerance = Tolerance()
     strict: bool = False                # everything must be verified
     source_format: str | None = None    # --from: SRC's format, whatever its content
+
+
+def shape_texts(shapes) -> list[str]:
+    """The input shapes as the command line's strings, from what the Python API takes: one
+    string (``"2,8,20"``), one tuple of integers (``(2, 8, 20)``), or a list of either."""
+    def is_dims(value) -> bool:
+        return isinstance(value, (tuple, list)) and all(
+            isinstance(d, int) and not isinstance(d, bool) for d in value)
+
+    if isinstance(shapes, str) or (is_dims(shapes) and shapes):
+        shapes = [shapes]
+    if not isinstance(shapes, (tuple, list)):
+        raise UsageError(f"input_shape {shapes!r}: give \"2,8,20\", (2, 8, 20) or a list of them")
+    out = []
+    for shape in shapes:
+        if isinstance(shape, str):
+            out.append(shape)
+        elif is_dims(shape):
+            out.append(",".join(map(str, shape)))
+        else:
+            raise UsageError(f"input_shape {shape!r}: give \"2,8,20\", (2, 8, 20) or a list "
+                             f"of them")
+    return out
+
+
+def user_path(value, what: str = "path") -> Path:
+    """A path the user gave, as a Path; UsageError for what no file can be called (not a
+    path, a NUL, a character the file system encoding cannot hold, such as a lone surrogate)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{what} {value!r} is not a path")
+    path = Path(value)
+    text = str(path)
+    try:
+        encoded = os.fsencode(text)
+    except UnicodeError:
+        encoded = b"\0"
+    if "\0" in text or b"\0" in encoded:
+        raise UsageError(f"{what} {text!r} is not a valid file name (a NUL or a character "
+                         f"the file system cannot hold)")
+    return path

@@ -254,10 +254,7 @@ def atomic_output(dst: Path, *, force: bool = False) -> Iterator[Path]:
         raise OutputExistsError("already exists", path=dst, hint="pass --force to overwrite")
     if not dst.parent.is_dir():
         raise UsageError("destination folder does not exist", path=dst.parent)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())
+    tmp = _temporary(dst)
     try:
         with sigbus.remove_on_fault(tmp):  # a source truncated mid-read: see formats.sigbus
             yield tmp
@@ -355,7 +352,12 @@ def atomic_files(folder: Path, names: list[str], *, force: bool = False,
 
 
 def _temporary(dst: Path, suffix: str = ".tmp") -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    """An empty file beside ``dst``; UsageError if the folder refuses one (read-only, full)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write in the destination folder: {exc.strerror or exc}",
+                         path=dst.parent) from None
     os.close(fd)
     os.chmod(name, 0o666 & ~_umask())
     return Path(name)

@@ -78,7 +78,11 @@ class Manifest:
         """Rewrite the file with the last entry per source, sorted (atomically: temp + rename)."""
         if self._fh is not None:
             self._fh.close()
-        fd, tmp = tempfile.mkstemp(prefix=f".{NAME}.", suffix=".tmp", dir=self.root)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{NAME}.", suffix=".tmp", dir=self.root)
+        except OSError as exc:
+            raise UsageError(f"cannot write the manifest: {exc.strerror or exc}",
+                             path=self.root) from None
         try:
             with os.fdopen(fd, "w") as fh:
                 for key in sorted(self.entries):
@@ -159,7 +163,9 @@ def trusted(entry: dict | None, src_root: Path, files: Iterable[str], dst_root: 
 
     Size and mtime are compared; when only the mtime differs (a copy, a touch) and the entry
     holds a SHA-256 (``--checksums``), the hash decides, so such a file is not redone for its
-    date alone; without one it is redone.
+    date alone; without one it is redone. Only regular files are ever hashed: an output that
+    is a link, or a source or output that is a FIFO or a device (``/dev/zero``) is redone,
+    never read.
     """
     if not entry or entry.get("status") != DONE or entry.get("options") != options:
         return False
@@ -168,6 +174,8 @@ def trusted(entry: dict | None, src_root: Path, files: Iterable[str], dst_root: 
         if not _same(stat_files(src), src, entry["size"], entry["mtime_ns"], entry["sha256"]):
             return False
         out = [dst_root / entry["output"]]
+        if stat.S_ISLNK(os.lstat(out[0]).st_mode):
+            return False   # outputs are never links; redone (the write replaces the link)
         return _same(stat_files(out), out, entry["output_size"], entry["output_mtime_ns"],
                      entry["output_sha256"])
     except (OSError, KeyError):

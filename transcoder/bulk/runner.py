@@ -185,7 +185,10 @@ def _check_roots(src_root: Path, dst_root: Path, options: BulkOptions) -> tuple[
     if dst_root == src_root:
         raise UsageError("DST_DIR must differ from SRC_DIR (outputs would be read as sources "
                          "on the next run)", path=dst_root)
-    dst_root.mkdir(parents=True, exist_ok=True)
+    try:
+        dst_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create DST_DIR: {exc.strerror or exc}", path=dst_root) from None
     return src_root, dst_root
 
 
@@ -233,7 +236,8 @@ def _refusal(src: Source, fingerprint: list) -> dict:
 
 def remove_stale_temps(dst_root: Path, outputs: list[str]) -> int:
     """Delete ``.<output name>.*.tmp`` files (what an interrupted atomic write leaves behind),
-    nested ones too (``..<output name>.*.tmp.*.tmp``: a writer that is itself atomic)."""
+    nested ones too (``..<output name>.*.tmp.*.tmp``: a writer that is itself atomic). One
+    that cannot be deleted (a folder of that name) is left: it does not stop the run."""
     by_folder: dict[Path, set[str]] = {}
     for rel in outputs:
         folder = output_folder(dst_root, rel, create=False)
@@ -249,6 +253,9 @@ def remove_stale_temps(dst_root: Path, outputs: list[str]) -> int:
             bare = entry.lstrip(".")
             ours = bare != entry and any(bare.startswith(f"{n}.") for n in names)
             if ours and entry.endswith(".tmp"):
-                (folder / entry).unlink(missing_ok=True)
+                try:
+                    (folder / entry).unlink(missing_ok=True)
+                except OSError:   # a folder (or not ours to delete): left, never followed
+                    continue
                 removed += 1
     return removed

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
+from ..formats.regular import NotRegularError, open_regular
 from ..options import CheckRequest
 from ..pipeline import conversion
+from .beneath import pinned
 from .tree import output_folder, unreadable
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
@@ -51,8 +54,12 @@ class Fingerprint:
 
 
 def stat_files(paths: list[Path]) -> Fingerprint:
-    """Total size and newest mtime of a source's files (no hashing)."""
+    """Total size and newest mtime of a source's files (no hashing); NotRegularError if one
+    is not a regular file."""
     stats = [p.stat() for p in paths]
+    for path, found in zip(paths, stats):
+        if not stat.S_ISREG(found.st_mode):
+            raise NotRegularError(path)
     return Fingerprint(sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
 
 
@@ -65,7 +72,7 @@ def sha256_files(paths: list[Path]) -> str:
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:   # a FIFO or /dev/zero is refused, never read
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
@@ -77,24 +84,12 @@ def fingerprint(paths: list[Path], checksums: bool) -> Fingerprint:
 def run_task(task: Task) -> dict:
     """Convert ``task.source`` to ``task.output``; returns the manifest record (plus ``exit_code``)."""
     started = time.perf_counter()
-    src_root, dst_root = Path(task.src_root), Path(task.dst_root)
-    files = [src_root / f for f in task.files]
+    src_root = Path(task.src_root)
     record: dict = {"source": task.source, "output": task.output, "status": FAILED, "error": None}
     try:
         _still_readable(src_root, task.files)
-        before = _source_fingerprint(files, task.source, task.checksums)
-        record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)
-        dst = _output_path(dst_root, task.output)
-        with conversion(src_root / task.source, dst, force=True, key=task.key,
-                        rules=task.rules) as done:
-            if task.check:
-                _check(done, task)
-        if stat_files(files) != Fingerprint(before.size, before.mtime_ns):
-            raise TranscoderError("changed while it was being converted; run again",
-                                  path=src_root / task.source)
-        out = _output_fingerprint(dst, task)
-        record.update(status=DONE, output_size=out.size, output_mtime_ns=out.mtime_ns,
-                      output_sha256=out.sha256)
+        with pinned(src_root, task.files) as (folder, _):
+            _convert(task, folder, [folder / PurePosixPath(f).name for f in task.files], record)
     except TranscoderError as exc:
         record.update(error=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # a bug must not stop the other files either; say it is one
@@ -103,6 +98,32 @@ def run_task(task: Task) -> dict:
     record["options"] = list(task.options)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _convert(task: Task, folder: Path, files: list[Path], record: dict) -> None:
+    """The conversion of the source's files as ``folder`` holds them (what was opened, see
+    :mod:`.beneath`); fills ``record``. Errors name the files in SRC_DIR."""
+    src_root, dst_root = Path(task.src_root), Path(task.dst_root)
+    real = src_root / PurePosixPath(task.source).parent
+    source = folder / PurePosixPath(task.source).name
+    try:
+        before = _source_fingerprint(files, task.source, task.checksums)
+        record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)
+        dst = _output_path(dst_root, task.output)
+        with conversion(source, dst, force=True, key=task.key, rules=task.rules) as done:
+            if task.check:
+                _check(done, task)
+        if stat_files(files) != Fingerprint(before.size, before.mtime_ns):
+            raise TranscoderError("changed while it was being converted; run again",
+                                  path=src_root / task.source)
+    except TranscoderError as exc:
+        if folder != real:
+            exc.message = exc.message.replace(str(folder), str(real))
+            exc.path = exc.path and Path(str(exc.path).replace(str(folder), str(real)))
+        raise
+    out = _output_fingerprint(dst, task)
+    record.update(status=DONE, output_size=out.size, output_mtime_ns=out.mtime_ns,
+                  output_sha256=out.sha256)
 
 
 def _still_readable(src_root: Path, files: tuple[str, ...]) -> None:
@@ -148,10 +169,10 @@ def _output_fingerprint(path: Path, task: Task) -> Fingerprint:
     here with ``sync_file_range`` blocked the worker for about as long, 23 ms per 128 MiB)."""
     if task.sync:
         make_durable(path)
-    with open(path, "rb") as fh:
-        stat = os.fstat(fh.fileno())
+    with open_regular(path, follow=False) as fh:
+        found = os.fstat(fh.fileno())
         digest = hashlib.file_digest(fh, "sha256").hexdigest() if task.checksums else None
-    return Fingerprint(stat.st_size, stat.st_mtime_ns, digest)
+    return Fingerprint(found.st_size, found.st_mtime_ns, digest)
 
 
 def make_durable(path: Path) -> None:

@@ -73,8 +73,28 @@ def scan(src_root: Path, dst_root: Path, to: str, pattern: str | None = None) ->
             else:
                 candidates.append(rel)
     _plan(tree, src_root, candidates, TARGETS[to])
+    _skip_outputs_inside(tree, src_root, dst_root)
     tree.sources = _refuse_collisions(tree.sources)
     return tree
+
+
+def _skip_outputs_inside(tree: Tree, src_root: Path, dst_root: Path) -> None:
+    """When DST_DIR holds SRC_DIR, a source's output can land inside SRC_DIR (``bulk d/src d``:
+    ``d/src/src/m.pt`` -> ``d/src/m.safetensors``, over a source): such sources are skipped.
+    (When SRC_DIR holds DST_DIR, DST_DIR is never scanned, and outputs land only inside it.)"""
+    src_root, dst_root = src_root.resolve(), dst_root.resolve()
+    if dst_root not in src_root.parents:
+        return
+    inside = src_root.relative_to(dst_root).as_posix() + "/"
+    keep = []
+    for source in tree.sources:
+        if source.output.startswith(inside):
+            tree.skipped.append(Skipped(source.path, source.output,
+                                        f"its output {source.output} would land inside SRC_DIR "
+                                        f"(DST_DIR holds SRC_DIR): not converted"))
+        else:
+            keep.append(source)
+    tree.sources = keep
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -2,7 +2,11 @@
 
 - SavedModel: ``tf.saved_model.load(folder)``, called through its ``serving_default`` signature.
 - TFLite: the flatbuffer in LiteRT's interpreter (``ai_edge_litert`` when installed, else
-  ``tf.lite.Interpreter``), through the signature runner of ``serving_default``.
+  ``tf.lite.Interpreter``), through the signature runner of ``serving_default``, in a child
+  process (:mod:`.tflite_child`).
+
+Neither runs before it is shown inert (:mod:`.artifact_safety`): a SavedModel's ops inside an
+allow-list, a flatbuffer's structure inside its file (:mod:`.flatbuffer`).
 
 The artifact takes the place of the Keras model in :func:`~.models.check_models`: the same
 seeded inputs, every output compared with PyTorch's, the same report. A signature takes its
@@ -21,7 +25,6 @@ compared with the tolerance of its quantisation (:data:`QUANTIZED_TOLERANCES`) u
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,10 +34,14 @@ import numpy as np
 from ..errors import FormatError, UsageError, one_line
 from ..export import SIGNATURE, quantization
 from ..frameworks import import_keras, native_stderr_silenced
+from ..formats.regular import open_regular
 from ..options import TORCH_LAYOUT, Tolerance
+from .artifact_safety import check_saved_model
+from .flatbuffer import validate as validate_flatbuffer
 from .compare import SKIPPED
 from .models import check_models
 from .report import CheckReport
+from .tflite_child import Child, ChildError
 
 #: Default ``(atol, rtol)`` of a quantized flatbuffer, measured here (TF 2.21, seeded N(0, 1)
 #: inputs, PyTorch-default initialisation; the fixture models and a 256-512-256-10 MLP, a
@@ -71,6 +78,8 @@ class Artifact:
         try:
             with native_stderr_silenced():   # LiteRT's INFO lines on its first run
                 out = self.run(feeds)
+        except FormatError:
+            raise   # the interpreter's child process crashed: the file's fault
         except Exception as exc:  # noqa: BLE001 - TensorFlow's and LiteRT's errors
             shapes = [list(a.shape) for a in arrays]
             raise UsageError(f"{self.path} fails on inputs of shapes {shapes} "
@@ -150,6 +159,7 @@ def _output_order(names) -> list[str]:
 def _saved_model(path: Path) -> Artifact:
     import tensorflow as tf
 
+    check_saved_model(path)   # before anything in it can run
     try:
         loaded = tf.saved_model.load(str(path))
     except (OSError, ValueError, tf.errors.OpError) as exc:
@@ -170,35 +180,26 @@ def _saved_model(path: Path) -> Artifact:
                     {n: np.dtype(s.dtype.as_numpy_dtype) for n, s in specs.items()})
 
 
-def _interpreter(path: Path):
-    """LiteRT's interpreter (``ai_edge_litert``) if installed, else TensorFlow's, whose
-    deprecation warning is the same advice."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        return Interpreter(model_path=str(path)), "ai_edge_litert.interpreter.Interpreter"
-    except ImportError:
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return tf.lite.Interpreter(model_path=str(path)), "tf.lite.Interpreter"
-
-
 def _tflite(path: Path) -> Artifact:
+    """The flatbuffer validated, then loaded by an interpreter in a child process."""
     try:
-        interpreter, runtime = _interpreter(path)
-        signatures = interpreter.get_signature_list()
-    except (ValueError, RuntimeError) as exc:
-        raise FormatError(f"not a loadable TFLite flatbuffer ({one_line(exc)})", path=path) from None
+        with open_regular(path) as fh:
+            flatbuffer = fh.read()
+    except OSError as exc:
+        raise FormatError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    validate_flatbuffer(path, flatbuffer)
+    try:
+        child = Child(path, flatbuffer)
+    except ChildError as exc:
+        raise FormatError(f"not a loadable TFLite flatbuffer ({exc})", path=path) from None
+    signatures = child.info["signatures"]
     if SIGNATURE not in signatures:
         raise FormatError(f"the flatbuffer has no {SIGNATURE!r} signature (it has: "
                           f"{', '.join(signatures) or 'none'})", path=path)
-    runner = interpreter.get_signature_runner(SIGNATURE)
-    held = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
-    inputs = {n: np.dtype(d["dtype"]) for n, d in runner.get_input_details().items()}
-    return Artifact(path, "tflite", runtime, sorted(inputs),
-                    _output_order(signatures[SIGNATURE]["outputs"]), lambda feeds: runner(**feeds),
-                    inputs, quantization(held))
+    inputs = {n: np.dtype(d) for n, d in child.info["inputs"].items()}
+    return Artifact(path, "tflite", child.info["runtime"], sorted(inputs),
+                    _output_order(signatures[SIGNATURE]["outputs"]), child.run, inputs,
+                    quantization(set(child.info["held"])))
 
 
 # ---------------------------------------------------------------- the check

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..errors import INTERNAL_ERROR_EXIT, CheckFailed, TranscoderError
+from ..errors import INTERNAL_ERROR_EXIT, CheckFailed, TranscoderError, UsageError
 from ..printing import print_json, with_schema
 from .compare import (DEFAULT_TOLERANCES, NOT_CHECKED, SKIPPED, SUCCESS,
                       Comparison, json_float, overall_status)
@@ -353,9 +353,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    """Write beside the target under a temporary name, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write beside the target under a temporary name, then rename into place; UsageError
+    if the folder refuses (read-only, full)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report: {exc.strerror or exc}", path=path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -9,6 +9,7 @@ commands take are declared once, in :mod:`.options`.
 from __future__ import annotations
 
 import gc
+import signal
 from contextlib import contextmanager
 import os
 import sys
@@ -56,6 +57,7 @@ for _name, _command in (("convert", convert_cmd), ("check", check_cmd),
 
 COMMANDS = {c.name for c in app.registered_commands}
 PASSTHROUGH = {"--help", "-h"}
+COMPLETION = {"--install-completion", "--show-completion"}   # typer's own
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -68,15 +70,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         typer.echo(__version__)
         return 0
     args, verbose = _take_verbose(args)
-    if args and args[0] not in COMMANDS | PASSTHROUGH and not args[0].startswith("--"):
-        args.insert(0, "convert")
-    elif args and args[0] not in COMMANDS | PASSTHROUGH | {"--install-completion",
-                                                          "--show-completion"}:
+    if args and args[0] not in COMMANDS | PASSTHROUGH | COMPLETION:
         args.insert(0, "convert")
     debug = os.environ.get("TRANSCODER_DEBUG") == "1"
     try:
         with _verbose(verbose), progress.on_terminal():   # progress on a terminal, never piped
             result = app(args, prog_name="transcode", standalone_mode=False)
+        if _RECEIVED:   # Typer returns 130 for any KeyboardInterrupt
+            note("interrupted")
+            return 128 + _RECEIVED[-1]
         return result if isinstance(result, int) else 0
     except TranscoderError as exc:
         if debug:
@@ -91,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except (typer.Abort, KeyboardInterrupt):
         note("interrupted")
-        return 130
+        return 128 + (_RECEIVED[-1] if _RECEIVED else signal.SIGINT)
     except Exception as exc:  # a bug: still one line, unless debugging
         if debug:
             raise
@@ -134,4 +136,17 @@ def run() -> None:
     garbage collector from scanning them again on every full collection. Not in :func:`main`,
     which tests call many times."""
     gc.freeze()
+    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None:
+            signal.signal(signum, _interrupt)
     sys.exit(main())
+
+
+_RECEIVED: list[int] = []
+
+
+def _interrupt(signum: int, frame) -> None:
+    """SIGTERM or SIGHUP, raised as Ctrl-C's KeyboardInterrupt so that the same clean-up runs
+    (temporary outputs removed, a bulk run's manifest written); exit code 128 + the signal."""
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt

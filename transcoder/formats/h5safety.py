@@ -279,9 +279,10 @@ def tensor_ref(name: str, ds: Any, file_size: int, path: object) -> TensorRef:
 
 
 def write_array(grp: h5py.Group, rel: str, array: np.ndarray) -> h5py.Dataset:
-    """Write one array (contiguous, uncompressed); bfloat16 goes as exact float32 + attribute."""
+    """Write one array (contiguous, uncompressed); bfloat16 goes as exact float32 + attribute.
+    No modification times (``track_times=False``): one input, the same bytes, every run."""
     if is_bfloat16(array.dtype):
-        ds = grp.create_dataset(rel, data=bf16_to_float32(array))
+        ds = grp.create_dataset(rel, data=bf16_to_float32(array), track_times=False)
         ds.attrs["transcoder_dtype"] = "bfloat16"
         return ds
-    return grp.create_dataset(rel, data=array)
+    return grp.create_dataset(rel, data=array, track_times=False)

@@ -491,6 +491,7 @@ def _plists() -> tuple[h5py.h5p.PropDCID, h5py.h5p.PropLCID]:
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dcpl.set_obj_track_times(False)   # no timestamps: one input, the same bytes, every run
     lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
     lcpl.set_create_intermediate_group(True)   # weight paths hold groups: conv/conv/kernel
     lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)

@@ -28,6 +28,7 @@ from ..checkpoint import Checkpoint
 from ..errors import FormatError, UsageError
 from . import jsonsafe
 from .brief import brief
+from .regular import open_regular
 
 INDEX = ".index.json"
 MAX_INDEX = 64 << 20              # real indexes of the largest models are a few MiB
@@ -57,7 +58,7 @@ def weight_map(path: Path) -> dict[str, str]:
     """The ``weight_map`` of an index (tensor name -> shard file name beside it); FormatError
     unless it is one."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             data = fh.read(MAX_INDEX + 1)
     except OSError as exc:
         raise FormatError(f"cannot read: {exc.strerror or exc}", path=path) from None
@@ -108,10 +109,11 @@ def read(path: Path, options: Any, read_file: Callable[[Path, Any], Checkpoint])
 
 
 def existing_shard(path: Path, shard: str) -> Path:
-    """The shard's path; FormatError naming the index if there is nothing to open there (a
-    name too long for the file system included)."""
+    """The shard's path; FormatError naming the index if there is no regular file to open
+    there (a name too long for the file system, a FIFO or a device included)."""
     try:
-        (path.parent / shard).stat()
+        with open_regular(path.parent / shard):   # a FIFO would block every reader
+            pass
     except (OSError, ValueError) as exc:   # ValueError: a NUL or a lone surrogate in the name
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no valid file name"
         shown = shard if len(shard) <= 80 else f"{shard[:60]}...{shard[-16:]}"

@@ -31,6 +31,9 @@ _MAPPED: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=256)
 _OUTPUTS: set[str] = set()
 _LOCK = threading.Lock()
 _INSTALLED: list[Any] = []   # the handler and its ctypes objects, kept alive
+#: Taken by the first faulting thread and never released: any other thread that faults waits
+#: on it until the first one ends the process (one message, however many threads fault).
+_REPORTING = threading.Lock()
 EXIT_CODE = 2
 
 
@@ -91,7 +94,10 @@ def _sigaction() -> list[Any]:
 
 
 def _on_fault(address: int) -> None:
-    """Runs in the faulting thread (ctypes holds the GIL): report, clean up, exit."""
+    """Runs in the faulting thread (ctypes holds the GIL): report, clean up, exit. A second
+    faulting thread blocks here (it must not return into the faulting code) until the first
+    one's ``os._exit``; ``os.write`` releases the GIL, so without the lock both wrote."""
+    _REPORTING.acquire()
     found = [name for start, end, name in reversed(_MAPPED) if start <= address < end]
     what = found[0] if found else "a memory-mapped source file"
     for path in list(_OUTPUTS):

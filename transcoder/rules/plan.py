@@ -82,7 +82,7 @@ def plan_to_keras(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
         params = _take_user_tensors(plan, params, user)
         if params:
             _plan_module(plan, path, params, kinds.get(path), user, options.get(path, {}))
-    _check_unique(plan)
+    check_targets(plan)
     return plan
 
 
@@ -200,14 +200,25 @@ def _is_weight(ref: TensorRef) -> bool:
     return ref.dtype.startswith(("float", "bfloat", "complex"))
 
 
-def _check_unique(plan: Plan) -> None:
+def check_targets(plan: Plan) -> None:
+    """MappingError, naming both sources, when two tensors would be written under one name
+    (a writer keeps one of them, silently), or naming the source when one would be written
+    under an empty name: from ``--rules`` (``torch = "x"`` for ``keras = "dense/*"``), a
+    file's stored steps, or anywhere else. Carried tensors are not counted: a step may carry
+    its own sources under their names (weight norm), or remake a carried tensor (LSTM bias
+    pairs), by design."""
+    to_keras = plan.direction == TO_KERAS
     seen: dict[str, str] = {}
     for step in plan.steps:
-        for name in step.keras:
-            if name in seen:
-                raise MappingError(f"two tensors map to Keras weight {name!r}: {seen[name]} and "
-                                   f"{step.torch[0]}", hint="fix the --rules entries")
-            seen[name] = step.torch[0]
+        targets, origin = (step.keras, step.torch[0]) if to_keras else (step.torch, step.keras[0])
+        for name in targets:
+            if not name:
+                raise MappingError(f"{origin} would be written under an empty name",
+                                   hint="fix the --rules entries")
+            if seen.get(name, origin) != origin:
+                raise MappingError(f"two tensors would be written as {name!r}: {seen[name]} "
+                                   f"and {origin}", hint="fix the --rules entries")
+            seen[name] = origin
 
 
 def _apply_to_keras(plan: Plan, src: Checkpoint) -> Checkpoint:
@@ -272,6 +283,7 @@ def plan_to_torch(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
     stored = ckpt.meta.get("transcoder") or {}
     if stored.get("steps"):
         plan = _replay(ckpt, stored)
+        check_targets(plan)
         if user.layers or user.tensors:
             plan.notes.append("the file's own conversion record is replayed; --rules is not used")
         return plan
@@ -285,6 +297,7 @@ def plan_to_torch(ckpt: Checkpoint, user: UserRules | None = None) -> Plan:
                 raise _needs_keras_model(ckpt, layer, weights) or exc from None
     plan.carried = list(ckpt.meta.get("carried", []))
     plan.torch_order = [n for s in plan.steps for n in s.torch] + plan.carried
+    check_targets(plan)
     return plan
 
 
