@@ -12,7 +12,7 @@ The contract (issue 12), checked on every input:
 - within :data:`SECONDS` (an interval timer interrupts Python code; a campaign also runs a
   watchdog for hangs in C) and within a memory bound: the peak resident set of the input
   (``VmHWM`` after resetting it) at most :data:`MEMORY_MIB` above the worker's plus 100 times
-  the input's size (the expansion ratio, see ``transcoder/formats/limits.py``).
+  the input's size (the expansion ratio, see ``transcoder/formats/_guard/limits.py``).
 """
 from __future__ import annotations
 

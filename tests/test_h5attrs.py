@@ -1,5 +1,5 @@
 """Variable-length attributes are checked in the object header before HDF5 decodes them
-(transcoder.formats.h5attrs): every header layout h5py writes reads back the exact values;
+(transcoder.formats._hdf5.h5attrs): every header layout h5py writes reads back the exact values;
 what cannot be checked or declares more than the file holds is refused."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from transcoder.errors import UnsafeFileError
-from transcoder.formats import h5safety as h5s
+from transcoder.formats._hdf5 import h5safety as h5s
 
 VALUES = {f"a{i}": ("x" * (300 * i + 5)) + f"-{i}" for i in range(7)}   # 7: compact storage
 
@@ -91,7 +91,7 @@ def test_fixed_length_attributes_are_not_walked(tmp_path, monkeypatch):
     path = tmp_path / "m.h5"
     with h5py.File(path, "w") as f:
         f.attrs["layer_names"] = np.array([b"conv", b"fc"])
-    from transcoder.formats import h5attrs
+    from transcoder.formats._hdf5 import h5attrs
     monkeypatch.setattr(h5attrs, "_attribute_data", lambda *a: pytest.fail("walked"))
     f = h5s.open_file(path, path)
     try:
@@ -110,7 +110,7 @@ def _v1_header(messages: list[tuple[int, bytes]]) -> bytes:
 def test_continuation_loops_and_floods_are_refused_without_reading_on(case):
     """A continuation that leads back to a chunk already read, or more chunks than any real
     header has: refused, after a bounded amount of reading."""
-    from transcoder.formats import h5attrs
+    from transcoder.formats._hdf5 import h5attrs
 
     if case == "itself":
         data = _v1_header([(h5attrs.CONTINUATION, struct.pack("<QQ", 16, 24))])

@@ -18,7 +18,7 @@ from conftest import assert_bit_exact
 from hostile import assert_refused, keras_archive, legacy_h5, one_error_line, run_bounded
 from transcoder import pipeline
 from transcoder.errors import OutputExistsError
-from transcoder.formats import limits
+from transcoder.formats._guard import limits
 from transcoder.pipeline import atomic_output, read
 
 SLACK_MIB = 48
@@ -282,7 +282,8 @@ def test_atomic_output_refuses_a_file_that_appears_meanwhile(tmp_path):
 
 _TRUNCATE = """
 import os, sys
-from transcoder.formats import filemap, pt, safetensors_format
+from transcoder.formats import pt, safetensors_format
+from transcoder.formats._io import filemap
 real, seen = filemap.map_range, []
 def truncating(fd, offset, nbytes):
     array = real(fd, offset, nbytes)

@@ -169,7 +169,7 @@ def test_absurd_dimensions_are_refused_for_every_target_even_in_an_empty_tensor(
 
 _MANY_FAULTS = """
 import os, sys, threading, time
-from transcoder.formats import sigbus
+from transcoder.formats._io import sigbus
 
 class SlowOs:   # os.write releases the GIL: make the window before os._exit wide
     def __getattr__(self, name):

@@ -17,7 +17,8 @@ import hostile
 from hostile import Entry, assert_refused, run_bounded, state_dict_pickle, torch_zip
 from conftest import assert_bit_exact
 from transcoder.pipeline import read
-from transcoder.formats import limits, pt
+from transcoder.formats._guard import limits
+from transcoder.formats import pt
 
 #: Peak memory a refused bomb may take beyond a tiny valid conversion (the files are < 1 MiB).
 SLACK_MIB = 48

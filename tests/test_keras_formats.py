@@ -23,8 +23,9 @@ import pytest  # noqa: E402
 from transcoder.checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef  # noqa: E402
 from transcoder.errors import (FormatError, MappingError, UnsafeFileError,  # noqa: E402
                               UnsupportedError, UsageError)
-from transcoder.formats import ReadOptions, for_path, keras_config, keras_h5, keras_zip  # noqa: E402
-from transcoder.formats.h5safety import text  # noqa: E402
+from transcoder.formats import ReadOptions, for_path, keras_h5, keras_zip
+from transcoder.formats._hdf5 import keras_config  # noqa: E402
+from transcoder.formats._hdf5.h5safety import text  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16
 

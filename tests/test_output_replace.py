@@ -10,7 +10,7 @@ import pytest
 from transcoder.checkpoint import TensorRef
 from transcoder.pipeline import atomic_output
 from transcoder.errors import FormatError
-from transcoder.formats import rawfill
+from transcoder.formats._io import rawfill
 from transcoder.rules.ops import Permute
 
 
@@ -203,7 +203,7 @@ def test_memory_mapped_tensors_round_trip(tmp_path, monkeypatch, source, share_b
 
 
 def test_map_range_refuses_a_short_file(tmp_path):
-    from transcoder.formats.filemap import map_range
+    from transcoder.formats._io.filemap import map_range
 
     path = tmp_path / "f"
     path.write_bytes(bytes(range(100)))
@@ -250,7 +250,7 @@ def test_h5_writer_fails_whole_when_one_share_of_a_tensor_fails(tmp_path, monkey
 
 
 def test_file_range_finds_the_bytes_of_a_mapped_view(tmp_path):
-    from transcoder.formats.filemap import file_range, map_range
+    from transcoder.formats._io.filemap import file_range, map_range
 
     path = tmp_path / "f"
     path.write_bytes(bytes(range(256)) * 64)
@@ -268,7 +268,7 @@ def test_file_range_finds_the_bytes_of_a_mapped_view(tmp_path):
 
 def _mapped_ref(tmp_path, x):
     """A tensor whose data is a map of the file it was saved in, as the readers give them."""
-    from transcoder.formats.filemap import map_range
+    from transcoder.formats._io.filemap import map_range
 
     path = tmp_path / "src"
     path.write_bytes(b"head" + x.tobytes())
@@ -335,7 +335,7 @@ def test_bfloat16_goes_to_h5_as_exact_float32_through_the_fill(tmp_path, monkeyp
     import ml_dtypes
     from safetensors.numpy import save_file
 
-    from transcoder.formats import h5safety
+    from transcoder.formats._hdf5 import h5safety
     from transcoder.pipeline import read, transcode
 
     rng = np.random.default_rng(3)

@@ -24,7 +24,8 @@ from conftest import assert_imports_none_of  # noqa: E402
 from transcoder.checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef  # noqa: E402
 from transcoder.errors import (AmbiguousError, FormatError, UnsafeFileError,  # noqa: E402
                                UnsupportedError, UsageError)
-from transcoder.formats import ReadOptions, for_path, pt, torch_zip  # noqa: E402
+from transcoder.formats import ReadOptions, for_path, pt
+from transcoder.formats._torch import torch_zip  # noqa: E402
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.int16,
           torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64]
@@ -613,7 +614,7 @@ def test_shape_bomb_is_refused_before_allocating(tmp_path):
     torch.save({"w": torch.ones(4)}, tmp_path / "ok.pt")
     ckpt = Checkpoint({"w": TensorRef.from_array("w", np.ones(4, np.float32))}, "torch")
     # our own writer with a lying shape: the record holds 16 bytes, the pickle claims 10^12 floats
-    from transcoder.formats import torch_pickle
+    from transcoder.formats._torch import torch_pickle
     pkl = torch_pickle.dump_state_dict([torch_pickle.StateDictEntry("w", (10**6, 10**6), "float32", "0")])
     _rewrite_zip(tmp_path / "ok.pt", tmp_path / "bomb.pt",
                  lambda name, data: pkl if name.endswith("data.pkl") else data)

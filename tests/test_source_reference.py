@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch", reason="needs torch: pip install '.[check]'
 keras = pytest.importorskip("keras")
 
 from transcoder.checks import hyper  # noqa: E402
-from transcoder.formats import keras_config  # noqa: E402
+from transcoder.formats._hdf5 import keras_config  # noqa: E402
 from transcoder.export import _converter_message  # noqa: E402
 from transcoder.models import keras_source  # noqa: E402
 
@@ -427,7 +427,7 @@ def test_unbuildable_source_still_compares_its_config(cli, tmp_path):
 
 
 def _findings(module, config, before=None, reference=hyper.KERAS):
-    from transcoder.formats.keras_config import LayerSpec
+    from transcoder.formats._hdf5.keras_config import LayerSpec
 
     spec = LayerSpec("c", "Conv1D", config)
     return hyper._compare_pair(hyper._Pair("c", module, spec, spec, before, reference))
@@ -457,7 +457,7 @@ def _findings(module, config, before=None, reference=hyper.KERAS):
        "padding in a layer of its own on the Keras side, or use zeros")]),
 ])
 def test_padding_judgements(keras_config, torch_kwargs, before, expected):
-    from transcoder.formats.keras_config import LayerSpec
+    from transcoder.formats._hdf5.keras_config import LayerSpec
 
     module = torch.nn.Conv1d(4, 6, 3, **torch_kwargs)
     feeding = LayerSpec("zp", "ZeroPadding1D", before) if before else None

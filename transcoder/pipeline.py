@@ -24,7 +24,8 @@ from typing import Any, Iterator
 from . import export
 from . import formats
 from . import progress
-from .formats import filemeta, shards, sigbus
+from .formats import filemeta, shards
+from .formats._io import sigbus
 from .checkpoint import Checkpoint
 from .errors import OutputExistsError, TranscoderError, UsageError
 from .frameworks import import_frameworks

@@ -33,7 +33,7 @@ from typing import Callable
 
 from .. import progress
 from ..errors import INTERNAL_ERROR_EXIT, MissingDependencyError, UsageError
-from ..formats import rawfill
+from ..formats._io import rawfill
 from .task import FAILED, Task, run_task
 
 OnResult = Callable[[dict], bool]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
-from ..formats.regular import NotRegularError, open_regular
+from ..formats._guard.regular import NotRegularError, open_regular
 from ..options import CheckRequest
 from ..pipeline import conversion
 from .beneath import pinned

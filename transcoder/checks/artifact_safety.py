@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FormatError, UnsafeFileError, UnsupportedError, one_line
-from ..formats.regular import open_regular
+from ..formats._guard.regular import open_regular
 from .savedmodel_ops import ALLOWED, SAVER_FUNCTION, SAVER_OPS
 
 #: protobuf's own limit on a message

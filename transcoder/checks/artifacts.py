@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import FormatError, UsageError, one_line
 from ..export import SIGNATURE, quantization
 from ..frameworks import import_keras, native_stderr_silenced
-from ..formats.regular import open_regular
+from ..formats._guard.regular import open_regular
 from ..options import TORCH_LAYOUT, Tolerance
 from .artifact_safety import check_saved_model
 from .flatbuffer import validate as validate_flatbuffer

@@ -30,8 +30,8 @@ from typing import Any, Iterator
 from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import TranscoderError
 from ..formats import layout_of
-from ..formats import keras_config
-from ..formats.keras_config import LayerSpec
+from ..formats._hdf5 import keras_config
+from ..formats._hdf5.keras_config import LayerSpec
 from ..models import keras_side, torch_side
 from ..pipeline import read
 from ..rules import from_keras, registry

@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..checkpoint import Checkpoint
 from ..errors import FormatError, TranscoderError, UsageError
-from . import zipsafe
+from ._guard import zipsafe
 
 #: Leading bytes, defined once.
 ZIP = b"PK\x03\x04"

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..checkpoint import LAYOUT_TORCH, Checkpoint
 from ..errors import FormatError, UsageError
-from . import jsonsafe
+from ._guard import jsonsafe
 from .base import Format, Head, ReadOptions
 
 CONFIG = "config.json"

@@ -31,19 +31,21 @@ import numpy as np
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import FormatError, MappingError, UnsafeFileError, UnsupportedError, UsageError
-from . import filemeta, jsonsafe, limits, rawfill, sigbus
-from . import keras_config
+from . import filemeta
+from ._guard import jsonsafe, limits
+from ._io import rawfill, sigbus
+from ._hdf5 import keras_config
 from .base import HDF5, Format, Head, LazyModule, ReadOptions
 
 if TYPE_CHECKING:
     import h5py
 
-    from . import h5safety as h5s
-    from . import keras_v3
+    from ._hdf5 import h5safety as h5s
+    from ._hdf5 import keras_v3
 else:   # loaded when a file is read or written, not when the registry reads FORMAT
     h5py = LazyModule("h5py")
-    h5s = LazyModule("transcoder.formats.h5safety")
-    keras_v3 = LazyModule("transcoder.formats.keras_v3")
+    h5s = LazyModule("transcoder.formats._hdf5.h5safety")
+    keras_v3 = LazyModule("transcoder.formats._hdf5.keras_v3")
 
 #: What the written files claim. Loaders special-case only keras_version "1" and backend "theano".
 KERAS_VERSION = "3.15.1"

@@ -25,18 +25,18 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import FormatError, UnsafeFileError, UsageError
-from . import jsonsafe, zipsafe
+from ._guard import jsonsafe, zipsafe
 from .base import ZIP, Format, Head, LazyModule, ReadOptions
 
 if TYPE_CHECKING:
     import h5py
 
-    from . import h5safety as h5s
-    from . import keras_v3
+    from ._hdf5 import h5safety as h5s
+    from ._hdf5 import keras_v3
 else:   # loaded when a file is read, not when the registry reads FORMAT
-    h5s = LazyModule("transcoder.formats.h5safety")
-    keras_v3 = LazyModule("transcoder.formats.keras_v3")
-from .brief import brief
+    h5s = LazyModule("transcoder.formats._hdf5.h5safety")
+    keras_v3 = LazyModule("transcoder.formats._hdf5.keras_v3")
+from ._guard.brief import brief
 
 WEIGHTS = "model.weights.h5"
 CONFIG = "config.json"

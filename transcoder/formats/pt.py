@@ -28,16 +28,19 @@ import numpy as np
 
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError, UsageError
-from .brief import brief
-from . import filemap
-from .filemap import MAP_FROM_BYTES, map_range
-from . import limits, shards, sigbus, zipsafe
+from ._guard.brief import brief
+from ._io import filemap
+from ._io.filemap import MAP_FROM_BYTES, map_range
+from ._guard import limits, zipsafe
+from . import shards
+from ._io import sigbus
 from .base import PICKLE, ZIP, Format, Head, ReadOptions
-from .torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
-                           UnsupportedTensor, dump_state_dict, is_tensor)
-from .unpickler import unpickle
-from .torch_zip import TorchZipWriter
-from .unwrap import StateDict, find_state_dict, parse_script_classes, script_state_dict, strip_prefixes
+from ._torch.torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
+                                  UnsupportedTensor, dump_state_dict, is_tensor)
+from ._torch.unpickler import unpickle
+from ._torch.torch_zip import TorchZipWriter
+from ._torch.unwrap import (StateDict, find_state_dict, parse_script_classes, script_state_dict,
+                            strip_prefixes)
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001

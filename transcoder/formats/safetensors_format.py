@@ -18,12 +18,14 @@ from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, UnsupportedError, one_line
-from . import filemeta, jsonsafe, rawfill, sigbus
+from . import filemeta
+from ._guard import jsonsafe
+from ._io import rawfill, sigbus
 from .base import Format, Head, ReadOptions
 from .shards import INDEX
 from .shards import existing_shard, weight_map
-from .brief import brief
-from .filemap import MAP_FROM_BYTES, map_range
+from ._guard.brief import brief
+from ._io.filemap import MAP_FROM_BYTES, map_range
 
 #: safetensors dtype codes <-> our canonical dtype names.
 CODES: dict[str, str] = {

@@ -26,9 +26,9 @@ from typing import Any, Callable
 
 from ..checkpoint import Checkpoint
 from ..errors import FormatError, UsageError
-from . import jsonsafe
-from .brief import brief
-from .regular import open_regular
+from ._guard import jsonsafe
+from ._guard.brief import brief
+from ._guard.regular import open_regular
 
 INDEX = ".index.json"
 MAX_INDEX = 64 << 20              # real indexes of the largest models are a few MiB

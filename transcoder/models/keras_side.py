@@ -18,7 +18,7 @@ from typing import Any
 
 from ..checkpoint import LAYOUT_KERAS, Checkpoint, TensorRef
 from ..errors import MappingError, UnsupportedError, UsageError
-from ..formats.reproducible import fixed_zip_times
+from ..formats._io.reproducible import fixed_zip_times
 from ..rules import plan_to_keras, registry
 from . import readings
 from .spec import build_from_spec
@@ -347,5 +347,5 @@ def save(model, path: Path, real_name: str) -> None:
             model.save_weights(str(inner))
         else:
             model.save(str(inner))
-            fixed_zip_times(inner)   # same input, same bytes (formats/reproducible.py)
+            fixed_zip_times(inner)   # same input, same bytes (formats/_io/reproducible.py)
         os.replace(inner, path)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import one_line
-from ..formats.keras_config import class_of, is_foreign
+from ..formats._hdf5.keras_config import class_of, is_foreign
 from ..options import CHANNELS_LAST, TORCH_LAYOUT
 
 #: Registered names of our own Keras layers (models/keras_layers.py), built like Keras' own.

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..checkpoint import TensorRef
 from ..errors import UnsupportedError
-from ..formats.keras_config import WRAPPERS, LayerSpec, is_foreign, wrapped
+from ..formats._hdf5.keras_config import WRAPPERS, LayerSpec, is_foreign, wrapped
 from . import registry
 
 

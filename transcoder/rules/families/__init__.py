@@ -23,7 +23,7 @@ kind of layer, in one place.
   SeparableConv's ``depthwise`` and ``pointwise``), ``weight_norm`` (a weight-normed module's
   weight is folded, ``rules/weightnorm.py``).
 - The Keras side: the Keras weight names are the ``params``' Keras names in order (a Keras 3
-  file stores them unnamed, ``formats/keras_v3.py`` names them so); ``keras_options`` (config
+  file stores them unnamed, ``formats/_hdf5/keras_v3.py`` names them so); ``keras_options`` (config
   key -> hyper-parameter) and ``computable`` (config values PyTorch computes; others are
   refused), ``options_from_config`` to override; ``recognise_keras`` / ``guess_keras`` for a
   Keras layer known only by its weights; ``holds_ours`` / ``joins`` when a user's Keras layer

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import SharedLoads, TensorRef
-from ..errors import FormatError
+from ...checkpoint import SharedLoads, TensorRef
+from ...errors import FormatError
 from . import filemap
 
 #: Threads per Filler. A process that converts beside others (a `transcode bulk` worker)

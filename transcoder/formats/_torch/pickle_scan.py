@@ -25,7 +25,7 @@ import pickletools
 import warnings
 from typing import IO, Callable
 
-from ..errors import FormatError
+from ...errors import FormatError
 
 #: Hash work allowed for any pickle, plus WORK_PER_OPCODE per opcode and WORK_PER_BYTE per byte
 #: read so far. Real state-dict pickles cost about one unit per opcode (each tensor's argument

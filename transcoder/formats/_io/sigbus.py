@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import FormatError, TranscoderError, UsageError, printable
+from ...errors import FormatError, TranscoderError, UsageError, printable
 
 #: Recent mappings: (first address, end address, file). Older ones are long unmapped.
 _MAPPED: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=256)

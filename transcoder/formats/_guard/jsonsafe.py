@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..checkpoint import MAX_DIMS
-from ..errors import FormatError
+from ...checkpoint import MAX_DIMS
+from ...errors import FormatError
 
 #: Deeper JSON is not a config any tool writes (a Keras model nested in a model in a model is
 #: about 20 levels deep).

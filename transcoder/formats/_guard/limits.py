@@ -18,7 +18,7 @@ one tensor expanded that way at a time.
 """
 from __future__ import annotations
 
-from ..errors import UnsafeFileError
+from ...errors import UnsafeFileError
 
 RATIO = 100
 TENSOR_FLOOR = 1 << 20

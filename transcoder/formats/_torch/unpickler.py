@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from functools import partial
 from typing import IO, Any, Callable
 
-from ..errors import FormatError, UnsafeFileError
-from .brief import brief, key_text
+from ...errors import FormatError, UnsafeFileError
+from .._guard.brief import brief, key_text
 from .pickle_scan import scan, work_budget
 from .torch_pickle import (HASHING, Placeholder, StorageRef, StorageType, UnsupportedTensor,
                            canonical, resolve_global)

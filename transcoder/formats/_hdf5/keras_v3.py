@@ -18,10 +18,10 @@ from typing import Any
 
 import h5py
 
-from ..checkpoint import TensorRef
-from ..errors import FormatError, UnsafeFileError
+from ...checkpoint import TensorRef
+from ...errors import FormatError, UnsafeFileError
 from . import h5safety as h5s
-from . import limits
+from .._guard import limits
 from . import keras_config
 from .keras_config import config_layers, config_name
 
@@ -63,7 +63,7 @@ LEGACY_WEIGHTS: dict[str, tuple[str, ...]] = {
 
 def _table():
     """The rule table (``rules/registry.py``): the families name their Keras weights."""
-    from ..rules import registry
+    from ...rules import registry
 
     return registry.TABLE
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import h5py
 
-from ..errors import UnsafeFileError
+from ...errors import UnsafeFileError
 
 SIGNATURE = b"GCOL"
 BLOCK = 1 << 20

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from ..checkpoint import DTYPES, MAX_DIMS
-from ..errors import FormatError, UnsafeFileError
-from .brief import brief, key_text
+from ...checkpoint import DTYPES, MAX_DIMS
+from ...errors import FormatError, UnsafeFileError
+from .._guard.brief import brief, key_text
 
 # ---------------------------------------------------------------------------------------------
 # Tables: torch names <-> canonical dtype names (see checkpoint.DTYPES)

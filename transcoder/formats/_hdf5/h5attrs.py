@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import h5py
 
-from ..errors import FormatError, UnsafeFileError
+from ...errors import FormatError, UnsafeFileError
 
 ReadAt = Callable[[int, int], bytes]
 

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import IO, Iterable
 
-from ..errors import FormatError
+from ...errors import FormatError
 
 ALIGNMENT = 64
 ZIP64_LIMIT = 0xFFFFFFFF  # sizes/offsets at or past this need zip64 fields (as in miniz)

@@ -22,9 +22,10 @@ from typing import Any, Callable, Iterator
 import h5py
 import numpy as np
 
-from ..checkpoint import DTYPES, TensorRef, dtype_name, is_bfloat16
-from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError
-from . import h5attrs, h5heap, jsonsafe, limits
+from ...checkpoint import DTYPES, TensorRef, dtype_name, is_bfloat16
+from ...errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError
+from . import h5attrs, h5heap
+from .._guard import jsonsafe, limits
 
 #: An HDF5 object header holds at most 64 KiB; Keras splits longer attributes (same limit).
 ATTR_LIMIT_BYTES = 64512

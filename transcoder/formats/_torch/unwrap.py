@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from ..errors import AmbiguousError, FormatError, UsageError
-from .brief import brief, key_text
+from ...errors import AmbiguousError, FormatError, UsageError
+from .._guard.brief import brief, key_text
 from .torch_pickle import Placeholder
 
 IsTensor = Callable[[Any], bool]

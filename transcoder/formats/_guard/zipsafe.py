@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import IO, Iterable
 
-from ..errors import FormatError, UnsafeFileError
+from ...errors import FormatError, UnsafeFileError
 from . import limits
 
 #: More members than this is not a checkpoint (torch.save writes one per storage).
