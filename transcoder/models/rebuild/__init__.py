@@ -61,13 +61,15 @@ import keras
 import torch
 
 from ...checkpoint import LAYOUT_KERAS, Checkpoint
+from ...errors import UnsupportedError
 from ...frameworks import torch_from_numpy
 from ...options import InputOptions
 from ...rules import make_plan
 from ..inputs import InputSpec, embedding_ranges, make_inputs
 from ..torch_side import checkpoint_of_module, forward
 from . import builders  # noqa: F401  (fills the tables)
-from .core import FUNCTIONS, METHODS, MODULES, NeedStatic
+from .core import ATEN, FUNCTIONS, METHODS, MODULES, NeedStatic
+from .exported import ExportRebuilder, export_module
 from .trace import (Rebuilder, eval_mode, function_label, growth, trace_module,
                     weights_from_checkpoint)
 
@@ -84,14 +86,27 @@ def rebuild(module: torch.nn.Module, example_inputs: tuple, *, channels_last: bo
     """
     example_inputs = tuple(example_inputs)
     with eval_mode(module), torch.no_grad():
-        gm = trace_module(module)
         keras_ckpt = keras_checkpoint(module) if keras_ckpt is None else keras_ckpt
+        try:
+            gm = trace_module(module)
+        except UnsupportedError as fx_error:   # what fx cannot trace: from torch.export
+            return _rebuild_exported(module, example_inputs, channels_last, keras_ckpt,
+                                     fx_error)
         grow = growth(gm, example_inputs)
         try:
             builder = Rebuilder(gm, module, keras_ckpt, grow or {}, channels_last)
             return builder.build(example_inputs)
         except NeedStatic:   # a builder needs a size the dynamic version leaves open
             return Rebuilder(gm, module, keras_ckpt, {}, channels_last).build(example_inputs)
+
+
+def _rebuild_exported(module, example_inputs: tuple, channels_last: bool,
+                      keras_ckpt: Checkpoint, fx_error: UnsupportedError) -> keras.Model:
+    try:
+        gm = export_module(module, example_inputs)
+    except UnsupportedError as error:
+        raise UnsupportedError(f"{fx_error.message}; {error.message}", hint=error.hint) from None
+    return ExportRebuilder(gm, module, keras_ckpt, channels_last).build(example_inputs)
 
 
 def rebuild_for_inputs(module: torch.nn.Module, specs: list[InputSpec], inputs: InputOptions,
@@ -112,7 +127,8 @@ def keras_checkpoint(module: torch.nn.Module) -> Checkpoint:
 
 
 def supported() -> dict[str, list[str]]:
-    """What the rebuild covers: module classes, functions and Tensor methods."""
+    """What the rebuild covers: module classes, functions, Tensor methods and the ATen ops
+    of a ``torch.export`` graph."""
     return {"modules": sorted(c.__name__ for c in MODULES),
             "functions": sorted({function_label(f) for f in FUNCTIONS}),
-            "methods": sorted(METHODS)}
+            "methods": sorted(METHODS), "aten": sorted(str(op) for op in ATEN)}

@@ -33,6 +33,7 @@ Builder = Callable[..., Any]
 MODULES: dict[type, Builder] = {}
 FUNCTIONS: dict[Callable, Builder] = {}
 METHODS: dict[str, Builder] = {}
+ATEN: dict[Any, Builder] = {}      # torch.ops.aten overloads: the ops of a torch.export graph
 
 KERAS_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
                 torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32",
@@ -63,6 +64,14 @@ def functions(*fns: Callable) -> Callable[[Builder], Builder]:
 def methods(*names: str) -> Callable[[Builder], Builder]:
     def register(fn: Builder) -> Builder:
         METHODS.update((n, fn) for n in names)
+        return fn
+    return register
+
+
+def aten(*overloads) -> Callable[[Builder], Builder]:
+    """Decorator: register a builder for these ``torch.ops.aten`` overloads."""
+    def register(fn: Builder) -> Builder:
+        ATEN.update((o, fn) for o in overloads)
         return fn
     return register
 
