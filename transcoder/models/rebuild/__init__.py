@@ -1,7 +1,8 @@
 """Rebuild a PyTorch module as an equivalent Keras 3 functional model, weights from the rules.
 
-``rebuild(module, example_inputs)`` traces ``module.forward`` with ``torch.fx`` and turns every
-call into Keras layers through the builder tables. The weights come from our rule table: the
+``rebuild(module, example_inputs)`` traces ``module.forward`` with ``torch.fx`` (where fx
+cannot, exports it with ``torch.export``) and turns every call into Keras layers through the
+builder tables. The weights come from our rule table: the
 module's state dict goes through ``make_plan(..., "keras").apply(...)``, and each Keras layer
 is loaded from the converted checkpoint under its name (:func:`weights_from_checkpoint`), so a
 forward check of the rebuilt model tests the rule table itself.
@@ -49,9 +50,13 @@ Conventions:
     it safe: the module is run again with those axes doubled and every tensor must grow along
     at most one axis, with no size-derived number used except as a view/reshape target
     (whose growing axis is then written -1). Otherwise every shape is fixed to the example.
-  - Unsupported calls raise :class:`UnsupportedError` naming the op and the module path;
-    so do forwards torch.fx cannot trace (data-dependent control flow). ``torch.export`` is
-    not used: every model of the issue traces with fx.
+  - Unsupported calls raise :class:`UnsupportedError` naming the op and the module path.
+  - A forward torch.fx cannot trace (data-dependent control flow, slice indices: every
+    Hugging Face model) is exported with ``torch.export`` and rebuilt from its ATen graph
+    (``exported.py``, ``builders/aten.py``): module calls are recognised by the module path
+    each ATen call carries and built by the module's builder, as above; shapes are then the
+    example's. fx stays first where it traces: it keeps a dynamic batch and traces in a
+    fraction of export's time.
   - Inference only: the module runs in eval mode while traced (its modes are restored);
     Dropout is the identity, BatchNorm uses its running statistics. float32 models.
 """

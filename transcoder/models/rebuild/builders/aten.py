@@ -18,7 +18,7 @@ from keras import layers as L
 from ...keras_layers import Slice
 from ..core import ATEN, Build, Value, aten, identity
 from . import activation, arith, pool, shape
-from .activation import call_form, keras_activation
+from .activation import call_form
 
 A = torch.ops.aten
 BIG = 2 ** 62   # an ATen slice's "to the end"
