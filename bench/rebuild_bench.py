@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--targets", default="keras,tflite,litert")
+    ap.add_argument("--litert-path", default="", help="a folder holding litert-torch and its "
+                    "dependencies (pip install --no-deps --target DIR ...), put on PYTHONPATH "
+                    "for the litert target only, so that pip never replaces torch")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rebuild-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -60,13 +63,16 @@ def main() -> None:
     print(f"| target | wall s | peak RSS MiB | exit | output |\n|---|---|---|---|---|")
     for target in args.targets.split(","):
         out = work / f"bert_base.{target if target != 'litert' else 'litert.tflite'}"
+        target_env = env
         if target == "litert":
             cmd = [sys.executable, "-c", LITERT.format(here=str(HERE), seq=args.seq, out=str(out))]
+            target_env = {**env, "PYTHONPATH": os.pathsep.join(
+                p for p in (args.litert_path, env["PYTHONPATH"]) if p)}
         else:
             cmd = [sys.executable, "-m", "transcoder", str(ckpt), str(out), "--force",
                    "--model", f"{HERE / 'bert_base.py'}:bert_base",
                    "--input-shape", f"1,{args.seq}", "--input-dtype", "int64"]
-        wall, rss, code, tail = run(cmd, env)
+        wall, rss, code, tail = run(cmd, target_env)
         print(f"| {target} | {wall:.1f} | {rss:.0f} | {code} | {tail[:160]} |", flush=True)
 
 

@@ -37,6 +37,9 @@ import hf_models  # noqa: E402  (fixtures/, on sys.path through conftest)
 SPECS = FIXTURES / "hf_models.py"
 NAMES = list(hf_models.INPUTS)
 EXPORTED = ["bert", "llama", "vit", "wav2vec2"]   # a representative subset for the exports
+#: float16 weights: wav2vec2's GroupNorm over 80 time steps of a random model errs by 3.5e-3
+#: (against 1e-3 + 1e-2 x |output|): the check calls it INACCURATE, rightly
+FLOAT16 = ["bert", "llama", "vit"]
 MAGNITUDE = 1e-4                                   # of the output's largest absolute value
 
 
@@ -135,9 +138,11 @@ def run_tflite(path, x):
     return [out[k] for k in sorted(out, key=lambda k: int(k.split("_")[-1]))]
 
 
-@pytest.mark.parametrize("suffix,quantize", [("savedmodel", None), ("tflite", None),
-                                             ("tflite", "float16")])
-@pytest.mark.parametrize("name", EXPORTED)
+CASES = [(name, suffix, None) for name in EXPORTED for suffix in ("savedmodel", "tflite")] + \
+    [(name, "tflite", "float16") for name in FLOAT16]
+
+
+@pytest.mark.parametrize("name,suffix,quantize", CASES)
 def test_model_exports_check_on_the_artifact_and_load(artifacts, name, suffix, quantize):
     path, result = artifacts.get(name, suffix, quantize)
     assert result.report.passed and result.report.artifact["format"] == suffix
@@ -168,6 +173,19 @@ def test_module_calls_are_keras_built_ins_named_by_path_with_the_rules_weights()
     assert not [layer for layer in model.layers if type(layer).__name__ == "Lambda"]
 
 
+def test_what_the_export_folds_comes_from_the_checkpoint_not_the_module():
+    """ViT's cls token is expanded to the batch before it meets the inputs: a constant. The
+    conversion rebuilds the module as built (its own random weights) with the checkpoint's
+    weights: the constant must hold the checkpoint's cls token."""
+    x = torch.from_numpy(fresh_input("vit"))
+    source, built = hf_models.vit(), hf_models.vit()
+    assert not torch.equal(source.embeddings.cls_token, built.embeddings.cls_token)
+    before = {k: v.clone() for k, v in built.state_dict().items()}
+    model = rebuild(built, (x,), keras_ckpt=keras_checkpoint(source))
+    assert_within_magnitude(as_list(model(x.numpy())), torch_outputs(source, x.numpy()), "vit")
+    assert all(torch.equal(v, before[k]) for k, v in built.state_dict().items())   # restored
+
+
 def test_weight_norm_the_rules_cannot_fold_is_a_conv1d_of_the_live_weight():
     """wav2vec2's positional convolution is weight-normed over dim 2: the rule table carries
     its g and v; the rebuild's Conv1D holds the rule table's mapping of the module's weight."""
@@ -175,8 +193,12 @@ def test_weight_norm_the_rules_cannot_fold_is_a_conv1d_of_the_live_weight():
     model = rebuild(module, (torch.from_numpy(fresh_input("wav2vec2")),))
     conv = module.encoder.pos_conv_embed.conv
     kernel, bias = model.get_layer("encoder.pos_conv_embed.conv").get_weights()
-    np.testing.assert_array_equal(kernel, conv.weight.detach().permute(2, 1, 0).numpy())
+    with torch.no_grad():   # the rule table folds g * v / ||v|| itself: float32 rounding apart
+        np.testing.assert_allclose(kernel, conv.weight.permute(2, 1, 0).numpy(), rtol=1e-6,
+                                   atol=1e-7)
     np.testing.assert_array_equal(bias, conv.bias.detach().numpy())
+    g = module.state_dict()["encoder.pos_conv_embed.conv.parametrizations.weight.original0"]
+    assert g.shape == (1, 1, 4)   # over dim 2: what the rule table cannot fold
 
 
 def test_channels_last_takes_and_returns_the_deployment_layout():

@@ -74,7 +74,7 @@ from ..inputs import InputSpec, embedding_ranges, make_inputs
 from ..torch_side import checkpoint_of_module, forward
 from . import builders  # noqa: F401  (fills the tables)
 from .core import ATEN, FUNCTIONS, METHODS, MODULES, NeedStatic
-from .exported import ExportRebuilder, export_module
+from .exported import ExportRebuilder, checkpoint_weights, export_module
 from .trace import (Rebuilder, eval_mode, function_label, growth, trace_module,
                     weights_from_checkpoint)
 
@@ -107,11 +107,13 @@ def rebuild(module: torch.nn.Module, example_inputs: tuple, *, channels_last: bo
 
 def _rebuild_exported(module, example_inputs: tuple, channels_last: bool,
                       keras_ckpt: Checkpoint, fx_error: UnsupportedError) -> keras.Model:
-    try:
-        gm = export_module(module, example_inputs)
-    except UnsupportedError as error:
-        raise UnsupportedError(f"{fx_error.message}; {error.message}", hint=error.hint) from None
-    return ExportRebuilder(gm, module, keras_ckpt, channels_last).build(example_inputs)
+    with checkpoint_weights(module, keras_ckpt):
+        try:
+            gm = export_module(module, example_inputs)
+        except UnsupportedError as error:
+            raise UnsupportedError(f"{fx_error.message}; {error.message}",
+                                   hint=error.hint) from None
+        return ExportRebuilder(gm, module, keras_ckpt, channels_last).build(example_inputs)
 
 
 def rebuild_for_inputs(module: torch.nn.Module, specs: list[InputSpec], inputs: InputOptions,

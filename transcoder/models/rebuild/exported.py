@@ -36,7 +36,7 @@ from torch.fx.node import map_arg
 
 from ...checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef, dtype_name
 from ...errors import UnsupportedError, one_line
-from ...frameworks import numpy_from_torch
+from ...frameworks import numpy_from_torch, torch_from_numpy
 from ...rules import make_plan
 from ..torch_side import kind_of
 from .core import ATEN, FUNCTIONS, Build, Refused, Value, module_builder
@@ -55,6 +55,23 @@ def export_module(module: torch.nn.Module, example_inputs: tuple) -> torch.fx.Gr
         except Exception as exc:  # noqa: BLE001 - export's errors are of many types
             raise UnsupportedError(f"torch.export cannot export {type(module).__name__}: "
                                    f"{one_line(exc)[:300]}", hint=HINT) from None
+
+
+@contextlib.contextmanager
+def checkpoint_weights(module: torch.nn.Module, keras_ckpt: Checkpoint):
+    """The module computes with the checkpoint's weights while rebuilt (restored after):
+    whatever the export folds into constants (a cls token expanded to the batch, a weight
+    norm, rotary tables) must hold the checkpoint's values, not those the module was built
+    with. The rule table takes the Keras checkpoint back to PyTorch's names and layout."""
+    torch_ckpt = make_plan(keras_ckpt, LAYOUT_TORCH).apply(keras_ckpt)
+    saved = {k: v.clone() for k, v in module.state_dict().items()}
+    state = {k: torch_from_numpy(torch_ckpt[k].load()) for k in saved
+             if k in torch_ckpt.tensors}
+    module.load_state_dict(state, strict=False)
+    try:
+        yield
+    finally:
+        module.load_state_dict(saved)
 
 
 def module_path(n: torch.fx.Node) -> str:
