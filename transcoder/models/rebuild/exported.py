@@ -171,9 +171,7 @@ class ExportRebuilder(Rebuilder):
                 expected = module(self.env_keep[inputs[0]])
             except Exception:  # noqa: BLE001 - the module takes more than this tensor
                 return None
-        first = result[0] if isinstance(result, (tuple, list)) else result
-        if not (isinstance(expected, torch.Tensor) and isinstance(first, torch.Tensor)
-                and expected.shape == first.shape and torch.equal(expected, first)):
+        if not _same_numbers(expected, result):
             return None
         self._live_weights(path, module)
         b = Build(self.g, path, label=f"nn.{kind_of(module)}", where=path, module=module,
@@ -181,10 +179,14 @@ class ExportRebuilder(Rebuilder):
         with _keras_errors(b):
             x = self.kenv[inputs[0]]
             value = builder(b, module, b.constant(x) if constant else x)
-        if isinstance(result, (tuple, list)):   # batch norm: (output, saved statistics)
-            rest = Refused(UnsupportedError(f"the statistics {label_of(n)} returns in {path}"))
-            return (value, *[rest] * (len(result) - 1))
-        return value
+        if not isinstance(result, (tuple, list)):
+            return value
+        # the op's results, flat: an LSTM's (output, h, c) for the module's (output, (h, c));
+        # batch norm's (output, saved statistics) for the module's output
+        values = _leaves(value)
+        rest = Refused(UnsupportedError(f"a result of {label_of(n)} in {path} that the "
+                                        f"module does not return"))
+        return (*values, *[rest] * (len(result) - len(values)))
 
     def _live_weights(self, path: str, module) -> None:
         """Where the rule table left a module's weights unmapped (a weight norm it cannot
@@ -207,6 +209,16 @@ class ExportRebuilder(Rebuilder):
         with contextlib.suppress(Exception):
             self.live[path] = weights_from_checkpoint(make_plan(ckpt, LAYOUT_KERAS).apply(ckpt),
                                                       path)
+
+
+def _same_numbers(expected, result) -> bool:
+    """Whether the module's output is exactly the op's result: the same tensors in flat
+    order (all of them, or the first only where the op returns more)."""
+    want, got = _leaves(expected), _leaves(result)
+    if not want or len(want) > len(got) or (len(want) < len(got) and len(want) != 1):
+        return False
+    return all(isinstance(w, torch.Tensor) and isinstance(g, torch.Tensor)
+               and w.shape == g.shape and torch.equal(w, g) for w, g in zip(want, got))
 
 
 def label_of(n: torch.fx.Node) -> str:

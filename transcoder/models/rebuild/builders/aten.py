@@ -125,6 +125,16 @@ def clamp(b: Build, x, min=None, max=None):
     return activation.clamp(b, x, min, max)
 
 
+@aten(A.clamp_min.default)
+def clamp_min(b: Build, x, min):
+    return activation.clamp(b, x, min, None)
+
+
+@aten(A.clamp_max.default)
+def clamp_max(b: Build, x, max):
+    return activation.clamp(b, x, None, max)
+
+
 @aten(A.full_like.default, A.ones_like.default, A.zeros_like.default)
 def full_like(b: Build, x, *args, **kwargs):
     """A tensor of one value shaped like ``x``: a constant at the traced shapes."""
