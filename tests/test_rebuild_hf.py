@@ -267,3 +267,30 @@ class Flip(nn.Module):
 def test_an_uncovered_op_is_one_error_naming_the_op_and_the_module():
     with pytest.raises(UnsupportedError, match=r"aten\.flip\.default \(in block\.1, a Flip\)"):
         rebuild(Uncovered().eval(), (torch.randn(2, 4),))
+
+
+class BranchGRU(nn.Module):
+    """A GRU (its module returns (output, h); ATen's op the same, flat) after F.normalize
+    (clamp_min in ATen), behind a branch on a size: through torch.export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(6, 5, batch_first=True)
+
+    def forward(self, x):
+        if x.shape[1] > 2:
+            x = torch.nn.functional.normalize(x, dim=-1)
+        out, h = self.gru(x)
+        return out, h
+
+
+def test_a_module_returning_a_tuple_is_one_keras_layer_through_the_export():
+    torch.manual_seed(0)
+    module = BranchGRU().eval()
+    x = torch.randn(2, 5, 6)
+    model = rebuild(module, (x,))
+    assert type(model.get_layer("gru")).__name__ == "GRU"
+    with torch.no_grad():
+        want = [t.numpy() for t in module(x)]
+    got = as_list(model(x.numpy()))
+    assert_within_magnitude(got, want, "BranchGRU")

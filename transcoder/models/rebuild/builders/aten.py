@@ -17,7 +17,7 @@ from keras import layers as L
 
 from ...keras_layers import Slice
 from ..core import ATEN, Build, Value, aten, identity
-from . import activation, arith, pool, shape
+from . import activation, arith, pool, resize, shape
 from .activation import call_form
 
 A = torch.ops.aten
@@ -72,7 +72,7 @@ for _ops, _builder in [
     ((A.transpose.int,), shape.transpose), ((A.permute.default,), shape.permute),
     ((A.clone.default, A.alias.default, A.contiguous.default, A.detach.default,
       A.lift_fresh_copy.default), shape.same),
-    ((A._to_copy.default, A.to.dtype), arith.convert),
+    ((A._to_copy.default, A.to.dtype, A.type_as.default), arith.convert),
     ((A.cat.default,), shape.cat), ((A.stack.default,), shape.stack),
     ((A.split.Tensor, A.split_with_sizes.default), shape.split),
     ((A.expand.default,), shape.expand),
@@ -123,6 +123,16 @@ def vector_norm(b: Build, x, ord=2, dim=None, keepdim=False, *, dtype=None):
 @aten(A.clamp.default)
 def clamp(b: Build, x, min=None, max=None):
     return activation.clamp(b, x, min, max)
+
+
+@aten(A.upsample_nearest1d.vec, A.upsample_nearest2d.vec)
+def upsample_nearest(b: Build, x, output_size=None, scale_factors=None):
+    return resize.upsample(b, x, "nearest")
+
+
+@aten(A.upsample_bilinear2d.vec)
+def upsample_bilinear(b: Build, x, output_size=None, align_corners=False, scale_factors=None):
+    return resize.upsample(b, x, "bilinear", align_corners)
 
 
 @aten(A.clamp_min.default)
