@@ -294,3 +294,26 @@ def test_a_module_returning_a_tuple_is_one_keras_layer_through_the_export():
         want = [t.numpy() for t in module(x)]
     got = as_list(model(x.numpy()))
     assert_within_magnitude(got, want, "BranchGRU")
+
+
+def test_more_models_of_the_same_families_need_no_special_code():
+    """RoBERTa (position ids from the token ids: cumsum, gather) and ConvNeXt (F.layer_norm
+    on its own weight over channels first), tiny configs."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    ids = torch.randint(2, 50, (2, 7))
+    cases = [(T.RobertaModel(T.RobertaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=40, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2)), ids),
+        (T.ConvNextModel(T.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1],
+                                          num_stages=2, image_size=32)), torch.randn(2, 3, 32, 32))]
+    for module, x in cases:
+        module.eval()
+        model = rebuild(module, (x,))
+        got = as_list(model(x.numpy()))
+        assert_within_magnitude(got, torch_outputs(module, x.numpy()), type(module).__name__)
+    # a weight the forward uses directly is one Constant layer named by its path
+    assert type(model.get_layer("embeddings.layernorm.weight")).__name__ == "Constant" or \
+        type(model.get_layer("embeddings.layernorm")).__name__ == "LayerNormalization"

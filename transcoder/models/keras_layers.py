@@ -124,7 +124,9 @@ FUNCTIONS = {
     "floor_divide": ops.floor_divide, "power": ops.power, "maximum": ops.maximum,
     "minimum": ops.minimum, "matmul": ops.matmul, "linear": _linear,
     "addmm": lambda bias, a, b: bias + ops.matmul(a, b), "take": lambda table, ids: ops.take(
-        table, ids, axis=0), "where": ops.where, "equal": ops.equal, "not_equal": ops.not_equal,
+        table, ids, axis=0), "where": ops.where,
+    "take_along_axis": lambda x, index, axis: ops.take_along_axis(x, index, axis=axis),
+    "equal": ops.equal, "not_equal": ops.not_equal,
     "less": ops.less, "less_equal": ops.less_equal, "greater": ops.greater,
     "greater_equal": ops.greater_equal, "logical_and": ops.logical_and,
     "logical_or": ops.logical_or,

@@ -163,6 +163,8 @@ class Graph:
         self.layers: dict[str, Any] = {}
         self.weights: dict[str, tuple[Any, Any]] = {}   # layer name -> (layer, source)
         self.anchor = None                      # a model input: Constant layers hang off it
+        self.params: dict[int, str] = {}        # id of a parameter tensor -> its path
+        self.param_values: dict[str, Value] = {}
 
     def unique(self, name: str) -> str:
         base, i = name, 1
@@ -248,7 +250,8 @@ class Build:
         if isinstance(x, Value):
             return x
         if isinstance(x, torch.Tensor):
-            return self.constant(x.detach())
+            path = self.g.params.get(id(x))
+            return self.constant(x.detach()) if path is None else self.parameter(x, path)
         raise self.unsupported(f"expected a tensor, got {type(x).__name__} {x!r}")
 
     def view(self, x, perm: Perm):
@@ -305,6 +308,14 @@ class Build:
                          name=name)
         self.weights(layer, [tensor.detach().cpu().numpy()] if source is None else source)
         return self.value(layer(self.g.anchor), name=layer.name)
+
+    def parameter(self, tensor: torch.Tensor, path: str) -> Value:
+        """A parameter or buffer used directly: one Constant layer named by its path, its
+        value the checkpoint's where the checkpoint carries it under that name."""
+        if path not in self.g.param_values:
+            source = [self.g.ckpt[path].load()] if path in self.g.ckpt.tensors else None
+            self.g.param_values[path] = self.constant(tensor, source=source, name=path)
+        return self.g.param_values[path]
 
     # ------------------------------------------------------------ padding (channels last)
 

@@ -17,7 +17,8 @@ at the level of ``torch.nn.functional`` (``linear``, ``conv2d``, ``layer_norm``,
   - Parameters are tensors, not layers, until an op of the inputs uses them: whatever depends
     only on weights and sizes (weight norm, rotary tables, default attention masks) is
     computed in PyTorch and enters the Keras graph as a constant; a parameter used directly
-    is a ``Constant`` layer named by its path (``embeddings.cls_token``).
+    is a ``Constant`` layer named by its path (``embeddings.cls_token``), an op that needs a
+    weight as numbers (``layer_norm``, ``conv2d`` on a bare weight) gets the tensor.
   - Shapes are the example's (the batch is fixed): the export specialises sizes.
 
 Outputs are the model's output flattened (a ``ModelOutput``/dict/tuple: its tensors in order,
@@ -32,7 +33,6 @@ from typing import Any
 
 import torch
 import torch.fx
-from torch.fx.node import map_arg
 
 from ...checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef, dtype_name
 from ...errors import UnsupportedError, one_line
@@ -87,7 +87,6 @@ class ExportRebuilder(Rebuilder):
         super().__init__(gm, module, keras_ckpt, {}, channels_last)
         self.root = module
         self.env_keep: dict[torch.fx.Node, Any] = {}
-        self.params: dict[str, Value] = {}
         self.live: dict[str, list] = {}
 
     def run_node(self, n):
@@ -101,7 +100,9 @@ class ExportRebuilder(Rebuilder):
     # ------------------------------------------------------------ per node kind
 
     def _keras_get_attr(self, n, result):
-        return result   # a weight: a tensor until an op of the inputs uses it
+        if isinstance(result, torch.Tensor):   # a tensor until an op of the inputs uses it
+            self.g.params[id(result)] = n.target
+        return result
 
     def _keras_call_module(self, n, result):
         return None     # export's guard function (input shapes): nothing in Keras
@@ -124,7 +125,6 @@ class ExportRebuilder(Rebuilder):
             raise UnsupportedError(f"no Keras rebuild for {label} (in {where}"
                                    f"{self._module_class(where)})", hint=HINT)
         b = Build(self.g, self.g.unique(n.name), label=label, where=where, result=result)
-        args, kwargs = map_arg((n.args, n.kwargs), self._with_parameters)
         with _keras_errors(b):
             return builder(b, *args, **kwargs)
 
@@ -133,17 +133,6 @@ class ExportRebuilder(Rebuilder):
             return f", a {type(self.root.get_submodule(path)).__name__}" if path else ""
         except AttributeError:
             return ""
-
-    def _with_parameters(self, a: torch.fx.Node):
-        """A node's Keras value; a parameter or buffer as a Constant layer named by its path."""
-        value = self.kenv[a]
-        if a.op != "get_attr" or not isinstance(value, torch.Tensor):
-            return value
-        if a.target not in self.params:
-            b = Build(self.g, a.target, label=f"attribute {a.target}", where=a.target)
-            source = [self.g.ckpt[a.target].load()] if a.target in self.g.ckpt.tensors else None
-            self.params[a.target] = b.constant(value, source=source, name=a.target)
-        return self.params[a.target]
 
     # ------------------------------------------------------------ module calls
 

@@ -159,6 +159,13 @@ def where(b: Build, condition, x, y):
     return b.value(b.op("where", [b.view(v, identity(v.rank)) for v in xs]))
 
 
+@aten(A.gather.default)
+def gather(b: Build, x, dim, index, *, sparse_grad=False):
+    xs = [b.as_value(x), b.as_value(index)]
+    views = [b.view(v, identity(v.rank)) for v in xs]
+    return b.value(b.op("take_along_axis", views, axis=dim % xs[0].rank))
+
+
 @aten(A.cumsum.default)
 def cumsum(b: Build, x, dim, *, dtype=None):
     x = b.as_value(x)
