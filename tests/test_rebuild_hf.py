@@ -314,6 +314,13 @@ def test_more_models_of_the_same_families_need_no_special_code():
         model = rebuild(module, (x,))
         got = as_list(model(x.numpy()))
         assert_within_magnitude(got, torch_outputs(module, x.numpy()), type(module).__name__)
-    # a weight the forward uses directly is one Constant layer named by its path
-    assert type(model.get_layer("embeddings.layernorm.weight")).__name__ == "Constant" or \
-        type(model.get_layer("embeddings.layernorm")).__name__ == "LayerNormalization"
+    # a weight multiplied in directly is one Constant layer named by its path; F.layer_norm
+    # on a module's own weight a Keras LayerNormalization holding it
+    scale = model.get_layer("encoder.stages.0.layers.0.layer_scale_parameter")
+    assert type(scale).__name__ == "Constant"
+    np.testing.assert_array_equal(scale.get_weights()[0], module.state_dict()[
+        "encoder.stages.0.layers.0.layer_scale_parameter"].numpy())
+    norm = model.get_layer("layer_norm")
+    assert type(norm).__name__ == "LayerNormalization"
+    np.testing.assert_array_equal(norm.get_weights()[0], module.state_dict()[
+        "embeddings.layernorm.weight"].numpy())
