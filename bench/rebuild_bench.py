@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--targets", default="keras,tflite,litert")
+    ap.add_argument("--no-check", action="store_true", help="pass --no-check to transcode "
+                    "(the rebuild and export alone)")
     ap.add_argument("--litert-path", default="", help="a folder holding litert-torch and its "
                     "dependencies (pip install --no-deps --target DIR ...), put on PYTHONPATH "
                     "for the litert target only, so that pip never replaces torch")
@@ -71,7 +73,8 @@ def main() -> None:
         else:
             cmd = [sys.executable, "-m", "transcoder", str(ckpt), str(out), "--force",
                    "--model", f"{HERE / 'bert_base.py'}:bert_base",
-                   "--input-shape", f"1,{args.seq}", "--input-dtype", "int64"]
+                   "--input-shape", f"1,{args.seq}", "--input-dtype", "int64",
+                   *(["--no-check"] if args.no_check else [])]
         wall, rss, code, tail = run(cmd, target_env)
         print(f"| {target} | {wall:.1f} | {rss:.0f} | {code} | {tail[:160]} |", flush=True)
 
