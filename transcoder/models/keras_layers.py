@@ -39,6 +39,47 @@ def _clip(x, low=None, high=None):
     return x if high is None else ops.minimum(x, high)
 
 
+def _attention(q, k, v, mask=None, scale=None, is_causal=False, enable_gqa=False):
+    """``F.scaled_dot_product_attention`` at inference (no dropout): softmax(q k^T * scale
+    + mask) v over the last two axes; a boolean mask says where to attend; with
+    ``enable_gqa`` each key/value head serves ``q_heads // kv_heads`` query heads."""
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        k = ops.repeat(k, q.shape[-3] // k.shape[-3], axis=-3)
+        v = ops.repeat(v, q.shape[-3] // v.shape[-3], axis=-3)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) * scale
+    if is_causal:
+        lq, lk = q.shape[-2], k.shape[-2]
+        mask = ops.tril(ops.ones((lq, lk), dtype="bool"))
+    if mask is not None and mask.dtype == "bool":
+        scores = ops.where(mask, scores, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
+    return ops.matmul(ops.softmax(scores, axis=-1), v)
+
+
+def _layer_norm(x, weight=None, bias=None, axes=(-1,), eps=1e-5):
+    """``F.layer_norm`` over the trailing ``axes`` (biased variance, like PyTorch)."""
+    axes = tuple(axes)
+    mean = ops.mean(x, axis=axes, keepdims=True)
+    var = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+    y = (x - mean) * ops.rsqrt(var + eps)
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
+def _linear(x, weight, bias=None):
+    """``F.linear``: x @ weight^T + bias, weight in PyTorch's (out, in)."""
+    y = ops.matmul(x, ops.transpose(weight))
+    return y if bias is None else y + bias
+
+
+def _max_with_index(x, axis, keepdims=False):
+    """``torch.max(x, dim)``'s indices (int64, first maximum like PyTorch)."""
+    y = ops.cast(ops.argmax(x, axis=axis), "int64")
+    return ops.expand_dims(y, axis) if keepdims else y
+
+
 def _reduce(fn):
     def reduce(x, axis=None, keepdims=False):
         return fn(x, axis=tuple(axis) if isinstance(axis, list) else axis, keepdims=keepdims)
@@ -57,17 +98,22 @@ FUNCTIONS = {
     "leaky_relu": lambda x, negative_slope=0.01: ops.leaky_relu(x, negative_slope=negative_slope),
     "exp": ops.exp, "log": ops.log, "sqrt": ops.sqrt, "rsqrt": ops.rsqrt, "abs": ops.abs,
     "negative": ops.negative, "square": ops.square, "erf": ops.erf, "sin": ops.sin, "cos": ops.cos,
-    "clip": _clip,
+    "clip": _clip, "logical_not": ops.logical_not,
     "cast": lambda x, dtype: ops.cast(x, dtype),
     # along axes
     "softmax": lambda x, axis=-1: ops.softmax(x, axis=axis),
     "log_softmax": lambda x, axis=-1: ops.log_softmax(x, axis=axis),
     "mean": _reduce(ops.mean), "sum": _reduce(ops.sum), "max": _reduce(ops.max),
     "min": _reduce(ops.min),
-    "norm": _norm, "normalize": _normalize,
+    "norm": _norm, "normalize": _normalize, "argmax": _max_with_index,
+    "any": _reduce(ops.any),
+    "cumsum": lambda x, axis=0: ops.cumsum(x, axis=axis),
+    "layer_norm": _layer_norm, "attention": _attention,
     # shape
     "reshape": lambda x, shape: ops.reshape(x, tuple(shape)),
     "transpose": lambda x, axes: ops.transpose(x, tuple(axes)),
+    "broadcast_to": lambda x, shape: ops.broadcast_to(x, tuple(shape)),
+    "tile": lambda x, repeats: ops.tile(x, list(repeats)),
     "pad": lambda x, pad_width, mode="constant", value=0.0: ops.pad(
         x, [tuple(w) for w in pad_width], mode=mode,
         **({"constant_values": value} if mode == "constant" else {})),
@@ -76,7 +122,14 @@ FUNCTIONS = {
     "stack": lambda *xs, axis=0: ops.stack(list(xs), axis=axis),
     "add": ops.add, "subtract": ops.subtract, "multiply": ops.multiply, "divide": ops.divide,
     "floor_divide": ops.floor_divide, "power": ops.power, "maximum": ops.maximum,
-    "minimum": ops.minimum, "matmul": ops.matmul,
+    "minimum": ops.minimum, "matmul": ops.matmul, "linear": _linear,
+    "addmm": lambda bias, a, b: bias + ops.matmul(a, b), "take": lambda table, ids: ops.take(
+        table, ids, axis=0), "where": ops.where,
+    "take_along_axis": lambda x, index, axis: ops.take_along_axis(x, index, axis=axis),
+    "equal": ops.equal, "not_equal": ops.not_equal,
+    "less": ops.less, "less_equal": ops.less_equal, "greater": ops.greater,
+    "greater_equal": ops.greater_equal, "logical_and": ops.logical_and,
+    "logical_or": ops.logical_or,
 }
 
 

@@ -127,14 +127,24 @@ def checkpoint_of_module(module) -> Checkpoint:
     return Checkpoint(tensors, LAYOUT_TORCH, source="--model", format="module", meta=meta)
 
 
+def plain_outputs(value):
+    """A ``ModelOutput`` (transformers) as the tuple of its tensors, in its order (the last
+    hidden state first), as the rebuild from ``torch.export`` returns them; anything else as
+    it is."""
+    if isinstance(value, dict) and type(value) is not dict and hasattr(value, "to_tuple"):
+        return value.to_tuple()
+    return value
+
+
 def forward(module, inputs: list):
     """``module(*inputs)`` without gradients; UsageError when the model fails on them (the
-    user's model and input shapes: a usage error, never ours)."""
+    user's model and input shapes: a usage error, never ours). A ``ModelOutput`` comes back
+    as the tuple of its tensors (:func:`plain_outputs`)."""
     import torch
 
     try:
         with torch.no_grad():
-            return module(*inputs)
+            return plain_outputs(module(*inputs))
     except Exception as exc:  # noqa: BLE001 - the user's model: any failure is a usage error
         raise UsageError(f"the PyTorch model fails on inputs of shapes "
                          f"{[list(x.shape) for x in inputs]} ({one_line(exc)})",

@@ -1,7 +1,8 @@
 """Rebuild a PyTorch module as an equivalent Keras 3 functional model, weights from the rules.
 
-``rebuild(module, example_inputs)`` traces ``module.forward`` with ``torch.fx`` and turns every
-call into Keras layers through the builder tables. The weights come from our rule table: the
+``rebuild(module, example_inputs)`` traces ``module.forward`` with ``torch.fx`` (where fx
+cannot, exports it with ``torch.export``) and turns every call into Keras layers through the
+builder tables. The weights come from our rule table: the
 module's state dict goes through ``make_plan(..., "keras").apply(...)``, and each Keras layer
 is loaded from the converted checkpoint under its name (:func:`weights_from_checkpoint`), so a
 forward check of the rebuilt model tests the rule table itself.
@@ -49,9 +50,13 @@ Conventions:
     it safe: the module is run again with those axes doubled and every tensor must grow along
     at most one axis, with no size-derived number used except as a view/reshape target
     (whose growing axis is then written -1). Otherwise every shape is fixed to the example.
-  - Unsupported calls raise :class:`UnsupportedError` naming the op and the module path;
-    so do forwards torch.fx cannot trace (data-dependent control flow). ``torch.export`` is
-    not used: every model of the issue traces with fx.
+  - Unsupported calls raise :class:`UnsupportedError` naming the op and the module path.
+  - A forward torch.fx cannot trace (data-dependent control flow, slice indices: every
+    Hugging Face model) is exported with ``torch.export`` and rebuilt from its ATen graph
+    (``exported.py``, ``builders/aten.py``): module calls are recognised by the module path
+    each ATen call carries and built by the module's builder, as above; shapes are then the
+    example's. fx stays first where it traces: it keeps a dynamic batch and traces in a
+    fraction of export's time.
   - Inference only: the module runs in eval mode while traced (its modes are restored);
     Dropout is the identity, BatchNorm uses its running statistics. float32 models.
 """
@@ -61,13 +66,15 @@ import keras
 import torch
 
 from ...checkpoint import LAYOUT_KERAS, Checkpoint
+from ...errors import UnsupportedError
 from ...frameworks import torch_from_numpy
 from ...options import InputOptions
 from ...rules import make_plan
 from ..inputs import InputSpec, embedding_ranges, make_inputs
 from ..torch_side import checkpoint_of_module, forward
 from . import builders  # noqa: F401  (fills the tables)
-from .core import FUNCTIONS, METHODS, MODULES, NeedStatic
+from .core import ATEN, FUNCTIONS, METHODS, MODULES, NeedStatic
+from .exported import ExportRebuilder, checkpoint_weights, export_module
 from .trace import (Rebuilder, eval_mode, function_label, growth, trace_module,
                     weights_from_checkpoint)
 
@@ -84,14 +91,29 @@ def rebuild(module: torch.nn.Module, example_inputs: tuple, *, channels_last: bo
     """
     example_inputs = tuple(example_inputs)
     with eval_mode(module), torch.no_grad():
-        gm = trace_module(module)
         keras_ckpt = keras_checkpoint(module) if keras_ckpt is None else keras_ckpt
+        try:
+            gm = trace_module(module)
+        except UnsupportedError as fx_error:   # what fx cannot trace: from torch.export
+            return _rebuild_exported(module, example_inputs, channels_last, keras_ckpt,
+                                     fx_error)
         grow = growth(gm, example_inputs)
         try:
             builder = Rebuilder(gm, module, keras_ckpt, grow or {}, channels_last)
             return builder.build(example_inputs)
         except NeedStatic:   # a builder needs a size the dynamic version leaves open
             return Rebuilder(gm, module, keras_ckpt, {}, channels_last).build(example_inputs)
+
+
+def _rebuild_exported(module, example_inputs: tuple, channels_last: bool,
+                      keras_ckpt: Checkpoint, fx_error: UnsupportedError) -> keras.Model:
+    with checkpoint_weights(module, keras_ckpt):
+        try:
+            gm = export_module(module, example_inputs)
+        except UnsupportedError as error:
+            raise UnsupportedError(f"{fx_error.message}; {error.message}",
+                                   hint=error.hint) from None
+        return ExportRebuilder(gm, module, keras_ckpt, channels_last).build(example_inputs)
 
 
 def rebuild_for_inputs(module: torch.nn.Module, specs: list[InputSpec], inputs: InputOptions,
@@ -112,7 +134,8 @@ def keras_checkpoint(module: torch.nn.Module) -> Checkpoint:
 
 
 def supported() -> dict[str, list[str]]:
-    """What the rebuild covers: module classes, functions and Tensor methods."""
+    """What the rebuild covers: module classes, functions, Tensor methods and the ATen ops
+    of a ``torch.export`` graph."""
     return {"modules": sorted(c.__name__ for c in MODULES),
             "functions": sorted({function_label(f) for f in FUNCTIONS}),
-            "methods": sorted(METHODS)}
+            "methods": sorted(METHODS), "aten": sorted(str(op) for op in ATEN)}

@@ -33,6 +33,7 @@ Builder = Callable[..., Any]
 MODULES: dict[type, Builder] = {}
 FUNCTIONS: dict[Callable, Builder] = {}
 METHODS: dict[str, Builder] = {}
+ATEN: dict[Any, Builder] = {}      # torch.ops.aten overloads: the ops of a torch.export graph
 
 KERAS_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
                 torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32",
@@ -63,6 +64,14 @@ def functions(*fns: Callable) -> Callable[[Builder], Builder]:
 def methods(*names: str) -> Callable[[Builder], Builder]:
     def register(fn: Builder) -> Builder:
         METHODS.update((n, fn) for n in names)
+        return fn
+    return register
+
+
+def aten(*overloads) -> Callable[[Builder], Builder]:
+    """Decorator: register a builder for these ``torch.ops.aten`` overloads."""
+    def register(fn: Builder) -> Builder:
+        ATEN.update((o, fn) for o in overloads)
         return fn
     return register
 
@@ -154,6 +163,8 @@ class Graph:
         self.layers: dict[str, Any] = {}
         self.weights: dict[str, tuple[Any, Any]] = {}   # layer name -> (layer, source)
         self.anchor = None                      # a model input: Constant layers hang off it
+        self.params: dict[int, str] = {}        # id of a parameter tensor -> its path
+        self.param_values: dict[str, Value] = {}
 
     def unique(self, name: str) -> str:
         base, i = name, 1
@@ -239,7 +250,8 @@ class Build:
         if isinstance(x, Value):
             return x
         if isinstance(x, torch.Tensor):
-            return self.constant(x.detach())
+            path = self.g.params.get(id(x))
+            return self.constant(x.detach()) if path is None else self.parameter(x, path)
         raise self.unsupported(f"expected a tensor, got {type(x).__name__} {x!r}")
 
     def view(self, x, perm: Perm):
@@ -296,6 +308,14 @@ class Build:
                          name=name)
         self.weights(layer, [tensor.detach().cpu().numpy()] if source is None else source)
         return self.value(layer(self.g.anchor), name=layer.name)
+
+    def parameter(self, tensor: torch.Tensor, path: str) -> Value:
+        """A parameter or buffer used directly: one Constant layer named by its path, its
+        value the checkpoint's where the checkpoint carries it under that name."""
+        if path not in self.g.param_values:
+            source = [self.g.ckpt[path].load()] if path in self.g.ckpt.tensors else None
+            self.g.param_values[path] = self.constant(tensor, source=source, name=path)
+        return self.g.param_values[path]
 
     # ------------------------------------------------------------ padding (channels last)
 

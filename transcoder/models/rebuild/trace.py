@@ -165,10 +165,12 @@ class Rebuilder(torch.fx.Interpreter):
         inputs = self.inputs[0] if len(self.inputs) == 1 else self.inputs
         model = keras.Model(inputs, self.outputs, name=type(self.module).__name__)
         for layer, source in self.g.weights.values():
-            arrays = weights_from_checkpoint(self.g.ckpt, source) if isinstance(source, str) \
-                else source
-            _set_weights(layer, arrays)
+            _set_weights(layer, self._arrays(source) if isinstance(source, str) else source)
         return model
+
+    def _arrays(self, source: str) -> list:
+        """The rule table's weights for Keras layer ``source``."""
+        return weights_from_checkpoint(self.g.ckpt, source)
 
     def run_node(self, n: torch.fx.Node) -> Any:
         result = super().run_node(n)

@@ -12,7 +12,7 @@ import torch
 from ....rules import registry
 from ....rules.table import REBUILD, LayerRule
 from ..core import MODULES
-from . import activation, arith, padding, pool, resize, shape, transformer  # noqa: F401
+from . import activation, arith, aten, padding, pool, resize, shape, transformer  # noqa: F401
 
 
 def cannot_rebuild(family: LayerRule, kind: str) -> str | None:

@@ -162,6 +162,30 @@ for _calls, _op in [((torch.mean, "mean"), "mean"), ((torch.sum, "sum"), "sum"),
     calls(_calls, _reduce(_op))
 
 
+def max_with_indices(b: Build, x, dim: int, keepdim: bool = False) -> tuple[Value, Value]:
+    """``torch.max(x, dim)``: the maxima and their (first) indices, int64 like PyTorch."""
+    x = b.as_value(x)
+    values = _reduce("max")(b, x, dim, keepdim)
+    axis = b.axis(x, dim)
+    indices = b.new(TensorOp, "argmax", {"axis": axis, "keepdims": keepdim}, suffix="indices")
+    return values, b.value(indices(x.tensor), values.perm)
+
+
+@functions(torch.max, torch.min)
+@methods("max", "min")
+def max_min(b: Build, x, dim=None, keepdim=False, *, out=None):
+    """``torch.max``/``min`` in its three forms: over everything, over ``dim`` with indices
+    (max only), or element-wise against another tensor."""
+    op = "max" if b.label.endswith("max") else "min"
+    if dim is None:
+        return _reduce(op)(b, x)
+    if isinstance(dim, (Value, torch.Tensor)):
+        return arith(b, "maximum" if op == "max" else "minimum", x, dim)
+    if op == "min":
+        raise b.unsupported("torch.min with a dim (indices of the minimum)")
+    return max_with_indices(b, x, dim, keepdim)
+
+
 def _p(b: Build, p) -> float:
     if p in ("fro", None):
         return 2.0
@@ -210,7 +234,10 @@ def convert(b: Build, x, *args, **kwargs):
 @functions(builtins.getattr)
 @methods("size", "dim", "numel", "type")
 def concrete(b: Build, x, *args, **kwargs):
-    """``x.shape``, ``x.size(1)``, ``x.ndim``...: the value at the traced shapes."""
+    """``x.shape``, ``x.size(1)``, ``x.ndim``...: the value at the traced shapes; the
+    ``values`` / ``indices`` of a ``torch.max`` with a dim."""
+    if isinstance(x, tuple) and args and args[0] in ("values", "indices"):
+        return x[("values", "indices").index(args[0])]
     if isinstance(b.result, torch.Tensor):
         raise b.unsupported(f"the tensor-valued attribute {args[0] if args else ''!r}")
     return b.result

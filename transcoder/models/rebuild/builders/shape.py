@@ -66,6 +66,27 @@ def same(b: Build, x, *args, **kwargs):
     return b.as_value(x)
 
 
+@methods("repeat")
+def repeat(b: Build, x, *repeats):
+    """``Tensor.repeat``: tiled copies, PyTorch order (more repeats than axes add leading
+    axes, as in PyTorch)."""
+    x = b.as_value(x)
+    repeats = repeats[0] if len(repeats) == 1 and isinstance(repeats[0], (tuple, list)) \
+        else repeats
+    return b.value(b.op("tile", b.view(x, identity(x.rank)), repeats=[int(r) for r in repeats]))
+
+
+@methods("expand", "expand_as")
+def expand(b: Build, x, *sizes, implicit=False) -> Value:
+    """``Tensor.expand`` / ``aten.expand``: broadcast to the traced result's shape (fixed
+    shapes: the target is a size)."""
+    x = b.as_value(x)
+    if b.grow is not None:
+        b.static(None)
+    shape = list(b.result.shape)
+    return b.value(b.op("broadcast_to", b.view(x, identity(x.rank)), shape=shape))
+
+
 # ---------------------------------------------------------------- relabelling axes
 
 def relabel(x: Value, order: list[int]) -> Value:
