@@ -197,7 +197,7 @@ class Build:
 
     def unsupported(self, reason: str) -> UnsupportedError:
         return UnsupportedError(f"{self.label} in {self.where}: {reason}",
-                                hint="see the README's list of what the rebuild covers")
+                                hint="see docs/check.md#what-the-rebuild-covers")
 
     def refused(self, reason: str) -> Refused:
         """A result the rebuild cannot give: an error only if something uses it."""

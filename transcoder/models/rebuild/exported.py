@@ -42,7 +42,7 @@ from ..torch_side import kind_of
 from .core import ATEN, FUNCTIONS, Build, Refused, Value, module_builder
 from .trace import Rebuilder, _keras_errors, _leaves, weights_from_checkpoint
 
-HINT = "see the README's list of what the rebuild covers"
+HINT = "see docs/check.md#what-the-rebuild-covers"
 
 
 def export_module(module: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:

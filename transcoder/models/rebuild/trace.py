@@ -209,7 +209,7 @@ class Rebuilder(torch.fx.Interpreter):
         label = _label(self.module, n)
         if builder is None:
             raise UnsupportedError(f"no Keras rebuild for {label} (module {n.target})",
-                                   hint="see the README's list of what the rebuild covers")
+                                   hint="see docs/check.md#what-the-rebuild-covers")
         b = Build(self.g, n.target, label=label, where=n.target, module=module, result=result,
                   grow=self.grow.get(n))
         args, kwargs = self._args(n)
@@ -227,7 +227,7 @@ class Rebuilder(torch.fx.Interpreter):
         label = _label(self.module, n)
         if builder is None:
             raise UnsupportedError(f"no Keras rebuild for {label} (in {_where(n)})",
-                                   hint="see the README's list of what the rebuild covers")
+                                   hint="see docs/check.md#what-the-rebuild-covers")
         b = Build(self.g, self.g.unique(n.name), label=label, where=_where(n), result=result,
                   grow=self.grow.get(n))
         with _keras_errors(b):
