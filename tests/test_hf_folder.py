@@ -229,3 +229,41 @@ def test_remote_code_is_never_run(folders, tmp_path):
     with pytest.raises(UsageError, match="transformers cannot build this config"):
         hf.build(folder)
     assert not (folder / "PWNED").exists() and not os.path.exists("PWNED")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, suffix", [("bert", ".keras"), ("llama", ".keras"),
+                                          ("bert", ".tflite")])
+def test_a_folder_to_a_keras_model_or_tflite_is_checked_and_loads(cli, folders, tmp_path, name,
+                                                                   suffix):
+    """``transcode DIR out.keras``: the folder's own architecture (transformers, from its
+    config), rebuilt in Keras and checked on the written file; then loaded with Keras' or the
+    TFLite runtime's own API and compared with the PyTorch model here, within 1e-4 of the
+    output's magnitude. The input is the config's main input (token ids, 1 x 16)."""
+    import numpy as np
+
+    import transcoder  # noqa: F401  (registers our Keras layers)
+
+    out = tmp_path / f"m{suffix}"
+    code, stdout, err = cli(folders / name, out)
+    assert code == 0, err
+    assert "check passed" in stdout
+    model = transformers.AutoModel.from_pretrained(folders / name).eval()
+    ids = np.random.default_rng(1).integers(0, 64, (1, 16))
+    with torch.no_grad():
+        expected = model(input_ids=torch.from_numpy(ids)).last_hidden_state.numpy()
+    if suffix == ".keras":
+        import keras
+
+        got = keras.models.load_model(out)(ids)
+        got = np.asarray(got[0] if isinstance(got, (list, tuple)) else got)
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(out))
+        runner = interpreter.get_signature_runner()
+        (key,) = runner.get_input_details()
+        outputs = runner(**{key: ids.astype(runner.get_input_details()[key]["dtype"])})
+        got = next(np.asarray(v) for v in outputs.values() if np.shape(v) == expected.shape)
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert np.abs(np.asarray(got, np.float64) - expected).max() <= 1e-4 * scale

@@ -149,6 +149,12 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
     return result
 
 
+def writes_keras_model(dst: PathLike) -> bool:
+    """Is DST written through a Keras model (``.keras``, ``.weights.h5``, an export)? Then a
+    model is rebuilt or loaded for it, whatever the check does."""
+    return formats.for_path(remote.local(dst) if not remote.is_url(dst) else dst).needs_model
+
+
 def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
                     on_written: Callable[[Conversion], None] | None, **options) -> Conversion:
     """:func:`convert` through local stand-ins for URLs: SRC copied down, DST written locally

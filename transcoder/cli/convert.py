@@ -61,7 +61,8 @@ def _convert(src: str, dst: str, outputs: CheckOutputs, options: dict) -> None:
     """Call :func:`api.convert` with the command's ``options``; print and write its results."""
     started = time.perf_counter()
     if options["check"] is not False:
-        light_check(bool(options["model"] or options["keras_model"]))
+        light_check(bool(options["model"] or options["keras_model"])
+                    or api.writes_keras_model(dst))
     printed: list[str] = []
 
     def written(result: api.Conversion) -> None:

@@ -62,6 +62,7 @@ def build(folder: Path | str):
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True,
                                                          trust_remote_code=False)
+        config.use_cache = False   # a forward check needs no key/value cache (nor a trace of it)
         model = transformers.AutoModel.from_config(config, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers' refusals are the config's problem
         raise UsageError(f"transformers cannot build this config ({one_line(exc)})", path=folder,
@@ -78,17 +79,20 @@ def input_names(model) -> list[str]:
 
 
 def _positional(model, names: list[str]) -> None:
-    """Make ``model(*inputs)`` mean ``model(**dict(zip(names, inputs)))``: a subclass of the
-    model's own class (same name, same parameters and module paths), so state dicts, kinds and
-    traces are those of the model itself."""
-    base = type(model)
+    """Make ``model(*inputs)`` mean ``model(**dict(zip(names, inputs)))`` where the forward's
+    own positional order differs (an encoder-decoder's ``decoder_input_ids`` comes third);
+    else leave the model as transformers made it (what torch.export sees unchanged)."""
+    import inspect
 
-    def forward(self, *inputs, **kwargs):
-        return base.forward(self, **dict(zip(names, inputs)), **kwargs)
+    params = list(inspect.signature(model.forward).parameters)
+    if params[:len(names)] == names:
+        return
+    forward = model.forward
 
-    model.__class__ = type(base.__name__, (base,), {"forward": forward,
-                                                   "__module__": base.__module__,
-                                                   "__qualname__": base.__qualname__})
+    def by_name(*inputs, **kwargs):
+        return forward(**dict(zip(names, inputs)), **kwargs)
+
+    model.forward = by_name
 
 
 def default_inputs(config: dict[str, Any], main_input: str | None = None) -> InputOptions:
