@@ -47,7 +47,7 @@ def test_verbose_says_what_was_read_and_decided(cli, tmp_path):
 
 @pytest.mark.parametrize("spec, words", [
     ("fixtures/models.py:Encodr", "defines no 'Encodr' at its top level (did you mean Encoder?)"),
-    ("fixtures/model.py:Encoder", "file not found (did you mean models.py?)"),
+    ("fixtures/model.py:Encoder", "file not found (did you mean models.py"),
     ("fixtures/models.py", "is not of the form"),
 ])
 def test_a_mistyped_model_is_refused_before_any_framework_loads(spec, words):
