@@ -118,7 +118,7 @@ def test_keras_epsilon_fails_against_the_source_and_names_the_fix(cli, tmp_path,
     code, out, err = cli(src, tmp_path / "k.safetensors", "--model", f"{net}:Net",
                          "--input-shape", SHAPE, "--report", tmp_path / "r.json")
     assert code == 1, out + err
-    assert EPS_FIX in err
+    assert EPS_FIX in out
     assert "likely numerics" not in out + err
     report = report_of(tmp_path / "r.json")
     settings = [e for e in report["entries"] if e["kind"] == "hyper-parameter"]
@@ -157,8 +157,8 @@ def test_keras_epsilon_fails_the_per_layer_check_too(cli, tmp_path):
     src = saved(keras_model(epsilon=1e-3), tmp_path, ".keras")
     net = net_file(tmp_path, eps="1e-5")
     code, out, err = cli(src, tmp_path / "k.safetensors", "--model", f"{net}:Net")
-    assert code == 1 and EPS_FIX in err
-    assert "0 of 3 layers differ" in err   # each layer alone agrees: only the setting differs
+    assert code == 1 and EPS_FIX in out
+    assert "0 of 3 layers differ" in out   # each layer alone agrees: only the setting differs
 
 
 def test_keras_epsilon_with_keras_model_names_the_fix_not_numerics(cli, tmp_path):
@@ -170,7 +170,7 @@ def test_keras_epsilon_with_keras_model_names_the_fix_not_numerics(cli, tmp_path
                          "--keras-model", f"{twin}:build", "--input-shape", SHAPE,
                          "--channels-last", "--report", tmp_path / "r.json")
     assert code == 1, out + err
-    assert EPS_FIX in err and "likely numerics" not in out + err
+    assert EPS_FIX in out and "likely numerics" not in out + err
     report = report_of(tmp_path / "r.json")
     inaccurate = [e for e in report["entries"] + report["trace"] if e["status"] == "INACCURATE"]
     assert inaccurate and all(e["message"].startswith("not numerics: hyper-parameters differ "
@@ -240,7 +240,7 @@ def test_pytorch_source_with_contradicting_keras_model_names_the_keras_fix(cli, 
         output = next(e for e in report["entries"] if e["kind"] == "output")
         if expected:
             assert ("bn: Keras epsilon=0.001, PyTorch eps=1e-05: construct "
-                    "BatchNormalization(..., epsilon=1e-05)") in err
+                    "BatchNormalization(..., epsilon=1e-05)") in out
             assert output["max_abs_error"] > 1e-6   # the twin's epsilon moves the outputs
         else:
             assert output["max_abs_error"] <= 1e-5
@@ -418,7 +418,7 @@ def test_unbuildable_source_still_compares_its_config(cli, tmp_path):
     code, out, err = cli(tmp_path / "lam.keras", tmp_path / "k.safetensors", "--model",
                          f"{net}:Net", "--input-shape", SHAPE, "--report", tmp_path / "r.json")
     assert code == 1, out + err
-    assert EPS_FIX in err
+    assert EPS_FIX in out
     report = report_of(tmp_path / "r.json")
     assert any("cannot be built: layer 'lam' is a Lambda, which holds code" in n
                for n in report["notes"])
