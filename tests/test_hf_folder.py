@@ -267,3 +267,47 @@ def test_a_folder_to_a_keras_model_or_tflite_is_checked_and_loads(cli, folders, 
         got = next(np.asarray(v) for v in outputs.values() if np.shape(v) == expected.shape)
     scale = max(1.0, float(np.abs(expected).max()))
     assert np.abs(np.asarray(got, np.float64) - expected).max() <= 1e-4 * scale
+
+
+def test_revision_picks_a_snapshot(cli, folders, tmp_path, monkeypatch):
+    """``--revision`` picks a snapshot of a cached repo (a ref or a commit); an unknown one and
+    a --revision for a plain file are one line, exit 2."""
+    cache, repo_dir = _cache(tmp_path, folders)
+    shutil.copytree(folders / "bert", repo_dir / "snapshots" / "beef1234")
+    (repo_dir / "refs" / "v2").write_text("beef1234")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    for revision, reference in (("v2", "bert"), ("beef1234", "bert"), ("main", "llama")):
+        out = tmp_path / f"{revision}.safetensors"
+        code, _, err = cli("org/tiny-llama", out, "--revision", revision, "--no-check")
+        assert code == 0, (revision, err)
+        want = load_file(folders / reference / "model.safetensors")
+        got = load_file(out)
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert_bit_exact(got[key], want[key], key)
+    code, out, err = cli("inspect", "org/tiny-llama", "--revision", "v2")   # v2 is the BERT
+    assert code == 0, err
+    assert "encoder.layer.0.attention.self.query.weight" in out and "input_layernorm" not in out
+    for args, words in ((("org/tiny-llama", tmp_path / "x.h5", "--revision", "nope"),
+                         "no snapshot for revision 'nope'"),
+                        ((folders / "bert" / "model.safetensors", tmp_path / "x.h5", "--revision",
+                          "v2"), "--revision picks a snapshot")):
+        code, _, err = cli(*args, "--no-check")
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_check_of_a_folder_runs_its_own_model(cli, folders, tmp_path):
+    """``transcode check DIR out.h5``: the folder's own architecture and main input (token ids
+    from its config) run against the Keras rebuild holding the written weights."""
+    out = tmp_path / "m.h5"
+    code, _, err = cli(folders / "llama", out, "--no-check")
+    assert code == 0, err
+    code, stdout, err = cli("check", folders / "llama", out, "--report", tmp_path / "r.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["kind"] == "model" and report["passed"]
+    assert report["input_shapes"] == [[1, 16]] and report["input_dtypes"] == ["int64"]
+    assert max(e["max_abs_error"] for e in report["entries"]) < 1e-4

@@ -107,7 +107,8 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
             check: bool | None = None, atol: float | None = None, rtol: float | None = None,
             strict: bool = False, source_format: str | None = None,
             quantize: str | None = None, shard_size: int | str | None = None,
-            on_written: Callable[[Conversion], None] | None = None) -> Conversion:
+            on_written: Callable[[Conversion], None] | None = None,
+            revision: str | None = None) -> Conversion:
     """``transcode SRC DST``: convert, then check as the command does (``check=None``: when
     torch and Keras are installed; True: or raise MissingDependencyError; False: never).
     ``dst`` ending in ``.savedmodel`` or ``.tflite`` is exported, and the check runs it;
@@ -121,8 +122,10 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
                                input_dtype=input_dtype, seed=seed, channels_last=channels_last,
                                check=check, atol=atol, rtol=rtol, strict=strict,
                                source_format=source_format, quantize=quantize,
-                               shard_size=shard_size, on_written=on_written)
+                               shard_size=shard_size, on_written=on_written,
+                               revision=revision)
     src, dst = user_path(remote.local(src), "SRC"), user_path(remote.local(dst), "DST")
+    src = snapshot(src, revision)
     rules = user_path(rules, "rules") if rules is not None else None
     target = formats.for_path(dst)
     arch = _architecture(src, model, keras_model, InputOptions(
@@ -147,6 +150,25 @@ def convert(src: PathLike, dst: PathLike, *, force: bool = False, dry_run: bool 
         if check is not False:   # --no-check: not even the check's modules are imported
             _check_written(result, done, request, check)
     return result
+
+
+def snapshot(src: Path, revision: str | None) -> Path:
+    """SRC itself; with a ``revision``, the snapshot folder of that revision of a Hugging Face
+    repo id or cache folder (UsageError for anything else)."""
+    if revision is None:
+        return src
+    folder = hf_folder.resolve(src, revision)
+    if folder is None:
+        raise UsageError("--revision picks a snapshot of a Hugging Face repo id or cache folder",
+                         path=src)
+    return folder.folder
+
+
+def may_build_model(src: PathLike) -> bool:
+    """Could SRC bring its own architecture (a Hugging Face folder, with transformers)? Then a
+    check may rebuild it in Keras, whatever the options say."""
+    return hf.available() and (hf_folder.is_model_folder(src) or (
+        not Path(src).exists() and bool(hf_folder.REPO_ID.match(str(src)))))
 
 
 def writes_keras_model(dst: PathLike) -> bool:
@@ -228,9 +250,9 @@ def _result(src: Path, dst: Path, prepared: Prepared, written: bool = True) -> C
 
 
 def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None,
-            source_format: str | None = None) -> Inspection:
+            source_format: str | None = None, revision: str | None = None) -> Inspection:
     """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping."""
-    found = formats.identify(user_path(path), source_format)
+    found = formats.identify(snapshot(user_path(path), revision), source_format)
     with prepare(found, formats.other_layout(found.layout), key=key,
                  rules=user_path(rules, "rules") if rules else None) as prepared:
         target = prepared.plan.apply(prepared.source)
@@ -244,17 +266,18 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
           keras_model: str | None = None, input_shape: Sequence[str] = (),
           input_dtype: Sequence[str] = (), seed: int = 0, channels_last: bool = False,
           atol: float | None = None, rtol: float | None = None, strict: bool = False,
-          source_format: str | None = None) -> CheckReport:
+          source_format: str | None = None, revision: str | None = None) -> CheckReport:
     """``transcode check SRC DST``: the report (``report.passed``, ``report.to_dict()`` as
     ``--report`` writes it); raises only for bad input."""
-    src, dst = user_path(src, "SRC"), user_path(dst, "DST")
+    src, dst = snapshot(user_path(src, "SRC"), revision), user_path(dst, "DST")
     for path in (src, dst):
         if not path.exists() and not formats.identify(path).format.folder:
             raise UsageError("no such file", path=path)
     from .checks.verify import check_files
 
     arch = _architecture(Path(src), model, keras_model, InputOptions(
-        input_shape or (), input_dtype or (), seed, channels_last), checking=True)
+        input_shape or (), input_dtype or (), seed, channels_last), needs_model=True,
+        checking=True)   # transcode check runs the model itself: its inputs too
     request = CheckRequest(arch, key, user_path(rules, "rules") if rules else None,
                            Tolerance(atol, rtol), strict, source_format)
     return check_files(src, dst, request)

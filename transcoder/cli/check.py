@@ -9,14 +9,15 @@ import typer
 from .. import api
 from .options import (AtolOpt, ChannelsLastOpt, FromOpt, InputDtypeOpt, InputShapeOpt, JsonOpt,
                       JunitOpt, KerasModelOpt, KeyOpt, ModelOpt, ReportHtmlOpt, ReportOpt,
-                      RtolOpt, RulesOpt, SeedOpt, StrictOpt)
+                      RevisionOpt, RtolOpt, RulesOpt, SeedOpt, StrictOpt)
 from .output import CheckOutputs, light_check, note, outputs_of, report as print_report
 from ..printing import markdown_table
 from .tables import PLAN_COLUMNS, RULE_COLUMNS, print_rows, rule_rows
 
 
 def check_cmd(
-    src: Annotated[Path, typer.Argument(help="The original checkpoint.")],
+    src: Annotated[str, typer.Argument(help="The original checkpoint (a file, a Hugging Face "
+                                            "folder or cached repo id).")],
     dst: Annotated[Path, typer.Argument(help="Its conversion (the file, SavedModel or TFLite "
                                              "artifact to validate).")],
     key: KeyOpt = None, rules: RulesOpt = None,
@@ -27,7 +28,7 @@ def check_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")
                      ] = False,
     strict: StrictOpt = False, source_format: FromOpt = None, as_json: JsonOpt = False,
-    report_html: ReportHtmlOpt = None,
+    report_html: ReportHtmlOpt = None, revision: RevisionOpt = None,
 ) -> None:
     """Validate DST against SRC without writing anything: exit 0 same, 1 differ, 2 bad input.
 
@@ -38,21 +39,23 @@ def check_cmd(
     """
     outputs = CheckOutputs(report, junit, quiet, as_json, report_html)
     with outputs_of(outputs):
-        light_check(bool(model or keras_model))
+        light_check(bool(model or keras_model) or api.may_build_model(src))
         result = api.check(src, dst, key=key, rules=rules, model=model, keras_model=keras_model,
                            input_shape=input_shape or (), input_dtype=input_dtype or (),
                            seed=seed, channels_last=channels_last, atol=atol, rtol=rtol,
-                           strict=strict, source_format=source_format)
+                           strict=strict, source_format=source_format, revision=revision)
         print_report(result, outputs)
 
 
 def inspect_cmd(
-    file: Annotated[Path, typer.Argument(help="Checkpoint to describe.")],
+    file: Annotated[str, typer.Argument(help="Checkpoint to describe (a file, a Hugging Face "
+                                             "folder or cached repo id).")],
     as_json: JsonOpt = False, key: KeyOpt = None, rules: RulesOpt = None,
-    source_format: FromOpt = None,
+    source_format: FromOpt = None, revision: RevisionOpt = None,
 ) -> None:
     """List every tensor with shape and dtype, its inferred layer kind and planned mapping."""
-    found = api.inspect(file, key=key, rules=rules, source_format=source_format)
+    found = api.inspect(file, key=key, rules=rules, source_format=source_format,
+                        revision=revision)
     print_rows(found.rows, PLAN_COLUMNS, as_json=as_json,
                title=f"{file} ({found.format}, {found.layout} layout)")
     for line in found.notes:

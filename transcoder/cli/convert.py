@@ -13,7 +13,7 @@ from ..errors import TranscoderError
 from ..printing import print_json
 from .options import (AtolOpt, ChannelsLastOpt, CheckOpt, FromOpt, InputDtypeOpt, InputShapeOpt,
                       JsonOpt, JunitOpt, KerasModelOpt, KeyOpt, ModelOpt, QuantizeOpt, QuietOpt,
-                      ReportHtmlOpt, ReportOpt, RtolOpt, RulesOpt, SeedOpt, ShardSizeOpt,
+                      ReportHtmlOpt, RevisionOpt, ReportOpt, RtolOpt, RulesOpt, SeedOpt, ShardSizeOpt,
                       StrictOpt)
 from .output import CheckOutputs, light_check, note, outputs_of, report as print_report, say
 from .tables import PAIR_COLUMNS, PLAN_COLUMNS, print_rows
@@ -38,6 +38,7 @@ def convert_cmd(
     report: ReportOpt = None, junit: JunitOpt = None, channels_last: ChannelsLastOpt = False,
     strict: StrictOpt = False, source_format: FromOpt = None, quantize: QuantizeOpt = None,
     shard_size: ShardSizeOpt = None, as_json: JsonOpt = False, report_html: ReportHtmlOpt = None,
+    revision: RevisionOpt = None,
 ) -> None:
     """Convert SRC to DST (the default command: `transcode SRC DST`), then check it.
 
@@ -54,7 +55,7 @@ def convert_cmd(
             keras_model=keras_model, input_shape=input_shape or (), input_dtype=input_dtype or (),
             seed=seed, channels_last=channels_last, check=check, atol=atol, rtol=rtol,
             strict=strict, source_format=source_format, quantize=quantize,
-            shard_size=shard_size))
+            shard_size=shard_size, revision=revision))
 
 
 def _convert(src: str, dst: str, outputs: CheckOutputs, options: dict) -> None:

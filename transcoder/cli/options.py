@@ -52,6 +52,9 @@ JsonOpt = Annotated[bool, typer.Option(
 QuantizeOpt = Annotated[Optional[str], typer.Option(
     "--quantize", help="A .tflite export's weights: float16, or dynamic (int8 weights of 1024 "
                        "elements or more); the check's default tolerance follows it.")]
+RevisionOpt = Annotated[Optional[str], typer.Option(
+    "--revision", help="For SRC in the local Hugging Face cache (a repo id or its cache "
+                       "folder): the snapshot, by branch, tag or commit (default: main).")]
 FromOpt = Annotated[Optional[str], typer.Option(
     "--from", help="Read SRC as this format (pt, safetensors, keras_h5, keras_zip), whatever "
                    "its content and name say.")]
