@@ -3,7 +3,6 @@ print what it did and the check's report."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
