@@ -186,23 +186,22 @@ def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
         result.src, result.dst = src, dst
         return result
 
-    try:
-        with remote.local_paths(src, dst, force=force) as (local_src, local_dst):
-            # a URL DST was refused above unless --force, and its stand-in is new
+    with remote.local_paths(src, dst, force=force) as (local_src, local_dst):
+        try:   # a URL DST was refused above unless --force, and its stand-in is new
             result = convert(local_src, local_dst, force=force or remote.is_url(dst), **options,
                              on_written=(lambda r: on_written(named(r))) if on_written else None)
-    except TranscoderError as exc:
-        raise _named_error(exc, src, dst) from None
+        except TranscoderError as exc:
+            raise _renamed(exc, {local_src: src, local_dst: dst}) from None
     return named(result)
 
 
-def _named_error(exc: TranscoderError, src: PathLike, dst: PathLike) -> TranscoderError:
-    """The error with the URLs where it names the local stand-ins."""
-    text = str(exc.path) if getattr(exc, "path", None) is not None else ""
-    if text and "transcoder-src-" in text:
-        exc.path = src
-    elif text and "transcoder-dst-" in text:
-        exc.path = dst
+def _renamed(exc: TranscoderError, names: dict[Path, PathLike]) -> TranscoderError:
+    """The error naming what the user gave where it names a local stand-in."""
+    for local, given in names.items():
+        if local is not None and str(local) != str(given):
+            exc.message = exc.message.replace(str(local), str(given))
+            if exc.path is not None and str(exc.path) == str(local):
+                exc.path = given
     return exc
 
 
