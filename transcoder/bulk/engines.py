@@ -34,7 +34,8 @@ from typing import Callable
 from .. import progress
 from ..errors import INTERNAL_ERROR_EXIT, MissingDependencyError, UsageError
 from ..formats._io import rawfill
-from .task import FAILED, Task, run_task
+from .bucket_task import run_any as run_task
+from .task import FAILED, Task
 
 OnResult = Callable[[dict], bool]
 ENGINES = ("local", "ray")
