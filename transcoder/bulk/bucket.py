@@ -48,7 +48,6 @@ class BucketPlaces:
         if not is_url(self.src):
             skip = self.local_dst or journal_folder(self.dst)
             return trees.scan(Path(self.src), skip, to, pattern)
-        self.found = listing(self.src)
         tree = scan_bucket(self.src, self.found, to, pattern, _inside(self.dst, self.src))
         _skip_outputs_inside(tree, _inside(self.src, self.dst))
         return tree
@@ -84,6 +83,7 @@ def places(src: str, dst: str) -> BucketPlaces:
     for url in (src, dst):
         if is_url(url):
             filesystem(url)   # MissingDependencyError naming the package, before any work
+    found = listing(src) if is_url(src) else {}   # a missing prefix: refused, nothing made
     if not is_url(src):
         folder = Path(local(src))
         if not folder.is_dir():
@@ -100,7 +100,7 @@ def places(src: str, dst: str) -> BucketPlaces:
     if _key(src) == _key(dst):
         raise UsageError("DST_DIR must differ from SRC_DIR (outputs would be read as sources "
                          "on the next run)", path=dst)
-    return BucketPlaces(src.rstrip("/"), dst.rstrip("/"))
+    return BucketPlaces(src.rstrip("/"), dst.rstrip("/"), found)
 
 
 def scan_bucket(src: str, found: dict[str, dict], to: str, pattern: str | None,

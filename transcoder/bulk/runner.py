@@ -6,6 +6,9 @@
 4. run the rest on an engine (:mod:`.engines`), largest first, appending each result to the
    manifest as it arrives, after its output is on disk, so a rerun after a crash redoes only
    what is not done and intact.
+
+Either root may be a bucket (an fsspec URL): :mod:`.bucket` then lists, trusts and cleans it,
+:mod:`.bucket_task` converts, :mod:`.bucket_manifest` keeps the manifest.
 """
 from __future__ import annotations
 
