@@ -264,3 +264,16 @@ def test_ray_converts_bucket_to_bucket_with_the_manifest(s3, tree):
         assert got.pop(MANIFEST) and got == _outputs(reference)
     finally:
         ray.shutdown()
+
+
+def test_a_key_with_dot_dot_parts_is_skipped_never_written_outside(s3, tmp_path):
+    body = (tmp_path / "m.pt")
+    save(body, state(1))
+    for key in ("src/a/../../../evil.pt", "src/b//twice.pt", "src/ok.pt"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body.read_bytes())
+    assert "src/a/../../../evil.pt" in s3server.keys(s3, BUCKET)     # the store keeps it as is
+    dst = tmp_path / "deep" / "dst"
+    report = bulk(f"s3://{BUCKET}/src", dst)
+    assert report.exit_code == 0 and [r["output"] for r in report.converted] == ["ok.h5"]
+    assert sorted(s["source"] for s in report.skipped) == ["a/../../../evil.pt", "b//twice.pt"]
+    assert sorted(p.name for p in tmp_path.rglob("*.h5")) == ["ok.h5"]

@@ -112,6 +112,10 @@ def scan_bucket(src: str, found: dict[str, dict], to: str, pattern: str | None,
         if skip is not None and rel.startswith(skip + "/"):
             continue
         name = PurePosixPath(rel).name
+        if _unsafe(rel):
+            tree.skipped.append(trees.Skipped(rel, "", "a key with an empty, '.' or '..' part "
+                                                       "(it could lead out of DST_DIR): not read"))
+            continue
         if (pattern and not trees._matches(rel, pattern)) or trees.checkpoint_suffix(name) is None:
             tree.ignored.append(rel)
         else:
@@ -127,6 +131,13 @@ def scan_bucket(src: str, found: dict[str, dict], to: str, pattern: str | None,
             tree.sources.append(trees.Source(rel, output, files, size))
     tree.sources = trees._refuse_collisions(tree.sources)
     return tree
+
+
+def _unsafe(rel: str) -> bool:
+    """Object keys are names, not paths: ``a/../../x.pt`` or ``a//x.pt`` would not mirror
+    into DST_DIR as a path inside it."""
+    parts = rel.split("/")
+    return any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel
 
 
 def _shards(src: str, index: str, found: dict[str, dict]) -> set[str]:
