@@ -183,7 +183,8 @@ def object_fingerprint(info: dict) -> tuple[int, int | None, str | None]:
                  if info.get(k) is not None), None)
     if hasattr(when, "timestamp"):
         when = when.timestamp()
-    mtime_ns = None if when is None else int(round(float(when) * 1e9))
+    # whole seconds: S3 lists times in milliseconds but HEAD gives them in seconds
+    mtime_ns = None if when is None else int(float(when)) * 10**9
     etag = info.get("ETag") or info.get("etag")
     return int(info.get("size") or 0), mtime_ns, (str(etag).strip('"') if etag else None)
 
