@@ -277,3 +277,21 @@ def test_a_key_with_dot_dot_parts_is_skipped_never_written_outside(s3, tmp_path)
     assert report.exit_code == 0 and [r["output"] for r in report.converted] == ["ok.h5"]
     assert sorted(s["source"] for s in report.skipped) == ["a/../../../evil.pt", "b//twice.pt"]
     assert sorted(p.name for p in tmp_path.rglob("*.h5")) == ["ok.h5"]
+
+
+def test_the_journal_fills_in_what_the_manifest_object_had_not_yet_and_vice_versa(
+        s3, tree, tmp_path):
+    """A killed run's last records may be only in this machine's journal; another machine has
+    only the object. Either way a rerun trusts what is done and redoes nothing."""
+    assert bulk(f"s3://{BUCKET}/src", f"s3://{BUCKET}/out").exit_code == 0
+    lines = s3.get_object(Bucket=BUCKET, Key=f"out/{MANIFEST}")["Body"].read().splitlines()
+    s3.put_object(Bucket=BUCKET, Key=f"out/{MANIFEST}", Body=lines[0] + b"\n")   # lagging
+    again = bulk(f"s3://{BUCKET}/src", f"s3://{BUCKET}/out")
+    assert again.results == [] and len(again.reused) == 5
+    assert len(_manifest(s3, "out")) == 5                     # rewritten whole
+
+    journal = bucket_manifest.journal_folder(f"s3://{BUCKET}/out")
+    assert journal.is_relative_to(tmp_path / "cache")
+    (journal / MANIFEST).unlink()                              # a machine without the journal
+    third = bulk(f"s3://{BUCKET}/src", f"s3://{BUCKET}/out")
+    assert third.results == [] and len(third.reused) == 5
