@@ -157,9 +157,9 @@ def _places(src_root: Path | str, dst_root: Path | str, options: BulkOptions):
 
 class _Recorder:
     """Appends each result to the manifest, a converted file's only once its output is on disk
-    (:func:`_make_durable`; Ray tasks flush their own: ``flush=False``). The flush waits for
-    the disk, 30-45 ms per 128 MiB output here, so it runs on a thread of its own while the
-    run hands out the next files (in the run's loop it held back the other worker's next
+    (:func:`_make_durable`; Ray tasks and bucket outputs: no folder to flush here). The
+    flush waits for the disk, 30-45 ms per 128 MiB output here, so it runs on a thread of
+    its own while the run hands out the next files (in the run's loop it held back the other worker's next
     file whenever both finished together). Lines keep the order the results came in. The
     thread starts with the first result, after the first workers are forked."""
 
@@ -242,8 +242,8 @@ def _options_fingerprint(options: BulkOptions) -> list:
 
 def _task(src: Source, places, options: BulkOptions, fingerprint: list) -> Task:
     rules = str(Path(options.rules).resolve()) if options.rules is not None else None
-    return Task(str(places.src), str(places.dst), src.path, src.output, src.files, options.key, rules,
-                tuple(fingerprint), options.check, options.checksums,
+    return Task(str(places.src), str(places.dst), src.path, src.output, src.files, options.key,
+                rules, tuple(fingerprint), options.check, options.checksums,
                 sync=options.engine == "ray")   # on other machines: the run cannot fsync there
 
 
