@@ -295,3 +295,12 @@ def test_the_journal_fills_in_what_the_manifest_object_had_not_yet_and_vice_vers
     (journal / MANIFEST).unlink()                              # a machine without the journal
     third = bulk(f"s3://{BUCKET}/src", f"s3://{BUCKET}/out")
     assert third.results == [] and len(third.reused) == 5
+
+
+def test_a_bad_object_fails_alone_named_by_its_url(s3, tree, tmp_path):
+    s3.put_object(Bucket=BUCKET, Key="src/vision/broken.pt", Body=b"PK\x03\x04 not a zip")
+    report = bulk(f"s3://{BUCKET}/src", f"s3://{BUCKET}/out")
+    assert report.exit_code == 2 and len(report.converted) == 5
+    [error] = [r["error"] for r in report.failed]
+    assert error.startswith(f"s3://{BUCKET}/src/vision/broken.pt: ") and "transcoder-" not in error
+    assert not [k for k in s3server.keys(s3, BUCKET, "out/") if k.endswith(".tmp")]
