@@ -149,3 +149,106 @@ def local_paths(src: str | os.PathLike, dst: str | os.PathLike | None, *, force:
             stack.enter_context(staged_target(dst, force=force)) if is_url(dst)
             else Path(local(dst)))
         yield source, target
+
+
+# ------------------------------------------------------------------ for `transcode bulk`
+
+def join(url: str, rel: str) -> str:
+    """``s3://b/prefix`` + ``a/m.pt`` -> ``s3://b/prefix/a/m.pt``."""
+    return f"{url.rstrip('/')}/{rel}" if rel else url.rstrip("/")
+
+
+def listing(url: str, *, missing_ok: bool = False) -> dict[str, dict]:
+    """Every object under the folder (prefix) ``url``: relative POSIX name -> the store's info
+    (size, modification time, ETag). A prefix with nothing under it is refused ("no such
+    folder") unless ``missing_ok``."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    try:
+        found = fs.find(root, detail=True, withdirs=False)
+        if not found and not missing_ok and not fs.isdir(root):
+            raise UsageError("no such folder (nothing under this prefix)", path=url)
+    except OSError as exc:
+        raise _refused(exc, url, "listing") from None
+    cut = len(root) + 1
+    return {name[cut:]: info for name, info in found.items()
+            if name.startswith(root + "/") and not name.endswith("/")
+            and info.get("type", "file") == "file"}
+
+
+def object_fingerprint(info: dict) -> tuple[int, int | None, str | None]:
+    """``(size, mtime_ns, etag)`` of an object as its store lists it; an ETag changes with the
+    bytes (S3: the MD5 of a single-part upload), the time with every write."""
+    when = next((info[k] for k in ("LastModified", "mtime", "last_modified", "created")
+                 if info.get(k) is not None), None)
+    if hasattr(when, "timestamp"):
+        when = when.timestamp()
+    # whole seconds: S3 lists times in milliseconds but HEAD gives them in seconds
+    mtime_ns = None if when is None else int(float(when)) * 10**9
+    etag = info.get("ETag") or info.get("etag")
+    return int(info.get("size") or 0), mtime_ns, (str(etag).strip('"') if etag else None)
+
+
+def info(url: str) -> dict:
+    """The store's info for one object, fresh (no listing cache)."""
+    fs, path = filesystem(url)
+    try:
+        fs.invalidate_cache(path)
+        return fs.info(path)
+    except OSError as exc:
+        raise _refused(exc, url, "looking up") from None
+
+
+def fetch(url: str, into: Path) -> dict:
+    """Download the object ``url`` to the local file ``into``; its info, taken before and
+    checked after the download (an object replaced meanwhile is refused: run again)."""
+    fs, path = filesystem(url)
+    before = info(url)
+    try:
+        fs.get_file(path, str(into))
+    except OSError as exc:
+        raise _refused(exc, url, "reading") from None
+    if object_fingerprint(info(url)) != object_fingerprint(before):
+        raise UsageError("changed while it was being read; run again", path=url)
+    return before
+
+
+def sha256_object(url: str) -> str:
+    """SHA-256 of an object's bytes, streamed from the store (never stored locally)."""
+    import hashlib
+
+    fs, path = filesystem(url)
+    try:
+        with fs.open(path, "rb", block_size=8 << 20) as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise _refused(exc, url, "reading") from None
+
+
+def publish_file(local_file: Path, url: str) -> None:
+    """Upload one local file to a temporary key beside ``url``, then move it to ``url``
+    (:func:`publish`): a reader sees the old object or the new one, never part of one."""
+    fs, path = filesystem(url)
+    workdir = Path(tempfile.mkdtemp(prefix="transcoder-pub-"))
+    try:
+        shutil.copyfile(local_file, workdir / Path(path).name)
+        publish(fs, workdir, path, url)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+TEMP_KEY = re.compile(r"\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_temps(url: str, names: set[str], found: dict[str, dict]) -> int:
+    """Delete the temporary keys (``<name>.<8 hex>.tmp``, what :func:`publish` writes before
+    its move) that a killed run left under ``url`` for the relative ``names``; ``found`` is the
+    folder's :func:`listing`."""
+    fs, root = filesystem(url)
+    stale = [rel for rel in found if TEMP_KEY.search(rel) and TEMP_KEY.sub("", rel) in names]
+    for rel in stale:
+        try:
+            fs.rm(f"{root.rstrip('/')}/{rel}")
+        except OSError as exc:
+            raise _refused(exc, join(url, rel), "removing a temporary key") from None
+    return len(stale)

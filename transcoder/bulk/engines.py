@@ -11,7 +11,9 @@ started are cancelled, the ones running are finished and still reported.
   again: 0.15-0.2 s of CPU per worker, 0.3 s of wall time for two here); the run holds no
   HDF5 file and runs no thread of its own when it forks. Elsewhere they are spawned.
 - ``ray``: Ray tasks on a cluster (``--address``) or on a local Ray instance; every node must
-  see SRC_DIR and DST_DIR at the same paths and have transcoder installed.
+  have transcoder installed and see SRC_DIR and DST_DIR at the same paths, or reach them
+  as buckets (fsspec URLs: each task downloads its source and publishes its output itself,
+  see :mod:`.bucket`).
 
 :func:`bytes_in_flight`: what the files being converted have written so far (serial and
 local engines: each worker counts into a number shared with the run, see
@@ -34,7 +36,8 @@ from typing import Callable
 from .. import progress
 from ..errors import INTERNAL_ERROR_EXIT, MissingDependencyError, UsageError
 from ..formats._io import rawfill
-from .task import FAILED, Task, run_task
+from .bucket_task import run_any as run_task
+from .task import FAILED, Task
 
 OnResult = Callable[[dict], bool]
 ENGINES = ("local", "ray")

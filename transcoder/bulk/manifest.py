@@ -27,7 +27,7 @@ from .task import DONE, Fingerprint, sha256_files, stat_files
 
 NAME = "transcode-manifest.jsonl"
 FIELDS = ("source", "size", "mtime_ns", "sha256", "output", "output_size", "output_mtime_ns",
-          "output_sha256", "status", "error", "seconds", "options")
+          "output_sha256", "status", "error", "seconds", "options", "etag", "output_etag")
 
 
 class Manifest:
@@ -61,6 +61,11 @@ class Manifest:
                 self.unreadable_lines += 1  # e.g. the last line of a run that was killed
             else:
                 self.entries[(entry["source"], entry["output"])] = entry
+
+    @property
+    def where(self) -> Path | str:
+        """Where the manifest is, as the run reports it."""
+        return self.path
 
     def get(self, source: str, output: str) -> dict | None:
         return self.entries.get((source, output))
@@ -120,7 +125,8 @@ _NUMBER = (int, float, type(None))
 _FIELD_TYPES = {"source": _TEXT, "output": _TEXT, "status": _TEXT, "size": _NUMBER,
                 "mtime_ns": _NUMBER, "sha256": (str, type(None)), "output_size": _NUMBER,
                 "output_mtime_ns": _NUMBER, "output_sha256": (str, type(None)),
-                "error": (str, type(None)), "seconds": _NUMBER, "options": (list, type(None))}
+                "error": (str, type(None)), "seconds": _NUMBER, "options": (list, type(None)),
+                "etag": (str, type(None)), "output_etag": (str, type(None))}
 
 
 def _entry(line: bytes) -> dict | None:
@@ -167,12 +173,27 @@ def trusted(entry: dict | None, src_root: Path, files: Iterable[str], dst_root: 
     is a link, or a source or output that is a FIFO or a device (``/dev/zero``) is redone,
     never read.
     """
-    if not entry or entry.get("status") != DONE or entry.get("options") != options:
-        return False
+    return done_with(entry, options) and source_unchanged(entry, src_root, files) and \
+        output_unchanged(entry, dst_root)
+
+
+def done_with(entry: dict | None, options: list) -> bool:
+    """The entry says done, with these options."""
+    return bool(entry) and entry.get("status") == DONE and entry.get("options") == options
+
+
+def source_unchanged(entry: dict, src_root: Path, files: Iterable[str]) -> bool:
+    """The source's files in a local SRC_DIR are still what ``entry`` recorded."""
     try:
         src = [src_root / f for f in files]
-        if not _same(stat_files(src), src, entry["size"], entry["mtime_ns"], entry["sha256"]):
-            return False
+        return _same(stat_files(src), src, entry["size"], entry["mtime_ns"], entry["sha256"])
+    except (OSError, KeyError):
+        return False
+
+
+def output_unchanged(entry: dict, dst_root: Path) -> bool:
+    """The output in a local DST_DIR is still what ``entry`` recorded (and not a link)."""
+    try:
         out = [dst_root / entry["output"]]
         if stat.S_ISLNK(os.lstat(out[0]).st_mode):
             return False   # outputs are never links; redone (the write replaces the link)

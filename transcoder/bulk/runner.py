@@ -6,6 +6,9 @@
 4. run the rest on an engine (:mod:`.engines`), largest first, appending each result to the
    manifest as it arrives, after its output is on disk, so a rerun after a crash redoes only
    what is not done and intact.
+
+Either root may be a bucket (an fsspec URL): :mod:`.bucket` then lists, trusts and cleans it,
+:mod:`.bucket_task` converts, :mod:`.bucket_manifest` keeps the manifest.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ from typing import Protocol
 
 from ..errors import UsageError
 from ..rules import load_user_rules
-from . import engines
-from .manifest import Manifest, trusted
+from ..remote import is_url, local
+from . import bucket, engines
+from .manifest import Manifest, done_with, trusted
 from .task import DONE, FAILED, SKIPPED, Task, make_durable
 from .tree import TARGETS, Skipped, Source, Tree, output_folder, scan
 
@@ -82,19 +86,24 @@ class _Silent:
 
 def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
              listener: Listener | None = None) -> BulkReport:
-    """Convert every checkpoint under ``src_root`` into the mirrored tree under ``dst_root``."""
+    """Convert every checkpoint under ``src_root`` into the mirrored tree under ``dst_root``
+    (either may be a bucket: an fsspec URL, see :mod:`.bucket`)."""
     started = time.perf_counter()
     listener = listener or _Silent()
-    src_root, dst_root = _check_roots(Path(src_root), Path(dst_root), options)
-    tree = scan(src_root, dst_root, options.to, options.pattern)
+    places = _places(src_root, dst_root, options)
+    tree = places.scan(options.to, options.pattern)
     fingerprint = _options_fingerprint(options)
-    with Manifest(dst_root) as manifest:
-        report = BulkReport(manifest.path, ignored=tree.ignored,
+    with places.manifest() as manifest:
+        report = BulkReport(manifest.where, ignored=tree.ignored,
                             skipped=[manifest.append(_skip(s, fingerprint)) for s in tree.skipped])
-        todo = _to_convert(tree, manifest, report, src_root, dst_root, fingerprint, options.force)
-        remove_stale_temps(dst_root, [s.output for s in tree.sources])
+        outputs = [s.output for s in tree.sources]
+        if places.local_dst is None:
+            places.remove_stale_temps(outputs)   # (and lists the outputs there, for trusting)
+        else:
+            remove_stale_temps(places.local_dst, outputs)
+        todo = _to_convert(tree, manifest, report, places, fingerprint, options.force)
         sizes = {s.path: s.size for s in todo}
-        recorder = _Recorder(manifest, dst_root, flush=options.engine != "ray")
+        recorder = _Recorder(manifest, places.local_dst if options.engine != "ray" else None)
 
         def on_result(record: dict) -> bool:
             record.setdefault("size", sizes.get(record["source"]))
@@ -107,8 +116,7 @@ def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
         try:
             refused = [_refusal(s, fingerprint) for s in todo if s.error]
             if all([on_result(r) for r in refused]):
-                tasks = [_task(s, src_root, dst_root, options, fingerprint)
-                         for s in todo if not s.error]
+                tasks = [_task(s, places, options, fingerprint) for s in todo if not s.error]
                 engines.run(options.engine, tasks, on_result, address=options.address,
                             jobs=options.jobs or engines.cores(), timeout=options.timeout)
         finally:  # also on Ctrl-C: what got done is on record and shown
@@ -120,16 +128,43 @@ def run_bulk(src_root: Path | str, dst_root: Path | str, options: BulkOptions,
     return report
 
 
+@dataclass
+class _LocalPlaces:
+    """SRC_DIR and DST_DIR as local folders (:class:`.bucket.BucketPlaces` for buckets)."""
+    src: Path
+    dst: Path
+
+    @property
+    def local_dst(self) -> Path:
+        return self.dst
+
+    def scan(self, to: str, pattern: str | None) -> Tree:
+        return scan(self.src, self.dst, to, pattern)
+
+    def manifest(self) -> Manifest:
+        return Manifest(self.dst)
+
+    def trusted(self, entry: dict, source: Source) -> bool:
+        return trusted(entry, self.src, source.files, self.dst, entry["options"])
+
+
+def _places(src_root: Path | str, dst_root: Path | str, options: BulkOptions):
+    _check_options(options)
+    if is_url(src_root) or is_url(dst_root):
+        return bucket.places(src_root, dst_root)
+    return _LocalPlaces(*_check_roots(Path(local(src_root)), Path(local(dst_root))))
+
+
 class _Recorder:
     """Appends each result to the manifest, a converted file's only once its output is on disk
-    (:func:`_make_durable`; Ray tasks flush their own: ``flush=False``). The flush waits for
-    the disk, 30-45 ms per 128 MiB output here, so it runs on a thread of its own while the
-    run hands out the next files (in the run's loop it held back the other worker's next
+    (:func:`_make_durable`; Ray tasks and bucket outputs: no folder to flush here). The
+    flush waits for the disk, 30-45 ms per 128 MiB output here, so it runs on a thread of
+    its own while the run hands out the next files (in the run's loop it held back the other worker's next
     file whenever both finished together). Lines keep the order the results came in. The
     thread starts with the first result, after the first workers are forked."""
 
-    def __init__(self, manifest: Manifest, dst_root: Path, flush: bool) -> None:
-        self._manifest, self._dst_root, self._flush = manifest, dst_root, flush
+    def __init__(self, manifest: Manifest, dst_root: Path | None) -> None:
+        self._manifest, self._dst_root = manifest, dst_root   # None: nothing to flush here
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
@@ -139,7 +174,7 @@ class _Recorder:
         self._pending.append(self._pool.submit(self._record, record))
 
     def _record(self, record: dict) -> None:
-        if record["status"] == DONE and self._flush:
+        if record["status"] == DONE and self._dst_root is not None:
             _make_durable(self._dst_root, record)   # a failure turns the record into one
         self._manifest.append(record)
 
@@ -151,21 +186,22 @@ class _Recorder:
                 future.result()
 
 
-def _to_convert(tree: Tree, manifest: Manifest, report: BulkReport, src_root: Path, dst_root: Path,
-                fingerprint: list, force: bool) -> list[Source]:
+def _to_convert(tree: Tree, manifest: Manifest, report: BulkReport, places, fingerprint: list,
+                force: bool) -> list[Source]:
     """The sources to convert, largest first (a large file started last would leave the other
     workers idle at the end); those the manifest vouches for go to ``report.reused``."""
     todo = []
     for src in tree.sources:
         entry = manifest.get(src.path, src.output)
-        if src.error or force or not trusted(entry, src_root, src.files, dst_root, fingerprint):
+        if src.error or force or not done_with(entry, fingerprint) or \
+                not places.trusted(entry, src):
             todo.append(src)
         else:
             report.reused.append(entry)
     return sorted(todo, key=lambda s: s.size, reverse=True)
 
 
-def _check_roots(src_root: Path, dst_root: Path, options: BulkOptions) -> tuple[Path, Path]:
+def _check_options(options: BulkOptions) -> None:
     if options.to not in TARGETS:
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, not {options.to!r}")
     if options.engine not in engines.ENGINES:
@@ -179,6 +215,9 @@ def _check_roots(src_root: Path, dst_root: Path, options: BulkOptions) -> tuple[
         raise UsageError("--timeout is for --engine local (Ray: use the cluster's own limits)")
     if options.jobs is not None and options.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+
+
+def _check_roots(src_root: Path, dst_root: Path) -> tuple[Path, Path]:
     if not src_root.is_dir():
         raise UsageError("not a folder", path=src_root)
     src_root, dst_root = src_root.resolve(), dst_root.resolve()
@@ -201,11 +240,10 @@ def _options_fingerprint(options: BulkOptions) -> list:
     return [options.to, options.key, rules_hash] + (["checked"] if options.check else [])
 
 
-def _task(src: Source, src_root: Path, dst_root: Path, options: BulkOptions, fingerprint: list
-          ) -> Task:
+def _task(src: Source, places, options: BulkOptions, fingerprint: list) -> Task:
     rules = str(Path(options.rules).resolve()) if options.rules is not None else None
-    return Task(str(src_root), str(dst_root), src.path, src.output, src.files, options.key, rules,
-                tuple(fingerprint), options.check, options.checksums,
+    return Task(str(places.src), str(places.dst), src.path, src.output, src.files, options.key,
+                rules, tuple(fingerprint), options.check, options.checksums,
                 sync=options.engine == "ray")   # on other machines: the run cannot fsync there
 
 

@@ -51,6 +51,7 @@ class Fingerprint:
     size: int
     mtime_ns: int
     sha256: str | None = None
+    etag: str | None = None        # an object's ETag (buckets: :mod:`.bucket`)
 
 
 def stat_files(paths: list[Path]) -> Fingerprint:
@@ -87,7 +88,7 @@ def run_task(task: Task) -> dict:
     src_root = Path(task.src_root)
     record: dict = {"source": task.source, "output": task.output, "status": FAILED, "error": None}
     try:
-        _still_readable(src_root, task.files)
+        still_readable(src_root, task.files)
         with pinned(src_root, task.files) as (folder, _):
             _convert(task, folder, [folder / PurePosixPath(f).name for f in task.files], record)
     except TranscoderError as exc:
@@ -109,10 +110,8 @@ def _convert(task: Task, folder: Path, files: list[Path], record: dict) -> None:
     try:
         before = _source_fingerprint(files, task.source, task.checksums)
         record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)
-        dst = _output_path(dst_root, task.output)
-        with conversion(source, dst, force=True, key=task.key, rules=task.rules) as done:
-            if task.check:
-                _check(done, task)
+        dst = output_path(dst_root, task.output)
+        convert_file(task, source, dst)
         if stat_files(files) != Fingerprint(before.size, before.mtime_ns):
             raise TranscoderError("changed while it was being converted; run again",
                                   path=src_root / task.source)
@@ -121,12 +120,19 @@ def _convert(task: Task, folder: Path, files: list[Path], record: dict) -> None:
             exc.message = exc.message.replace(str(folder), str(real))
             exc.path = exc.path and Path(str(exc.path).replace(str(folder), str(real)))
         raise
-    out = _output_fingerprint(dst, task)
+    out = output_fingerprint(dst, task)
     record.update(status=DONE, output_size=out.size, output_mtime_ns=out.mtime_ns,
                   output_sha256=out.sha256)
 
 
-def _still_readable(src_root: Path, files: tuple[str, ...]) -> None:
+def convert_file(task: Task, source: Path, dst: Path) -> None:
+    """Convert the local ``source`` to the local ``dst`` (replacing it), checked if asked."""
+    with conversion(source, dst, force=True, key=task.key, rules=task.rules) as done:
+        if task.check:
+            _check(done, task)
+
+
+def still_readable(src_root: Path, files: tuple[str, ...]) -> None:
     """What the scan checked, again just before reading (the tree may have changed since)."""
     for rel in files:
         problem = unreadable(src_root, rel)
@@ -134,7 +140,7 @@ def _still_readable(src_root: Path, files: tuple[str, ...]) -> None:
             raise TranscoderError(problem, path=src_root / rel)
 
 
-def _output_path(dst_root: Path, output: str) -> Path:
+def output_path(dst_root: Path, output: str) -> Path:
     """``dst_root/output``, its folders created one by one, none of them a symbolic link."""
     folder = output_folder(dst_root, output, create=True)
     if folder is None:
@@ -163,7 +169,12 @@ def _source_fingerprint(files: list[Path], name: str, checksums: bool) -> Finger
         raise TranscoderError(f"cannot read: {exc.strerror}", path=exc.filename or name) from None
 
 
-def _output_fingerprint(path: Path, task: Task) -> Fingerprint:
+def source_fingerprint(files: list[Path], name: str, checksums: bool) -> Fingerprint:
+    """The fingerprint of a local source's files (TranscoderError naming ``name``)."""
+    return _source_fingerprint(files, name, checksums)
+
+
+def output_fingerprint(path: Path, task: Task) -> Fingerprint:
     """Size, mtime (and SHA-256) of the written output, flushed to disk first if ``task.sync``
     (else the run flushes it while this worker converts its next file: starting the write-back
     here with ``sync_file_range`` blocked the worker for about as long, 23 ms per 128 MiB)."""

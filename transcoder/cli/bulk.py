@@ -1,7 +1,6 @@
 """``transcode bulk``: a tree of checkpoints converted by :mod:`transcoder.bulk`."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -12,9 +11,10 @@ from .output import light_check, note
 
 
 def bulk_cmd(
-    src_dir: Annotated[Path, typer.Argument(help="Folder tree of checkpoints to convert.")],
-    dst_dir: Annotated[Path, typer.Argument(help="Folder for the mirrored tree and the "
-                                                 "manifest.")],
+    src_dir: Annotated[str, typer.Argument(help="Folder tree of checkpoints to convert (or a "
+                                                "bucket URL: s3://bucket/prefix).")],
+    dst_dir: Annotated[str, typer.Argument(help="Folder (or bucket URL) for the mirrored tree "
+                                                "and the manifest.")],
     to: Annotated[Target, typer.Option("--to", help="Output format.")],
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes "
                                                 "(default: the number of cores).")] = None,
