@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
+from ..errors import TranscoderError
 from ..remote import fetch, info, is_url, join, object_fingerprint, staged_target
 from . import task as tasks
 from .beneath import pinned
 from .bucket import combined
-from .task import DONE, FAILED, Fingerprint, Task
+from .task import DONE, Fingerprint, Task
 
 
 def run_any(task: Task) -> dict:
@@ -33,26 +32,19 @@ def run_any(task: Task) -> dict:
 
 def run_bucket_task(task: Task) -> dict:
     """As :func:`.task.run_task` (never raises for a bad file), one side at least a bucket."""
-    started = time.perf_counter()
-    record: dict = {"source": task.source, "output": task.output, "status": FAILED, "error": None}
-    try:
-        with _source(task) as (source, files, before):
-            record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256,
-                          etag=before.etag)
-            out = _write(task, source)
-            if files and tasks.stat_files(files) != Fingerprint(before.size, before.mtime_ns):
-                raise TranscoderError("changed while it was being converted; run again",
-                                      path=Path(task.src_root) / task.source)
-        record.update(status=DONE, output_size=out.size, output_mtime_ns=out.mtime_ns,
-                      output_sha256=out.sha256, output_etag=out.etag)
-    except TranscoderError as exc:
-        record.update(error=str(exc), exit_code=exc.exit_code)
-    except Exception as exc:  # a bug must not stop the other files either; say it is one
-        record.update(error=f"{task.source}: internal error: {type(exc).__name__}: {exc}",
-                      exit_code=INTERNAL_ERROR_EXIT)
-    record["options"] = list(task.options)
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    return record
+    return tasks.recorded(task, _run)
+
+
+def _run(task: Task, record: dict) -> None:
+    with _source(task) as (source, files, before):
+        record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256,
+                      etag=before.etag)
+        out = _write(task, source)
+        if files and tasks.stat_files(files) != Fingerprint(before.size, before.mtime_ns):
+            raise TranscoderError("changed while it was being converted; run again",
+                                  path=Path(task.src_root) / task.source)
+    record.update(status=DONE, output_size=out.size, output_mtime_ns=out.mtime_ns,
+                  output_sha256=out.sha256, output_etag=out.etag)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from ..errors import INTERNAL_ERROR_EXIT, TranscoderError
 from ..formats._guard.regular import NotRegularError, open_regular
@@ -84,13 +85,23 @@ def fingerprint(paths: list[Path], checksums: bool) -> Fingerprint:
 
 def run_task(task: Task) -> dict:
     """Convert ``task.source`` to ``task.output``; returns the manifest record (plus ``exit_code``)."""
-    started = time.perf_counter()
+    return recorded(task, _run_local)
+
+
+def _run_local(task: Task, record: dict) -> None:
     src_root = Path(task.src_root)
+    still_readable(src_root, task.files)
+    with pinned(src_root, task.files) as (folder, _):
+        _convert(task, folder, [folder / PurePosixPath(f).name for f in task.files], record)
+
+
+def recorded(task: Task, work: Callable[[Task, dict], None]) -> dict:
+    """The manifest record of ``work(task, record)``: FAILED with the error (and its exit code)
+    if it raises, timed; never raises for a bad file."""
+    started = time.perf_counter()
     record: dict = {"source": task.source, "output": task.output, "status": FAILED, "error": None}
     try:
-        still_readable(src_root, task.files)
-        with pinned(src_root, task.files) as (folder, _):
-            _convert(task, folder, [folder / PurePosixPath(f).name for f in task.files], record)
+        work(task, record)
     except TranscoderError as exc:
         record.update(error=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # a bug must not stop the other files either; say it is one
