@@ -6,8 +6,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
-import os
-import random
 import sys
 import threading
 import zipfile
@@ -18,6 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from transcoder.checkpoint import LAYOUT_TORCH, Checkpoint, TensorRef
+from transcoder.errors import TranscoderError
 from transcoder.formats import ReadOptions, pt
 from transcoder.formats._io import crc, rawfill
 from transcoder.formats._torch import torch_zip
@@ -187,7 +186,7 @@ def test_a_failing_tensor_leaves_no_file(tmp_path):
 
     ckpt = checkpoint(arrays())
     ckpt.tensors["late"] = TensorRef("late", (1 << 16,), "float32", broken)
-    with pytest.raises(Exception):
+    with pytest.raises(TranscoderError, match="Input/output error"):
         pt.write(ckpt, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
 
@@ -244,3 +243,15 @@ def test_sharded_pt_output_loads_bit_exact(tmp_path, monkeypatch):
     assert list(back) == list(sd)
     for name, t in sd.items():
         assert torch.equal(back[name].view(torch.int16), t.view(torch.int16))
+
+
+def test_a_full_disk_during_the_fill_is_one_error_and_no_file(tmp_path, monkeypatch):
+    from transcoder.errors import UsageError
+
+    def no_space(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rawfill, "pwrite_all", no_space)
+    with pytest.raises(UsageError, match="cannot write: No space left on device"):
+        pt.write(checkpoint(arrays()), tmp_path / "full.pt")
+    assert list(tmp_path.iterdir()) == []

@@ -7,8 +7,9 @@ state dict is found by :mod:`.unwrap`; tensor data stays on disk until ``TensorR
 which reads just that tensor's bytes and checks them against the storage size first.
 
 Writing produces what ``torch.save(OrderedDict(...))`` produces: a zip archive (laid out by
-:mod:`.torch_zip`) that ``torch.load(path, weights_only=True)`` accepts, streamed tensor by
-tensor.
+:mod:`.torch_zip`) that ``torch.load(path, weights_only=True)`` accepts: laid out first, the
+tensors' bytes then written at their offsets by :mod:`.rawfill`'s threads, which checksum the
+pieces they write for the zip CRCs (:mod:`.crc`).
 """
 from __future__ import annotations
 
