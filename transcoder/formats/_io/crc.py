@@ -9,23 +9,20 @@ with :func:`combine`.
 The checksum itself is zlib-ng's ``crc32`` where the ``zlib-ng`` package is installed (a
 dependency; same values, 10-12 GB/s here against 1.8-3 GB/s for Python's zlib 1.2.13: at
 zlib's speed the CRCs of a 4 GiB checkpoint alone took about as much CPU as ``cp -r`` of it),
-else :func:`zlib.crc32`. Both release the GIL for large buffers.
+else :func:`zlib.crc32`. Both release the GIL for large buffers. Imported on first use: it
+imports :mod:`gzip` too, 3-5 ms that a command writing no ``.pt`` need not pay at start-up.
 
 :func:`combine` is zlib's ``crc32_combine`` (Python's zlib does not expose it), as zlib
 1.2.12 computes it: the first CRC multiplied by x^(8 * len2) modulo the CRC polynomial, in
 GF(2), with the powers x^(2^k) from a table, so it costs O(log len2) polynomial products
-(about 20 us here) instead of checksumming len2 zero bytes (``crc32(zeros, crc1) ^
+(about 15 us here) instead of checksumming len2 zero bytes (``crc32(zeros, crc1) ^
 crc32(zeros) ^ crc2``, exact too, but as slow as checksumming the data again).
 """
 from __future__ import annotations
 
+import functools
 import threading
 import zlib
-
-try:
-    from zlib_ng.zlib_ng import crc32
-except ImportError:   # pragma: no cover - the package is a dependency; same values without it
-    crc32 = zlib.crc32
 
 _POLY = 0xEDB88320   # the CRC-32 polynomial, bit-reflected
 _ONE = 1 << 31       # the polynomial 1 (x^0), reflected
@@ -73,6 +70,16 @@ def combine(crc1: int, crc2: int, len2: int) -> int:
     return _multiply(_x_to_8n(len2), crc1 & 0xFFFFFFFF) ^ (crc2 & 0xFFFFFFFF)
 
 
+@functools.cache
+def checksum():
+    """zlib-ng's ``crc32`` if installed, else zlib's (the same values)."""
+    try:
+        from zlib_ng.zlib_ng import crc32
+    except ImportError:   # the package is a dependency; without it, slower
+        return zlib.crc32
+    return crc32
+
+
 class PieceCrc:
     """Collects pieces ``(offset, bytes)`` of one range, called from any thread; :meth:`value`
     is the CRC-32 of the range once every byte was given exactly once."""
@@ -87,7 +94,7 @@ class PieceCrc:
             start, crc = self._runs.pop(offset, (offset, None))
         # a run is only ever continued by the piece right after it: the thread filling that
         # share, which is busy here, so no other thread can be extending the same run
-        crc = crc32(data, crc) if crc is not None else crc32(data)
+        crc = checksum()(data, crc) if crc is not None else checksum()(data)
         with self._lock:
             self._runs[offset + length] = (start, crc)
 
