@@ -21,7 +21,9 @@ alike. The cases (``--cases``, all by default):
   - ``llm``: a bfloat16 checkpoint of ``--llm-mib`` (4 x ``--size-mib`` unless given) in 3
     safetensors shards with ``model.safetensors.index.json``, one embedding of 1/8 of the
     bytes and Linear layers for the rest, -> ``.h5`` (bfloat16 is stored there as exact
-    float32: twice the bytes `cp -r` writes), against `cp -r` of the folder.
+    float32: twice the bytes `cp -r` writes), against `cp -r` of the folder;
+  - ``llm-pt``: the same shards -> sharded ``.pt`` (``pytorch_model-0000k-of-00003.bin``
+    and their index, ``--shard-size`` a third of the bytes), against `cp -r` of the folder.
 
 The large one-file cases (linear, conv1d, wide) also time the conversion with its default
 check (``transcode + check``) and the frameworks' start-up alone (``import torch, keras``,
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -59,10 +62,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 #: the issue's targets: wall time (best of the runs) <= this x the baseline's best
-TARGET_CP = {"linear": 1.3, "conv1d": 1.5, "bulk": 2.0}
+TARGET_CP = {"linear": 1.3, "conv1d": 1.5, "bulk": 2.0, "llm-pt": 1.5}
 TARGET_RSS_MIB = 400       # every large case: peak RSS <= 400 MiB
 TARGET_PLAIN_RATIO = 0.25  # small checkpoint: wall time <= 1/4 of the plain script
-CASES = ("linear", "conv1d", "wide", "small", "bulk", "llm")
+CASES = ("linear", "conv1d", "wide", "small", "bulk", "llm", "llm-pt")
 #: the default check (issue 18): it adds at most the frameworks' start-up plus this many times
 #: the --no-check conversion's wall time, and its peak RSS stays within TARGET_RSS_MIB plus
 #: the largest layer
@@ -178,6 +181,20 @@ def sharded_tools(index: Path, out_dir: Path) -> Tools:
     }
 
 
+def sharded_pt_tools(index: Path, out_dir: Path) -> Tools:
+    """The shards -> ``.pt`` shards of about the same size, into a folder made first (the
+    command writes beside its target, in a folder that exists)."""
+    copy, folder = out_dir / "shards-copy", out_dir / "pt-shards"
+    shard_bytes = sum(p.stat().st_size for p in index.parent.glob("*.safetensors")) // 3 + (1 << 20)
+    command = transcode_command() + [str(index), str(folder / "pytorch_model.bin.index.json"),
+                                     "--shard-size", str(shard_bytes), "--no-check", "--quiet"]
+    return {
+        CP: (["cp", "-r", str(index.parent), str(copy)], copy),
+        TRANSCODE: (["sh", "-c", f"mkdir -p {shlex.quote(str(folder))} && exec {shlex.join(command)}"],
+                    folder),
+    }
+
+
 def bulk_tools(tree: Path, out_dir: Path, jobs: int) -> Tools:
     copy, converted = out_dir / "tree-copy", out_dir / "tree-h5"
     return {
@@ -280,7 +297,7 @@ def verdict(case: Case, tool: str, to_cp: float, to_plain: float | None, rss: fl
     cells = []
     if case.kind in TARGET_CP:
         limit = TARGET_CP[case.kind]
-        baseline = "cp -r" if case.kind == "bulk" else "cp"
+        baseline = "cp -r" if case.kind in ("bulk", "llm-pt") else "cp"
         cells.append(f"time <= {limit} x {baseline}: {'met' if to_cp <= limit else 'MISSED'}")
     cells.append(f"RSS <= {TARGET_RSS_MIB} MiB: {'met' if rss <= TARGET_RSS_MIB else 'MISSED'}")
     return "; ".join(cells)
@@ -314,11 +331,15 @@ def make_cases(kinds: list[str], work: Path, args: argparse.Namespace) -> list[C
         tree_mib = sum(mib(p) for p in tree.rglob("*") if p.is_file())
         cases.append(Case(f"bulk: {args.bulk_files} files, {tree_mib:.0f} MiB -> .h5, --jobs "
                           f"{args.jobs}", "bulk", bulk_tools(tree, out, args.jobs)))
-    if "llm" in kinds:
+    if "llm" in kinds or "llm-pt" in kinds:
         index, _ = generate(work / "llm", args.llm_mib or 4 * args.size_mib, "llm")
         shards_mib = sum(mib(p) for p in index.parent.iterdir())
+    if "llm" in kinds:
         cases.append(Case(f"LLM bf16, 3 shards, {shards_mib:.0f} MiB -> .h5", "llm",
                           sharded_tools(index, out)))
+    if "llm-pt" in kinds:
+        cases.append(Case(f"LLM bf16, 3 shards, {shards_mib:.0f} MiB -> sharded .pt", "llm-pt",
+                          sharded_pt_tools(index, out)))
     return cases
 
 

@@ -31,6 +31,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -59,11 +60,15 @@ BATCH_BELOW_BYTES = RESERVE_FROM_BYTES
 class Region:
     """Where a tensor's bytes go in the output file; ``as_float32``: a bfloat16 tensor stored as
     the float32 numbers it holds (each value's bits shifted up 16: exact, NaN payloads too),
-    twice its size."""
+    twice its size. ``digest``: called as ``digest(offset_in_tensor, data)`` on the worker
+    thread with every piece of the tensor's bytes it writes (a uint8 array; the tensor's own
+    bytes, before any ``as_float32`` widening), pieces in any order and from any thread: a
+    writer's checksum of the data (the ``.pt`` writer's zip CRCs) in the same pass."""
 
     offset: int
     ref: TensorRef
     as_float32: bool = False
+    digest: Callable[[int, np.ndarray], None] | None = None
 
 
 class _Shares:
@@ -170,6 +175,8 @@ def _write_share(out: "_Output", region: Region, part: tuple[int, int], scratch:
     for offset, block in ref.pieces(scratch, part):
         if offset < 0 or offset + len(block) > ref.nbytes:
             raise _wrong_size(ref)
+        if region.digest is not None:   # before the write: a piece of a source's map may be
+            region.digest(offset, block)  # given back to the kernel once written
         if region.as_float32:
             out.put_float32(block, region.offset + 2 * offset)
         elif block.base is scratch:   # permuted here: no file holds these bytes

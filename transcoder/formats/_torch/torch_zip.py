@@ -4,7 +4,10 @@ Why not :mod:`zipfile`: torch may compute storage offsets instead of reading the
 (``torch.load(mmap=True)`` with ``calculate_storage_offsets``) and then assumes miniz' layout:
 each record's local header padded with an ``FB`` extra field so its data starts on a 64-byte
 boundary, a data descriptor after every non-empty record, zip64 fields only past 4 GiB.
-Records are stored uncompressed; the CRC is computed while the data streams through.
+Records are stored uncompressed; the CRC is computed while the data streams through
+(:meth:`TorchZipWriter.write_stream`), or a record is laid out first and its data written by
+others at a known offset, its CRC filled in afterwards (:meth:`TorchZipWriter.reserve`,
+:meth:`TorchZipWriter.settle`: the ``.pt`` writer's threads, see :mod:`..pt`).
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ class _Entry:
     size: int
     crc: int
     flags: int
+    data_offset: int
 
 
 def _zip64_extra(size: int | None, offset: int | None) -> bytes:
@@ -78,13 +82,7 @@ class TorchZipWriter:
 
     def write_stream(self, name: str, size: int, chunks: Iterable[bytes | memoryview]) -> int:
         """Write one record of ``size`` bytes from ``chunks``; returns its CRC-32."""
-        full = f"{self._prefix}/{name}".encode("utf-8")
-        header_offset = self._offset
-        extra = _local_zip64(size, header_offset)
-        extra += _padding(header_offset + _LOCAL.size + len(full) + len(extra))
-        flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
-        self._write(_LOCAL.pack(_SIG_LOCAL, 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra)))
-        self._write(full + extra)
+        entry = self._begin(name, size)
         crc, written = 0, 0
         for chunk in chunks:
             crc = zlib.crc32(chunk, crc)
@@ -92,10 +90,49 @@ class TorchZipWriter:
             self._write(chunk)
         if written != size:
             raise FormatError(f"record {name}: got {written} bytes, expected {size}")
+        entry.crc = crc
         if size:
-            self._write(self._descriptor(crc, size, header_offset))
-        self._entries.append(_Entry(full, header_offset, size, crc, flags))
+            self._write(self._descriptor(crc, size, entry.header_offset))
         return crc
+
+    def reserve(self, name: str, size: int) -> _Entry:
+        """Lay out a record of ``size`` bytes whose data is written later, by someone else, at
+        ``entry.data_offset`` (the file grows over it: a hole until then); its data descriptor
+        is written with CRC 0, which :meth:`settle` replaces. The bytes are those
+        :meth:`write_stream` writes, once settled."""
+        entry = self._begin(name, size)
+        if size:
+            self._fh.seek(size, 1)
+            self._offset += size
+            self._write(self._descriptor(0, size, entry.header_offset))
+        return entry
+
+    def settle(self, entry: _Entry, crc: int) -> None:
+        """Record the CRC-32 of a :meth:`reserve` d record's data, in its descriptor (the local
+        header carries none, as with :meth:`write_stream`) and, at :meth:`close`, in the
+        central directory."""
+        entry.crc = crc
+        if entry.size:
+            self._fh.seek(entry.data_offset + entry.size + 4)   # past the descriptor's signature
+            self._fh.write(struct.pack("<I", crc))
+            self._fh.seek(self._offset)
+
+    def flush(self) -> None:
+        """Hand what is buffered to the file (before others write into the reserved ranges)."""
+        self._fh.flush()
+
+    def _begin(self, name: str, size: int) -> _Entry:
+        """The local header of a record of ``size`` bytes; its entry (CRC still 0)."""
+        full = f"{self._prefix}/{name}".encode("utf-8")
+        header_offset = self._offset
+        extra = _local_zip64(size, header_offset)
+        extra += _padding(header_offset + _LOCAL.size + len(full) + len(extra))
+        flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
+        self._write(_LOCAL.pack(_SIG_LOCAL, 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra)))
+        self._write(full + extra)
+        entry = _Entry(full, header_offset, size, 0, flags, self._offset)
+        self._entries.append(entry)
+        return entry
 
     @staticmethod
     def _descriptor(crc: int, size: int, header_offset: int) -> bytes:
