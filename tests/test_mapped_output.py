@@ -282,3 +282,25 @@ def test_a_mapped_write_the_disk_cannot_hold_is_one_line_not_a_crash(tmp_path):
     assert done.stderr.count("\n") == 1, done.stderr
     assert "no space left on the device" in done.stderr and "SIGBUS" in done.stderr
     assert "Traceback" not in done.stderr and left == []
+
+
+@pytest.mark.parametrize("populate", ["map", "write", "none"])
+def test_the_benchmark_floor_copies_files_and_folders_bit_exact(tmp_path, populate):
+    """bench/floor.py (the floor row of bench.py): every byte of a file, and of a tree."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("floor", Path(__file__).parent.parent / "bench" / "floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    tree = tmp_path / "src"
+    (tree / "a" / "b").mkdir(parents=True)
+    data = {tree / "one.bin": np.random.default_rng(7).bytes(3 << 20 | 5),
+            tree / "a" / "b" / "two.bin": np.random.default_rng(8).bytes(4097),
+            tree / "a" / "empty": b""}
+    for path, content in data.items():
+        path.write_bytes(content)
+    assert floor.main([str(tree / "one.bin"), str(tmp_path / "copy.bin"), "--populate", populate]) == 0
+    assert (tmp_path / "copy.bin").read_bytes() == data[tree / "one.bin"]
+    assert floor.main([str(tree), str(tmp_path / "copy"), "--populate", populate]) == 0
+    for path, content in data.items():
+        assert (tmp_path / "copy" / path.relative_to(tree)).read_bytes() == content

@@ -9,9 +9,9 @@ the rest). Each worker thread takes a task, asks the tensor for its bytes in pie
 Two ways to put them. Through a shared mapping (:mod:`.mapout`, the default for a regular
 file): the file gets its size and disk blocks as each region is added (a full disk is then an
 ordinary error), each task maps its tensor's range, and the permutation kernel writes straight
-into the mapped page cache (:class:`~transcoder.checkpoint.Target`); unpermuted bytes are
-copied from the source's map with one ``memcpy``, bfloat16 is widened straight into the map:
-one copy per byte. With ``pwrite`` (where mapping is impossible, or
+into the mapped page cache (:class:`~transcoder.checkpoint.Target`); unpermuted bytes from a
+source's map are copied inside the kernel (``copy_file_range``, see COPY_IN_KERNEL), others with
+one ``memcpy`` into the map; bfloat16 is widened straight into the map: one copy per byte. With ``pwrite`` (where mapping is impossible, or
 ``TRANSCODER_NO_MMAP_WRITE=1``): a permuted tensor is permuted block by block into the
 thread's scratch buffer, which stays in the cache, and written with ``pwrite`` (two copies per
 byte). The kernel, numpy's copies and ``pwrite`` release the GIL, so on two cores both threads

@@ -29,8 +29,9 @@ from typing import Any, Iterator
 
 from ...errors import FormatError, TranscoderError, UsageError, printable
 
-#: Recent mappings: (first address, end address, file, an output?). Older ones are long unmapped.
-_MAPPED: collections.deque[tuple[int, int, str, bool]] = collections.deque(maxlen=256)
+#: Recent mappings: (first address, end address, file, an output?). Older ones are long unmapped
+#: (an output is mapped a share at a time: a few hundred windows per GiB).
+_MAPPED: collections.deque[tuple[int, int, str, bool]] = collections.deque(maxlen=4096)
 _OUTPUTS: set[str] = set()
 _LOCK = threading.Lock()
 _INSTALLED: list[Any] = []   # the handler and its ctypes objects, kept alive
