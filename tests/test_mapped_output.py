@@ -245,7 +245,7 @@ def _in_small_tmpfs(tmp_path: Path, prelude: str, args: list[str]) -> tuple[subp
     listing = f"python_rc=$?; ls -A {mnt} > {tmp_path}/left; exit $python_rc"
     script = (f"mount -t tmpfs -o size=2m tmpfs {mnt} || exit 99; "
               f"{sys.executable} -c {shlex_quote(code)}; {listing}")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), mapout.NO_MAP_ENV: "0"}
     for flags in (["-m"], ["-rm"]):
         done = subprocess.run(["unshare", *flags, "sh", "-c", script], capture_output=True,
                               text=True, env=env, timeout=300)

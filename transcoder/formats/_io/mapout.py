@@ -33,8 +33,12 @@ import numpy as np
 
 from . import sigbus
 
-#: set to 1 to write with pwrite (tests and the benchmark compare both paths)
+#: 1: write with pwrite; 0: through shared mappings (tests and the benchmark compare both)
 NO_MAP_ENV = "TRANSCODER_NO_MMAP_WRITE"
+#: Without the variable: map. (On a loaded 2-core VM the mapped path cost 0.4-0.8 s more CPU
+#: per GiB of permuted data than pwrite, the kernel zero-filling every fresh page before it is
+#: written; ``bench.py --pwrite-row`` measures both: see docs/performance.md.)
+MAP_BY_DEFAULT = True
 _LOG = logging.getLogger("transcoder")
 
 
@@ -116,8 +120,9 @@ def open_map(fd: int, name: str) -> OutputMap | None:
 
 
 def _why_not(fd: int) -> str | None:
-    if os.environ.get(NO_MAP_ENV) == "1":
-        return f"{NO_MAP_ENV}=1"
+    chosen = os.environ.get(NO_MAP_ENV)
+    if chosen == "1" or (chosen != "0" and not MAP_BY_DEFAULT):
+        return f"{NO_MAP_ENV}=1" if chosen == "1" else "mapout.MAP_BY_DEFAULT is False"
     if not hasattr(os, "posix_fallocate") or not hasattr(mmap, "MAP_SHARED"):
         return "no shared mappings here"
     if not stat.S_ISREG(os.fstat(fd).st_mode):
