@@ -35,9 +35,9 @@ from . import sigbus
 
 #: 1: write with pwrite; 0: through shared mappings (tests and the benchmark compare both)
 NO_MAP_ENV = "TRANSCODER_NO_MMAP_WRITE"
-#: Without the variable: map. (On a loaded 2-core VM the mapped path cost 0.4-0.8 s more CPU
-#: per GiB of permuted data than pwrite, the kernel zero-filling every fresh page before it is
-#: written; ``bench.py --pwrite-row`` measures both: see docs/performance.md.)
+#: Without the variable: map. (On a loaded 2-core VM the benchmark showed the mapped path
+#: costing 0.4-0.8 s more CPU per GiB of permuted data than pwrite (the kernel zero-fills every
+#: fresh mapped page), an isolated test the opposite; ``bench.py --pwrite-row`` measures both.)
 MAP_BY_DEFAULT = True
 _LOG = logging.getLogger("transcoder")
 
@@ -73,8 +73,8 @@ class OutputMap:
         try:
             mapped = mmap.mmap(self.fd, nbytes + offset - start, flags=mmap.MAP_SHARED,
                                prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
-        except OSError as exc:
-            raise Refused(exc.strerror or str(exc)) from exc
+        except (OSError, ValueError) as exc:   # ValueError: the file is shorter (truncated)
+            raise Refused(getattr(exc, "strerror", None) or str(exc)) from exc
         whole = np.frombuffer(mapped, np.uint8)
         sigbus.watch(whole.__array_interface__["data"][0], len(mapped), self.fd,
                      name=self.name, output=True)
