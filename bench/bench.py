@@ -362,7 +362,8 @@ def make_cases(kinds: list[str], work: Path, args: argparse.Namespace) -> list[C
         tree = make_tree(work / "tree", part_pt, part_st, args.bulk_files)
         tree_mib = sum(mib(p) for p in tree.rglob("*") if p.is_file())
         cases.append(Case(f"bulk: {args.bulk_files} files, {tree_mib:.0f} MiB -> .h5, --jobs "
-                          f"{args.jobs}", "bulk", bulk_tools(tree, out, args.jobs, args.pwrite_row)))
+                          f"{args.jobs}", "bulk",
+                          bulk_tools(tree, out, args.jobs, args.pwrite_row)))
     if "llm" in kinds:
         index, _ = generate(work / "llm", args.llm_mib or 4 * args.size_mib, "llm")
         shards_mib = sum(mib(p) for p in index.parent.iterdir())

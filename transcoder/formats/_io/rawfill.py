@@ -6,29 +6,29 @@ the safetensors header) and hand each tensor with the file offset of its data to
 the rest). Each worker thread takes a task, asks the tensor for its bytes in pieces
 (:meth:`TensorRef.pieces`) and puts every piece at its place in the file.
 
-Two ways to put them. Through a shared mapping (:mod:`.mapout`, the default for a regular
-file): the file gets its size and disk blocks as each region is added (a full disk is then an
-ordinary error), each task maps its tensor's range, and the permutation kernel writes straight
-into the mapped page cache (:class:`~transcoder.checkpoint.Target`); unpermuted bytes from a
-source's map are copied inside the kernel (``copy_file_range``, see COPY_IN_KERNEL), others with
-one ``memcpy`` into the map; bfloat16 is widened straight into the map: one copy per byte. With ``pwrite`` (where mapping is impossible, or
-``TRANSCODER_NO_MMAP_WRITE=1``): a permuted tensor is permuted block by block into the
-thread's scratch buffer, which stays in the cache, and written with ``pwrite`` (two copies per
-byte). The kernel, numpy's copies and ``pwrite`` release the GIL, so on two cores both threads
-work at once; no tensor is ever held whole in fresh memory. A region's ``digest`` sees every
-piece's bytes as written, on the worker thread.
+Two ways to put them. Through a shared mapping (:mod:`.mapout`, the default for a regular file):
+the file gets its size and disk blocks as each region is added (a full disk is then an ordinary
+error), each task maps its tensor's range, and the permutation kernel writes straight into the
+mapped page cache (:class:`~transcoder.checkpoint.Target`); unpermuted bytes from a source's map
+are copied inside the kernel (``copy_file_range``, see COPY_IN_KERNEL), others with one
+``memcpy`` into the map; bfloat16 is widened straight into the map: one copy per byte. With
+``pwrite`` (where mapping is impossible, or ``TRANSCODER_NO_MMAP_WRITE=1``): a permuted tensor
+is permuted block by block into the thread's scratch buffer, which stays in the cache, and
+written with ``pwrite`` (two copies per byte). The kernel, numpy's copies and ``pwrite`` release
+the GIL, so on two cores both threads work at once; no tensor is ever held whole in fresh
+memory. A region's ``digest`` sees every piece's bytes as written, on the worker thread.
 
 A tensor larger than ``2 * SHARE_BYTES`` becomes several tasks, one per share of its bytes,
 so that one huge tensor (an LLM's embedding) keeps every thread busy; its shares load their
 source once between them (:class:`SharedLoads`).
 
-On the ``pwrite`` path, two things the kernel does better than we can (see :class:`_Output`): each tensor's range of
-the output gets its disk blocks before it is written (``fallocate``: ext4 then skips its
-delayed allocation for every page written; 1 GiB of 1 MiB pwrites here took 0.15-0.2 s
-instead of 0.25-0.35 s), and bytes that move unchanged from a source file (a tensor copied
-as it is, memory-mapped by the reader) are copied from file to file by ``copy_file_range``
-without passing through this process, falling back to ``pwrite`` where the kernel or the
-file systems refuse it.
+On the ``pwrite`` path, two things the kernel does better than we can (see :class:`_Output`):
+each tensor's range of the output gets its disk blocks before it is written (``fallocate``: ext4
+then skips its delayed allocation for every page written; 1 GiB of 1 MiB pwrites here took
+0.15-0.2 s instead of 0.25-0.35 s), and bytes that move unchanged from a source file (a tensor
+copied as it is, memory-mapped by the reader) are copied from file to file by
+``copy_file_range`` without passing through this process, falling back to ``pwrite`` where the
+kernel or the file systems refuse it.
 """
 from __future__ import annotations
 
@@ -172,8 +172,9 @@ class Filler:
                 with self._map.window(lo, hi - lo) as view:
                     for region in regions:
                         at = region.offset - lo
+                        placed = view[at:at + region.size]
                         self._check(region, _fill_mapped(self._out, region, (0, 1),
-                                                         self._scratch(), view[at:at + region.size]))
+                                                         self._scratch(), placed))
                 return
             except mapout.Refused as exc:
                 self._refused(exc)
@@ -286,8 +287,8 @@ def _write_share(out: "_Output", region: Region, part: tuple[int, int], scratch:
         if offset < 0 or offset + len(block) > ref.nbytes:
             raise _wrong_size(ref)
         if region.as_float32:
-            out.put_float32(block, region.offset + 2 * offset,
-                            region.digest and functools.partial(_shifted, region.digest, -region.offset))
+            digest = region.digest and functools.partial(_shifted, region.digest, -region.offset)
+            out.put_float32(block, region.offset + 2 * offset, digest)
         elif block.base is scratch:   # permuted here: no file holds these bytes
             pwrite_all(out.fd, block, region.offset + offset)
         else:
