@@ -82,13 +82,15 @@ def test_a_large_tensor_is_filled_in_shares_on_every_thread(tmp_path, monkeypatc
         ref = TensorRef("k", op.forward_shapes([x.shape])[0], "float32", lambda: op.forward([x])[0],
                         lambda scratch, part=None: op.forward_blocks([source.load()], scratch, part))
     threads = set()
-    write = rawfill.pwrite_all
 
-    def slow_write(fd, data, offset):
-        threads.add(threading.current_thread().name)
-        time.sleep(0.002)
-        write(fd, data, offset)
-    monkeypatch.setattr(rawfill, "pwrite_all", slow_write)
+    def slowed(write):
+        def slow_write(*args):
+            threads.add(threading.current_thread().name)
+            time.sleep(0.002)
+            return write(*args)
+        return slow_write
+    monkeypatch.setattr(rawfill, "pwrite_all", slowed(rawfill.pwrite_all))     # pwrite path
+    monkeypatch.setattr(rawfill, "_fill_mapped", slowed(rawfill._fill_mapped))  # mapped path
     monkeypatch.setattr(rawfill, "SHARE_BYTES", x.nbytes // 16)
     path = tmp_path / "out"
     path.write_bytes(bytes(x.nbytes))

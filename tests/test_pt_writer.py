@@ -254,6 +254,7 @@ def test_a_full_disk_during_the_fill_is_one_error_and_no_file(tmp_path, monkeypa
     def no_space(*args):
         raise OSError(28, "No space left on device")
 
+    monkeypatch.setenv("TRANSCODER_NO_MMAP_WRITE", "1")   # the pwrite path (mapped: test_mapped_output)
     monkeypatch.setattr(rawfill, "pwrite_all", no_space)
     with pytest.raises(UsageError, match="cannot write: No space left on device"):
         pt.write(checkpoint(arrays()), tmp_path / "full.pt")

@@ -96,6 +96,35 @@ def dtype_name(dtype: Any) -> str:
 Piece = tuple[int, np.ndarray]
 
 
+class Target(np.ndarray):
+    """A scratch buffer (see :meth:`TensorRef.pieces`) that also carries ``out``: the tensor's
+    own ``nbytes`` in the output file (a writable 1-d uint8 array, a shared mapping of the
+    file). A producer that knows it (:func:`.rules.transpose.permuted_pieces`) permutes
+    straight into ``out`` and yields views of it, already in place; any other uses it as plain
+    scratch. Views of it carry no ``out``."""
+
+    out: np.ndarray | None = None
+    #: called with each slice of ``out`` about to be written (a mapped output faults its
+    #: pages in at once), or None
+    ready: Callable[[np.ndarray], None] | None = None
+
+    @classmethod
+    def of(cls, scratch: np.ndarray, out: np.ndarray,
+           ready: Callable[[np.ndarray], None] | None = None) -> "Target":
+        target = scratch.view(cls)
+        target.out, target.ready = out, ready
+        return target
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.out = self.ready = None
+
+
+def target_of(scratch: np.ndarray, nbytes: int) -> np.ndarray | None:
+    """The output bytes a scratch buffer carries for a tensor of ``nbytes`` bytes, if any."""
+    out = getattr(scratch, "out", None)
+    return out if out is not None and len(out) == nbytes else None
+
+
 def check_name(name: object) -> None:
     """FormatError unless ``name`` can be a tensor name in every format we write: a string
     without NUL (HDF5 cuts names there) that encodes as UTF-8 (no lone surrogates)."""

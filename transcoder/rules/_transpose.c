@@ -1,9 +1,11 @@
 /* Cache-blocked strided copy: the kernel behind transcoder.rules.transpose.
 
-   permute(src, offset, dst, shape, strides, itemsize)
+   permute(src, offset, dst, shape, strides, itemsize, dst_strides=None)
 
    Copies the strided view described by (offset, shape, strides) of the buffer `src` into the
-   C-contiguous buffer `dst`:  dst[i0, ..., iN] = src[offset + sum(ik * strides[k])].
+   C-contiguous buffer `dst`:  dst[i0, ..., iN] = src[offset + sum(ik * strides[k])]; with
+   `dst_strides` (bytes, the last one the item size), into that strided view of `dst` instead:
+   a block of rows cut along an inner axis written straight to its places in a mapped output.
    All sizes are in bytes except `shape`. Every address the copy touches is checked against
    both buffers before the GIL is released, so a wrong call raises ValueError instead of
    reading or writing out of bounds.
@@ -234,10 +236,11 @@ static void run_add(Run *r, int axis, Py_ssize_t ext, Py_ssize_t step) {
 }
 
 /* The next destination axis before run a (skipping size-1 axes), or -1 if b holds it. */
-static int next_a(const Run *a, const char *used, const Py_ssize_t *shape) {
+static int next_a(const Run *a, const char *used, const Py_ssize_t *shape, const Py_ssize_t *ds,
+                  Py_ssize_t item) {
     int k = a->axis[a->n - 1] - 1;
     while (k >= 0 && shape[k] == 1) k--;
-    return k >= 0 && !used[k] ? k : -1;
+    return k >= 0 && !used[k] && ds[k] == item * a->size ? k : -1; /* a stays contiguous in dst */
 }
 
 /* An unused axis along which the source continues run b contiguously, or -1. */
@@ -258,7 +261,7 @@ static void choose_runs(Plane *p, int nd, const Py_ssize_t *shape, const Py_ssiz
     run_add(&p->a, last, shape[last], ss[last]);
     used[last] = 1;
     for (;;) {
-        int ka = next_a(&p->a, used, shape);
+        int ka = next_a(&p->a, used, shape, ds, p->item);
         int kb = next_b(&p->b, used, nd, shape, ss, p->item);
         if (ka >= 0 && (kb < 0 || p->a.size <= p->b.size)) {
             run_add(&p->a, ka, shape[ka], ss[ka]);
@@ -319,22 +322,26 @@ static void rows_fn(const char *s, char *d, const void *arg) {
     memcpy(d, s, *(const size_t *)arg);
 }
 
-static void copy_view(const char *s, char *d, int nd, const Py_ssize_t *shape,
-                      const Py_ssize_t *ss, Py_ssize_t item) {
-    Py_ssize_t ds[MAX_DIMS];
-    char used[MAX_DIMS] = {0};
+/* C-order byte strides of `shape`. */
+static void c_strides(int nd, const Py_ssize_t *shape, Py_ssize_t item, Py_ssize_t *ds) {
     Py_ssize_t step = item;
     for (int k = nd - 1; k >= 0; k--) {
         ds[k] = step;
         step *= shape[k];
     }
+}
+
+static void copy_view(const char *s, char *d, int nd, const Py_ssize_t *shape,
+                      const Py_ssize_t *ss, const Py_ssize_t *ds, Py_ssize_t item) {
+    char used[MAX_DIMS] = {0};
     int last = nd - 1;
     while (last > 0 && shape[last] == 1) last--;
     Ptrs base = {s, d};
     if (ss[last] == item || shape[last] == 1) {
         /* rows contiguous on both sides: the trailing axes the source continues, one memcpy each */
         size_t len = (size_t)item;
-        for (int k = last; k >= 0 && (shape[k] == 1 || ss[k] == (Py_ssize_t)len); k--) {
+        for (int k = last; k >= 0 && (shape[k] == 1 ||
+                                      (ss[k] == (Py_ssize_t)len && ds[k] == (Py_ssize_t)len)); k--) {
             len *= (size_t)shape[k];
             used[k] = 1;
         }
@@ -362,23 +369,27 @@ static int read_sizes(PyObject *seq, Py_ssize_t *out, Py_ssize_t n, const char *
 
 /* Checks every access fits both buffers; returns the number of bytes to write, or -1. */
 static Py_ssize_t check_bounds(Py_ssize_t src_len, Py_ssize_t offset, Py_ssize_t dst_len, int nd,
-                               const Py_ssize_t *shape, const Py_ssize_t *ss, Py_ssize_t item) {
-    Py_ssize_t count = 1, last = 0;
+                               const Py_ssize_t *shape, const Py_ssize_t *ss,
+                               const Py_ssize_t *ds, Py_ssize_t item) {
+    Py_ssize_t count = 1, last = 0, dlast = 0;
     for (int k = 0; k < nd; k++) {
         if (shape[k] == 0) return 0;
         if (__builtin_mul_overflow(count, shape[k], &count)) goto too_big;
-        Py_ssize_t reach;
+        Py_ssize_t reach, dreach;
         if (__builtin_mul_overflow(shape[k] - 1, ss[k], &reach) ||
-            __builtin_add_overflow(last, reach, &last)) goto too_big;
+            __builtin_add_overflow(last, reach, &last) ||
+            __builtin_mul_overflow(shape[k] - 1, ds[k], &dreach) ||
+            __builtin_add_overflow(dlast, dreach, &dlast)) goto too_big;
     }
-    Py_ssize_t nbytes, end;
+    Py_ssize_t nbytes, end, dend;
     if (__builtin_mul_overflow(count, item, &nbytes) || __builtin_add_overflow(offset, last, &end) ||
-        __builtin_add_overflow(end, item, &end)) goto too_big;
+        __builtin_add_overflow(end, item, &end) || __builtin_add_overflow(dlast, item, &dend))
+        goto too_big;
     if (end > src_len || offset < 0) {
         PyErr_SetString(PyExc_ValueError, "the view reaches outside the source buffer");
         return -1;
     }
-    if (nbytes > dst_len) {
+    if (dend > dst_len) {
         PyErr_SetString(PyExc_ValueError, "the destination buffer is too small");
         return -1;
     }
@@ -391,12 +402,12 @@ too_big:
 static PyObject *permute(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
     Py_ssize_t offset, item;
-    PyObject *shape_t, *strides_t;
-    if (!PyArg_ParseTuple(args, "y*nw*O!O!n", &src, &offset, &dst, &PyTuple_Type, &shape_t,
-                          &PyTuple_Type, &strides_t, &item))
+    PyObject *shape_t, *strides_t, *dst_strides_t = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nw*O!O!n|O", &src, &offset, &dst, &PyTuple_Type, &shape_t,
+                          &PyTuple_Type, &strides_t, &item, &dst_strides_t))
         return NULL;
     PyObject *result = NULL;
-    Py_ssize_t shape[MAX_DIMS], ss[MAX_DIMS];
+    Py_ssize_t shape[MAX_DIMS], ss[MAX_DIMS], ds[MAX_DIMS];
     Py_ssize_t nd = PyTuple_GET_SIZE(shape_t);
     if (nd < 1 || nd > MAX_DIMS || PyTuple_GET_SIZE(strides_t) != nd || item < 1) {
         PyErr_SetString(PyExc_ValueError, "shape and strides must have 1 to 32 entries, item >= 1");
@@ -404,11 +415,31 @@ static PyObject *permute(PyObject *self, PyObject *args) {
     }
     if (read_sizes(shape_t, shape, nd, "extent") < 0 || read_sizes(strides_t, ss, nd, "stride") < 0)
         goto done;
-    Py_ssize_t nbytes = check_bounds(src.len, offset, dst.len, (int)nd, shape, ss, item);
+    if (dst_strides_t == Py_None) {
+        c_strides((int)nd, shape, item, ds);
+    } else {
+        if (!PyTuple_Check(dst_strides_t) || PyTuple_GET_SIZE(dst_strides_t) != nd) {
+            PyErr_SetString(PyExc_ValueError, "dst_strides must be a tuple as long as shape");
+            goto done;
+        }
+        if (read_sizes(dst_strides_t, ds, nd, "destination stride") < 0) goto done;
+        /* C order with rows spaced out: items contiguous, no two elements on one place */
+        Py_ssize_t span = item;
+        for (Py_ssize_t k = nd - 1; k >= 0; k--) {
+            if (shape[k] == 1) continue;
+            if (span == item ? ds[k] != item : ds[k] < span || ds[k] > PY_SSIZE_T_MAX / shape[k]) {
+                PyErr_SetString(PyExc_ValueError, "dst_strides must keep rows contiguous and "
+                                                  "not overlap (C order, rows spaced out)");
+                goto done;
+            }
+            span = ds[k] * shape[k];
+        }
+    }
+    Py_ssize_t nbytes = check_bounds(src.len, offset, dst.len, (int)nd, shape, ss, ds, item);
     if (nbytes < 0) goto done;
     if (nbytes > 0) {
         Py_BEGIN_ALLOW_THREADS
-        copy_view((const char *)src.buf + offset, (char *)dst.buf, (int)nd, shape, ss, item);
+        copy_view((const char *)src.buf + offset, (char *)dst.buf, (int)nd, shape, ss, ds, item);
         Py_END_ALLOW_THREADS
     }
     result = Py_NewRef(Py_None);
@@ -420,8 +451,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"permute", permute, METH_VARARGS,
-     "permute(src, offset, dst, shape, strides, itemsize): copy a strided view of src into "
-     "the C-contiguous dst."},
+     "permute(src, offset, dst, shape, strides, itemsize, dst_strides=None): copy a strided "
+     "view of src into the C-contiguous dst (or into the view of dst with those strides)."},
     {NULL, NULL, 0, NULL},
 };
 

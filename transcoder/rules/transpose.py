@@ -20,6 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..checkpoint import target_of
+
 try:
     from . import _transpose
 except ImportError:  # built without a C compiler: numpy does the copy
@@ -88,15 +90,48 @@ def permuted_pieces(x: np.ndarray, axes: tuple[int, ...], scratch: np.ndarray,
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     inner = int(np.prod(shape[axis + 1:], dtype=np.int64)) * x.itemsize
     rows = max(1, len(scratch) // (outer * inner))
+    lo, hi = _share(shape[axis], part)
+    out = target_of(scratch, x.nbytes)
+    if out is not None:
+        yield from _pieces_into(x, (shape, strides), axis, (lo, hi, rows), out,
+                                getattr(scratch, "ready", None))
+        return
     if rows * outer * inner > len(scratch):
         scratch = np.empty(outer * inner, np.uint8)
-    lo, hi = _share(shape[axis], part)
     for start in range(lo, hi, rows):
         n = min(rows, hi - start)
         block = scratch[:outer * n * inner]
         _copy(x, start * strides[axis], (shape[:axis] + (n,) + shape[axis + 1:], strides), block)
         for o in range(outer):
             yield (o * shape[axis] + start) * inner, block[o * n * inner:(o + 1) * n * inner]
+
+
+def _pieces_into(x: np.ndarray, view: View, axis: int, cut: tuple[int, int, int],
+                 out: np.ndarray, ready=None) -> Iterator[Piece]:
+    """The pieces of :func:`permuted_pieces`, permuted straight to their places in ``out`` (the
+    whole permuted tensor's bytes, a mapped output): a block cut along an inner axis is one
+    kernel call with the output's strides, no scratch buffer. The pieces are views of ``out``;
+    ``ready`` (if any) is called with each before the kernel writes it."""
+    shape, strides = view
+    lo, hi, rows = cut
+    item = x.itemsize
+    dst = [item] * len(shape)   # the output's C-order byte strides
+    for k in range(len(shape) - 2, -1, -1):
+        dst[k] = dst[k + 1] * shape[k + 1]
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    along = shape[axis] * dst[axis]   # bytes between two outer indices' pieces
+    for start in range(lo, hi, rows):
+        n = min(rows, hi - start)
+        first = start * dst[axis]
+        block_shape = shape[:axis] + (n,) + shape[axis + 1:]
+        if ready is not None:
+            for o in range(outer):
+                ready(out[first + o * along:first + o * along + n * dst[axis]])
+        _copy(x, start * strides[axis], (block_shape, strides), out[first:],
+              tuple(dst) if outer > 1 else None)
+        for o in range(outer):
+            at = first + o * along
+            yield at, out[at:at + n * dst[axis]]
 
 
 def _share(count: int, part: tuple[int, int]) -> tuple[int, int]:
@@ -142,16 +177,27 @@ def _source_run(shape: tuple[int, ...], strides: tuple[int, ...], item: int, axi
     return run
 
 
-def _copy(x: np.ndarray, offset: int, view: View, out: np.ndarray) -> None:
+def _copy(x: np.ndarray, offset: int, view: View, out: np.ndarray,
+          out_strides: tuple[int, ...] | None = None) -> None:
     """Write the strided ``view`` (shape, byte strides from ``offset``) of the C-contiguous
-    ``x`` into the uint8 buffer ``out``, in C order."""
+    ``x`` into the uint8 buffer ``out``, in C order (or in the view of ``out`` with
+    ``out_strides``: C order with rows spaced out)."""
     shape, strides = view
     if _transpose is not None:
-        _transpose.permute(_bytes(x), offset, out, shape, strides, x.itemsize)
+        if out_strides is None:
+            _transpose.permute(_bytes(x), offset, out, shape, strides, x.itemsize)
+        else:
+            _transpose.permute(_bytes(x), offset, out, shape, strides, x.itemsize, out_strides)
         return
     src = np.lib.stride_tricks.as_strided(_bytes(x)[offset:].view(x.dtype), shape, strides,
                                           writeable=False)
-    _numpy_copy(src, out[:src.nbytes].view(x.dtype).reshape(shape))
+    if out_strides is None:
+        _numpy_copy(src, out[:src.nbytes].view(x.dtype).reshape(shape))
+        return
+    reach = sum((n - 1) * s for n, s in zip(shape, out_strides)) + x.itemsize
+    if reach > len(out):
+        raise ValueError("the destination buffer is too small")
+    _numpy_copy(src, np.lib.stride_tricks.as_strided(out[:reach].view(x.dtype), shape, out_strides))
 
 
 def _numpy_copy(src: np.ndarray, dst: np.ndarray) -> None:

@@ -1,7 +1,10 @@
-"""A memory-mapped source truncated while it is read: one line and exit code 2, not a crash.
+"""A memory-mapped source truncated while it is read, or a mapped output the disk cannot hold:
+one line and exit code 2, not a crash.
 
 Touching a page of a mapping past the end of a file that another process has truncated raises
-SIGBUS in whichever thread touched it (the permutation kernel, a copy in numpy, zlib's CRC).
+SIGBUS in whichever thread touched it (the permutation kernel, a copy in numpy, zlib's CRC); so
+does writing into a mapped page of an output (:mod:`.mapout`) that the file system cannot back
+(a full disk where the blocks were not allocated up front).
 Python cannot turn that into an exception: its own handler only sets a flag and returns, and
 the faulting instruction runs again. Reading instead of mapping would avoid it, at the cost the
 mapping was made to save (see :mod:`.filemap`).
@@ -26,8 +29,9 @@ from typing import Any, Iterator
 
 from ...errors import FormatError, TranscoderError, UsageError, printable
 
-#: Recent mappings: (first address, end address, file). Older ones are long unmapped.
-_MAPPED: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=256)
+#: Recent mappings: (first address, end address, file, an output?). Older ones are long unmapped
+#: (an output is mapped a share at a time: a few hundred windows per GiB).
+_MAPPED: collections.deque[tuple[int, int, str, bool]] = collections.deque(maxlen=4096)
 _OUTPUTS: set[str] = set()
 _LOCK = threading.Lock()
 _INSTALLED: list[Any] = []   # the handler and its ctypes objects, kept alive
@@ -37,15 +41,18 @@ _REPORTING = threading.Lock()
 EXIT_CODE = 2
 
 
-def watch(address: int, nbytes: int, fd: int) -> None:
-    """Remember that ``[address, address + nbytes)`` maps file ``fd`` (installs the handler)."""
+def watch(address: int, nbytes: int, fd: int, *, name: str | None = None,
+          output: bool = False) -> None:
+    """Remember that ``[address, address + nbytes)`` maps file ``fd`` (named ``name``, else
+    as /proc says), an output being written if ``output`` (installs the handler)."""
     if not _INSTALLED:
         _install()
-    try:
-        name = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        name = f"file descriptor {fd}"
-    _MAPPED.append((address, address + nbytes, name))
+    if name is None:
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = f"file descriptor {fd}"
+    _MAPPED.append((address, address + nbytes, name, output))
 
 
 @contextmanager
@@ -98,15 +105,21 @@ def _on_fault(address: int) -> None:
     faulting thread blocks here (it must not return into the faulting code) until the first
     one's ``os._exit``; ``os.write`` releases the GIL, so without the lock both wrote."""
     _REPORTING.acquire()
-    found = [name for start, end, name in reversed(_MAPPED) if start <= address < end]
-    what = found[0] if found else "a memory-mapped source file"
+    found = [(name, output) for start, end, name, output in reversed(_MAPPED)
+             if start <= address < end]
+    what, output = found[0] if found else ("a memory-mapped source file", False)
     for path in list(_OUTPUTS):
         try:
             os.unlink(path)
         except OSError:
             pass
-    message = (f"transcode: error: {printable(what)}: the file was truncated or changed while it was being "
-               "read (SIGBUS); nothing was written\n")
+    if output:
+        message = (f"transcode: error: {printable(what)}: cannot write: no space left on the "
+                   "device, or the file was truncated while it was being written (SIGBUS); "
+                   "nothing was written\n")
+    else:
+        message = (f"transcode: error: {printable(what)}: the file was truncated or changed while "
+                   "it was being read (SIGBUS); nothing was written\n")
     os.write(2, message.encode("utf-8", "backslashreplace"))
     os._exit(EXIT_CODE)
 
