@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -27,7 +28,7 @@ from .checkpoint import Checkpoint
 from .formats.shards import parse_size
 from .errors import TranscoderError, UsageError
 from . import remote
-from .formats import hf_folder
+from .formats import hf_folder, remote_source
 from .models import hf
 from .models.spec import precheck
 from .options import Architecture, CheckRequest, InputOptions, Tolerance, user_path
@@ -179,20 +180,27 @@ def writes_keras_model(dst: PathLike) -> bool:
 
 def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
                     on_written: Callable[[Conversion], None] | None, **options) -> Conversion:
-    """:func:`convert` through local stand-ins for URLs: SRC copied down, DST written locally
-    and published under its URL when done (nothing partial is ever under DST's name); results
+    """:func:`convert` through local stand-ins for URLs: SRC read by range where its format
+    allows, else copied down (:mod:`.formats.remote_source`), DST written locally and
+    published under its URL when done (nothing partial is ever under DST's name); results
     and errors name the URLs."""
     def named(result: Conversion) -> Conversion:
         result.src, result.dst = src, dst
         return result
 
-    with remote.local_paths(src, dst, force=force) as (local_src, local_dst):
+    with _source(src) as given_src, \
+            remote.local_paths(given_src, dst, force=force) as (local_src, local_dst):
         try:   # a URL DST was refused above unless --force, and its stand-in is new
             result = convert(local_src, local_dst, force=force or remote.is_url(dst), **options,
                              on_written=(lambda r: on_written(named(r))) if on_written else None)
         except TranscoderError as exc:
             raise _renamed(exc, {local_src: src, local_dst: dst}) from None
     return named(result)
+
+
+def _source(src: PathLike):
+    """A local stand-in for a URL SRC (:func:`.formats.remote_source.stand_in`), else SRC."""
+    return remote_source.stand_in(src) if remote.is_url(src) else nullcontext(src)
 
 
 def _renamed(exc: TranscoderError, names: dict[Path, PathLike]) -> TranscoderError:
@@ -250,7 +258,18 @@ def _result(src: Path, dst: Path, prepared: Prepared, written: bool = True) -> C
 
 def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None,
             source_format: str | None = None, revision: str | None = None) -> Inspection:
-    """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping."""
+    """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping. PATH
+    may be a URL: then only what describes its tensors is fetched, where the format allows
+    (:mod:`.formats.remote_source`)."""
+    if remote.is_url(path):
+        with _source(path) as local:
+            try:
+                found = inspect(local, key=key, rules=rules, source_format=source_format,
+                                revision=revision)
+            except TranscoderError as exc:
+                raise _renamed(exc, {local: path}) from None
+        found.path = path
+        return found
     found = formats.identify(snapshot(user_path(path), revision), source_format)
     with prepare(found, formats.other_layout(found.layout), key=key,
                  rules=user_path(rules, "rules") if rules else None) as prepared:
