@@ -134,7 +134,8 @@ def _file(fs, path: str, url: str, local: Path, size: int, stubs: ExitStack) -> 
         return
     ranged.register(local, source)
     stubs.callback(_done, local)
-    log.info("ranged reads from %s (%s, %d bytes; %s)", url, kind, size, source.describe())
+    log.info("ranged reads from %s (%d bytes; its %s fetched: %d bytes)", url, size, kind,
+             source.fetched)
 
 
 def _done(local: Path) -> None:
