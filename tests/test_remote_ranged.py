@@ -321,3 +321,62 @@ def test_s3_header_claiming_more_than_the_object_is_exit_2(cli, s3, tmp_path):
 def test_s3_missing_key_is_one_line_exit_2(cli, s3, tmp_path):
     code, _, err = cli("inspect", f"s3://{BUCKET}/in/absent.safetensors")
     _one_line_exit_2(code, err, "no such file", f"s3://{BUCKET}/in/absent.safetensors")
+
+
+def test_memory_model_folder_reads_its_weights_by_range(cli, files, memory, tmp_path):
+    """A Hugging Face folder: config.json copied, model.safetensors read by range, the other
+    framework's weights beside them not fetched at all; notes name the URL."""
+    fs, counted = memory
+    fs.pipe_file("/ranged/model/config.json", json.dumps({"model_type": "bert"}).encode())
+    fs.pipe_file("/ranged/model/model.safetensors", files["safetensors"].read_bytes())
+    fs.pipe_file("/ranged/model/tf_model.h5", files["safetensors.h5"].read_bytes())
+    counted.ranges.clear()
+    out = tmp_path / "got.h5"
+    code, stdout, err = cli("--verbose", "memory://ranged/model", out, "--no-check")
+    assert code == 0, err
+    _assert_same_h5(out, files["safetensors.h5"])
+    assert counted.copies == ["/ranged/model/config.json"]
+    assert "tf_model.h5" not in err
+    size = files["safetensors"].stat().st_size
+    assert size <= counted.fetched <= size + 256 * 1024
+    assert "memory://ranged/model: Hugging Face folder" in stdout + err
+    assert "transcoder-src-" not in stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM (Linux)")
+def test_s3_peak_memory_does_not_grow_with_the_file(s3, s3_endpoint, tmp_path):
+    """16 MiB and 128 MiB files of 4 MiB tensors, converted to .h5 in fresh processes: the
+    peak resident set differs by far less than the files do (tensors in flight, not files)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    from conftest import ROOT
+
+    client, _ = s3
+    # VmHWM, the process's own peak (ru_maxrss of a child starts at its parent's at fork)
+    code = ("import re, sys\nfrom transcoder.cli import main\ncode = main(sys.argv[1:])\n"
+            "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1])\n"
+            "sys.exit(code)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": s3_endpoint}
+    peaks = {}
+    for count in (4, 32):
+        tensors = {}
+        for i in range(count):
+            tensors[f"layers.{i}.weight"] = np.full((1024, 1024), i, np.float32)
+            tensors[f"layers.{i}.bias"] = np.full((1024,), i, np.float32)
+        local = tmp_path / f"f{count}.safetensors"
+        save_file(tensors, local)
+        client.upload_file(str(local), BUCKET, f"rss/{local.name}")
+        proc = subprocess.run([sys.executable, "-c", code, f"s3://{BUCKET}/rss/{local.name}",
+                               str(tmp_path / f"f{count}.h5"), "--no-check"], env=env,
+                              capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        peaks[count] = int(proc.stdout.split()[-1]) * 1024
+    print(f"peak RSS: {peaks[4] / MIB:.0f} MiB for 16 MiB, {peaks[32] / MIB:.0f} MiB for 128 MiB")
+    grown = peaks[32] - peaks[4]
+    assert grown < 32 * MIB, (peaks, "the file grew by 112 MiB")

@@ -186,6 +186,7 @@ def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
     and errors name the URLs."""
     def named(result: Conversion) -> Conversion:
         result.src, result.dst = src, dst
+        result.notes = [_named(note, {local_src: src, local_dst: dst}) for note in result.notes]
         return result
 
     with _source(src) as given_src, \
@@ -205,12 +206,19 @@ def _source(src: PathLike):
 
 def _renamed(exc: TranscoderError, names: dict[Path, PathLike]) -> TranscoderError:
     """The error naming what the user gave where it names a local stand-in."""
+    exc.message = _named(exc.message, names)
+    for local, given in names.items():
+        if local is not None and exc.path is not None and str(exc.path) == str(local):
+            exc.path = given
+    return exc
+
+
+def _named(text: str, names: dict[Path, PathLike]) -> str:
+    """``text`` naming what the user gave where it names a local stand-in."""
     for local, given in names.items():
         if local is not None and str(local) != str(given):
-            exc.message = exc.message.replace(str(local), str(given))
-            if exc.path is not None and str(exc.path) == str(local):
-                exc.path = given
-    return exc
+            text = text.replace(str(local), str(given))
+    return text
 
 
 def _architecture(src: Path, model: str | None, keras_model: str | None, inputs: InputOptions,
@@ -268,7 +276,7 @@ def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = 
                                 revision=revision)
             except TranscoderError as exc:
                 raise _renamed(exc, {local: path}) from None
-        found.path = path
+        found.path, found.notes = path, [_named(note, {local: path}) for note in found.notes]
         return found
     found = formats.identify(snapshot(user_path(path), revision), source_format)
     with prepare(found, formats.other_layout(found.layout), key=key,

@@ -25,7 +25,7 @@ from typing import Iterator
 
 from .. import remote
 from ..errors import FormatError
-from . import shards
+from . import hf_folder, shards
 from ._guard import zipsafe
 from ._io import ranged
 from .base import ZIP
@@ -90,12 +90,23 @@ def _mirror(fs, path: str, url: str, local: Path, stubs: ExitStack) -> Path:
 
 
 def _folder(fs, path: str, url: str, local: Path, stubs: ExitStack) -> None:
-    """Every file under the folder: weights as stubs where they can be, the rest copied."""
+    """A Hugging Face model folder: its config and the weights transformers would load (not
+    the other frameworks' weights beside them); any other folder: every file under it. Weights
+    as stubs where they can be, the rest copied."""
     root = path.rstrip("/")
     try:
         found = fs.find(root, detail=True)
     except OSError as exc:
         raise remote._refused(exc, url, "reading") from None
+    local.mkdir(parents=True, exist_ok=True)
+    names = {PurePosixPath(key).name: key for key in found if PurePosixPath(key).parent ==
+             PurePosixPath(root)}
+    weights = next((n for n in hf_folder.WEIGHT_FILES if n in names), None)
+    if hf_folder.CONFIG in names and weights is not None:
+        _copy(fs, names[hf_folder.CONFIG], f"{url.rstrip('/')}/{hf_folder.CONFIG}",
+              local / hf_folder.CONFIG)
+        _mirror(fs, names[weights], f"{url.rstrip('/')}/{weights}", local / weights, stubs)
+        return
     for key, info in sorted(found.items()):
         relative = PurePosixPath(key).relative_to(PurePosixPath(root))
         if ".." in relative.parts:
@@ -104,7 +115,6 @@ def _folder(fs, path: str, url: str, local: Path, stubs: ExitStack) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         _file(fs, key, f"{url.rstrip('/')}/{relative.as_posix()}", target,
               int(info.get("size") or 0), stubs)
-    local.mkdir(parents=True, exist_ok=True)
 
 
 def _index(fs, path: str, url: str, local: Path, stubs: ExitStack) -> None:
@@ -129,7 +139,7 @@ def _file(fs, path: str, url: str, local: Path, size: int, stubs: ExitStack) -> 
     head = source.fetch(0, HEAD) if size else b""
     kind = _stub(source, head, local)
     if kind is None:
-        log.info("staged %s: copied whole (%s needs a local file)", url, _what(head))
+        log.info("staged %s: copied whole (%s)", url, _what(head))
         _copy(fs, path, url, local)
         return
     ranged.register(local, source)
@@ -152,13 +162,14 @@ def _copy(fs, path: str, url: str, local: Path) -> None:
 
 
 def _what(head: bytes) -> str:
+    """Why a file is copied whole."""
     if head.startswith(b"\x89HDF"):
-        return "an HDF5 file"
+        return "an HDF5 file: h5py reads a local file"
     if head.startswith(ZIP):
-        return "a zip other than torch.save's"
+        return "a zip archive other than torch.save's, or with compressed storages"
     if head.startswith(b"\x80"):
-        return "a legacy torch pickle"
-    return "its format"
+        return "a legacy torch pickle: its storages are found by unpickling it"
+    return "not a safetensors file or torch.save archive"
 
 
 def _stub(source: ranged.RangedSource, head: bytes, local: Path) -> str | None:
