@@ -28,7 +28,7 @@ from .checkpoint import Checkpoint
 from .formats.shards import parse_size
 from .errors import TranscoderError, UsageError
 from . import remote
-from .formats import hf_folder, remote_source
+from .formats import hf_folder
 from .models import hf
 from .models.spec import precheck
 from .options import Architecture, CheckRequest, InputOptions, Tolerance, user_path
@@ -201,7 +201,11 @@ def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
 
 def _source(src: PathLike):
     """A local stand-in for a URL SRC (:func:`.formats.remote_source.stand_in`), else SRC."""
-    return remote_source.stand_in(src) if remote.is_url(src) else nullcontext(src)
+    if not remote.is_url(src):
+        return nullcontext(src)
+    from .formats import remote_source   # the readers it needs load with it
+
+    return remote_source.stand_in(src)
 
 
 def _renamed(exc: TranscoderError, names: dict[Path, PathLike]) -> TranscoderError:
