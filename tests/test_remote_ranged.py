@@ -380,3 +380,58 @@ def test_s3_peak_memory_does_not_grow_with_the_file(s3, s3_endpoint, tmp_path):
     print(f"peak RSS: {peaks[4] / MIB:.0f} MiB for 16 MiB, {peaks[32] / MIB:.0f} MiB for 128 MiB")
     grown = peaks[32] - peaks[4]
     assert grown < 32 * MIB, (peaks, "the file grew by 112 MiB")
+
+
+def _hostile_files(folder: Path) -> dict[str, Path]:
+    """Attacks from the hostile-input tests (tests/hostile.py), each as a local file."""
+    import zipfile
+
+    import hostile
+
+    bomb = hostile.state_dict_pickle([hostile.Entry("w", "0", 1 << 40, (1 << 20, 1 << 20),
+                                                    (1 << 20, 1))])
+    small = hostile.state_dict_pickle([hostile.Entry("w", "0", 4, (2, 2), (2, 1))])
+    return {
+        "shape bomb": hostile.torch_zip(folder / "bomb.pt", bomb, {"0": b"\0" * 16}),
+        "code in the pickle": hostile.torch_zip(folder / "code.pt", hostile.proto4(
+            hostile.build_on_function())),
+        "deflated storages": hostile.torch_zip(folder / "deflated.pt", small,
+                                               {"0": b"\1" * 16}, zipfile.ZIP_DEFLATED),
+        "overlapping offsets": hostile.safetensors_raw(
+            folder / "overlap.safetensors",
+            b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},'
+            b'"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}', b"\0" * 24),
+        "header past its object": hostile.safetensors_raw(
+            folder / "long.safetensors", b'{"a":{"dtype":"F32","shape":[4],"data_offsets"'),
+    }
+
+
+def test_memory_hostile_files_get_the_local_answer(cli, memory, tmp_path):
+    """The same bounds as for local files: each attack read from memory:// ends as it does
+    from the local file (exit code, and the error after the file's name); a zip with deflated
+    storages is staged and converts to the same numbers."""
+    import h5py
+
+    fs, counted = memory
+    for what, local in _hostile_files(tmp_path).items():
+        fs.pipe_file(f"/ranged/hostile/{local.name}", local.read_bytes())
+        outs = tmp_path / "local.h5", tmp_path / "remote.h5"
+        want = cli(local, outs[0], "--no-check")
+        got = cli("--verbose", f"memory://ranged/hostile/{local.name}", outs[1], "--no-check")
+        assert got[0] == want[0] == (0 if what == "deflated storages" else 2), (what, got, want)
+        if want[0] == 0:
+            assert f"staged memory://ranged/hostile/{local.name}" in got[2]
+            with h5py.File(outs[0]) as a, h5py.File(outs[1]) as b:
+                names: list[str] = []
+                a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+                assert len(names) == 1
+                assert_bit_exact(b[names[0]][()], a[names[0]][()], what)
+                assert_bit_exact(a[names[0]][()].reshape(-1).view(np.uint8),
+                                 np.full(16, 1, np.uint8), what)
+        else:
+            error = got[2].strip().splitlines()[-1]   # after what --verbose says
+            assert error.split(f"{local.name}: ", 1)[1] == \
+                want[2].strip().split(f"{local.name}: ", 1)[1]
+            assert not outs[1].exists()
+        for out in outs:
+            out.unlink(missing_ok=True)

@@ -178,7 +178,7 @@ def _stub(source: ranged.RangedSource, head: bytes, local: Path) -> str | None:
     try:
         os.ftruncate(fd, source.size)
         os.pwrite(fd, head, 0)
-        kind = _safetensors(source, head, fd) if _is_safetensors(head) else \
+        kind = _safetensors(source, head, fd) if _is_safetensors(head, source.size) else \
             _torch_zip(source, head, fd) if head.startswith(ZIP) else None
     finally:
         os.close(fd)
@@ -187,17 +187,18 @@ def _stub(source: ranged.RangedSource, head: bytes, local: Path) -> str | None:
     return kind
 
 
-def _is_safetensors(head: bytes) -> bool:
-    """What the safetensors sniff sees: a length, then ``{`` (the reader checks the rest)."""
-    return len(head) >= 9 and head[8:9] == b"{"
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """What the safetensors sniff takes (a length within the object, then ``{``), the length
+    within the reader's own limit: the stub is then read as safetensors and nothing else (the
+    reader checks the rest; anything else is copied and refused as a local file is)."""
+    length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    return 2 <= length <= min(size - 8, MAX_HEADER) and head[8:9] == b"{"
 
 
 def _safetensors(source: ranged.RangedSource, head: bytes, fd: int) -> str:
-    """The header (8 + its length bytes, at most the reader's own limit; a longer one is left
-    out and the reader refuses it as it refuses a local one)."""
-    length = int.from_bytes(head[:8], "little")
-    end = 8 + length
-    if length <= MAX_HEADER and end > len(head):
+    """The header: 8 + its length bytes."""
+    end = 8 + int.from_bytes(head[:8], "little")
+    if end > len(head):
         os.pwrite(fd, source.fetch(len(head), end), len(head))
     return "safetensors header"
 
