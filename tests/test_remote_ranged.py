@@ -406,12 +406,15 @@ def _hostile_files(folder: Path) -> dict[str, Path]:
     }
 
 
-def test_memory_hostile_files_get_the_local_answer(cli, memory, tmp_path):
+def test_memory_hostile_files_get_the_local_answer(cli, memory, tmp_path, monkeypatch):
     """The same bounds as for local files: each attack read from memory:// ends as it does
     from the local file (exit code, and the error after the file's name); a zip with deflated
     storages is staged and converts to the same numbers."""
     import h5py
 
+    from transcoder.formats import remote_source
+
+    monkeypatch.setattr(remote_source, "HEAD", 16)   # small files too: the stub path
     fs, counted = memory
     for what, local in _hostile_files(tmp_path).items():
         fs.pipe_file(f"/ranged/hostile/{local.name}", local.read_bytes())
@@ -429,9 +432,31 @@ def test_memory_hostile_files_get_the_local_answer(cli, memory, tmp_path):
                 assert_bit_exact(a[names[0]][()].reshape(-1).view(np.uint8),
                                  np.full(16, 1, np.uint8), what)
         else:
+            assert f"ranged reads from memory://ranged/hostile/{local.name}" in got[2]
             error = got[2].strip().splitlines()[-1]   # after what --verbose says
             assert error.split(f"{local.name}: ", 1)[1] == \
                 want[2].strip().split(f"{local.name}: ", 1)[1]
             assert not outs[1].exists()
         for out in outs:
             out.unlink(missing_ok=True)
+
+
+def test_a_store_without_ranged_reads_is_staged(cli, files, tmp_path, monkeypatch):
+    """A store that answers a range with the whole object (an HTTP server ignoring Range) is
+    noticed on the first request: the object is copied whole, and converts the same."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    cat_file = MemoryFileSystem.cat_file
+    monkeypatch.setattr(MemoryFileSystem, "cat_file",
+                        lambda self, path, start=None, end=None, **kw: cat_file(self, path, **kw))
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/whole/big.safetensors", files["safetensors"].read_bytes())
+    out = tmp_path / "got.h5"
+    try:
+        code, _, err = cli("--verbose", "memory://whole/big.safetensors", out, "--no-check")
+    finally:
+        fs.rm("/whole", recursive=True)
+    assert code == 0, err
+    assert "staged memory://whole/big.safetensors: copied whole (the store has no ranged " \
+           "reads)" in err
+    _assert_same_h5(out, files["safetensors.h5"])

@@ -9,7 +9,8 @@ every bound they apply to local files; each tensor's bytes are fetched by range 
 loaded. Everything else is copied whole first (:func:`transcoder.remote.staged_source`):
 HDF5 and ``.keras`` files (their libraries want a seekable local file), a legacy (non-zip)
 torch pickle (its storages follow the pickle: nothing says where before it is unpickled), a
-zip whose storages are compressed, and any protocol whose filesystem cannot read a range.
+zip whose storages are compressed, and any object whose store answers a ranged read with
+more than the range (it has no ranged reads).
 ``--verbose`` says which of the two ran and, afterwards, how many bytes were fetched.
 """
 from __future__ import annotations
@@ -46,13 +47,6 @@ def stand_in(url: str) -> Iterator[Path]:
     """A local path standing in for the remote file or folder at ``url``: stubs read by range
     where possible, the rest copied down; removed afterwards."""
     fs, path = remote.filesystem(url)
-    protocol = remote.URL.match(url)["protocol"].lower()
-    if not _ranges_ok(fs):
-        log.info("staged %s: copied whole to a local folder (%s:// has no ranged reads)",
-                 url, protocol)
-        with remote.staged_source(url) as local:
-            yield local
-        return
     workdir = Path(tempfile.mkdtemp(prefix="transcoder-src-"))
     name = PurePosixPath(path.rstrip("/")).name or "source"
     with ExitStack() as stubs:
@@ -61,15 +55,6 @@ def stand_in(url: str) -> Iterator[Path]:
         finally:
             stubs.close()
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _ranges_ok(fs) -> bool:
-    """Does this filesystem fetch a range without reading the whole object? (Its own
-    ``cat_file``, or files of its own, which fetch ranges as they are read.)"""
-    from fsspec.spec import AbstractFileSystem
-
-    return type(fs).cat_file is not AbstractFileSystem.cat_file or \
-        type(fs)._open is not AbstractFileSystem._open
 
 
 def _mirror(fs, path: str, url: str, local: Path, stubs: ExitStack) -> Path:
@@ -136,7 +121,18 @@ def _index(fs, path: str, url: str, local: Path, stubs: ExitStack) -> None:
 def _file(fs, path: str, url: str, local: Path, size: int, stubs: ExitStack) -> None:
     """A stub for a safetensors file or torch zip; a copy of anything else."""
     source = ranged.RangedSource(fs, path, size, url)
-    head = source.fetch(0, HEAD) if size else b""
+    try:
+        head = source.fetch(0, HEAD) if size else b""
+    except NotImplementedError:
+        head = None
+    if head is None or len(head) > min(HEAD, size):
+        log.info("staged %s: copied whole (the store has no ranged reads)", url)
+        _copy(fs, path, url, local)
+        return
+    if len(head) == size:   # the whole object in one request
+        local.write_bytes(head)
+        log.info("fetched %s whole (%d bytes, one request)", url, size)
+        return
     kind = _stub(source, head, local)
     if kind is None:
         log.info("staged %s: copied whole (%s)", url, _what(head))

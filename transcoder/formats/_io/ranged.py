@@ -82,7 +82,10 @@ class RangedSource:
                     break
                 ranges.append((start, end))
             for (start, end), data in zip(ranges, self.fetch_many(ranges)):
-                if len(data) != end - start:
+                if len(data) > end - start:
+                    raise FormatError("the store answered a ranged read with more bytes than "
+                                      "asked (no ranged reads?)", path=self.url)
+                if len(data) < end - start:
                     raise FormatError(f"object ends {offset + nbytes - start - len(data)} bytes "
                                       "early (truncated, or replaced while read?)", path=self.url,
                                       tensor=what if isinstance(what, str) else None)
