@@ -49,7 +49,7 @@ def check_cmd(
 
 def inspect_cmd(
     file: Annotated[str, typer.Argument(help="Checkpoint to describe (a file, a Hugging Face "
-                                             "folder or cached repo id).")],
+                                             "folder or cached repo id, an fsspec URL).")],
     as_json: JsonOpt = False, key: KeyOpt = None, rules: RulesOpt = None,
     source_format: FromOpt = None, revision: RevisionOpt = None,
 ) -> None:
