@@ -253,7 +253,7 @@ def test_s3_sharded_index_is_read_by_range(cli, s3, files, tmp_path):
                        "--no-check")
     assert code == 0, err
     _assert_same_h5(out, files["index.h5"])
-    assert counted.copies == [f"{BUCKET}/shards/model.safetensors.index.json"]   # the JSON only
+    assert counted.copies == []
     shards = [p for p in files["index"].parent.iterdir() if p.suffix == ".safetensors"]
     assert len(shards) >= 3
     assert err.count("ranged reads from s3://") == len(shards)
@@ -335,7 +335,7 @@ def test_memory_model_folder_reads_its_weights_by_range(cli, files, memory, tmp_
     code, stdout, err = cli("--verbose", "memory://ranged/model", out, "--no-check")
     assert code == 0, err
     _assert_same_h5(out, files["safetensors.h5"])
-    assert counted.copies == ["/ranged/model/config.json"]
+    assert counted.copies == []
     assert "tf_model.h5" not in err
     size = files["safetensors"].stat().st_size
     assert size <= counted.fetched <= size + 256 * 1024
@@ -460,3 +460,23 @@ def test_a_store_without_ranged_reads_is_staged(cli, files, tmp_path, monkeypatc
     assert "staged memory://whole/big.safetensors: copied whole (the store has no ranged " \
            "reads)" in err
     _assert_same_h5(out, files["safetensors.h5"])
+
+
+def test_memory_index_is_read_only_as_far_as_its_bound(cli, memory, tmp_path, monkeypatch):
+    """An index larger than the reader's bound: refused as a local one is, after fetching
+    only the bound (plus one byte), not the object."""
+    from transcoder.formats import shards
+
+    monkeypatch.setattr(shards, "MAX_INDEX", 1000)
+    fs, counted = memory
+    index = b'{"weight_map": {}, "pad": "' + b"x" * 200_000 + b'"}'
+    fs.pipe_file("/ranged/big/model.safetensors.index.json", index)
+    local = tmp_path / "model.safetensors.index.json"
+    local.write_bytes(index)
+    want = cli(local, tmp_path / "local.h5", "--no-check")
+    counted.ranges.clear()
+    got = cli("memory://ranged/big/model.safetensors.index.json", tmp_path / "r.h5", "--no-check")
+    _one_line_exit_2(got[0], got[2], "memory://ranged/big/model.safetensors.index.json",
+                     "larger than 1000 bytes")
+    assert got[2].split("json: ")[1] == want[2].split("json: ")[1]
+    assert counted.fetched == 1001

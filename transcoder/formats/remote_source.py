@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from .. import remote
-from ..errors import FormatError
+from ..errors import FormatError, TranscoderError
 from . import hf_folder, shards
 from ._guard import zipsafe
 from ._io import ranged
@@ -51,7 +51,14 @@ def stand_in(url: str) -> Iterator[Path]:
     name = PurePosixPath(path.rstrip("/")).name or "source"
     with ExitStack() as stubs:
         try:
-            yield _mirror(fs, path, url, workdir / name, stubs)
+            try:
+                local = _mirror(fs, path, url, workdir / name, stubs)
+            except TranscoderError as exc:   # an index refused: named by its URL
+                exc.message = exc.message.replace(str(workdir / name), url.rstrip("/"))
+                if exc.path is not None and str(exc.path).startswith(str(workdir / name)):
+                    exc.path = url.rstrip("/") + str(exc.path)[len(str(workdir / name)):]
+                raise
+            yield local
         finally:
             stubs.close()
             shutil.rmtree(workdir, ignore_errors=True)
@@ -88,8 +95,8 @@ def _folder(fs, path: str, url: str, local: Path, stubs: ExitStack) -> None:
              PurePosixPath(root)}
     weights = next((n for n in hf_folder.WEIGHT_FILES if n in names), None)
     if hf_folder.CONFIG in names and weights is not None:
-        _copy(fs, names[hf_folder.CONFIG], f"{url.rstrip('/')}/{hf_folder.CONFIG}",
-              local / hf_folder.CONFIG)
+        _copy_head(fs, names[hf_folder.CONFIG], f"{url.rstrip('/')}/{hf_folder.CONFIG}",
+                   local / hf_folder.CONFIG, hf_folder.MAX_CONFIG_BYTES)
         _mirror(fs, names[weights], f"{url.rstrip('/')}/{weights}", local / weights, stubs)
         return
     for key, info in sorted(found.items()):
@@ -103,10 +110,10 @@ def _folder(fs, path: str, url: str, local: Path, stubs: ExitStack) -> None:
 
 
 def _index(fs, path: str, url: str, local: Path, stubs: ExitStack) -> None:
-    """A ``*.index.json``: copied (bounded as the reader bounds it), then each shard it names,
-    from beside it."""
+    """A ``*.index.json``: copied (as much as the reader reads of it), then each shard it
+    names, from beside it."""
     local.parent.mkdir(parents=True, exist_ok=True)
-    _copy(fs, path, url, local)
+    _copy_head(fs, path, url, local, shards.MAX_INDEX)
     parent, base = path.rsplit("/", 1)[0], url.rsplit("/", 1)[0]
     for shard in dict.fromkeys(shards.weight_map(local).values()):   # names checked there
         try:
@@ -142,6 +149,18 @@ def _file(fs, path: str, url: str, local: Path, size: int, stubs: ExitStack) -> 
     stubs.callback(_done, local)
     log.info("ranged reads from %s (%d bytes; its %s fetched: %d bytes)", url, size, kind,
              source.fetched)
+
+
+def _copy_head(fs, path: str, url: str, local: Path, limit: int) -> None:
+    """The first ``limit + 1`` bytes of a small file the reader bounds to ``limit`` (a longer
+    one is refused there, as a local one is): a JSON config or index."""
+    try:
+        size = int(fs.info(path)["size"])
+    except FileNotFoundError:
+        raise FormatError("no such file", path=url) from None
+    except OSError as exc:
+        raise remote._refused(exc, url, "reading") from None
+    local.write_bytes(ranged.RangedSource(fs, path, size, url).fetch(0, limit + 1)[:limit + 1])
 
 
 def _done(local: Path) -> None:
