@@ -480,3 +480,24 @@ def test_memory_index_is_read_only_as_far_as_its_bound(cli, memory, tmp_path, mo
                      "larger than 1000 bytes")
     assert got[2].split("json: ")[1] == want[2].split("json: ")[1]
     assert counted.fetched == 1001
+
+
+def test_memory_keras_zip_is_staged(cli, memory, tmp_path):
+    """A zip that is not a torch.save archive (a .keras file) is copied whole, and read as a
+    local one is (here: refused for what it lacks, with the local words)."""
+    import zipfile
+
+    fs, counted = memory
+    local = tmp_path / "m.keras"
+    with zipfile.ZipFile(local, "w") as zf:
+        zf.writestr("metadata.json", "{}")
+        zf.writestr("assets/pad.bin", np.random.default_rng(0).bytes(100_000))
+    fs.pipe_file("/ranged/m.keras", local.read_bytes())
+    want = cli("inspect", local)
+    got = cli("--verbose", "inspect", "memory://ranged/m.keras")
+    assert "staged memory://ranged/m.keras: copied whole (a zip archive other than " \
+           "torch.save's" in got[2]
+    assert counted.copies == ["/ranged/m.keras"]
+    assert got[0] == want[0] == 2
+    assert got[2].strip().splitlines()[-1].split("m.keras: ")[1] == \
+        want[2].strip().split("m.keras: ")[1]
