@@ -501,3 +501,22 @@ def test_memory_keras_zip_is_staged(cli, memory, tmp_path):
     assert got[0] == want[0] == 2
     assert got[2].strip().splitlines()[-1].split("m.keras: ")[1] == \
         want[2].strip().split("m.keras: ")[1]
+
+
+def test_memory_check_reads_both_by_range(cli, files, memory, tmp_path):
+    """``transcode check URL URL`` (one layout: bit for bit, numpy only): both read by range,
+    each byte about once; a changed tensor is found (exit 1)."""
+    fs, counted = memory
+    data = files["safetensors"].read_bytes()
+    fs.pipe_file("/ranged/a.safetensors", data)
+    fs.pipe_file("/ranged/b.safetensors", data)
+    counted.ranges.clear()
+    code, out, err = cli("check", "memory://ranged/a.safetensors", "memory://ranged/b.safetensors")
+    assert code == 0, err
+    assert counted.copies == []
+    assert 2 * len(data) <= counted.fetched <= 2 * len(data) + 512 * 1024
+    changed = bytearray(data)
+    changed[-1] ^= 0x40                      # the last tensor's last byte
+    fs.pipe_file("/ranged/b.safetensors", bytes(changed))
+    code, out, err = cli("check", "memory://ranged/a.safetensors", "memory://ranged/b.safetensors")
+    assert code == 1, out + err

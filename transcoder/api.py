@@ -298,7 +298,18 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
           atol: float | None = None, rtol: float | None = None, strict: bool = False,
           source_format: str | None = None, revision: str | None = None) -> CheckReport:
     """``transcode check SRC DST``: the report (``report.passed``, ``report.to_dict()`` as
-    ``--report`` writes it); raises only for bad input."""
+    ``--report`` writes it); raises only for bad input. SRC and DST may be URLs (read by
+    range where the format allows, :mod:`.formats.remote_source`)."""
+    if remote.is_url(src) or remote.is_url(dst):
+        with _source(src) as local_src, _source(dst) as local_dst:
+            try:
+                return check(local_src, local_dst, key=key, rules=rules, model=model,
+                             keras_model=keras_model, input_shape=input_shape,
+                             input_dtype=input_dtype, seed=seed, channels_last=channels_last,
+                             atol=atol, rtol=rtol, strict=strict, source_format=source_format,
+                             revision=revision)
+            except TranscoderError as exc:
+                raise _renamed(exc, {local_src: src, local_dst: dst}) from None
     src, dst = snapshot(user_path(src, "SRC"), revision), user_path(dst, "DST")
     for path in (src, dst):
         if not path.exists() and not formats.identify(path).format.folder:
