@@ -27,13 +27,14 @@ from typing import IO, Any, Iterator
 import numpy as np
 
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
+from ._io import ranged   # a remote archive's stub: storages fetched by range
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError, UsageError
 from ._guard.brief import brief
 from ._io import filemap
 from ._io.filemap import MAP_FROM_BYTES, map_range
 from ._guard import limits, zipsafe
 from . import shards
-from ._io import ranged, sigbus
+from ._io import sigbus
 from .base import PICKLE, ZIP, Format, Head, ReadOptions
 from ._torch.torch_pickle import (DTYPE_STORAGES, StateDictEntry, StorageRef, TensorDesc,
                                   UnsupportedTensor, dump_state_dict, is_tensor)
