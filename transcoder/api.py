@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -179,14 +180,17 @@ def writes_keras_model(dst: PathLike) -> bool:
 
 def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
                     on_written: Callable[[Conversion], None] | None, **options) -> Conversion:
-    """:func:`convert` through local stand-ins for URLs: SRC copied down, DST written locally
-    and published under its URL when done (nothing partial is ever under DST's name); results
+    """:func:`convert` through local stand-ins for URLs: SRC read by range where its format
+    allows, else copied down (:mod:`.formats.remote_source`), DST written locally and
+    published under its URL when done (nothing partial is ever under DST's name); results
     and errors name the URLs."""
     def named(result: Conversion) -> Conversion:
         result.src, result.dst = src, dst
+        result.notes = [_named(note, {local_src: src, local_dst: dst}) for note in result.notes]
         return result
 
-    with remote.local_paths(src, dst, force=force) as (local_src, local_dst):
+    with _source(src) as given_src, \
+            remote.local_paths(given_src, dst, force=force) as (local_src, local_dst):
         try:   # a URL DST was refused above unless --force, and its stand-in is new
             result = convert(local_src, local_dst, force=force or remote.is_url(dst), **options,
                              on_written=(lambda r: on_written(named(r))) if on_written else None)
@@ -195,14 +199,30 @@ def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
     return named(result)
 
 
+def _source(src: PathLike):
+    """A local stand-in for a URL SRC (:func:`.formats.remote_source.stand_in`), else SRC."""
+    if not remote.is_url(src):
+        return nullcontext(src)
+    from .formats import remote_source   # the readers it needs load with it
+
+    return remote_source.stand_in(src)
+
+
 def _renamed(exc: TranscoderError, names: dict[Path, PathLike]) -> TranscoderError:
     """The error naming what the user gave where it names a local stand-in."""
+    exc.message = _named(exc.message, names)
+    for local, given in names.items():
+        if local is not None and exc.path is not None and str(exc.path) == str(local):
+            exc.path = given
+    return exc
+
+
+def _named(text: str, names: dict[Path, PathLike]) -> str:
+    """``text`` naming what the user gave where it names a local stand-in."""
     for local, given in names.items():
         if local is not None and str(local) != str(given):
-            exc.message = exc.message.replace(str(local), str(given))
-            if exc.path is not None and str(exc.path) == str(local):
-                exc.path = given
-    return exc
+            text = text.replace(str(local), str(given))
+    return text
 
 
 def _architecture(src: Path, model: str | None, keras_model: str | None, inputs: InputOptions,
@@ -250,7 +270,18 @@ def _result(src: Path, dst: Path, prepared: Prepared, written: bool = True) -> C
 
 def inspect(path: PathLike, *, key: str | None = None, rules: PathLike | None = None,
             source_format: str | None = None, revision: str | None = None) -> Inspection:
-    """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping."""
+    """``transcode inspect PATH``: every tensor, its inferred kind and planned mapping. PATH
+    may be a URL: then only what describes its tensors is fetched, where the format allows
+    (:mod:`.formats.remote_source`)."""
+    if remote.is_url(path):
+        with _source(path) as local:
+            try:
+                found = inspect(local, key=key, rules=rules, source_format=source_format,
+                                revision=revision)
+            except TranscoderError as exc:
+                raise _renamed(exc, {local: path}) from None
+        found.path, found.notes = path, [_named(note, {local: path}) for note in found.notes]
+        return found
     found = formats.identify(snapshot(user_path(path), revision), source_format)
     with prepare(found, formats.other_layout(found.layout), key=key,
                  rules=user_path(rules, "rules") if rules else None) as prepared:
@@ -267,7 +298,18 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
           atol: float | None = None, rtol: float | None = None, strict: bool = False,
           source_format: str | None = None, revision: str | None = None) -> CheckReport:
     """``transcode check SRC DST``: the report (``report.passed``, ``report.to_dict()`` as
-    ``--report`` writes it); raises only for bad input."""
+    ``--report`` writes it); raises only for bad input. SRC and DST may be URLs (read by
+    range where the format allows, :mod:`.formats.remote_source`)."""
+    if remote.is_url(src) or remote.is_url(dst):
+        with _source(src) as local_src, _source(dst) as local_dst:
+            try:
+                return check(local_src, local_dst, key=key, rules=rules, model=model,
+                             keras_model=keras_model, input_shape=input_shape,
+                             input_dtype=input_dtype, seed=seed, channels_last=channels_last,
+                             atol=atol, rtol=rtol, strict=strict, source_format=source_format,
+                             revision=revision)
+            except TranscoderError as exc:
+                raise _renamed(exc, {local_src: src, local_dst: dst}) from None
     src, dst = snapshot(user_path(src, "SRC"), revision), user_path(dst, "DST")
     for path in (src, dst):
         if not path.exists() and not formats.identify(path).format.folder:

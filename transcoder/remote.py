@@ -5,11 +5,12 @@ Any protocol whose fsspec implementation is installed works (``s3://`` with s3fs
 clients read them (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL_S3``, ``~/.aws/config``
 ...); nothing here reads or prints them.
 
-This version stages: a remote SRC is copied to a private local folder before it is read (a
-model folder with everything in it), and DST is written locally, then uploaded to a temporary
-key beside DST and moved into place, so no reader ever sees a partial object under DST's name
-(an object store's copy is atomic per object; the shards of a sharded output are moved before
-their index). The readers then apply every bound they apply to local files. ``file://`` URLs are
+:func:`staged_source` copies a remote SRC to a private local folder before it is read (a model
+folder with everything in it); a conversion reads by byte range instead where the format
+allows (:mod:`transcoder.formats.remote_source`, a layer up, falls back to this). DST is
+written locally, then uploaded to a temporary key beside DST and moved into place, so no
+reader ever sees a partial object under DST's name (an object store's copy is atomic per
+object; the shards of a sharded output are moved before their index). The readers then apply every bound they apply to local files. ``file://`` URLs are
 plain local paths.
 """
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """``transcode check``, ``inspect`` and ``rules``: parse, call :mod:`transcoder.api`, print."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,9 +16,9 @@ from .tables import PLAN_COLUMNS, RULE_COLUMNS, print_rows, rule_rows
 
 def check_cmd(
     src: Annotated[str, typer.Argument(help="The original checkpoint (a file, a Hugging Face "
-                                            "folder or cached repo id).")],
-    dst: Annotated[Path, typer.Argument(help="Its conversion (the file, SavedModel or TFLite "
-                                             "artifact to validate).")],
+                                            "folder or cached repo id, an fsspec URL).")],
+    dst: Annotated[str, typer.Argument(help="Its conversion (the file, SavedModel or TFLite "
+                                            "artifact to validate; or its URL).")],
     key: KeyOpt = None, rules: RulesOpt = None,
     model: ModelOpt = None, keras_model: KerasModelOpt = None,
     input_shape: InputShapeOpt = None, input_dtype: InputDtypeOpt = None,
@@ -49,7 +48,7 @@ def check_cmd(
 
 def inspect_cmd(
     file: Annotated[str, typer.Argument(help="Checkpoint to describe (a file, a Hugging Face "
-                                             "folder or cached repo id).")],
+                                             "folder or cached repo id, an fsspec URL).")],
     as_json: JsonOpt = False, key: KeyOpt = None, rules: RulesOpt = None,
     source_format: FromOpt = None, revision: RevisionOpt = None,
 ) -> None:

@@ -28,6 +28,7 @@ from typing import IO, Any, Iterator
 import numpy as np
 
 from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
+from ._io import ranged   # a remote archive's stub: storages fetched by range
 from ..errors import FormatError, TranscoderError, UnsafeFileError, UnsupportedError, UsageError
 from ._guard.brief import brief
 from ._io.filemap import MAP_FROM_BYTES, map_range
@@ -77,10 +78,12 @@ def _read_at(fh: IO[bytes], lock: threading.Lock, offset: int, nbytes: int) -> n
 
 
 class _ZipStorages:
-    """Storage records ``<prefix>/data/<key>`` of a zip archive."""
+    """Storage records ``<prefix>/data/<key>`` of a zip archive (of a remote one, when ``path``
+    is its stub: local headers and storages fetched by range, :mod:`._io.ranged`)."""
 
     def __init__(self, path: Path, zf: zipfile.ZipFile, prefix: str) -> None:
         self._zf, self._prefix = zf, prefix
+        self._remote = ranged.lookup(path)
         self._fh = open(path, "rb")
         self._size = self._fh.seek(0, io.SEEK_END)
         self._lock = threading.Lock()
@@ -105,7 +108,7 @@ class _ZipStorages:
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
         """Where a stored member's bytes start: after its local header (read, not trusted)."""
         if info.filename not in self._offsets:
-            header = _read_at(self._fh, self._lock, info.header_offset, _LOCAL_HEADER.size)
+            header = self._read_at(info.header_offset, _LOCAL_HEADER.size)
             fields = _LOCAL_HEADER.unpack(header)
             if fields[0] != 0x04034B50:
                 raise FormatError(f"corrupt zip: bad local header for {info.filename}")
@@ -120,8 +123,15 @@ class _ZipStorages:
         if info.flag_bits & 0x1:
             raise FormatError(f"storage record data/{key} is encrypted")
         if info.compress_type == zipfile.ZIP_STORED:
-            return _read_at(self._fh, self._lock, self._data_offset(info) + start, nbytes)
+            return self._read_at(self._data_offset(info) + start, nbytes)
+        if self._remote is not None:   # never: a remote zip with compressed storages is staged
+            raise FormatError(f"storage record data/{key} is compressed in a remote archive")
         return self._read_compressed(info, start, nbytes)
+
+    def _read_at(self, offset: int, nbytes: int) -> np.ndarray:
+        if self._remote is not None:
+            return self._remote.read(offset, nbytes)
+        return _read_at(self._fh, self._lock, offset, nbytes)
 
     def _read_compressed(self, info: zipfile.ZipInfo, start: int, nbytes: int) -> bytearray:
         with self._lock:

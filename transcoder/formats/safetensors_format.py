@@ -20,7 +20,7 @@ from ..checkpoint import DTYPES, LAYOUT_TORCH, Checkpoint, TensorRef
 from ..errors import FormatError, UnsupportedError, one_line
 from . import filemeta
 from ._guard import jsonsafe
-from ._io import rawfill, sigbus
+from ._io import ranged, rawfill, sigbus
 from .base import Format, Head, ReadOptions
 from .shards import INDEX
 from .shards import existing_shard, weight_map
@@ -100,6 +100,7 @@ def _add_file(ckpt: Checkpoint, path: Path) -> None:
     except OSError as exc:  # e.g. too many open files: an index naming 100,000 shards
         raise FormatError(f"cannot open: {exc.strerror or exc}", path=path) from None
     ckpt.on_close(fh.close)
+    remote = ranged.lookup(path)   # a stub: the tensors' bytes are fetched from the object
     meta = header.pop(METADATA_KEY, None) or {}
     if "transcoder" in meta:
         stored = jsonsafe.loads(meta["transcoder"], "the transcoder metadata", path)
@@ -115,7 +116,19 @@ def _add_file(ckpt: Checkpoint, path: Path) -> None:
             raise FormatError("tensor appears in two shards", path=path, tensor=name)
         shape, dtype = tuple(info["shape"]), CODES[info["dtype"]]
         offset = data_start + info["data_offsets"][0]
-        ckpt.tensors[name] = TensorRef(name, shape, dtype, _loader(fh, offset, shape, dtype, name, path))
+        ckpt.tensors[name] = TensorRef(name, shape, dtype, _loader(fh, offset, shape, dtype, name, path)
+                                       if remote is None else
+                                       _ranged_loader(remote, offset, shape, dtype, name))
+
+
+def _ranged_loader(source: ranged.RangedSource, offset: int, shape: tuple, dtype: str,
+                   name: str):
+    """Load one tensor of a remote file: its bytes fetched by range (:mod:`._io.ranged`)."""
+    def load() -> np.ndarray:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[dtype]).itemsize
+        array = source.read(offset, nbytes, name).view(DTYPES[dtype]).reshape(shape)
+        return array.byteswap() if sys.byteorder == "big" else array
+    return load
 
 
 def _loader(fh, offset: int, shape: tuple, dtype: str, name: str, path: Path):

@@ -1,0 +1,186 @@
+"""Byte ranges of a remote object (an fsspec URL), fetched when a reader asks for them.
+
+A remote SRC that can be read by range (:mod:`transcoder.formats.remote_source`) is given to
+the readers as a *stub*: a sparse local file of the object's size holding only the bytes that
+describe it (a safetensors header; a torch zip's central directory and small records), so
+every check the readers make on a local file runs unchanged on it. The tensors' bytes are
+holes in the stub: the readers ask :func:`lookup` whether their file is such a stub, and if so
+fetch each tensor's bytes from the object (:meth:`RangedSource.read`) when it is loaded, in
+blocks of :data:`BLOCK` bytes, at most :data:`IN_FLIGHT` blocks per request batch. What is
+fetched is counted (``--verbose`` prints it).
+
+The arrays returned are plain memory (not maps of a file): writers that copy a mapped range
+inside the kernel fall back to writing it (``pwrite``).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import FormatError, UsageError
+
+#: Bytes per ranged request, and requests sent together: the bytes in flight for one read.
+BLOCK = 4 << 20
+IN_FLIGHT = 4
+
+log = logging.getLogger("transcoder")
+
+_SOURCES: dict[str, "RangedSource"] = {}
+_LOCK = threading.Lock()
+
+
+class RangedSource:
+    """One remote object: its filesystem, path, size and URL; every fetch counted."""
+
+    def __init__(self, fs, path: str, size: int, url: str) -> None:
+        self.fs, self.path, self.size, self.url = fs, path, size, url
+        self.fetched = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def fetch(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` clipped to the object (fewer at its end)."""
+        return self.fetch_many([(start, end)])[0]
+
+    def fetch_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Several ranges in one batch of requests (clipped to the object)."""
+        ranges = [(s, min(e, self.size)) for s, e in ranges]
+        wanted = [(s, e) for s, e in ranges if e > s]
+        got = iter(self._cat(wanted) if wanted else [])
+        out = [next(got) if e > s else b"" for s, e in ranges]
+        with self._lock:
+            self.fetched += sum(len(b) for b in out)
+            self.requests += len(wanted)
+        return out
+
+    def _cat(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        try:
+            if len(ranges) == 1:
+                return [self.fs.cat_file(self.path, start=ranges[0][0], end=ranges[0][1])]
+            out = self.fs.cat_ranges([self.path] * len(ranges), [s for s, _ in ranges],
+                                     [e for _, e in ranges], on_error="raise")
+        except OSError as exc:
+            raise refused(exc, self.url) from None
+        return list(out)
+
+    def read(self, offset: int, nbytes: int, what: object = None) -> np.ndarray:
+        """Exactly ``nbytes`` from ``offset`` as a fresh uint8 array, fetched block by block;
+        FormatError naming the URL if the object ends first (truncated, or replaced since)."""
+        buf = np.empty(nbytes, np.uint8)
+        done = 0
+        while done < nbytes:
+            ranges = []
+            for _ in range(IN_FLIGHT):
+                start = offset + done + sum(e - s for s, e in ranges)
+                end = min(start + BLOCK, offset + nbytes)
+                if start >= end:
+                    break
+                ranges.append((start, end))
+            for (start, end), data in zip(ranges, self.fetch_many(ranges)):
+                if len(data) > end - start:
+                    raise FormatError("the store answered a ranged read with more bytes than "
+                                      "asked (no ranged reads?)", path=self.url)
+                if len(data) < end - start:
+                    raise FormatError(f"object ends {offset + nbytes - start - len(data)} bytes "
+                                      "early (truncated, or replaced while read?)", path=self.url,
+                                      tensor=what if isinstance(what, str) else None)
+                buf[start - offset:end - offset] = np.frombuffer(data, np.uint8)
+            done = ranges[-1][1] - offset
+        return buf
+
+    def describe(self) -> str:
+        return (f"{self.url}: {self.fetched} of {self.size} bytes fetched by range "
+                f"({self.requests} requests)")
+
+
+def refused(exc: OSError, url: str) -> Exception:
+    """One line for what the store said while reading."""
+    if isinstance(exc, FileNotFoundError):
+        return FormatError("no such file (removed while read?)", path=url)
+    if isinstance(exc, PermissionError):
+        return UsageError("permission denied reading", path=url)
+    return UsageError(f"reading failed: {exc.strerror or exc}", path=url)
+
+
+class RangedFile(io.RawIOBase):
+    """A read-only, seekable file over a :class:`RangedSource` for :mod:`zipfile`: each range
+    fetched (at least ``readahead`` bytes) is written at its offset into the stub open as
+    ``stub`` (read-write) and later reads of it are served from there; ``budget`` bounds
+    the bytes fetched (:class:`TooLarge` past it)."""
+
+    def __init__(self, source: RangedSource, stub: int, budget: int, readahead: int) -> None:
+        super().__init__()
+        self._source, self._stub, self._pos = source, stub, 0
+        self._budget, self._readahead = budget, readahead
+        self._have: list[tuple[int, int]] = []   # ranges already in the stub
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._source.size}[whence]
+        if base + offset < 0:
+            raise OSError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def have(self, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` are in the stub already."""
+        self._have.append((start, end))
+
+    def fetch(self, start: int, end: int) -> None:
+        """Fetch ``[start, end)`` into the stub."""
+        data = self._source.fetch(start, end)
+        self._budget -= len(data)
+        if self._budget < 0:
+            raise TooLarge(self._source.url)
+        os.pwrite(self._stub, data, start)
+        self.have(start, start + len(data))
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self._pos + len(view), self._source.size)
+        if end <= self._pos:
+            return 0
+        if not any(s <= self._pos and end <= e for s, e in self._have):
+            self.fetch(self._pos, max(end, self._pos + self._readahead))
+        got = os.preadv(self._stub, [view[:end - self._pos]], self._pos)
+        self._pos += got
+        return got
+
+
+class TooLarge(Exception):
+    """The metadata of an object is larger than a ranged read would fetch: stage it."""
+
+
+def register(stub: Path, source: RangedSource) -> None:
+    with _LOCK:
+        _SOURCES[_key(stub)] = source
+
+
+def unregister(stub: Path) -> RangedSource | None:
+    with _LOCK:
+        return _SOURCES.pop(_key(stub), None)
+
+
+def lookup(path: Path | str) -> RangedSource | None:
+    """The remote object a stub file stands in for (None: a plain local file)."""
+    if not _SOURCES:
+        return None
+    with _LOCK:
+        return _SOURCES.get(_key(path))
+
+
+def _key(path: Path | str) -> str:
+    return os.path.realpath(path)
