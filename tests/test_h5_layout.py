@@ -61,14 +61,24 @@ def _high_level_group(parent, name):
     return parent.create_group(name)
 
 
+def _high_level_text(obj, name, text):
+    obj.attrs[name] = text
+
+
+def _high_level(patch) -> None:
+    """The layout as h5py's high-level calls made it."""
+    patch.setattr(keras_h5, "_group", _high_level_group)
+    patch.setattr(keras_h5, "_strings_attr", h5s.write_strings_attr)
+    patch.setattr(keras_h5, "_text_attr", _high_level_text)
+
+
 def test_the_low_level_layout_writes_the_bytes_the_high_level_calls_wrote(tmp_path,
                                                                           monkeypatch):
     ckpt = _checkpoint()
     fast = tmp_path / "fast.h5"
     keras_h5.write(ckpt, fast)
     with monkeypatch.context() as patch:
-        patch.setattr(keras_h5, "_group", _high_level_group)
-        patch.setattr(keras_h5, "_strings_attr", h5s.write_strings_attr)
+        _high_level(patch)
         keras_h5.write(ckpt, tmp_path / "slow.h5")
     assert fast.read_bytes() == (tmp_path / "slow.h5").read_bytes()
 
@@ -90,6 +100,8 @@ def test_the_layout_reads_back_bit_exact(tmp_path):
         assert [n.decode() for n in f.attrs["layer_names"]][:2] == ["dense", "conv"]
         assert list(f["dense"].attrs["weight_names"]) == [b"dense/kernel", b"dense/bias"]
         assert f["no_weights"].attrs["weight_names"].shape == (0,)
+        assert f["dense"].attrs[keras_h5.CLASS_ATTR] == "Dense"
+        assert keras_h5.CLASS_ATTR not in f["cplx"].attrs
         assert "weight_names0" in f["long"].attrs and "weight_names" not in f["long"].attrs
         # names keep the character set h5py gives them: ASCII unless they need UTF-8
         assert f.id.links.get_info(b"dense").cset == h5py.h5t.CSET_ASCII
@@ -104,7 +116,6 @@ def test_fixture_conversions_write_the_same_bytes_as_the_high_level_layout(fixtu
     root = Path(__file__).resolve().parents[1] / "fixtures"
     api.convert(root / fixture, tmp_path / "fast.h5", check=False)
     with monkeypatch.context() as patch:
-        patch.setattr(keras_h5, "_group", _high_level_group)
-        patch.setattr(keras_h5, "_strings_attr", h5s.write_strings_attr)
+        _high_level(patch)
         api.convert(root / fixture, tmp_path / "slow.h5", check=False)
     assert (tmp_path / "fast.h5").read_bytes() == (tmp_path / "slow.h5").read_bytes()

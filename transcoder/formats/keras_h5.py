@@ -437,7 +437,7 @@ def _create_layer(f: h5py.File, entry: dict) -> list[tuple[h5py.Group, str, str]
     weight_names = [f"{entry['name']}/{w}" for w in entry.get("weights", [])]
     _strings_attr(grp, "weight_names", weight_names)
     if entry.get("class_name"):
-        grp.attrs[CLASS_ATTR] = entry["class_name"]
+        _text_attr(grp, CLASS_ATTR, entry["class_name"])
     return [(grp, name, name) for name in weight_names]
 
 
@@ -509,6 +509,14 @@ def _strings_attr(obj: h5py.HLObject, name: str, values: list[str]) -> None:
                            h5py.h5t.py_create(data.dtype, logical=True),
                            h5py.h5s.create_simple(data.shape))
     attr.write(data)
+
+
+def _text_attr(obj: h5py.HLObject, name: str, text: str) -> None:
+    """``obj.attrs[name] = text``: a variable-length UTF-8 string, as h5py stores a str."""
+    attr = h5py.h5a.create(obj.id, name.encode("ascii"),
+                           h5py.h5t.py_create(_name_type(), logical=True),
+                           h5py.h5s.create(h5py.h5s.SCALAR))
+    attr.write(np.array(text, dtype=_name_type()))
 
 
 @lru_cache(maxsize=None)
