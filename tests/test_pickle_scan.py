@@ -177,3 +177,57 @@ def test_the_nesting_bound_is_where_it_was(how):
     kinds = [assert_same(b"\x80\x02" + NESTED[how](depth) + b".")[0]
              for depth in range(pickle_scan.MAX_NESTING - 3, pickle_scan.MAX_NESTING + 2)]
     assert kinds[0] == "ok" and kinds[-1] == "refused", kinds
+
+
+# ------------------------------------------------------------ whole reads: the same tensors
+
+
+def read_tensors(path) -> list[tuple]:
+    from transcoder.formats import pt
+    from transcoder.formats.base import ReadOptions
+
+    ckpt = pt.read(path, ReadOptions())
+    return [(name, ref.shape, ref.dtype, ref.load().tobytes()) for name, ref in
+            ckpt.tensors.items()]
+
+
+@pytest.mark.parametrize("fixture", ["encoder.pt", "small_cnn.pt", "small_cnn_scripted.pt",
+                                     "small_cnn_training.ckpt"])
+def test_fixtures_read_to_the_same_tensors_with_either_scan(fixture, monkeypatch):
+    from transcoder.formats._torch import unpickler
+
+    path = ROOT / "fixtures" / fixture
+    fast = read_tensors(path)
+    monkeypatch.setattr(unpickler, "scan", reference.scan)
+    assert read_tensors(path) == fast and fast
+
+
+arrays = st.lists(st.tuples(names, st.lists(st.integers(0, 5), max_size=3),
+                            st.sampled_from(["float32", "float16", "int64", "uint8"])),
+                  min_size=1, max_size=12, unique_by=lambda e: e[0])
+
+
+@settings(max_examples=40, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(entries=arrays)
+def test_random_state_dicts_read_to_the_same_tensors_with_either_scan(entries, tmp_path_factory,
+                                                                      monkeypatch):
+    import numpy as np
+
+    from transcoder.checkpoint import LAYOUT_TORCH, Checkpoint, TensorRef
+    from transcoder.formats import pt
+    from transcoder.formats._torch import unpickler
+
+    rng = np.random.default_rng(len(entries))
+    refs = {}
+    for name, shape, dtype in entries:
+        name = name.replace("/", ".")
+        data = (rng.standard_normal(shape) * 100).astype(dtype)
+        refs[name] = TensorRef.from_array(name, data)
+    path = tmp_path_factory.mktemp("sd") / "sd.pt"
+    pt.write(Checkpoint(refs, LAYOUT_TORCH), path)
+    fast = read_tensors(path)
+    with monkeypatch.context() as patch:
+        patch.setattr(unpickler, "scan", reference.scan)
+        assert read_tensors(path) == fast
+    assert [n for n, *_ in fast] == list(refs)

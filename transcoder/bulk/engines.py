@@ -126,6 +126,8 @@ def fill_threads(workers: int) -> int:
 
 #: Outputs written with h5py: workers import it on their first such file unless the run has.
 HDF5_OUTPUTS = (".h5", ".hdf5", ".keras")
+#: What the HDF5 writers load on first use (``formats.base.LazyModule``).
+HDF5_MODULES = ("h5py", "transcoder.formats._hdf5.h5safety")
 
 
 def _preload(tasks: list[Task]) -> None:
@@ -136,7 +138,8 @@ def _preload(tasks: list[Task]) -> None:
 
     formats.builtin_formats()
     if any(task.output.lower().endswith(HDF5_OUTPUTS) for task in tasks):
-        importlib.import_module("h5py")
+        for module in HDF5_MODULES:
+            importlib.import_module(module)
 
 
 def _dispatch(workers: list[_Worker], queue: deque) -> None:
