@@ -258,30 +258,15 @@ Handler = Callable[[Machine, bytearray, int], int]
 STOPPED = -1
 
 
-def _with_int(width: int, signed: bool, what: str, step: Callable[[Machine, int], None]) -> Handler:
-    """An opcode whose argument is a little-endian integer (pickletools' ``read_<what>``)."""
+def _skipping(width: int, what: str, pushes: bool = True) -> Handler:
+    """An opcode whose integer argument costs nothing (BININT*, PROTO, FRAME): only its bytes
+    must be there (pickletools' ``read_<what>``); the BININTs push their constant."""
     def handler(m: Machine, data: bytearray, at: int) -> int:
         end = at + width
         if end > len(data):
             raise ValueError(f"not enough data in stream to read {what}")
-        step(m, int.from_bytes(data[at:end], "little", signed=signed))
-        return end
-
-    def one_byte(m: Machine, data: bytearray, at: int) -> int:
-        if at >= len(data):
-            raise ValueError(f"not enough data in stream to read {what}")
-        step(m, data[at])
-        return at + 1
-    return one_byte if width == 1 else handler
-
-
-def _skipping(width: int, what: str) -> Handler:
-    """An integer constant (BININT*): its value costs nothing, only its bytes must be there."""
-    def handler(m: Machine, data: bytearray, at: int) -> int:
-        end = at + width
-        if end > len(data):
-            raise ValueError(f"not enough data in stream to read {what}")
-        m.stack.append(ONE)
+        if pushes:
+            m.stack.append(ONE)
         return end
     return handler
 
@@ -432,8 +417,8 @@ _FAST: dict[str, Handler] = {
     "LONG_BINPUT": _long_binput,
     "BINGET": _binget,
     "LONG_BINGET": _long_binget,
-    "PROTO": _with_int(1, False, "uint1", lambda m, arg: None),
-    "FRAME": _with_int(8, False, "uint8", lambda m, arg: None),
+    "PROTO": _skipping(1, "uint1", pushes=False),
+    "FRAME": _skipping(8, "uint8", pushes=False),
     "BINUNICODE": _with_unicode(4, "unicodestring4"),
     "SHORT_BINUNICODE": _with_unicode(1, "unicodestring1"),
     **{name: _atom for name in ("EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "NONE",
