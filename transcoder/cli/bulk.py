@@ -52,16 +52,20 @@ def bulk_cmd(
     """
     from ..bulk import BulkOptions, run_bulk
     from ..bulk.display import Display
-    from ..checks.verify import decide
+    if check is False:   # the check's modules (a tenth of a second) only when it may run
+        run_check, check_note = False, None
+    else:
+        from ..checks.verify import decide
 
-    decision = decide(check)
+        decision = decide(check)
+        run_check, check_note = decision.run, decision.note
     progress.mute()   # bulk.display draws its own bar (bytes within files included)
     light_check(False)   # each file's check is per layer
     options = BulkOptions(to=to.value, jobs=jobs, pattern=pattern, force=force, key=key,
                           rules=rules, fail_fast=fail_fast, engine=engine.value, address=address,
-                          check=decision.run, timeout=timeout, checksums=checksums)
+                          check=run_check, timeout=timeout, checksums=checksums)
     report = run_bulk(src_dir, dst_dir, options, Display(quiet=quiet))
-    if decision.note:   # after the run: a refused SRC_DIR or DST_DIR stays one line
-        note(decision.note)
+    if check_note:   # after the run: a refused SRC_DIR or DST_DIR stays one line
+        note(check_note)
     if report.exit_code:
         raise typer.Exit(report.exit_code)

@@ -18,10 +18,18 @@ Every key, set element and attribute name the unpickler hashes adds its cost to 
 proportional to the pickle's length; tuples may nest at most :data:`MAX_NESTING` deep. Errors
 in the opcode stream (unknown opcodes, truncated arguments) are reported as FormatError here,
 before the unpickler allocates whatever a length field declares.
+
+The walk is one table lookup per opcode byte (:data:`HANDLERS`): each handler reads its own
+argument from the buffered bytes and applies its effect (the ``STEPS`` by opcode name); the
+binary opcodes a ``torch.save`` pickle is made of are decoded here, by hand, with
+``pickletools``' own error messages; the rest go through ``pickletools``' argument readers.
+It does what ``pickletools.genops`` followed by the steps did, about ten times faster (a .pt
+read spent 70 % of its time in the old walk).
 """
 from __future__ import annotations
 
 import pickletools
+import struct
 import warnings
 from typing import IO, Callable
 
@@ -39,6 +47,10 @@ MAX_NESTING = 100
 
 Cost = tuple[int, int]  # (hash cost, tuple nesting depth)
 ONE: Cost = (1, 0)
+#: Bytes read from the file at a time.
+CHUNK = 1 << 16
+#: An opcode and its widest fixed-size argument: the walk reads this far ahead before each step.
+AHEAD = 9
 
 _ATOMS = ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "NONE", "NEWTRUE",
           "NEWFALSE", "FLOAT", "BINFLOAT", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EXT1",
@@ -48,36 +60,45 @@ _TEXTS = ("STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES"
 
 
 class Machine:
-    """The unpickler's stack, marks and memo, holding costs instead of objects."""
+    """The unpickler's stack, marks and memo, holding costs instead of objects; and the
+    pickle's bytes read so far from ``file`` (:meth:`read` and :meth:`readline` serve
+    ``pickletools``' argument readers at :attr:`cursor`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, file: IO[bytes]) -> None:
         self.stack: list[Cost] = []
         self.marks: list[int] = []  # stack heights at each MARK, as the C unpickler keeps them
+        self.floor = 0              # the last mark's height: pop() may not go below it
         self.memo: dict[int, Cost] = {}
         self.work = 0
         self.opcodes = 0
-        self.position = 0   # bytes read so far
+        self.position = 0   # offset of the current opcode from the pickle's start
+        self.file, self.start = file, file.tell()
+        self.data = bytearray()
+        self.eof = False
+        self.cursor = 0
 
     def push(self, cost: Cost) -> None:
         self.stack.append(cost)
 
     def pop(self) -> Cost:
-        if len(self.stack) <= (self.marks[-1] if self.marks else 0):
+        if len(self.stack) <= self.floor:
             raise FormatError("corrupt pickle (stack underflow)")
         return self.stack.pop()
 
     def top(self) -> Cost:
-        cost = self.pop()
-        self.stack.append(cost)
-        return cost
+        if len(self.stack) <= self.floor:
+            raise FormatError("corrupt pickle (stack underflow)")
+        return self.stack[-1]
 
     def mark(self) -> None:
-        self.marks.append(len(self.stack))
+        self.floor = len(self.stack)
+        self.marks.append(self.floor)
 
     def pop_mark(self) -> list[Cost]:
         if not self.marks:
             raise FormatError("corrupt pickle (no MARK on the stack)")
         at = self.marks.pop()
+        self.floor = self.marks[-1] if self.marks else 0
         items = self.stack[at:]
         del self.stack[at:]
         return items
@@ -87,22 +108,52 @@ class Machine:
         # naming index 2^27 would take 2 GiB. Picklers number memo entries from 0 upwards.
         if index > self.opcodes + 16:
             raise FormatError(f"corrupt pickle (memo index {index} out of sequence)")
-        self.memo[index] = self.top()
+        if len(self.stack) <= self.floor:
+            raise FormatError("corrupt pickle (stack underflow)")
+        self.memo[index] = self.stack[-1]
 
     def hashes(self, costs: list[Cost]) -> None:
-        self.work += sum(c for c, _ in costs)
+        for cost, _ in costs:
+            self.work += cost
         limit = work_budget(self.opcodes, self.position)
         if self.work > limit:
             raise FormatError("the pickle reuses objects so that loading it would take more than "
                               f"{limit} steps (a hash bomb); refusing it")
 
+    def fill(self, end: int) -> None:
+        """Read on until :attr:`data` holds ``end`` bytes or the file ends (in bounded chunks:
+        a length field cannot make us allocate more than the file holds)."""
+        data = self.data
+        while len(data) < end and not self.eof:
+            chunk = self.file.read(max(CHUNK, min(end - len(data), 256 * CHUNK)))
+            self.eof = not chunk
+            data += chunk
+
+    def read(self, size: int) -> bytes:
+        self.fill(self.cursor + size)
+        out = bytes(self.data[self.cursor:self.cursor + size])
+        self.cursor += len(out)
+        return out
+
+    def readline(self) -> bytes:
+        while (newline := self.data.find(b"\n", self.cursor)) < 0 and not self.eof:
+            self.fill(len(self.data) + CHUNK)
+        end = newline + 1 if newline >= 0 else len(self.data)
+        out = bytes(self.data[self.cursor:end])
+        self.cursor = end
+        return out
+
 
 def combined(costs: list[Cost]) -> Cost:
     """A tuple of these (or what a call given them returns)."""
-    depth = 1 + max((d for _, d in costs), default=0)
-    if depth > MAX_NESTING:
+    total, depth = 1, 0
+    for cost, nested in costs:
+        total += cost
+        if nested > depth:
+            depth = nested
+    if depth >= MAX_NESTING:
         raise FormatError(f"the pickle nests tuples more than {MAX_NESTING} deep; refusing it")
-    return 1 + sum(c for c, _ in costs), depth
+    return total, depth + 1
 
 
 def _call(m: Machine, args: list[Cost]) -> None:
@@ -198,6 +249,208 @@ STEPS: dict[str, Callable[[Machine, object], None]] = {
     "BINPERSID": lambda m, arg: _call(m, [m.pop()]),
 }
 
+
+# ---------------------------------------------------------------------------------------------
+# Handlers: opcode byte -> read the argument at ``at``, apply the step, return the next offset
+# ---------------------------------------------------------------------------------------------
+
+Handler = Callable[[Machine, bytearray, int], int]
+STOPPED = -1
+
+
+def _skipping(width: int, what: str, pushes: bool = True) -> Handler:
+    """An opcode whose integer argument costs nothing (BININT*, PROTO, FRAME): only its bytes
+    must be there (pickletools' ``read_<what>``); the BININTs push their constant."""
+    def handler(m: Machine, data: bytearray, at: int) -> int:
+        end = at + width
+        if end > len(data):
+            raise ValueError(f"not enough data in stream to read {what}")
+        if pushes:
+            m.stack.append(ONE)
+        return end
+    return handler
+
+
+def _binput(m: Machine, data: bytearray, at: int) -> int:
+    if at >= len(data):
+        raise ValueError("not enough data in stream to read uint1")
+    m.put(data[at])
+    return at + 1
+
+
+def _long_binput(m: Machine, data: bytearray, at: int) -> int:
+    if at + 4 > len(data):
+        raise ValueError("not enough data in stream to read uint4")
+    m.put(_UINT4(data, at)[0])
+    return at + 4
+
+
+def _binget(m: Machine, data: bytearray, at: int) -> int:
+    if at >= len(data):
+        raise ValueError("not enough data in stream to read uint1")
+    m.stack.append(m.memo.get(data[at], ONE))
+    return at + 1
+
+
+def _long_binget(m: Machine, data: bytearray, at: int) -> int:
+    if at + 4 > len(data):
+        raise ValueError("not enough data in stream to read uint4")
+    m.stack.append(m.memo.get(_UINT4(data, at)[0], ONE))
+    return at + 4
+
+
+_UINT4 = struct.Struct("<I").unpack_from
+
+
+def _with_unicode(width: int, what: str) -> Handler:
+    """BINUNICODE and SHORT_BINUNICODE: a length, then that many bytes of UTF-8."""
+    def handler(m: Machine, data: bytearray, at: int) -> int:
+        end = at + width
+        if end > len(data):
+            raise ValueError(f"not enough data in stream to read uint{width}")
+        size = int.from_bytes(data[at:end], "little")
+        if end + size > len(data):
+            m.fill(end + size)
+        text = data[end:end + size]
+        if len(text) != size:
+            raise ValueError(f"expected {size} bytes in a {what}, but only {len(text)} remain")
+        _text(m, str(text, "utf-8", "surrogatepass"))
+        return end + size
+    return handler
+
+
+def _without_arg(step: Callable[[Machine, object], None]) -> Handler:
+    def handler(m: Machine, _data: bytearray, at: int) -> int:
+        step(m, None)
+        return at
+    return handler
+
+
+def _via_pickletools(opcode: pickletools.OpcodeInfo) -> Handler:
+    """Any other opcode: ``pickletools``' reader for its argument (reading from the machine)."""
+    reader, step = opcode.arg.reader, STEPS[opcode.name]
+
+    def handler(m: Machine, _data: bytearray, at: int) -> int:
+        m.cursor = at
+        step(m, reader(m))
+        return m.cursor
+    return handler
+
+
+def _stop(m: Machine, _data: bytearray, at: int) -> int:
+    m.pop()
+    return STOPPED
+
+
+def _unknown(m: Machine, data: bytearray, at: int) -> int:
+    raise ValueError(f"at position {m.start + at - 1}, opcode {bytes(data[at - 1:at])!r} unknown")
+
+
+def _atom(m: Machine, _data: bytearray, at: int) -> int:
+    m.stack.append(ONE)
+    return at
+
+
+def _mark(m: Machine, _data: bytearray, at: int) -> int:
+    m.mark()
+    return at
+
+
+def _tuple(m: Machine, _data: bytearray, at: int) -> int:
+    m.stack.append(combined(m.pop_mark()))
+    return at
+
+
+def _tuple_of(count: int) -> Handler:
+    def handler(m: Machine, _data: bytearray, at: int) -> int:
+        stack = m.stack
+        if len(stack) - count < m.floor:
+            raise FormatError("corrupt pickle (stack underflow)")
+        items = stack[-count:]
+        del stack[-count:]
+        stack.append(combined(items))
+        return at
+    return handler
+
+
+def _reduce_fast(m: Machine, _data: bytearray, at: int) -> int:
+    stack = m.stack
+    if len(stack) - 2 < m.floor:
+        raise FormatError("corrupt pickle (stack underflow)")
+    args = stack.pop()
+    stack[-1] = args  # the callable's slot: _call pushes what it returns
+    _call_top(m)
+    return at
+
+
+def _persid(m: Machine, _data: bytearray, at: int) -> int:
+    if len(m.stack) <= m.floor:
+        raise FormatError("corrupt pickle (stack underflow)")
+    _call_top(m)
+    return at
+
+
+def _call_top(m: Machine) -> None:
+    """_call on the one argument on top of the stack, which it replaces."""
+    args = m.stack[-1]
+    m.work += args[0]
+    if m.work > BASE_WORK and m.work > work_budget(m.opcodes, m.position):
+        m.hashes([])  # raises
+    m.stack[-1] = combined((args,))
+
+
+def _setitem_fast(m: Machine, _data: bytearray, at: int) -> int:
+    stack = m.stack
+    if len(stack) - 2 < m.floor:
+        raise FormatError("corrupt pickle (stack underflow)")
+    del stack[-1]
+    m.hashes((stack.pop(),))
+    return at
+
+
+#: The opcodes torch pickles are made of, decoded and applied here.
+_FAST: dict[str, Handler] = {
+    "BININT1": _skipping(1, "uint1"),
+    "BININT2": _skipping(2, "uint2"),
+    "BININT": _skipping(4, "int4"),
+    "BINPUT": _binput,
+    "LONG_BINPUT": _long_binput,
+    "BINGET": _binget,
+    "LONG_BINGET": _long_binget,
+    "PROTO": _skipping(1, "uint1", pushes=False),
+    "FRAME": _skipping(8, "uint8", pushes=False),
+    "BINUNICODE": _with_unicode(4, "unicodestring4"),
+    "SHORT_BINUNICODE": _with_unicode(1, "unicodestring1"),
+    **{name: _atom for name in ("EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "NONE",
+                                "NEWTRUE", "NEWFALSE")},
+    "MARK": _mark,
+    "TUPLE": _tuple,
+    "TUPLE1": _tuple_of(1),
+    "TUPLE2": _tuple_of(2),
+    "TUPLE3": _tuple_of(3),
+    "REDUCE": _reduce_fast,
+    "NEWOBJ": _reduce_fast,
+    "BINPERSID": _persid,
+    "SETITEM": _setitem_fast,
+    "STOP": _stop,
+}
+
+
+def _handlers() -> list[Handler]:
+    table: list[Handler] = [_unknown] * 256
+    for opcode in pickletools.opcodes:
+        code = opcode.code.encode("latin-1")[0]
+        if opcode.name in _FAST:
+            table[code] = _FAST[opcode.name]
+        elif opcode.arg is None:
+            table[code] = _without_arg(STEPS[opcode.name])
+        else:
+            table[code] = _via_pickletools(opcode)
+    return table
+
+
+HANDLERS: list[Handler] = _handlers()
+
 _ERRORS = (ValueError, UnicodeDecodeError, OverflowError, MemoryError, EOFError, KeyError)
 
 
@@ -205,22 +458,26 @@ def scan(file: IO[bytes]) -> tuple[int, int]:
     """Walk one pickle from ``file``'s position to its STOP; returns (opcodes, bytes).
 
     FormatError if the stream is corrupt or the hash work it implies exceeds the budget.
-    The caller rewinds ``file`` before unpickling.
+    The file is read past the STOP (in chunks): the caller rewinds ``file`` before unpickling.
     """
-    machine = Machine()
+    m = Machine(file)
+    data, at, handlers = m.data, 0, HANDLERS
     try:
         with warnings.catch_warnings():  # "invalid escape sequence" in STRING opcodes
             warnings.simplefilter("ignore", DeprecationWarning)
-            start = file.tell()
-            for opcode, arg, position in pickletools.genops(file):
-                machine.opcodes += 1
-                machine.position = position - start
-                STEPS[opcode.name](machine, arg)
+            while at != STOPPED:
+                if at + AHEAD > len(data):
+                    m.fill(at + AHEAD)
+                    if at >= len(data):
+                        raise ValueError("pickle exhausted before seeing STOP")
+                m.opcodes += 1
+                m.position = at
+                at = handlers[data[at]](m, data, at + 1)
     except FormatError:
         raise
     except _ERRORS as exc:
         raise FormatError(f"corrupt pickle ({type(exc).__name__}: {exc})"[:300]) from None
-    return machine.opcodes, machine.position + 1
+    return m.opcodes, m.position + 1
 
 
 def work_budget(opcodes: int, nbytes: int) -> int:
