@@ -39,7 +39,7 @@ from ...errors import TranscoderError, UnsupportedError, one_line
 from ...frameworks import numpy_from_torch, torch_from_numpy
 from ...rules import make_plan
 from ..torch_side import kind_of
-from .core import ATEN, FUNCTIONS, Build, Refused, Value, module_builder
+from .core import ATEN, FUNCTIONS, MODULES, Build, Refused, Value, module_builder
 from .trace import Rebuilder, _keras_errors, _leaves, weights_from_checkpoint
 
 HINT = "see docs/check.md#what-the-rebuild-covers"
@@ -148,7 +148,7 @@ class ExportRebuilder(Rebuilder):
         if not path:
             return None
         module = self.root.get_submodule(path)
-        builder = module_builder(module)
+        builder, run = builder_of(module)
         if constant:
             own = f"{path}."
             inputs = [a for a in n.all_input_nodes if isinstance(self.kenv[a], torch.Tensor)
@@ -161,7 +161,7 @@ class ExportRebuilder(Rebuilder):
             return None
         with torch.no_grad():
             try:
-                expected = module(self.env_keep[inputs[0]])
+                expected = run(self.env_keep[inputs[0]])
             except Exception:  # noqa: BLE001 - the module takes more than this tensor
                 return None
         if not _same_numbers(expected, result):
@@ -202,6 +202,20 @@ class ExportRebuilder(Rebuilder):
         with contextlib.suppress(Exception):
             self.live[path] = weights_from_checkpoint(make_plan(ckpt, LAYOUT_KERAS).apply(ckpt),
                                                       path)
+
+
+def builder_of(module) -> tuple[Any, Any]:
+    """The module's builder and the forward it builds: its class's; for a subclass of a
+    ``torch.nn`` class with none of its own (transformers' ``WhisperPositionalEmbedding``, an
+    ``nn.Embedding`` whose forward slices its weight), the nearest base class's builder and
+    that base's forward, which the call must then compute exactly (or it is built op by op)."""
+    builder = module_builder(module)
+    if builder is not None:
+        return builder, module
+    base = next((c for c in type(module).__mro__[1:] if c in MODULES), None)
+    if base is None:
+        return None, None
+    return MODULES[base], lambda x: base.forward(module, x)
 
 
 def _same_numbers(expected, result) -> bool:
