@@ -152,6 +152,65 @@ def test_model_exports_check_on_the_artifact_and_load(artifacts, name, suffix, q
     assert_within_magnitude(got, torch_outputs(artifacts.module(name), x), path.name, fraction)
 
 
+# ---------------------------------------------------------------- a dynamic batch
+
+def batch_input(name: str, batch: int, seed: int = 5) -> np.ndarray:
+    """A fresh input of ``name``'s shape with another batch size."""
+    shape, dtype = hf_models.INPUTS[name]
+    dims = (batch, *map(int, shape.split(",")[1:]))
+    rng = np.random.default_rng(seed + batch)
+    if dtype == "int64":
+        return rng.integers(0, 50, size=dims).astype(np.int64)
+    return rng.standard_normal(dims).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["bert", "vit"])
+def test_the_exported_keras_model_takes_any_batch(artifacts, name):
+    """The export keeps the batch a ``torch.export.Dim``: the ``.keras`` rebuilt at batch 2
+    takes batch 1 and 3 and agrees with transformers there (ViT's cls token and BERT's
+    default token types and mask, expanded to the batch from its size, are their one row
+    broadcast to the batch in Keras)."""
+    path, _ = artifacts.get(name, "keras")
+    loaded = keras.models.load_model(path)
+    assert loaded.inputs[0].shape[0] is None
+    for batch in (1, 3):
+        x = batch_input(name, batch)
+        got = as_list(loaded(x, training=False))
+        assert_within_magnitude(got, torch_outputs(artifacts.module(name), x),
+                                f"{name}.keras at batch {batch}")
+
+
+class SizeValued(nn.Module):
+    """Values computed from the batch size, not one row repeated: the batch stays fixed.
+    ``float(batch)``: torch.export specialises it; ``arange(batch)``: it exports with a
+    dynamic batch, but the rows differ, so the rebuild cannot broadcast one."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.fc, self.how = nn.Linear(4, 3), how
+
+    def forward(self, x):
+        if x.shape[1] > 2:   # torch.fx cannot trace this; torch.export can
+            x = x * 2
+        if self.how == "float":
+            return self.fc(x) + torch.full((x.shape[0], 3), float(x.shape[0]))
+        return self.fc(x) + torch.arange(x.shape[0])[:, None].float()
+
+
+@pytest.mark.parametrize("how,why", [("float", "torch.export specialises it"),
+                                     ("arange", "a value computed from the batch size")])
+def test_a_value_of_the_batch_size_keeps_the_batch_fixed_and_says_why(how, why):
+    torch.manual_seed(0)
+    module = SizeValued(how).eval()
+    x = torch.randn(2, 4)
+    model = rebuild(module, (x,))
+    assert tuple(model.inputs[0].shape) == (2, 4)
+    assert why in model.fixed_batch
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(model(x.numpy())), module(x).numpy(), rtol=1e-6,
+                                   atol=1e-6)
+
+
 # ---------------------------------------------------------------- what the rebuild makes
 
 def test_module_calls_are_keras_built_ins_named_by_path_with_the_rules_weights():
@@ -205,7 +264,7 @@ def test_channels_last_takes_and_returns_the_deployment_layout():
     module = hf_models.resnet()
     x = fresh_input("resnet")
     model = rebuild(module, (torch.from_numpy(x),), channels_last=True)
-    assert tuple(model.inputs[0].shape) == (2, 32, 32, 3)
+    assert tuple(model.inputs[0].shape) == (None, 32, 32, 3)   # the batch left dynamic
     got = as_list(model(np.moveaxis(x, 1, -1)))
     want = torch_outputs(module, x)
     assert_within_magnitude([np.moveaxis(g, -1, 1) for g in got], want, "channels last")

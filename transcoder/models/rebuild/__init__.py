@@ -109,11 +109,22 @@ def _rebuild_exported(module, example_inputs: tuple, channels_last: bool,
                       keras_ckpt: Checkpoint, fx_error: UnsupportedError) -> keras.Model:
     with checkpoint_weights(module, keras_ckpt):
         try:
-            gm = export_module(module, example_inputs)
+            gm, fixed = export_module(module, example_inputs)
         except UnsupportedError as error:
             raise UnsupportedError(f"{fx_error.message}; {error.message}",
                                    hint=error.hint) from None
-        return ExportRebuilder(gm, module, keras_ckpt, channels_last).build(example_inputs)
+        broadcasts: set = set()
+        grow = None if fixed else growth(gm, example_inputs, broadcasts)
+        if grow:
+            try:
+                return ExportRebuilder(gm, module, keras_ckpt, channels_last, grow,
+                                       broadcasts).build(example_inputs)
+            except NeedStatic as need:
+                fixed = f"{need} needs a fixed size"
+        model = ExportRebuilder(gm, module, keras_ckpt, channels_last).build(example_inputs)
+        model.fixed_batch = fixed or ("its graph does not only grow along the batch axis (a "
+                                      "value computed from the batch size meets the inputs)")
+        return model
 
 
 def rebuild_for_inputs(module: torch.nn.Module, specs: list[InputSpec], inputs: InputOptions,

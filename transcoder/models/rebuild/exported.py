@@ -19,7 +19,10 @@ at the level of ``torch.nn.functional`` (``linear``, ``conv2d``, ``layer_norm``,
     computed in PyTorch and enters the Keras graph as a constant; a parameter used directly
     is a ``Constant`` layer named by its path (``embeddings.cls_token``), an op that needs a
     weight as numbers (``layer_norm``, ``conv2d`` on a bare weight) gets the tensor.
-  - Shapes are the example's (the batch is fixed): the export specialises sizes.
+  - Shapes: the batch axis is exported as a ``torch.export.Dim`` and left dynamic (``None``)
+    where :func:`~.trace.growth` proves it safe, as for fx; a tensor computed from sizes
+    alone that repeats one row along the batch (a cls token, a default mask expanded to it)
+    is that row broadcast to the batch in Keras. Otherwise the example's shapes.
 
 Outputs are the model's output flattened (a ``ModelOutput``/dict/tuple: its tensors in order,
 the last hidden state first), as :func:`..torch_side.forward` gives them.
@@ -39,19 +42,33 @@ from ...errors import TranscoderError, UnsupportedError, one_line
 from ...frameworks import numpy_from_torch, torch_from_numpy
 from ...rules import make_plan
 from ..torch_side import kind_of
-from .core import ATEN, FUNCTIONS, MODULES, Build, Refused, Value, module_builder
+from .core import ATEN, FUNCTIONS, MODULES, Build, Refused, Value, identity, module_builder
 from .trace import Rebuilder, _keras_errors, _leaves, weights_from_checkpoint
 
 HINT = "see docs/check.md#what-the-rebuild-covers"
 
 
-def export_module(module: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
-    """``module`` exported on these inputs, functional, ATen at ``F.*`` level."""
+def export_module(module: torch.nn.Module, example_inputs: tuple
+                  ) -> tuple[torch.fx.GraphModule, str | None]:
+    """``module`` exported on these inputs, functional, ATen at ``F.*`` level, and why its
+    batch is fixed (None: it is not). The batch axis is a ``torch.export.Dim`` (exported on
+    the example with its batch doubled where it is 1: export specialises a size of 1); a
+    model whose export refuses it (it specialises the batch) is exported at the example's."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        why = "an input without a batch axis"
+        if all(isinstance(x, torch.Tensor) and x.dim() > 0 for x in example_inputs):
+            wider = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
+            batch = torch.export.Dim("batch")
+            try:
+                program = torch.export.export(module, wider, strict=False,
+                                              dynamic_shapes=[{0: batch}] * len(wider))
+                return program.run_decompositions({}).module(), None
+            except Exception as exc:  # noqa: BLE001 - export's errors are of many types
+                why = f"torch.export specialises it ({one_line(exc).split('! ')[0][:120]})"
         try:
             program = torch.export.export(module, tuple(example_inputs), strict=False)
-            return program.run_decompositions({}).module()
+            return program.run_decompositions({}).module(), why
         except Exception as exc:  # noqa: BLE001 - export's errors are of many types
             raise UnsupportedError(f"torch.export cannot export {type(module).__name__}: "
                                    f"{one_line(exc)[:300]}", hint=HINT) from None
@@ -87,8 +104,10 @@ def module_path(n: torch.fx.Node) -> str:
 class ExportRebuilder(Rebuilder):
     """Builds the Keras graph of an exported graph (see the module docstring)."""
 
-    def __init__(self, gm, module, keras_ckpt, channels_last: bool) -> None:
-        super().__init__(gm, module, keras_ckpt, {}, channels_last)
+    def __init__(self, gm, module, keras_ckpt, channels_last: bool, grow: dict | None = None,
+                 broadcasts: set | None = None) -> None:
+        super().__init__(gm, module, keras_ckpt, grow or {}, channels_last)
+        self.broadcasts = broadcasts or set()
         self.root = module
         self.env_keep: dict[torch.fx.Node, Any] = {}
         self.live: dict[str, list] = {}
@@ -114,6 +133,11 @@ class ExportRebuilder(Rebuilder):
     def _keras_call_function(self, n, result):
         if n.target is operator.getitem and isinstance(self.kenv[n.args[0]], (tuple, list)):
             return self.kenv[n.args[0]][n.args[1]]   # one result of several (maybe refused)
+        if n in self.broadcasts:   # sizes only, equal rows: its first row, to the batch
+            b = Build(self.g, self.g.unique(n.name), label=str(n.target),
+                      where=module_path(n) or "the top-level forward", grow=0)
+            row = b.constant(result[:1])
+            return b.value(b.op("batch_like", [b.view(row, identity(row.rank)), self.inputs[0]]))
         args, kwargs = self._args(n)
         if not any(isinstance(x, Value) for x in _leaves([args, list(kwargs.values())])):
             built = self._module_call(n, result, constant=True)
@@ -128,7 +152,8 @@ class ExportRebuilder(Rebuilder):
         if builder is None:
             raise UnsupportedError(f"no Keras rebuild for {label} (in {where}"
                                    f"{self._module_class(where)})", hint=HINT)
-        b = Build(self.g, self.g.unique(n.name), label=label, where=where, result=result)
+        b = Build(self.g, self.g.unique(n.name), label=label, where=where, result=result,
+                  grow=self.grow.get(n))
         with _keras_errors(b):
             return builder(b, *args, **kwargs)
 
@@ -147,7 +172,10 @@ class ExportRebuilder(Rebuilder):
         path = module_path(n)
         if not path:
             return None
-        module = self.root.get_submodule(path)
+        try:
+            module = self.root.get_submodule(path)
+        except AttributeError:   # export's own marks (a size read for a dynamic batch)
+            return None
         builder, run = builder_of(module)
         if constant:
             own = f"{path}."
@@ -168,7 +196,7 @@ class ExportRebuilder(Rebuilder):
             return None
         self._live_weights(path, module)
         b = Build(self.g, path, label=f"nn.{kind_of(module)}", where=path, module=module,
-                  result=expected)
+                  result=expected, grow=self.grow.get(n))
         with _keras_errors(b):
             x = self.kenv[inputs[0]]
             value = builder(b, module, b.constant(x) if constant else x)
