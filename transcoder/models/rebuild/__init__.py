@@ -54,9 +54,11 @@ Conventions:
   - A forward torch.fx cannot trace (data-dependent control flow, slice indices: every
     Hugging Face model) is exported with ``torch.export`` and rebuilt from its ATen graph
     (``exported.py``, ``builders/aten.py``): module calls are recognised by the module path
-    each ATen call carries and built by the module's builder, as above; shapes are then the
-    example's. fx stays first where it traces: it keeps a dynamic batch and traces in a
-    fraction of export's time.
+    each ATen call carries and built by the module's builder, as above; the batch is a
+    ``torch.export.Dim`` and stays dynamic as above (a constant repeating one row along the
+    batch is that row broadcast to it), else the model notes why it is fixed
+    (``model.fixed_batch``). fx stays first where it traces: it traces in a fraction of
+    export's time.
   - Inference only: the module runs in eval mode while traced (its modes are restored);
     Dropout is the identity, BatchNorm uses its running statistics. float32 models.
 """
