@@ -167,12 +167,13 @@ def batch_input(name: str, batch: int, seed: int = 5) -> np.ndarray:
     return rng.standard_normal(dims).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ["bert", "vit"])
+@pytest.mark.parametrize("name", NAMES)
 def test_the_exported_keras_model_takes_any_batch(artifacts, name):
     """The export keeps the batch a ``torch.export.Dim``: the ``.keras`` rebuilt at batch 2
-    takes batch 1 and 3 and agrees with transformers there (ViT's cls token and BERT's
-    default token types and mask, expanded to the batch from its size, are their one row
-    broadcast to the batch in Keras)."""
+    takes batch 1 and 3 and agrees with transformers there (ViT's cls token, BERT's default
+    token types, the default masks Llama's and GPT-2's ``create_causal_mask`` makes with
+    ``arange(batch)``: computed in PyTorch, one row repeated along the batch, each is that
+    row broadcast to the batch where it meets the inputs)."""
     path, _ = artifacts.get(name, "keras")
     loaded = keras.models.load_model(path)
     assert loaded.inputs[0].shape[0] is None

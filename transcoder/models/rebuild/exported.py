@@ -40,6 +40,7 @@ import torch.fx
 from ...checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef, dtype_name
 from ...errors import TranscoderError, UnsupportedError, one_line
 from ...frameworks import numpy_from_torch, torch_from_numpy
+from ..keras_layers import Slice
 from ...rules import make_plan
 from ..torch_side import kind_of
 from .core import ATEN, FUNCTIONS, MODULES, Build, Refused, Value, identity, module_builder
@@ -108,14 +109,48 @@ class ExportRebuilder(Rebuilder):
                  broadcasts: set | None = None) -> None:
         super().__init__(gm, module, keras_ckpt, grow or {}, channels_last)
         self.broadcasts = broadcasts or set()
+        self.broadcast_values: dict[torch.fx.Node, Value] = {}
+        self.live_nodes: set[torch.fx.Node] = set()
         self.root = module
         self.env_keep: dict[torch.fx.Node, Any] = {}
         self.live: dict[str, list] = {}
 
     def run_node(self, n):
+        live = n.op == "placeholder" or any(a in self.live_nodes for a in n.all_input_nodes)
         result = super().run_node(n)
         self.env_keep[n] = result
+        if live and any(isinstance(x, torch.Tensor) for x in _leaves(result)):
+            self.live_nodes.add(n)
         return result
+
+    def _args(self, n):
+        """The call's arguments; for a call on the inputs, a broadcast constant (see
+        :func:`~.trace.growth`) is its first row repeated to the inputs' batch."""
+        inputs = n.all_input_nodes
+        if not (any(a in self.live_nodes for a in inputs) and any(a in self.broadcasts
+                                                                  for a in inputs)):
+            return super()._args(n)
+        args, kwargs = torch.fx.node.map_arg(
+            (n.args, n.kwargs), lambda a: self._broadcast(a) if a in self.broadcasts
+            else self.kenv[a])
+        for x in _leaves([args, list(kwargs.values())]):
+            if isinstance(x, Refused):
+                raise x.error
+        return args, kwargs
+
+    def _broadcast(self, n) -> Value:
+        if n not in self.broadcast_values:
+            b = Build(self.g, self.g.unique(n.name), label=str(n.target),
+                      where=module_path(n) or "the top-level forward", grow=0)
+            built = self.kenv[n]
+            if isinstance(built, Value):   # a layer on a constant (an Embedding): its row
+                row = b.value(b.new(Slice, [[0, 1, 1]], suffix="row")(
+                    b.view(built, identity(built.rank))))
+            else:
+                row = b.constant(self.env_keep[n][:1])
+            self.broadcast_values[n] = b.value(b.op(
+                "batch_like", [b.view(row, identity(row.rank)), self.inputs[0]]))
+        return self.broadcast_values[n]
 
     def _arrays(self, source: str) -> list:
         return weights_from_checkpoint(self.g.ckpt, source) or self.live.get(source, [])
@@ -133,11 +168,6 @@ class ExportRebuilder(Rebuilder):
     def _keras_call_function(self, n, result):
         if n.target is operator.getitem and isinstance(self.kenv[n.args[0]], (tuple, list)):
             return self.kenv[n.args[0]][n.args[1]]   # one result of several (maybe refused)
-        if n in self.broadcasts:   # sizes only, equal rows: its first row, to the batch
-            b = Build(self.g, self.g.unique(n.name), label=str(n.target),
-                      where=module_path(n) or "the top-level forward", grow=0)
-            row = b.constant(result[:1])
-            return b.value(b.op("batch_like", [b.view(row, identity(row.rank)), self.inputs[0]]))
         args, kwargs = self._args(n)
         if not any(isinstance(x, Value) for x in _leaves([args, list(kwargs.values())])):
             built = self._module_call(n, result, constant=True)

@@ -112,10 +112,10 @@ def growth(gm: torch.fx.GraphModule, inputs: tuple, broadcasts: set | None = Non
     """``{node: axis}`` for tensors that grow with the inputs' leading axes, or None if the
     model must keep the example shapes (see "Shapes" in the package docstring).
 
-    ``broadcasts`` (a set to fill; the export rebuild's): a tensor computed from sizes alone
-    that grows along the batch axis with every row equal (a cls token or a default mask
-    expanded to the batch) is allowed, added to it, and counts as depending on the inputs
-    (the rebuild broadcasts its first row to the batch). Sizes may then feed what is
+    ``broadcasts`` (a set to fill; the export rebuild's): a tensor computed in PyTorch (from
+    sizes and weights alone) that grows along the batch axis with every row equal (a cls
+    token or a default mask expanded to the batch) may meet the inputs: it is added to it,
+    and the rebuild broadcasts its first row to the batch there. Sizes may then feed what is
     computed in PyTorch (``arange(batch)`` in a mask's making); a tensor so computed that
     is not such a broadcast must not meet the inputs."""
     if any(not isinstance(x, torch.Tensor) or x.dim() == 0 for x in inputs):
@@ -126,11 +126,13 @@ def growth(gm: torch.fx.GraphModule, inputs: tuple, broadcasts: set | None = Non
     except Exception:   # the module fixes its batch size somewhere: keep the example shapes
         return None
     tensorish = {n: any(isinstance(v, torch.Tensor) for v in _leaves(run1[n])) for n in run1}
-    live, grow, sized, pending = set(), {}, [], set()
+    live, grow, sized, pending, rows = set(), {}, [], set(), set()
     for n in gm.graph.nodes:
         if n.op == "placeholder" or (tensorish[n] and any(a in live for a in n.all_input_nodes)):
             if any(a in pending for a in n.all_input_nodes):
                 return None   # a value of the batch size meets the inputs
+            if rows:
+                broadcasts.update(a for a in n.all_input_nodes if a in rows)
             live.add(n)
         a, b = _leaves(run1[n]), _leaves(run2[n])
         if len(a) != len(b):
@@ -138,19 +140,20 @@ def growth(gm: torch.fx.GraphModule, inputs: tuple, broadcasts: set | None = Non
         for x, y in zip(a, b):
             if isinstance(x, torch.Tensor):
                 axes = [i for i in range(x.dim()) if x.dim() != y.dim() or x.shape[i] != y.shape[i]]
-                if broadcasts is not None and n not in live and _batch_valued(n, axes, pending):
+                if broadcasts is not None and n not in live and \
+                        _batch_valued(n, axes, pending | rows):
                     if axes == [0] and len(a) == 1 and _rows_equal(x, y):
-                        broadcasts.add(n)
-                        live.add(n)
+                        rows.add(n)      # one row repeated: broadcast where the inputs meet it
                     elif axes or not torch.equal(x, y):
                         pending.add(n)   # an error only if an op of the inputs uses it
+                    if n in rows or n in pending:
                         continue
                 if len(axes) > 1 or (axes and n not in live):
                     return None
                 grow.setdefault(n, axes[0] if axes else None)
             elif _differs(x, y):
                 sized.append(n)
-    computed = set() if broadcasts is None else {u for u in run1 if u not in live} | broadcasts
+    computed = set() if broadcasts is None else {u for u in run1 if u not in live}
     if not all(_sizes_only(u, tensorish) or u in computed for n in sized for u in n.users):
         return None
     return grow
