@@ -311,3 +311,56 @@ def test_check_of_a_folder_runs_its_own_model(cli, folders, tmp_path):
     assert report["kind"] == "model" and report["passed"]
     assert report["input_shapes"] == [[1, 16]] and report["input_dtypes"] == ["int64"]
     assert max(e["max_abs_error"] for e in report["entries"]) < 1e-4
+
+
+def _whisper_inputs(seed: int = 3):
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((1, 16, 64)).astype(np.float32)   # 2 x max_source_positions
+    return features, rng.integers(0, 64, (1, 4)).astype(np.int64)
+
+
+def _run_artifact(path, suffix: str, inputs: dict) -> list:
+    """The artifact run by its framework's own API; outputs in order."""
+    if suffix == ".keras":
+        import keras
+
+        import transcoder  # noqa: F401  (registers our Keras layers)
+
+        model = keras.models.load_model(path)
+        return [np.asarray(o) for o in model([inputs[t.name] for t in model.inputs])]
+    if suffix == ".savedmodel":
+        import tensorflow as tf
+
+        out = tf.saved_model.load(str(path)).signatures["serving_default"](
+            **{k: tf.constant(v) for k, v in inputs.items()})
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        out = Interpreter(model_path=str(path)).get_signature_runner()(**inputs)
+    return [np.asarray(out[k]) for k in sorted(out, key=lambda k: int(k.split("_")[-1]))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".keras", ".tflite", ".savedmodel"])
+def test_a_whisper_folder_converts_whole_and_checks(cli, folders, tmp_path, suffix):
+    """``transcode WHISPER_DIR out.keras|.tflite|.savedmodel``: the whole encoder-decoder
+    (its decoder's positional embedding, an ``nn.Embedding`` subclass whose forward slices its
+    weight, is an Embedding layer the check pairs), fed the config's main input
+    (``input_features``, 1 x mel bins x 2 x max_source_positions) and decoder ids by name;
+    the artifact, run by its own framework, gives transformers' last hidden state and the
+    encoder's within 1e-4 of their magnitude."""
+    out = tmp_path / f"w{suffix}"
+    code, stdout, err = cli(folders / "whisper", out)
+    assert code == 0, err
+    assert "check passed" in stdout
+    features, ids = _whisper_inputs()
+    model = transformers.AutoModel.from_pretrained(folders / "whisper").eval()
+    with torch.no_grad():
+        want = model(input_features=torch.from_numpy(features),
+                     decoder_input_ids=torch.from_numpy(ids))
+    want = [want.last_hidden_state.numpy(), want.encoder_last_hidden_state.numpy()]
+    got = _run_artifact(out, suffix, {"input_features": features, "decoder_input_ids": ids})
+    assert len(got) == 2
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        assert np.abs(g - w).max() <= 1e-4 * float(np.abs(w).max())

@@ -104,6 +104,9 @@ class LiveModels:
             return True
         model = self.keras_model_of(target, dst, fmt)
         self.wrote = self._what(model, fmt)
+        if getattr(model, "fixed_batch", None):   # an exported rebuild that could not keep it
+            self.notes.append(f"{dst.name} takes batch {model.inputs[0].shape[0]} only: "
+                              f"{model.fixed_batch}")
         with progress.status(f"writing {dst.name}: {self.wrote}"):
             if fmt.exported:
                 request = export.ExportRequest(fmt, self.arch or Architecture(inputs=self.inputs))

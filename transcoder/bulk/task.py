@@ -36,7 +36,7 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 class Task:
     src_root: str
     dst_root: str
-    source: str                    # relative to src_root: the file transcode() reads
+    source: str                    # relative to src_root: the file (model folder) transcode() reads
     output: str                    # relative to dst_root
     files: tuple[str, ...]         # relative to src_root: every file of the source (index + shards)
     key: str | None = None
@@ -116,8 +116,9 @@ def _convert(task: Task, folder: Path, files: list[Path], record: dict) -> None:
     """The conversion of the source's files as ``folder`` holds them (what was opened, see
     :mod:`.beneath`); fills ``record``. Errors name the files in SRC_DIR."""
     src_root, dst_root = Path(task.src_root), Path(task.dst_root)
-    real = src_root / PurePosixPath(task.source).parent
-    source = folder / PurePosixPath(task.source).name
+    real = src_root / PurePosixPath(task.files[0]).parent
+    # a model folder (config.json and its weights) is read as the folder of its files
+    source = folder / PurePosixPath(task.source).name if task.source in task.files else folder
     try:
         before = _source_fingerprint(files, task.source, task.checksums)
         record.update(size=before.size, mtime_ns=before.mtime_ns, sha256=before.sha256)

@@ -11,6 +11,16 @@ whose target leaves SRC_DIR (or is broken), anything that is not a regular file 
 devices, sockets: reading one could block forever), and a checkpoint whose shards are such.
 A symbolic link to a file inside SRC_DIR is converted like the file, under the link's name.
 Symbolic links to folders are never followed, wherever they point.
+
+A Hugging Face model folder (``config.json`` beside ``model.safetensors``, a sharded index or
+``pytorch_model.bin``: what ``save_pretrained`` writes, or a hub cache snapshot
+``models--org--name/snapshots/REV/``, whose files link into the repo's ``blobs/``) is ONE
+source: its files are ``config.json``, the weights transformers itself would read (the first
+of :data:`~transcoder.formats.hf_folder.WEIGHT_FILES`) and their shards, and its output is
+named after the folder: ``SRC/a/bert/`` -> ``DST/a/bert.h5``. Its other files (tokenizer, a
+second copy of the weights in another layout) are not converted; its subfolders are scanned
+as usual. A cache snapshot's links must stay inside SRC_DIR, so scan the cache, not its
+``snapshots/`` folder alone.
 """
 from __future__ import annotations
 
@@ -22,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from .. import formats
 from ..errors import TranscoderError
-from ..formats import shards as sharding
+from ..formats import hf_folder, shards as sharding
 
 #: ``--to`` value -> output extension.
 TARGETS: dict[str, str] = {"h5": ".h5", "safetensors": ".safetensors", "pt": ".pt"}
@@ -56,8 +66,9 @@ class Tree:
 
 
 def scan(src_root: Path, dst_root: Path, to: str, pattern: str | None = None) -> Tree:
-    """Walk ``src_root`` (sorted, symlinked folders not followed) and plan one output per checkpoint."""
-    tree, candidates = Tree(), []
+    """Walk ``src_root`` (sorted, symlinked folders not followed) and plan one output per
+    checkpoint (a model folder is one)."""
+    tree, candidates, folders = Tree(), [], []
     skip_dir = dst_root.resolve()
     for folder, dirs, files in os.walk(src_root):
         here = Path(folder)
@@ -66,6 +77,10 @@ def scan(src_root: Path, dst_root: Path, to: str, pattern: str | None = None) ->
                                         "a symbolic link to a folder: never followed"))
         dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink()
                          and (here / d).resolve() != skip_dir)
+        weights = model_weights(files)
+        if weights is not None:   # a model folder: one source, its files not on their own
+            _take_folder(tree, folders, src_root, here, sorted(files), weights, pattern)
+            continue
         for name in sorted(files):
             rel = _rel(here / name, src_root)
             if (pattern and not _matches(rel, pattern)) or checkpoint_suffix(name) is None:
@@ -73,6 +88,7 @@ def scan(src_root: Path, dst_root: Path, to: str, pattern: str | None = None) ->
             else:
                 candidates.append(rel)
     _plan(tree, src_root, candidates, TARGETS[to])
+    _plan_folders(tree, src_root, folders, TARGETS[to])
     _skip_outputs_inside(tree, src_root, dst_root)
     tree.sources = _refuse_collisions(tree.sources)
     return tree
@@ -116,6 +132,47 @@ def _plan(tree: Tree, src_root: Path, candidates: list[str], suffix: str) -> Non
             tree.skipped.append(Skipped(rel, output, reason))
         else:
             tree.sources.append(Source(rel, output, files, sum(_size(src_root / f) for f in files)))
+
+
+def model_weights(names: list[str]) -> str | None:
+    """The weights file of a Hugging Face model folder holding these file names (the one
+    transformers reads first), or None when they are not a model folder's."""
+    if hf_folder.CONFIG not in names:
+        return None
+    return next((w for w in hf_folder.WEIGHT_FILES if w in names), None)
+
+
+def _take_folder(tree: Tree, folders: list, src_root: Path, here: Path, names: list[str],
+                 weights: str, pattern: str | None) -> None:
+    """The model folder ``here`` as one source (unless ``--pattern`` matches neither its path
+    nor its weights' name); its other files ignored."""
+    rel, taken = _rel(here, src_root), ()
+    if not pattern or _matches(rel, pattern) or _matches(weights, pattern):
+        taken = _folder_files(src_root, rel, weights)
+        folders.append((rel, taken))
+    tree.ignored.extend(r for name in names if (r := _rel(here / name, src_root)) not in taken)
+
+
+def _folder_files(src_root: Path, rel: str, weights: str) -> tuple[str, ...]:
+    """A model folder's files as one source: config.json, the weights, their shards."""
+    inside = PurePosixPath(rel)
+    index = (inside / weights).as_posix()
+    shards = sorted(_shards(src_root, index)) if sharding.is_index(weights) else []
+    return ((inside / hf_folder.CONFIG).as_posix(), index, *shards)
+
+
+def _plan_folders(tree: Tree, src_root: Path, folders: list[tuple[str, tuple[str, ...]]],
+                  suffix: str) -> None:
+    """One source per model folder (its relative path, its files), its output named after
+    the folder (after SRC_DIR for SRC_DIR itself)."""
+    for rel, files in folders:
+        output = (rel if rel != "." else src_root.resolve().name) + suffix
+        problem = next(((f, p) for f in files if (p := unreadable(src_root, f))), None)
+        if problem:
+            tree.skipped.append(Skipped(rel, output, f"its file {problem[0]}: {problem[1]}"))
+        else:
+            tree.sources.append(Source(rel, output, files,
+                                       sum(_size(src_root / f) for f in files)))
 
 
 def unreadable(src_root: Path, rel: str) -> str | None:

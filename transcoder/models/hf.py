@@ -92,6 +92,9 @@ def _positional(model, names: list[str]) -> None:
     def by_name(*inputs, **kwargs):
         return forward(**dict(zip(names, inputs)), **kwargs)
 
+    # the inputs keep their names (export's placeholders, the artifacts' signatures)
+    by_name.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
     model.forward = by_name
 
 

@@ -114,6 +114,9 @@ FUNCTIONS = {
     "transpose": lambda x, axes: ops.transpose(x, tuple(axes)),
     "broadcast_to": lambda x, shape: ops.broadcast_to(x, tuple(shape)),
     "tile": lambda x, repeats: ops.tile(x, list(repeats)),
+    # x's one row repeated to the batch of ``like`` (a constant expanded to a dynamic batch)
+    "batch_like": lambda x, like: ops.broadcast_to(x, (ops.shape(like)[0], *x.shape[1:])),
+    "expand_batch": lambda x, shape: ops.broadcast_to(x, (ops.shape(x)[0], *shape)),
     "pad": lambda x, pad_width, mode="constant", value=0.0: ops.pad(
         x, [tuple(w) for w in pad_width], mode=mode,
         **({"constant_values": value} if mode == "constant" else {})),

@@ -54,9 +54,11 @@ Conventions:
   - A forward torch.fx cannot trace (data-dependent control flow, slice indices: every
     Hugging Face model) is exported with ``torch.export`` and rebuilt from its ATen graph
     (``exported.py``, ``builders/aten.py``): module calls are recognised by the module path
-    each ATen call carries and built by the module's builder, as above; shapes are then the
-    example's. fx stays first where it traces: it keeps a dynamic batch and traces in a
-    fraction of export's time.
+    each ATen call carries and built by the module's builder, as above; the batch is a
+    ``torch.export.Dim`` and stays dynamic as above (a constant repeating one row along the
+    batch is that row broadcast to it), else the model notes why it is fixed
+    (``model.fixed_batch``). fx stays first where it traces: it traces in a fraction of
+    export's time.
   - Inference only: the module runs in eval mode while traced (its modes are restored);
     Dropout is the identity, BatchNorm uses its running statistics. float32 models.
 """
@@ -109,11 +111,22 @@ def _rebuild_exported(module, example_inputs: tuple, channels_last: bool,
                       keras_ckpt: Checkpoint, fx_error: UnsupportedError) -> keras.Model:
     with checkpoint_weights(module, keras_ckpt):
         try:
-            gm = export_module(module, example_inputs)
+            gm, fixed = export_module(module, example_inputs)
         except UnsupportedError as error:
             raise UnsupportedError(f"{fx_error.message}; {error.message}",
                                    hint=error.hint) from None
-        return ExportRebuilder(gm, module, keras_ckpt, channels_last).build(example_inputs)
+        broadcasts: set = set()
+        grow = None if fixed else growth(gm, example_inputs, broadcasts)
+        if grow:
+            try:
+                return ExportRebuilder(gm, module, keras_ckpt, channels_last, grow,
+                                       broadcasts).build(example_inputs)
+            except NeedStatic as need:
+                fixed = f"{need} needs a fixed size"
+        model = ExportRebuilder(gm, module, keras_ckpt, channels_last).build(example_inputs)
+        model.fixed_batch = fixed or ("its graph does not only grow along the batch axis (a "
+                                      "value computed from the batch size meets the inputs)")
+        return model
 
 
 def rebuild_for_inputs(module: torch.nn.Module, specs: list[InputSpec], inputs: InputOptions,

@@ -19,7 +19,10 @@ at the level of ``torch.nn.functional`` (``linear``, ``conv2d``, ``layer_norm``,
     computed in PyTorch and enters the Keras graph as a constant; a parameter used directly
     is a ``Constant`` layer named by its path (``embeddings.cls_token``), an op that needs a
     weight as numbers (``layer_norm``, ``conv2d`` on a bare weight) gets the tensor.
-  - Shapes are the example's (the batch is fixed): the export specialises sizes.
+  - Shapes: the batch axis is exported as a ``torch.export.Dim`` and left dynamic (``None``)
+    where :func:`~.trace.growth` proves it safe, as for fx; a tensor computed from sizes
+    alone that repeats one row along the batch (a cls token, a default mask expanded to it)
+    is that row broadcast to the batch in Keras. Otherwise the example's shapes.
 
 Outputs are the model's output flattened (a ``ModelOutput``/dict/tuple: its tensors in order,
 the last hidden state first), as :func:`..torch_side.forward` gives them.
@@ -37,21 +40,36 @@ import torch.fx
 from ...checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef, dtype_name
 from ...errors import TranscoderError, UnsupportedError, one_line
 from ...frameworks import numpy_from_torch, torch_from_numpy
+from ..keras_layers import Slice
 from ...rules import make_plan
 from ..torch_side import kind_of
-from .core import ATEN, FUNCTIONS, Build, Refused, Value, module_builder
+from .core import ATEN, FUNCTIONS, MODULES, Build, Refused, Value, identity, module_builder
 from .trace import Rebuilder, _keras_errors, _leaves, weights_from_checkpoint
 
 HINT = "see docs/check.md#what-the-rebuild-covers"
 
 
-def export_module(module: torch.nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
-    """``module`` exported on these inputs, functional, ATen at ``F.*`` level."""
+def export_module(module: torch.nn.Module, example_inputs: tuple
+                  ) -> tuple[torch.fx.GraphModule, str | None]:
+    """``module`` exported on these inputs, functional, ATen at ``F.*`` level, and why its
+    batch is fixed (None: it is not). The batch axis is a ``torch.export.Dim`` (exported on
+    the example with its batch doubled where it is 1: export specialises a size of 1); a
+    model whose export refuses it (it specialises the batch) is exported at the example's."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        why = "an input without a batch axis"
+        if all(isinstance(x, torch.Tensor) and x.dim() > 0 for x in example_inputs):
+            wider = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
+            batch = torch.export.Dim("batch")
+            try:
+                program = torch.export.export(module, wider, strict=False,
+                                              dynamic_shapes=[{0: batch}] * len(wider))
+                return program.run_decompositions({}).module(), None
+            except Exception as exc:  # noqa: BLE001 - export's errors are of many types
+                why = f"torch.export specialises it ({one_line(exc).split('! ')[0][:120]})"
         try:
             program = torch.export.export(module, tuple(example_inputs), strict=False)
-            return program.run_decompositions({}).module()
+            return program.run_decompositions({}).module(), why
         except Exception as exc:  # noqa: BLE001 - export's errors are of many types
             raise UnsupportedError(f"torch.export cannot export {type(module).__name__}: "
                                    f"{one_line(exc)[:300]}", hint=HINT) from None
@@ -87,16 +105,52 @@ def module_path(n: torch.fx.Node) -> str:
 class ExportRebuilder(Rebuilder):
     """Builds the Keras graph of an exported graph (see the module docstring)."""
 
-    def __init__(self, gm, module, keras_ckpt, channels_last: bool) -> None:
-        super().__init__(gm, module, keras_ckpt, {}, channels_last)
+    def __init__(self, gm, module, keras_ckpt, channels_last: bool, grow: dict | None = None,
+                 broadcasts: set | None = None) -> None:
+        super().__init__(gm, module, keras_ckpt, grow or {}, channels_last)
+        self.broadcasts = broadcasts or set()
+        self.broadcast_values: dict[torch.fx.Node, Value] = {}
+        self.live_nodes: set[torch.fx.Node] = set()
         self.root = module
         self.env_keep: dict[torch.fx.Node, Any] = {}
         self.live: dict[str, list] = {}
 
     def run_node(self, n):
+        live = n.op == "placeholder" or any(a in self.live_nodes for a in n.all_input_nodes)
         result = super().run_node(n)
         self.env_keep[n] = result
+        if live and any(isinstance(x, torch.Tensor) for x in _leaves(result)):
+            self.live_nodes.add(n)
         return result
+
+    def _args(self, n):
+        """The call's arguments; for a call on the inputs, a broadcast constant (see
+        :func:`~.trace.growth`) is its first row repeated to the inputs' batch."""
+        inputs = n.all_input_nodes
+        if not (any(a in self.live_nodes for a in inputs) and any(a in self.broadcasts
+                                                                  for a in inputs)):
+            return super()._args(n)
+        args, kwargs = torch.fx.node.map_arg(
+            (n.args, n.kwargs), lambda a: self._broadcast(a) if a in self.broadcasts
+            else self.kenv[a])
+        for x in _leaves([args, list(kwargs.values())]):
+            if isinstance(x, Refused):
+                raise x.error
+        return args, kwargs
+
+    def _broadcast(self, n) -> Value:
+        if n not in self.broadcast_values:
+            b = Build(self.g, self.g.unique(n.name), label=str(n.target),
+                      where=module_path(n) or "the top-level forward", grow=0)
+            built = self.kenv[n]
+            if isinstance(built, Value):   # a layer on a constant (an Embedding): its row
+                row = b.value(b.new(Slice, [[0, 1, 1]], suffix="row")(
+                    b.view(built, identity(built.rank))))
+            else:
+                row = b.constant(self.env_keep[n][:1])
+            self.broadcast_values[n] = b.value(b.op(
+                "batch_like", [b.view(row, identity(row.rank)), self.inputs[0]]))
+        return self.broadcast_values[n]
 
     def _arrays(self, source: str) -> list:
         return weights_from_checkpoint(self.g.ckpt, source) or self.live.get(source, [])
@@ -128,7 +182,8 @@ class ExportRebuilder(Rebuilder):
         if builder is None:
             raise UnsupportedError(f"no Keras rebuild for {label} (in {where}"
                                    f"{self._module_class(where)})", hint=HINT)
-        b = Build(self.g, self.g.unique(n.name), label=label, where=where, result=result)
+        b = Build(self.g, self.g.unique(n.name), label=label, where=where, result=result,
+                  grow=self.grow.get(n))
         with _keras_errors(b):
             return builder(b, *args, **kwargs)
 
@@ -147,8 +202,11 @@ class ExportRebuilder(Rebuilder):
         path = module_path(n)
         if not path:
             return None
-        module = self.root.get_submodule(path)
-        builder = module_builder(module)
+        try:
+            module = self.root.get_submodule(path)
+        except AttributeError:   # export's own marks (a size read for a dynamic batch)
+            return None
+        builder, run = builder_of(module)
         if constant:
             own = f"{path}."
             inputs = [a for a in n.all_input_nodes if isinstance(self.kenv[a], torch.Tensor)
@@ -161,14 +219,14 @@ class ExportRebuilder(Rebuilder):
             return None
         with torch.no_grad():
             try:
-                expected = module(self.env_keep[inputs[0]])
+                expected = run(self.env_keep[inputs[0]])
             except Exception:  # noqa: BLE001 - the module takes more than this tensor
                 return None
         if not _same_numbers(expected, result):
             return None
         self._live_weights(path, module)
         b = Build(self.g, path, label=f"nn.{kind_of(module)}", where=path, module=module,
-                  result=expected)
+                  result=expected, grow=self.grow.get(n))
         with _keras_errors(b):
             x = self.kenv[inputs[0]]
             value = builder(b, module, b.constant(x) if constant else x)
@@ -202,6 +260,20 @@ class ExportRebuilder(Rebuilder):
         with contextlib.suppress(Exception):
             self.live[path] = weights_from_checkpoint(make_plan(ckpt, LAYOUT_KERAS).apply(ckpt),
                                                       path)
+
+
+def builder_of(module) -> tuple[Any, Any]:
+    """The module's builder and the forward it builds: its class's; for a subclass of a
+    ``torch.nn`` class with none of its own (transformers' ``WhisperPositionalEmbedding``, an
+    ``nn.Embedding`` whose forward slices its weight), the nearest base class's builder and
+    that base's forward, which the call must then compute exactly (or it is built op by op)."""
+    builder = module_builder(module)
+    if builder is not None:
+        return builder, module
+    base = next((c for c in type(module).__mro__[1:] if c in MODULES), None)
+    if base is None:
+        return None, None
+    return MODULES[base], lambda x: base.forward(module, x)
 
 
 def _same_numbers(expected, result) -> bool:

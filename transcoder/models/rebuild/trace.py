@@ -27,8 +27,10 @@ from .core import (FUNCTIONS, KERAS_DTYPES, METHODS, Build, Graph, Refused, Valu
                    channels_last, identity, module_builder)
 
 #: Calls whose size arguments may depend on the batch size: their target is the traced
-#: output shape with the growing axis written -1.
-RESHAPES = {"view", "reshape", torch.reshape}
+#: output shape with the growing axis written -1 (an expand: the batch its input has).
+RESHAPES = {"view", "reshape", torch.reshape, torch.ops.aten.view.default,
+            torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default,
+            torch.ops.aten.expand.default}
 
 
 def weights_from_checkpoint(keras_ckpt: Checkpoint, layer_name: str) -> list[np.ndarray]:
@@ -105,9 +107,17 @@ def _leaves(value) -> list:
     return [value]
 
 
-def growth(gm: torch.fx.GraphModule, inputs: tuple) -> dict | None:
+def growth(gm: torch.fx.GraphModule, inputs: tuple, broadcasts: set | None = None
+           ) -> dict | None:
     """``{node: axis}`` for tensors that grow with the inputs' leading axes, or None if the
-    model must keep the example shapes (see "Shapes" in the package docstring)."""
+    model must keep the example shapes (see "Shapes" in the package docstring).
+
+    ``broadcasts`` (a set to fill; the export rebuild's): a tensor computed in PyTorch (from
+    sizes and weights alone) that grows along the batch axis with every row equal (a cls
+    token or a default mask expanded to the batch) may meet the inputs: it is added to it,
+    and the rebuild broadcasts its first row to the batch there. Sizes may then feed what is
+    computed in PyTorch (``arange(batch)`` in a mask's making); a tensor so computed that
+    is not such a broadcast must not meet the inputs."""
     if any(not isinstance(x, torch.Tensor) or x.dim() == 0 for x in inputs):
         return None
     run1 = _Recorder(gm).results(inputs)
@@ -116,9 +126,13 @@ def growth(gm: torch.fx.GraphModule, inputs: tuple) -> dict | None:
     except Exception:   # the module fixes its batch size somewhere: keep the example shapes
         return None
     tensorish = {n: any(isinstance(v, torch.Tensor) for v in _leaves(run1[n])) for n in run1}
-    live, grow = set(), {}
+    live, grow, sized, pending, rows = set(), {}, [], set(), set()
     for n in gm.graph.nodes:
         if n.op == "placeholder" or (tensorish[n] and any(a in live for a in n.all_input_nodes)):
+            if any(a in pending for a in n.all_input_nodes):
+                return None   # a value of the batch size meets the inputs
+            if rows:
+                broadcasts.update(a for a in n.all_input_nodes if a in rows)
             live.add(n)
         a, b = _leaves(run1[n]), _leaves(run2[n])
         if len(a) != len(b):
@@ -126,12 +140,35 @@ def growth(gm: torch.fx.GraphModule, inputs: tuple) -> dict | None:
         for x, y in zip(a, b):
             if isinstance(x, torch.Tensor):
                 axes = [i for i in range(x.dim()) if x.dim() != y.dim() or x.shape[i] != y.shape[i]]
+                if broadcasts is not None and n not in live and \
+                        _batch_valued(n, axes, pending | rows):
+                    if axes == [0] and len(a) == 1 and _rows_equal(x, y):
+                        rows.add(n)      # one row repeated: broadcast where the inputs meet it
+                    elif axes or not torch.equal(x, y):
+                        pending.add(n)   # an error only if an op of the inputs uses it
+                    if n in rows or n in pending:
+                        continue
                 if len(axes) > 1 or (axes and n not in live):
                     return None
                 grow.setdefault(n, axes[0] if axes else None)
-            elif _differs(x, y) and not all(_sizes_only(u, tensorish) for u in n.users):
-                return None
+            elif _differs(x, y):
+                sized.append(n)
+    computed = set() if broadcasts is None else {u for u in run1 if u not in live}
+    if not all(_sizes_only(u, tensorish) or u in computed for n in sized for u in n.users):
+        return None
     return grow
+
+
+def _batch_valued(n: torch.fx.Node, axes: list[int], pending: set) -> bool:
+    """Whether a tensor computed without the inputs may hold a value of the batch size."""
+    return bool(axes) or any(a in pending for a in n.all_input_nodes)
+
+
+def _rows_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Every row along axis 0 of both runs' results is one and the same row (not a value
+    computed from the batch size: that differs between the runs)."""
+    return x.dim() == y.dim() > 0 and x.shape[0] > 0 and torch.equal(x[:1], y[:1]) and \
+        all(torch.equal(t, t[:1].expand_as(t)) for t in (x, y))
 
 
 def _differs(x, y) -> bool:

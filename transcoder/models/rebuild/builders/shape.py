@@ -81,9 +81,11 @@ def expand(b: Build, x, *sizes, implicit=False) -> Value:
     """``Tensor.expand`` / ``aten.expand``: broadcast to the traced result's shape (fixed
     shapes: the target is a size)."""
     x = b.as_value(x)
-    if b.grow is not None:
-        b.static(None)
     shape = list(b.result.shape)
+    if b.grow is not None:   # along other axes than the (dynamic) batch it already has
+        if b.grow != 0 or not x.shape or x.shape[0] is not None or x.rank != len(shape):
+            b.static(None)
+        return b.value(b.op("expand_batch", b.view(x, identity(x.rank)), shape=shape[1:]))
     return b.value(b.op("broadcast_to", b.view(x, identity(x.rank)), shape=shape))
 
 
