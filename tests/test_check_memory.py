@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import subprocess
 import sys
 import textwrap
@@ -196,14 +197,14 @@ def _rss_file_mib() -> float:
 
 PEAK = textwrap.dedent("""
     import json, os, sys
-    os.environ.setdefault("KERAS_BACKEND", "torch")
     import numpy as np
     from transcoder.checks import check_layers, slices
     from transcoder.checkpoint import LAYOUT_TORCH, Checkpoint, TensorRef
-    from transcoder.frameworks import import_keras, import_torch
+    from transcoder.frameworks import import_frameworks, prefer_keras_backend
     if sys.argv[1] == "whole":
         slices.CUT_FROM_ELEMENTS = 1 << 62     # the proof without the cut, for comparison
-    import_torch(), import_keras()
+    prefer_keras_backend("torch")     # as the command's per-layer check
+    import_frameworks()
     rng = np.random.default_rng(0)
     arrays = {"fc.weight": rng.standard_normal((4096, 4096), dtype=np.float32),
               "fc.bias": rng.standard_normal(4096, dtype=np.float32)}
@@ -222,9 +223,14 @@ PEAK = textwrap.dedent("""
 """)
 
 
+def _command_env() -> dict:
+    """The environment of a user's shell: no KERAS_BACKEND (the tests' conftest sets one)."""
+    return {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+
+
 def _proof_peak(mode: str) -> dict:
     done = subprocess.run([sys.executable, "-c", PEAK, mode], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=_command_env())
     if "clear_refs" in done.stderr:
         pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -243,3 +249,30 @@ def test_the_proof_of_a_wide_class_holds_about_one_layer():
     whole = _proof_peak("whole")
     assert whole["status"] == "SUCCESS" and "units" not in whole["message"], whole
     assert whole["peak_mib"] > 180, whole
+
+
+LEAN = textwrap.dedent("""
+    import runpy, sys
+    sys.argv = ["transcode", *sys.argv[1:]]
+    try:
+        runpy.run_module("transcoder", run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+    loaded = "torch._dynamo" in sys.modules
+    import keras, torch._dynamo
+    print(code, loaded, keras.backend.backend(), hasattr(torch._dynamo, "optimize"))
+""")
+
+
+def test_the_commands_check_loads_no_torch_compiler(tmp_path):
+    """Keras on torch (the command's per-layer check) loads without ``torch._dynamo`` (72 MiB
+    resident) and an Embedding's check does not pull it in; a later import gets the real one."""
+    rng = np.random.default_rng(6)
+    src = _write(tmp_path / "m.safetensors", {
+        "embed.weight": rng.standard_normal((300, 16), dtype=np.float32),
+        "fc.weight": rng.standard_normal((8, 16), dtype=np.float32),
+        "fc.bias": rng.standard_normal(8, dtype=np.float32)})
+    done = subprocess.run([sys.executable, "-c", LEAN, str(src), str(tmp_path / "m.h5")],
+                          capture_output=True, text=True, timeout=600, env=_command_env())
+    assert done.stdout.split()[-4:] == ["0", "False", "torch", "True"], done.stdout + done.stderr
+    assert "check passed: 0 of 2 layers" in done.stdout
