@@ -39,8 +39,12 @@ def _step(op, torch_name="fc.weight", keras_name="fc/kernel", rule="Linear"):
 
 # ---------------------------------------------------------------- which layers are cut
 
+def _units(family: str) -> dict:
+    return registry.TABLE.by_name(family).units
+
+
 def test_a_wide_linear_is_cut_by_each_sides_own_units_axis():
-    cut = slices.cut_for("Linear", [_step(Permute((1, 0))), _step(Identity(), "fc.bias", "fc/bias")],
+    cut = slices.cut_for(_units("Linear"), [_step(Permute((1, 0))), _step(Identity(), "fc.bias", "fc/bias")],
                          {"fc.weight": (4096, 4096), "fc.bias": (4096,)},
                          {"fc/kernel": (4096, 4096), "fc/bias": (4096,)}, {})
     assert (cut.kept, cut.units) == (64, 4096)
@@ -71,7 +75,7 @@ def test_a_wide_linear_is_cut_by_each_sides_own_units_axis():
      {"c.weight": (512, 512, 3, 3)}, {"c/kernel": (3, 3, 512, 512)}, {}),
 ])
 def test_layers_proven_whole(family, steps, torch_shapes, keras_shapes, options):
-    assert slices.cut_for(family, steps, torch_shapes, keras_shapes, options) is None
+    assert slices.cut_for(_units(family), steps, torch_shapes, keras_shapes, options) is None
 
 
 # ---------------------------------------------------------------- the check on the cut

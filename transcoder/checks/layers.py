@@ -217,7 +217,8 @@ def _cut(run: LayerCheck, layer, steps: list, options: dict) -> Cut | None:
                     if n in run.keras_ckpt.tensors}
     if len(keras_shapes) != len(layer.weights):
         return None
-    return cut_for(layer.rule, steps, torch_shapes, keras_shapes, options)
+    family = registry.TABLE.by_name(layer.rule)
+    return cut_for(family.units if family else {}, steps, torch_shapes, keras_shapes, options)
 
 
 def _kind_unknown(kinds: tuple[str, ...]) -> str:

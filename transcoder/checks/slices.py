@@ -2,7 +2,8 @@
 
 The numeric proof of a class (:mod:`.layers`, :mod:`.proven`) runs both sides in float64: a
 Linear(4096, 4096) would hold a 128 MiB float64 copy of its weight on each side in turn. A
-wide layer of a family listed in :data:`UNITS` is proven on its first :data:`KEPT` output
+wide layer of a family that declares its units axes (``LayerRule.units``: a Linear's, an
+Embedding's) is proven on its first :data:`KEPT` output
 units instead (every input kept): each side's tensors are cut by that framework's own layout
 of the layer (a Linear's weight is (out, in): rows; a Dense kernel is (in, out): columns),
 never by the mapping under test, and each side builds the smaller layer from its cut.
@@ -33,12 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: per family: the axis holding the layer's output units of each tensor (by its short name),
-#: in PyTorch's layout and in Keras' (an Embedding's units are its table's rows, the tokens)
-UNITS: dict[str, dict[str, dict[str, int]]] = {
-    "Linear": {"torch": {"weight": 0, "bias": 0}, "keras": {"kernel": 1, "bias": 0}},
-    "Embedding": {"torch": {"weight": 0}, "keras": {"embeddings": 0}},
-}
 #: ops that move every index of an axis alike (see the module docstring)
 UNIFORM_OPS = ("identity", "permute")
 #: units kept in the cut
@@ -79,13 +74,13 @@ def short(name: str) -> str:
     return tail.partition(":")[0]
 
 
-def cut_for(family: str, steps: list, torch_shapes: dict, keras_shapes: dict,
+def cut_for(axes: dict, steps: list, torch_shapes: dict, keras_shapes: dict,
             options: dict) -> Cut | None:
-    """The cut of this layer (``*_shapes``: ``{full name: shape}`` of each side's tensors), or
-    None when it is proven whole: a family without units, an op that moves values between
-    units, a narrow layer, options that change the units, tensors that disagree on the count."""
-    axes = UNITS.get(family)
-    if axes is None or any(o in options for o in NOT_CUT_WITH) \
+    """The cut of this layer (``axes``: its family's ``units``; ``*_shapes``: ``{full name:
+    shape}`` of each side's tensors), or None when it is proven whole: a family without units,
+    an op that moves values between units, a narrow layer, options that change the units,
+    tensors that disagree on the count."""
+    if not axes or any(o in options for o in NOT_CUT_WITH) \
             or any(s.op.kind not in UNIFORM_OPS for s in steps):
         return None
     sides = [(torch_shapes, axes["torch"]), (keras_shapes, axes["keras"])]
