@@ -280,3 +280,36 @@ def test_the_commands_check_loads_no_torch_compiler(tmp_path):
                           capture_output=True, text=True, timeout=600, env=_command_env())
     assert done.stdout.split()[-4:] == ["0", "False", "torch", "True"], done.stdout + done.stderr
     assert "check passed: 0 of 2 layers" in done.stdout
+
+
+def test_a_class_mapped_by_a_gate_reorder_is_proven_once_then_by_streamed_bytes():
+    """Two GRUs of one class: the second passes by its bytes (streamed through the gate
+    reorder, not a permutation); one changed byte in its kernel and it is checked on its own
+    and fails."""
+    from torch import nn
+
+    from transcoder.checkpoint import LAYOUT_KERAS, LAYOUT_TORCH, Checkpoint, TensorRef
+    from transcoder.checks import check_layers
+    from transcoder.rules import make_plan
+
+    torch.manual_seed(0)
+    module = nn.Module()
+    module.gru1, module.gru2 = nn.GRU(8, 16, batch_first=True), nn.GRU(8, 16, batch_first=True)
+    src = Checkpoint({k: TensorRef.from_array(k, v.detach().numpy().copy())
+                      for k, v in module.state_dict().items()}, LAYOUT_TORCH,
+                     meta={"module_kinds": {"gru1": "GRU", "gru2": "GRU"}})
+    target = make_plan(src, LAYOUT_KERAS).apply(src)
+    report = check_layers(src, target=target)
+    by_name = {e.name: e for e in report.entries}
+    assert [by_name[n].status for n in ("gru1", "gru2")] == ["SUCCESS", "SUCCESS"]
+    assert by_name["gru2"].extra.get("proven_by") == "gru1"
+    kernel = next(n for n in target.tensors if n.startswith("gru2") and n.endswith("/kernel"))
+    arrays = {n: target[n].load() for n in target.tensors}
+    arrays[kernel] = arrays[kernel].copy()
+    arrays[kernel].view(np.uint32)[3, 40] ^= 1 << 22           # one bit of one weight
+    bad = Checkpoint({n: TensorRef.from_array(n, a) for n, a in arrays.items()}, LAYOUT_KERAS,
+                     meta=target.meta)
+    report = check_layers(src, target=bad)
+    by_name = {e.name: e for e in report.entries}
+    assert by_name["gru1"].status == "SUCCESS" and by_name["gru2"].status != "SUCCESS"
+    assert "proven_by" not in by_name["gru2"].extra and by_name["gru2"].max_abs_error > 1e-6

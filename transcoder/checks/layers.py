@@ -28,11 +28,16 @@ TensorFlow backend; on the others it demotes float64 to float32 (JAX's rule), wh
 lifts while it runs and verifies (else float32 tolerances, said in a note).
 
 At scale (:mod:`.proven`): one layer per class (family, ops, names, shapes, dtypes, options)
-is checked numerically; the others of the class are proven by their written bytes. Memory: the
-two sides are built one after the other, each let go before the next (the PyTorch module made
-on the meta device takes the float64 tensors' memory; the Keras layer's initialisers are zeros
-and its weights are widened into its variables one at a time), so a layer of B float32 bytes
-costs about 3 B at the peak (4096x4096: +200 MiB over the frameworks' 335 MiB).
+is checked numerically; the others of the class are proven by their written bytes. A wide
+Linear or Embedding is checked numerically on its first units (:mod:`.slices` argues why that
+proves the mapping), its written bytes then compared with its mapped source in full. Memory:
+the two sides are built one after the other, each let go before the next (the PyTorch module
+made on the meta device, without initialising it, takes the float64 tensors' memory; the
+Keras layer's initialisers are zeros and its weights are widened into its variables one at a
+time); a layer proven whole costs about 3 B at the peak for B float32 bytes, a cut one the
+written tensor read once (B) and 64 units in float64. Freed memory goes back to the system
+(:mod:`.memory`). Measured with ``bench/bench.py``: docs/performance.md, "The default check
+at scale".
 
 torch and keras are imported only when :func:`check_layers` runs.
 """

@@ -113,6 +113,19 @@ class Proofs:
         return bool(pairs) and all(self._same(n, s) for n, s in pairs)
 
 
+def streams_like(expected, written: np.ndarray) -> bool:
+    """Whether the bytes ``expected`` (a TensorRef) streams, block by block, are the bytes of
+    ``written`` (NaNs and signed zeros included)."""
+    data = np.ascontiguousarray(written).reshape(-1).view(np.uint8)
+    scratch, at = np.empty(min(CHUNK, max(data.size, 1)), np.uint8), 0
+    for block in expected.blocks(scratch):
+        block = block.reshape(-1).view(np.uint8)
+        if not same_bytes(block, data[at:at + block.size]):
+            return False
+        at += block.size
+    return at == data.size
+
+
 def rows_match(source: np.ndarray, written: np.ndarray, back: tuple) -> bool:
     """Whether ``written.transpose(back)`` holds the bytes of ``source`` (NaNs and signed
     zeros included): the written tensor permuted a block at a time (the tiled kernel) and each

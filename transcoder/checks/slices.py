@@ -65,7 +65,7 @@ class Cut:
         return tuple(self.kept if i == axis else d for i, d in enumerate(shape))
 
     def describe(self) -> str:
-        return f"proven on its first {self.kept} of {self.units} units (every input)"
+        return f"checked on its first {self.kept} of {self.units} units (every input)"
 
 
 def short(name: str) -> str:
