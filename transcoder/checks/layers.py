@@ -35,8 +35,7 @@ the two sides are built one after the other, each let go before the next (the Py
 made on the meta device, without initialising it, takes the float64 tensors' memory; the
 Keras layer's initialisers are zeros and its weights are widened into its variables one at a
 time); a layer proven whole costs about 3 B at the peak for B float32 bytes, a cut one the
-written tensor read once (B) and 64 units in float64. Freed memory goes back to the system
-(:mod:`.memory`). Measured with ``bench/bench.py``: docs/performance.md, "The default check
+written tensor read once (B) and 64 units in float64. Measured with ``bench/bench.py``: docs/performance.md, "The default check
 at scale".
 
 torch and keras are imported only when :func:`check_layers` runs.
@@ -63,7 +62,6 @@ from ..rules.plan import Plan, make_plan
 from ..rules.steps import BY_USER_RULES, COPY
 from .compare import FAIL, SKIPPED, SUCCESS, Comparison, CompareSettings, coarsest, dtype_key
 from .localise import divergence
-from .memory import fixed_heap, release
 from .proven import Proofs
 from .report import CheckReport
 from .slices import Cut, cut_for, short
@@ -111,12 +109,10 @@ def check_layers(src: Checkpoint, plan: Plan | None = None, target: Checkpoint |
     expected = plan.apply(src)
     target = target if target is not None else expected
     torch_ckpt, keras_ckpt = (src, target) if src.layout == LAYOUT_TORCH else (target, src)
-    fixed_heap()
     run = LayerCheck(torch_ckpt, keras_ckpt,
                      CompareSettings(Tolerance(atol, rtol), src.layout, CHANNELS_LAST), seed,
                      import_torch(), import_keras(),
                      proofs=Proofs(expected, target, plan.direction, torch_ckpt, keras_ckpt))
-    release()   # what reading, planning and importing the frameworks freed
     with _keras_float64(run.keras):
         run.float64 = _computes_float64(run.keras)
         if not run.float64:
@@ -290,7 +286,6 @@ def _let_go(run: LayerCheck, layer, built: Built) -> None:
     built.keras_layer = None
     if size > WIDE_BYTES:
         gc.collect()
-        release()
 
 
 def _build(run: LayerCheck, layer, steps: list, options: dict,

@@ -1,55 +1,20 @@
-"""Giving freed memory back to the system while a check runs (glibc only; elsewhere nothing).
+"""Letting a mapped file's pages go while a check compares a tensor a block at a time.
 
-glibc's malloc keeps what Python, numpy and torch free in its heaps for the next allocation,
-and raises its mmap threshold (up to 32 MiB) each time a large block is freed, so the float64
-copies of the check's layers come from the heap after the first and stay in the process's
-resident set when freed (measured: +8 MiB per Linear(2048, 512) proof). :func:`fixed_heap`
-pins the threshold (blocks of 1 MiB and more are mapped, and unmapped when freed);
-:func:`release` returns the free tops and pages of the heaps (``malloc_trim(0)``).
-
-A mapped file's pages count in the resident set once read, until the map is closed:
+A mapped file's pages count in the process's resident set once read, until the map is closed:
 :func:`drop_pages` lets a read-only map's pages go (the kernel reads them again from the page
-cache if touched again), so a tensor compared a block at a time holds a block resident.
+cache if touched again), so a tensor compared a block at a time holds one block resident, not
+the whole tensor beside the written one (24 x Linear(4096, 4096): -64 MiB at the peak).
+
+Tried and measured without effect on the check's peak once the widest layers are cut
+(:mod:`.slices`) and torch's compiler is not imported: ``malloc_trim(0)`` after wide layers, a
+fixed glibc mmap threshold (no change at the peak), ``MALLOC_ARENA_MAX=2`` (none on the
+frameworks' import): not used.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import mmap
 
 import numpy as np
-
-#: mallopt's parameter number for the mmap threshold (glibc's malloc.h)
-M_MMAP_THRESHOLD = -3
-#: blocks of this many bytes and more are mapped on their own (and unmapped when freed)
-MMAP_FROM_BYTES = 1 << 20
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    """glibc, or None (another C library, or none found: nothing to do)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    if libc is None or not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
-        return None
-    return libc
-
-
-def fixed_heap() -> bool:
-    """Map every allocation of :data:`MMAP_FROM_BYTES` or more on its own from now on (the
-    threshold no longer rises); True where done."""
-    libc = _libc()
-    return bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, MMAP_FROM_BYTES))
-
-
-def release() -> bool:
-    """Give the heaps' free memory back to the system; True where some was."""
-    libc = _libc()
-    return bool(libc is not None and libc.malloc_trim(0))
 
 
 def drop_pages(part: np.ndarray) -> bool:
