@@ -244,15 +244,15 @@ def _proof_peak(mode: str) -> dict:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_the_proof_of_a_wide_class_holds_about_one_layer():
     """The check of a Linear(4096, 4096) (a 64 MiB float32 weight, in memory) raises the peak
-    RSS by less than 100 MiB: its written kernel made once for the cut (64 MiB, let go) and
-    once for the byte comparison. Proven whole, the same check takes 3 x the layer or more
-    (float64 copies: 128 MiB a side)."""
+    RSS by less than 100 MiB (measured: 72): its written kernel made once for the cut (64 MiB,
+    let go) and once for the byte comparison. Proven whole, the same check takes about 3 x the
+    layer (measured: 192 MiB; float64 copies, 128 MiB a side)."""
     cut = _proof_peak("cut")
     assert cut["status"] == "SUCCESS" and "first 64 of 4096 units" in cut["message"], cut
     assert cut["peak_mib"] < 100, cut
     whole = _proof_peak("whole")
     assert whole["status"] == "SUCCESS" and "units" not in whole["message"], whole
-    assert whole["peak_mib"] > 180, whole
+    assert whole["peak_mib"] > 150 and whole["peak_mib"] > 2 * cut["peak_mib"], (cut, whole)
 
 
 LEAN = textwrap.dedent("""
