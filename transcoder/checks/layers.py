@@ -35,8 +35,8 @@ the two sides are built one after the other, each let go before the next (the Py
 made on the meta device, without initialising it, takes the float64 tensors' memory; the
 Keras layer's initialisers are zeros and its weights are widened into its variables one at a
 time); a layer proven whole costs about 3 B at the peak for B float32 bytes, a cut one the
-written tensor read once (B) and 64 units in float64. Measured with ``bench/bench.py``: docs/performance.md, "The default check
-at scale".
+written tensor read once (B) and 64 units in float64 (``bench/bench.py``'s figures:
+docs/performance.md, "The default check at scale").
 
 torch and keras are imported only when :func:`check_layers` runs.
 """
