@@ -313,3 +313,21 @@ def test_a_class_mapped_by_a_gate_reorder_is_proven_once_then_by_streamed_bytes(
     by_name = {e.name: e for e in report.entries}
     assert by_name["gru1"].status == "SUCCESS" and by_name["gru2"].status != "SUCCESS"
     assert "proven_by" not in by_name["gru2"].extra and by_name["gru2"].max_abs_error > 1e-6
+
+
+STAND_IN = textwrap.dedent("""
+    import sys
+    from transcoder import frameworks
+    frameworks.prefer_keras_backend("torch")
+    with frameworks._without_dynamo():
+        import torch._dynamo as dynamo
+        marked = dynamo.disable()(len) is len          # what Keras asks: functions unchanged
+        other = callable(dynamo.optimize)              # anything else: the real module
+    print(marked, other, sys.modules["torch._dynamo"] is not dynamo)
+""")
+
+
+def test_the_stand_in_compiler_gives_the_real_one_for_anything_else():
+    done = subprocess.run([sys.executable, "-c", STAND_IN], capture_output=True, text=True,
+                          timeout=600, env=_command_env())
+    assert done.stdout.split() == ["True", "True", "True"], done.stdout + done.stderr

@@ -72,6 +72,16 @@ def _dynamo_disable(fn=None, recursive=True, **kwargs):
     return fn if fn is not None else (lambda f: f)
 
 
+def _real_dynamo(stand_in):
+    """The real ``torch._dynamo``, for anything a Keras asks of it beyond ``disable`` (a later
+    Keras): imported then, at its full cost."""
+    import importlib
+
+    if sys.modules.get("torch._dynamo") is stand_in:
+        del sys.modules["torch._dynamo"]
+    return importlib.import_module("torch._dynamo")
+
+
 @contextmanager
 def _without_dynamo() -> Iterator[None]:
     """Keras' torch backend imports ``torch._dynamo`` (torch's compiler stack, sympy: 72 MiB
@@ -90,6 +100,7 @@ def _without_dynamo() -> Iterator[None]:
 
     stand_in = types.ModuleType("torch._dynamo", "stand-in while Keras loads (frameworks.py)")
     stand_in.disable = _dynamo_disable
+    stand_in.__getattr__ = lambda name: getattr(_real_dynamo(stand_in), name)
     sys.modules["torch._dynamo"] = stand_in
     try:
         yield
