@@ -51,12 +51,62 @@ QUIET_FRAMEWORKS = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
 CHECK_EXTRA = "pip install 'transcoder[check]'"
 
 
+#: set by :func:`prefer_keras_backend` (the command, for a check deployed nowhere): Keras may
+#: load without ``torch._dynamo`` (see :func:`_without_dynamo`)
+_lean_keras = False
+
+
 def prefer_keras_backend(name: str) -> None:
     """Run Keras on ``name`` ("torch") in this process unless Keras is loaded already or the
     user chose a backend (``KERAS_BACKEND``). Only the command calls this, for checks whose
-    Keras side deploys nowhere: a library must not pick its user's backend."""
+    Keras side deploys nowhere: a library must not pick its user's backend. Nothing compiles
+    in that process: Keras loads there without torch's compiler (:func:`_without_dynamo`)."""
+    global _lean_keras
     if sys.modules.get("keras") is None:
         os.environ.setdefault("KERAS_BACKEND", name)
+        _lean_keras = True
+
+
+def _dynamo_disable(fn=None, recursive=True, **kwargs):
+    """``torch._dynamo.disable`` where nothing is compiled: the function as it is."""
+    return fn if fn is not None else (lambda f: f)
+
+
+def _real_dynamo(stand_in):
+    """The real ``torch._dynamo``, for anything a Keras asks of it beyond ``disable`` (a later
+    Keras): imported then, at its full cost."""
+    import importlib
+
+    if sys.modules.get("torch._dynamo") is stand_in:
+        del sys.modules["torch._dynamo"]
+    return importlib.import_module("torch._dynamo")
+
+
+@contextmanager
+def _without_dynamo() -> Iterator[None]:
+    """Keras' torch backend imports ``torch._dynamo`` (torch's compiler stack, sympy: 72 MiB
+    resident of the check's 335, measured) only to mark two functions ``@dynamo.disable()``
+    when its modules load, which matters only under ``torch.compile``. Where the command chose
+    that backend (:func:`prefer_keras_backend`), nothing compiles: while Keras loads, a
+    stand-in module whose ``disable()`` leaves functions as they are; taken out after, so a
+    later ``import torch._dynamo`` gets the real one."""
+    if not (_lean_keras and os.environ.get("KERAS_BACKEND") == "torch"
+            and sys.modules.get("keras") is None and "torch._dynamo" not in sys.modules):
+        yield
+        return
+    import types
+
+    import torch  # noqa: F401  (before the stand-in: torch's own import is untouched)
+
+    stand_in = types.ModuleType("torch._dynamo", "stand-in while Keras loads (frameworks.py)")
+    stand_in.disable = _dynamo_disable
+    stand_in.__getattr__ = lambda name: getattr(_real_dynamo(stand_in), name)
+    sys.modules["torch._dynamo"] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get("torch._dynamo") is stand_in:
+            del sys.modules["torch._dynamo"]
 
 
 def quiet_framework_environment() -> None:
@@ -108,7 +158,7 @@ def import_frameworks() -> None:
         return
     quiet_framework_environment()
     try:
-        with _loading(["torch", "keras"]):
+        with _loading(["torch", "keras"]), _without_dynamo():
             import keras  # noqa: F401
             import torch  # noqa: F401
     except ImportError as exc:
@@ -130,7 +180,7 @@ def import_keras():
     """``keras`` on the TensorFlow backend (unless KERAS_BACKEND says otherwise), quietly."""
     quiet_framework_environment()
     try:
-        with _loading(["keras"]):
+        with _loading(["keras"]), _without_dynamo():
             import keras
     except ImportError:
         raise MissingDependencyError("the forward check needs keras (tensorflow-cpu)",

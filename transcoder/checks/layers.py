@@ -28,16 +28,21 @@ TensorFlow backend; on the others it demotes float64 to float32 (JAX's rule), wh
 lifts while it runs and verifies (else float32 tolerances, said in a note).
 
 At scale (:mod:`.proven`): one layer per class (family, ops, names, shapes, dtypes, options)
-is checked numerically; the others of the class are proven by their written bytes. Memory: the
-two sides are built one after the other, each let go before the next (the PyTorch module made
-on the meta device takes the float64 tensors' memory; the Keras layer's initialisers are zeros
-and its weights are widened into its variables one at a time), so a layer of B float32 bytes
-costs about 3 B at the peak (4096x4096: +200 MiB over the frameworks' 335 MiB).
+is checked numerically; the others of the class are proven by their written bytes. A wide
+Linear or Embedding is checked numerically on its first units (:mod:`.slices` argues why that
+proves the mapping), its written bytes then compared with its mapped source in full. Memory:
+the two sides are built one after the other, each let go before the next (the PyTorch module
+made on the meta device, without initialising it, takes the float64 tensors' memory; the
+Keras layer's initialisers are zeros and its weights are widened into its variables one at a
+time); a layer proven whole costs about 3 B at the peak for B float32 bytes, a cut one the
+written tensor read once (B) and 64 units in float64 (``bench/bench.py``'s figures:
+docs/performance.md, "The default check at scale").
 
 torch and keras are imported only when :func:`check_layers` runs.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import warnings
 import zlib
@@ -55,10 +60,11 @@ from ..rules import registry
 from ..rules.checkcase import Built, LayerCase, Skip
 from ..rules.plan import Plan, make_plan
 from ..rules.steps import BY_USER_RULES, COPY
-from .compare import FAIL, SKIPPED, Comparison, CompareSettings, coarsest, dtype_key
+from .compare import FAIL, SKIPPED, SUCCESS, Comparison, CompareSettings, coarsest, dtype_key
 from .localise import divergence
 from .proven import Proofs
 from .report import CheckReport
+from .slices import Cut, cut_for, short
 
 
 @dataclass
@@ -182,9 +188,38 @@ def _check_once_per_class(run: LayerCheck, layer, steps: list, options: dict,
     key = run.proofs.key(layer, steps, options)
     entry = run.proofs.by_bytes(key, layer, steps, labels)
     if entry is None:
-        entry = _check_one(run, layer, steps, options, labels)
+        entry = _prove(run, layer, steps, options, labels)
         run.proofs.record(key, entry)
     return entry
+
+
+def _prove(run: LayerCheck, layer, steps: list, options: dict, labels: dict) -> Comparison:
+    """The numeric check of a layer: of its first units only where it is wide and its mapping
+    moves every unit alike (:mod:`.slices` argues why that proves it), then its written bytes
+    against its mapped source in full; of the whole layer where those bytes differ."""
+    cut = _cut(run, layer, steps, options)
+    if cut is None:
+        return _check_one(run, layer, steps, options, labels)
+    entry = _check_one(run, layer, steps, options, labels, cut)
+    entry.message = "; ".join(m for m in (entry.message, cut.describe()) if m)
+    if entry.status != SUCCESS:
+        return entry
+    if run.proofs.same_layer(steps):
+        entry.message += "; every written byte is the mapped source"
+        entry.extra["proven_units"] = [cut.kept, cut.units]
+        return entry
+    return _check_one(run, layer, steps, options, labels)
+
+
+def _cut(run: LayerCheck, layer, steps: list, options: dict) -> Cut | None:
+    torch_shapes = {n: tuple(run.torch_ckpt[n].shape) for s in steps for n in s.torch
+                    if n in run.torch_ckpt.tensors}
+    keras_shapes = {n: tuple(run.keras_ckpt[n].shape) for n in _keras_names(layer)
+                    if n in run.keras_ckpt.tensors}
+    if len(keras_shapes) != len(layer.weights):
+        return None
+    family = registry.TABLE.by_name(layer.rule)
+    return cut_for(family.units if family else {}, steps, torch_shapes, keras_shapes, options)
 
 
 def _kind_unknown(kinds: tuple[str, ...]) -> str:
@@ -211,13 +246,14 @@ def _module_path(name: str, steps: list) -> str:
     return torch_names[0].rpartition(".")[0] if torch_names else name
 
 
-def _check_one(run: LayerCheck, layer, steps: list, options: dict, labels: dict) -> Comparison:
-    """Build the layer on both sides and compare their outputs. One side at a time, each
-    freed before the next is built: a wide layer's float64 weights are held once or twice,
-    never four times."""
+def _check_one(run: LayerCheck, layer, steps: list, options: dict, labels: dict,
+               cut: Cut | None = None) -> Comparison:
+    """Build the layer (or its ``cut``) on both sides and compare their outputs. One side at
+    a time, each freed before the next is built: a wide layer's float64 weights are held once
+    or twice, never four times."""
     name = layer.name
     try:
-        case, built = _build(run, layer, steps, options)
+        case, built = _build(run, layer, steps, options, cut)
     except Skip as exc:
         return Comparison.skipped(name, str(exc), **labels)
     mapped = run.torch_mapped
@@ -228,7 +264,7 @@ def _check_one(run: LayerCheck, layer, steps: list, options: dict, labels: dict)
             f"the {'mapped ' if mapped else ''}PyTorch tensors do not fit a {layer.rule}: "
             f"{one_line(exc)}"), **labels)
     try:
-        keras_out = _keras_output(run, layer, case, built)
+        keras_out = _keras_output(run, layer, case, built, cut)
     except (ValueError, TypeError) as exc:
         return Comparison(name, SKIPPED if mapped else FAIL, message=(
             f"the {'' if mapped else 'mapped '}Keras weights do not fit a "
@@ -252,7 +288,8 @@ def _let_go(run: LayerCheck, layer, built: Built) -> None:
         gc.collect()
 
 
-def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCase, Built]:
+def _build(run: LayerCheck, layer, steps: list, options: dict,
+           cut: Cut | None = None) -> tuple[LayerCase, Built]:
     """The layer's tensors on both sides and its family's (module, Keras layer) pair; Skip
     when the family has no builder or the builder cannot make this layer. The PyTorch module
     is made on the meta device (no memory, no initialisation: the tensors replace its
@@ -263,10 +300,11 @@ def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCas
     rng = np.random.default_rng([run.seed, zlib.crc32(layer.name.encode())])
     module = _module_path(layer.name, steps)
     try:
-        case = LayerCase(layer.name, module, layer.rule, _local_torch(run, family, module, steps),
-                         [_stand_in(run.keras_ckpt[n]) for n in _keras_names(layer)],
+        case = LayerCase(layer.name, module, layer.rule,
+                         _local_torch(run, family, module, steps, cut),
+                         [_stand_in(run.keras_ckpt[n], cut) for n in _keras_names(layer)],
                          options, rng, run.torch.nn, run.keras.layers, steps)
-        with run.torch.random.fork_rng(), run.torch.device("meta"):
+        with run.torch.random.fork_rng(), run.torch.device("meta"), _no_init(run.torch)():
             run.torch.manual_seed(run.seed)
             built = family.build_check(case)
         built.inputs = _wide(built.inputs)
@@ -275,16 +313,33 @@ def _build(run: LayerCheck, layer, steps: list, options: dict) -> tuple[LayerCas
         raise Skip(f"cannot build a {layer.rule} from these tensors ({exc})") from None
 
 
+@functools.lru_cache(maxsize=1)
+def _no_init(torch):
+    """A torch function mode in which ``torch.nn.init``'s in-place initialisers leave their
+    tensor as it is: the module is made on the meta device and the checkpoint's tensors
+    replace its parameters. (On the meta device an Embedding's ``normal_`` runs through torch's
+    reference implementations, which import its compiler: 72 MiB resident, measured.)"""
+    class NoInit(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__module__", "") == "torch.nn.init" and func.__name__.endswith("_"):
+                return args[0] if args else (kwargs or {}).get("tensor")
+            return func(*args, **(kwargs or {}))
+    return NoInit
+
+
 def _keras_names(layer) -> list[str]:
     return [f"{layer.name}/{w}" for w in layer.weights]
 
 
-def _local_torch(run: LayerCheck, family, module: str, steps: list) -> dict[str, np.ndarray]:
-    """``{name in the module the builder makes: float64 array}``."""
+def _local_torch(run: LayerCheck, family, module: str, steps: list,
+                 cut: Cut | None = None) -> dict[str, np.ndarray]:
+    """``{name in the module the builder makes: float64 array}`` (of the cut's units only)."""
     out = {}
     for full in dict.fromkeys(n for s in steps for n in s.torch):
         local = full[len(module) + 1:] if module else full
-        out[family.check_name(local)] = _float64(run.torch_ckpt[full].load())
+        stored = run.torch_ckpt[full].load()
+        stored = cut.torch_part(short(full), stored) if cut else stored
+        out[family.check_name(local)] = _float64(stored)
     return out
 
 
@@ -293,11 +348,18 @@ def _floating(dtype: str) -> None:
         raise Skip(f"a {dtype} weight (only floating weights are checked)")
 
 
-def _stand_in(ref) -> np.ndarray:
-    """A read-only float64 array of the weight's shape that holds no memory (builders read
-    shapes only; the values are loaded with the layer)."""
+def _stand_in(ref, cut: Cut | None = None) -> np.ndarray:
+    """A read-only float64 array of the weight's shape (of the cut's) that holds no memory
+    (builders read shapes only; the values are loaded with the layer)."""
     _floating(ref.dtype)
-    return np.broadcast_to(np.float64(0), tuple(ref.shape))
+    shape = cut.keras_shape(short(ref.name), tuple(ref.shape)) if cut else tuple(ref.shape)
+    return np.broadcast_to(np.float64(0), shape)
+
+
+def _keras_stored(run: LayerCheck, name: str, cut: Cut | None) -> np.ndarray:
+    """A Keras weight as stored (the cut's units of it)."""
+    stored = run.keras_ckpt[name].load()
+    return cut.keras_part(short(name), stored) if cut else stored
 
 
 def _float64(array: np.ndarray) -> np.ndarray:
@@ -321,17 +383,18 @@ def _torch_output(run: LayerCheck, case: LayerCase, built: Built) -> np.ndarray:
         built.torch_module, case.torch = None, {}
 
 
-def _keras_output(run: LayerCheck, layer, case: LayerCase, built: Built) -> np.ndarray:
-    """Build the Keras layer (a first call), load its weights, run it."""
+def _keras_output(run: LayerCheck, layer, case: LayerCase, built: Built,
+                  cut: Cut | None = None) -> np.ndarray:
+    """Build the Keras layer (a first call), load its weights (the cut's units), run it."""
     _zero_initialisers(run.keras, built.keras_layer)
     _keras_call(built)(built.keras_layer, _keras_inputs(built))   # builds the layer
     names, variables = _keras_names(layer), built.keras_layer.weights
     if built.keras_weights is None and "keras_shape" not in case.options \
             and len(names) == len(variables):
         for name, variable in zip(names, variables):   # one weight in memory at a time
-            _assign(run, variable, run.keras_ckpt[name].load())
+            _assign(run, variable, _keras_stored(run, name, cut))
     else:
-        case.keras = [_float64(run.keras_ckpt[n].load()) for n in names]
+        case.keras = [_float64(_keras_stored(run, n, cut)) for n in names]
         built.keras_layer.set_weights(_as_built(case, built))
     case.keras = []
     return to_numpy(_keras_call(built)(built.keras_layer, _keras_inputs(built)))

@@ -10,6 +10,13 @@ them. Its entry says which layer the numeric proof was made on.
 
 A layer whose bytes differ (a tensor written wrongly, or a mapping that is not the class's)
 gets the numeric check of its own, so its error is measured and named like any other.
+
+Memory: the written tensor is read whole (a 4096x4096 float32 kernel: 64 MiB) and compared
+with its source a block of :data:`CHUNK` bytes at a time, never two copies of the tensor. A
+copied or permuted tensor is compared by permuting the written one back a block at a time,
+in the source's order, each block's pages of a mapped source let go once compared
+(:mod:`.memory`): the source's map never holds the whole tensor resident beside the written
+one. The other ops' expected bytes are streamed through the plan's op block by block.
 """
 from __future__ import annotations
 
@@ -20,7 +27,9 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..rules.steps import TO_KERAS
+from ..rules.transpose import permuted_blocks
 from .compare import SUCCESS, Comparison
+from .memory import drop_pages
 
 #: bytes compared at a time (the two arrays are compared by these chunks of their bytes)
 CHUNK = 8 << 20
@@ -54,9 +63,9 @@ class Proofs:
         first = self.proven.get(key)
         if first is None:
             return None
-        names = [n for s in steps for n in (s.keras if self.direction == TO_KERAS else s.torch)]
-        if not names or not all(self._same(n) for n in names):
+        if not self.same_layer(steps):
             return None
+        names = [n for s in steps for n in self._written_names(s)]
         size = sum(int(np.prod(self.written[n].shape, dtype=np.int64)) for n in names)
         return Comparison(layer.name, SUCCESS, max_abs_error=0.0, max_rel_error=0.0, size=size,
                           message=f"written bytes are the mapped source, bit for bit; the same "
@@ -67,13 +76,71 @@ class Proofs:
         if entry.status == SUCCESS and not entry.extra.get("proven_by"):
             self.proven.setdefault(key, entry.name)
 
-    def _same(self, name: str) -> bool:
+    def _written_names(self, step) -> tuple:
+        return step.keras if self.direction == TO_KERAS else step.torch
+
+    def _same(self, name: str, step) -> bool:
         if name not in self.written.tensors or name not in self.expected.tensors:
             return False
         a, b = self.expected[name], self.written[name]
         if (a.dtype, tuple(a.shape)) != (b.dtype, tuple(b.shape)):
             return False
-        return same_bytes(a.load(), b.load())
+        source, back = self._moved_from(step, a)
+        if source is not None:
+            return rows_match(source.load(), b.load(), back)
+        return streams_like(a, b.load())
+
+    def _moved_from(self, step, expected) -> tuple:
+        """(the source TensorRef, the axes that take the written tensor back to it) when the
+        step copies or permutes one tensor to one of the same dtype; else (None, None)."""
+        if step.op.kind not in ("identity", "permute") or len(step.torch) != 1 \
+                or len(step.keras) != 1:
+            return None, None
+        to_keras = self.direction == TO_KERAS
+        source = self.torch_ckpt[step.torch[0]] if to_keras else self.keras_ckpt[step.keras[0]]
+        if source.dtype != expected.dtype or len(source.shape) != len(expected.shape):
+            return None, None
+        axes = tuple(step.op.axes) if step.op.kind == "permute" else tuple(range(len(source.shape)))
+        back = tuple(int(i) for i in np.argsort(axes)) if to_keras else axes
+        if tuple(expected.shape[i] for i in back) != tuple(source.shape):
+            return None, None
+        return source, back
+
+    def same_layer(self, steps: list) -> bool:
+        """Whether every tensor this layer was written to holds the bytes the ops make of its
+        source."""
+        pairs = [(n, s) for s in steps for n in self._written_names(s)]
+        return bool(pairs) and all(self._same(n, s) for n, s in pairs)
+
+
+def streams_like(expected, written: np.ndarray) -> bool:
+    """Whether the bytes ``expected`` (a TensorRef) streams, block by block, are the bytes of
+    ``written`` (NaNs and signed zeros included)."""
+    data = np.ascontiguousarray(written).reshape(-1).view(np.uint8)
+    scratch, at = np.empty(min(CHUNK, max(data.size, 1)), np.uint8), 0
+    for block in expected.blocks(scratch):
+        block = block.reshape(-1).view(np.uint8)
+        if not same_bytes(block, data[at:at + block.size]):
+            return False
+        at += block.size
+    return at == data.size
+
+
+def rows_match(source: np.ndarray, written: np.ndarray, back: tuple) -> bool:
+    """Whether ``written.transpose(back)`` holds the bytes of ``source`` (NaNs and signed
+    zeros included): the written tensor permuted a block at a time (the tiled kernel) and each
+    block compared with the source's bytes there, whose pages are then let go where mapped."""
+    data = np.ascontiguousarray(source).reshape(-1).view(np.uint8)
+    scratch, at = np.empty(min(CHUNK, max(data.size, 1)), np.uint8), 0
+    for block in permuted_blocks(np.ascontiguousarray(written), back, scratch):
+        block = block.reshape(-1).view(np.uint8)   # the whole tensor where nothing moves
+        for i in range(0, block.size, CHUNK):
+            part = data[at + i:at + i + CHUNK]
+            if not same_bytes(block[i:i + CHUNK], part):
+                return False
+            drop_pages(part)
+        at += block.size
+    return at == data.size
 
 
 def same_bytes(x: np.ndarray, y: np.ndarray) -> bool:

@@ -158,6 +158,9 @@ class LayerRule:
     fused_activation: bool = False
     #: the tensor shapes the family is read from when names do not say (AFFINE, VECTOR, ...)
     inferred_from: tuple[str, ...] = ()
+    #: per side ("torch", "keras"), each tensor's axis of the layer's output units, by its short
+    #: name: a wide layer's class is proven on its first units (``checks/slices.py``)
+    units: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         torch_names = [n for p in self.params for n in p.torch] + list(self.carried)

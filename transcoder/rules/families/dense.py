@@ -58,6 +58,7 @@ LINEAR = LayerRule(
            "w1", "w2", "w3", "c_fc", "c_proj", "c_attn", "attn", "logits", "score"),
     check=check_linear, rebuild=rebuild_linear, weight_norm=True, guess_keras=kernel_of_rank(2),
     fused_activation=True, inferred_from=(MATRIX, MATRIX_AND_BIAS),
+    units={"torch": {"weight": 0, "bias": 0}, "keras": {"kernel": 1, "bias": 0}},
     cannot={"rebuild:LazyLinear": "a LazyLinear becomes a Linear at its first call; before, it "
                                   "has no weights",
             "rebuild:NonDynamicallyQuantizableLinear": "only a MultiheadAttention's out_proj, "
@@ -69,6 +70,6 @@ EMBEDDING = LayerRule(
     hints=("embed", "embeds", "embedding", "embeddings", "emb", "wte", "wpe", "tok", "token",
            "tokens", "vocab", "lookup", "word", "words", "position", "positions"),
     check=check_embedding, rebuild=rebuild_embedding, guess_keras=_embeddings,
-    inferred_from=(MATRIX,),
+    inferred_from=(MATRIX,), units={"torch": {"weight": 0}, "keras": {"embeddings": 0}},
     cannot={"rebuild:EmbeddingBag": "it reduces bags of lookups (offsets, per_sample_weights); "
                                     "no Keras layer does"})
