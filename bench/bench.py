@@ -27,9 +27,9 @@ alike. The cases (``--cases``, all by default):
 Every case also times the **floor** (``bench/floor.py``): a whole process that starts Python
 and numpy, maps the source read-only and copies it into a ``posix_fallocate``d output mapped
 ``MAP_SHARED | MAP_POPULATE`` on two threads (a folder file by file): the bytes moved and
-nothing else. The table gives each time against `cp` and against the floor. ``--pwrite-row``
-adds the conversion with ``TRANSCODER_NO_MMAP_WRITE=1`` (outputs written with pwrite, not
-through shared mappings) to compare both ways of writing.
+nothing else. The table gives each time against `cp` and against the floor. ``--mapped-row``
+adds the conversion with ``TRANSCODER_NO_MMAP_WRITE=0`` (outputs written through shared
+mappings, not with pwrite, the default) to compare both ways of writing.
 
 The large one-file cases (linear, conv1d, wide) also time the conversion with its default
 check (``transcode + check``) and the frameworks' start-up alone (``import torch, keras``
@@ -89,7 +89,7 @@ class Run:
 
 Tools = dict[str, tuple[list[str], Path]]   # tool name -> (command, the file or folder it writes)
 CP, TRANSCODE, PLAIN = "cp", "transcode", "plain torch+h5py"
-FLOOR, PWRITE = "floor", "transcode, pwrite"
+FLOOR, MAPPED = "floor", "transcode, mapped"
 CHECK, STARTUP = "transcode + check", "import torch, keras"
 
 
@@ -176,16 +176,17 @@ def floor_command(src: Path, dst: Path) -> list[str]:
     return [sys.executable, str(HERE / "floor.py"), str(src), str(dst)]
 
 
-def with_pwrite(tools: Tools, pwrite: bool) -> Tools:
-    """With ``--pwrite-row``: the conversion again, writing with pwrite (no shared mappings)."""
-    if pwrite:
+def with_mapped(tools: Tools, mapped: bool) -> Tools:
+    """With ``--mapped-row``: the conversion again, writing through shared mappings (the
+    default writes with pwrite: docs/performance.md says why)."""
+    if mapped:
         command, output = tools[TRANSCODE]
-        tools[PWRITE] = (["env", "TRANSCODER_NO_MMAP_WRITE=1"] + command, output)
+        tools[MAPPED] = (["env", "TRANSCODER_NO_MMAP_WRITE=0"] + command, output)
     return tools
 
 
 def one_file_tools(src: Path, out_dir: Path, plain: bool = True, suffix: str = ".h5",
-                   pwrite: bool = False) -> Tools:
+                   mapped: bool = False) -> Tools:
     copy, out = out_dir / ("copy" + "".join(src.suffixes)), out_dir / ("out" + suffix)
     tools = {
         CP: (["cp", str(src), str(copy)], copy),
@@ -195,7 +196,7 @@ def one_file_tools(src: Path, out_dir: Path, plain: bool = True, suffix: str = "
     }
     if not plain or suffix != ".h5":  # at 1 GiB it only shows that loading everything costs
         del tools[PLAIN]              # memory (1.3 GiB)
-    return with_pwrite(tools, pwrite)
+    return with_mapped(tools, mapped)
 
 
 def in_new_folder(folder: Path, command: list[str]) -> list[str]:
@@ -203,7 +204,7 @@ def in_new_folder(folder: Path, command: list[str]) -> list[str]:
     return ["sh", "-c", 'mkdir -p "$1" && shift && exec "$@"', "sh", str(folder), *command]
 
 
-def sharded_tools(index: Path, out_dir: Path, suffix: str = ".h5", pwrite: bool = False) -> Tools:
+def sharded_tools(index: Path, out_dir: Path, suffix: str = ".h5", mapped: bool = False) -> Tools:
     copy = out_dir / "shards-copy"
     if suffix == ".h5":
         out = out_dir / "llm.h5"
@@ -214,21 +215,21 @@ def sharded_tools(index: Path, out_dir: Path, suffix: str = ".h5", pwrite: bool 
         name = "model.safetensors" if suffix == ".safetensors" else "pytorch_model.bin.index.json"
         command = in_new_folder(out, transcode_command() + [
             str(index), str(out / name), "--shard-size", str(largest), "--no-check", "--quiet"])
-    return with_pwrite({
+    return with_mapped({
         CP: (["cp", "-r", str(index.parent), str(copy)], copy),
         FLOOR: (floor_command(index.parent, copy), copy),
         TRANSCODE: (command, out),
-    }, pwrite)
+    }, mapped)
 
 
-def bulk_tools(tree: Path, out_dir: Path, jobs: int, pwrite: bool = False) -> Tools:
+def bulk_tools(tree: Path, out_dir: Path, jobs: int, mapped: bool = False) -> Tools:
     copy, converted = out_dir / "tree-copy", out_dir / "tree-h5"
-    return with_pwrite({
+    return with_mapped({
         CP: (["cp", "-r", str(tree), str(copy)], copy),
         FLOOR: (floor_command(tree, copy), copy),
         TRANSCODE: (transcode_command() + ["bulk", str(tree), str(converted), "--to", "h5",
                                            "--jobs", str(jobs), "--quiet", "--no-check"], converted),
-    }, pwrite)
+    }, mapped)
 
 
 def make_tree(folder: Path, pt: Path, st: Path, files: int) -> Path:
@@ -319,7 +320,7 @@ def verdict(case: Case, tool: str, to_cp: float, to_plain: float | None, rss: fl
             to_floor: float | None = None) -> str:
     if tool == CHECK:
         return check_verdict(case, rss)
-    if tool not in (TRANSCODE, PWRITE):
+    if tool not in (TRANSCODE, MAPPED):
         return ""
     if case.kind == "small":
         ok = to_plain is not None and to_plain <= TARGET_PLAIN_RATIO
@@ -351,7 +352,7 @@ def make_cases(kinds: list[str], work: Path, args: argparse.Namespace) -> list[C
             suffixes = (".h5",) if kind == "wide" else (".h5", ".safetensors")
             for src in (pt, st):
                 for suffix in suffixes:
-                    tools = one_file_tools(src, out, False, suffix, args.pwrite_row)
+                    tools = one_file_tools(src, out, False, suffix, args.mapped_row)
                     if not args.no_check_column and suffix == ".h5":
                         tools.update(check_tools(src, out))
                     cases.append(Case(f"{labels[kind]} {mib(src):.0f} MiB {src.suffix} -> {suffix}",
@@ -366,16 +367,16 @@ def make_cases(kinds: list[str], work: Path, args: argparse.Namespace) -> list[C
         tree_mib = sum(mib(p) for p in tree.rglob("*") if p.is_file())
         cases.append(Case(f"bulk: {args.bulk_files} files, {tree_mib:.0f} MiB -> .h5, --jobs "
                           f"{args.jobs}", "bulk",
-                          bulk_tools(tree, out, args.jobs, args.pwrite_row)))
+                          bulk_tools(tree, out, args.jobs, args.mapped_row)))
     if "llm" in kinds:
         index, _ = generate(work / "llm", args.llm_mib or 4 * args.size_mib, "llm")
         shards_mib = sum(mib(p) for p in index.parent.iterdir())
         cases.append(Case(f"LLM bf16, 3 shards, {shards_mib:.0f} MiB -> .h5", "llm",
-                          sharded_tools(index, out, ".h5", args.pwrite_row)))
+                          sharded_tools(index, out, ".h5", args.mapped_row)))
         cases.append(Case(f"LLM bf16, 3 shards, {shards_mib:.0f} MiB -> sharded .safetensors",
-                          "llm-st", sharded_tools(index, out, ".safetensors", args.pwrite_row)))
+                          "llm-st", sharded_tools(index, out, ".safetensors", args.mapped_row)))
         cases.append(Case(f"LLM bf16, 3 shards, {shards_mib:.0f} MiB -> sharded .pt",
-                          "llm-pt", sharded_tools(index, out, ".pt", args.pwrite_row)))
+                          "llm-pt", sharded_tools(index, out, ".pt", args.mapped_row)))
     return cases
 
 
@@ -393,9 +394,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="`transcode bulk --jobs` (default: the number of cores)")
     parser.add_argument("--wide-mib", type=float, default=1536,
                         help="the wide case: Linear(4096, 4096) layers of 64 MiB (1536: 24)")
-    parser.add_argument("--pwrite-row", action="store_true",
-                        help="also time each conversion writing with pwrite "
-                             "(TRANSCODER_NO_MMAP_WRITE=1), not through shared mappings")
+    parser.add_argument("--mapped-row", action="store_true",
+                        help="also time each conversion writing through shared mappings "
+                             "(TRANSCODER_NO_MMAP_WRITE=0), not with pwrite (the default)")
     parser.add_argument("--no-check-column", action="store_true",
                         help="time the conversions without their default check only")
     parser.add_argument("--quick", action="store_true",

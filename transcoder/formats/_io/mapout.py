@@ -35,10 +35,14 @@ from . import sigbus
 
 #: 1: write with pwrite; 0: through shared mappings (tests and the benchmark compare both)
 NO_MAP_ENV = "TRANSCODER_NO_MMAP_WRITE"
-#: Without the variable: map. (On a loaded 2-core VM the benchmark showed the mapped path
-#: costing 0.4-0.8 s more CPU per GiB of permuted data than pwrite (the kernel zero-fills every
-#: fresh mapped page), an isolated test the opposite; ``bench.py --pwrite-row`` measures both.)
-MAP_BY_DEFAULT = True
+#: Without the variable: pwrite. On this project's 2-core VMs (kernel 6.18, ext4) the quiet
+#: benchmark (``bench.py --pwrite-row``, 3 interleaved rounds, 2026-12-07) had the mapped path
+#: slower wherever it permutes: 1 GiB .pt -> .h5 1.08 s against 0.65 s, Conv1d .pt -> .h5
+#: 1.58 s against 0.94 s, bulk 8 x 128 MiB 2.32 s against 1.55 s, and equal for copies. The
+#: kernel zero-fills every fresh page of a shared mapping before it is written (22-42 % of
+#: the samples in ``perf``); a page ``pwrite`` fills whole is never zeroed. Even the bare
+#: mapped copy (the bench's floor row) took 1.2-3 x ``cp`` there.
+MAP_BY_DEFAULT = False
 _LOG = logging.getLogger("transcoder")
 
 
@@ -122,7 +126,7 @@ def open_map(fd: int, name: str) -> OutputMap | None:
 def _why_not(fd: int) -> str | None:
     chosen = os.environ.get(NO_MAP_ENV)
     if chosen == "1" or (chosen != "0" and not MAP_BY_DEFAULT):
-        return f"{NO_MAP_ENV}=1" if chosen == "1" else "mapout.MAP_BY_DEFAULT is False"
+        return f"{NO_MAP_ENV}=1" if chosen == "1" else f"the default; {NO_MAP_ENV}=0 maps"
     if not hasattr(os, "posix_fallocate") or not hasattr(mmap, "MAP_SHARED"):
         return "no shared mappings here"
     if not stat.S_ISREG(os.fstat(fd).st_mode):
