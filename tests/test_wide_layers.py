@@ -236,6 +236,25 @@ def test_default_atol_scales_with_the_output_and_a_users_stays_absolute():
     assert wrong.status == FAILED and wrong.worst_ratio > 1e3
 
 
+def test_a_quantized_artifacts_default_atol_scales_like_the_dtypes():
+    """A float16 flatbuffer's default atol (1e-3) is a default: it scales with the output
+    (a ResNet's outputs reach 18, and float16 weights err in proportion); asked, it is absolute."""
+    from transcoder.checks.artifacts import QUANTIZED_TOLERANCES
+    from transcoder.checks.compare import FAIL as FAILED, SUCCESS as PASSED, CompareSettings
+    from transcoder.options import Tolerance
+
+    atol, rtol = QUANTIZED_TOLERANCES["float16"]
+    expected = np.array([18.0, -3.0, 0.0], np.float32)
+    actual = expected + np.array([0, 0, 3e-3], np.float32)          # float16 rounding near 0
+    default = CompareSettings(Tolerance(rtol=rtol, default_atol=atol))
+    entry = default.compare("y", expected, actual)
+    assert entry.status == PASSED and entry.atol == pytest.approx(atol * 18)
+    asked = CompareSettings(Tolerance(atol=atol, rtol=rtol, default_atol=atol))
+    assert asked.compare("y", expected, actual).status != PASSED   # the user's: absolute
+    wrong = default.compare("y", expected, expected[::-1])          # a wrong order still fails
+    assert wrong.status == FAILED and wrong.worst_ratio > 10
+
+
 def test_the_layer_check_computes_float64_and_restores_keras_settings(cli, tmp_path):
     """Keras' float64 demotion (torch backend) is lifted only while the check runs."""
     import keras

@@ -43,10 +43,13 @@ class InputOptions:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """``atol``/``rtol`` as asked; None: the default for the compared dtype."""
+    """``atol``/``rtol`` as asked; None: the default for the compared dtype, or
+    ``default_atol`` where it is set (a quantized artifact's): a default ``atol`` scales with
+    the output's magnitude in a full-model check, an asked one stays absolute."""
 
     atol: float | None = None
     rtol: float | None = None
+    default_atol: float | None = None
 
 
 @dataclass

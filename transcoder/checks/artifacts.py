@@ -111,13 +111,13 @@ class Artifact:
         if self.quantization is None:
             return asked
         atol, rtol = QUANTIZED_TOLERANCES[self.quantization]
-        return Tolerance(atol if asked.atol is None else asked.atol,
-                         rtol if asked.rtol is None else asked.rtol)
+        return Tolerance(asked.atol, rtol if asked.rtol is None else asked.rtol,
+                         default_atol=atol)
 
 
 def _quantized_note(artifact: Artifact, asked: Tolerance) -> str:
     atol, rtol = QUANTIZED_TOLERANCES[artifact.quantization]
-    default = f"atol {atol:g}, rtol {rtol:g}"
+    default = f"atol {atol:g} x max(1, max |output|), rtol {rtol:g}"
     how = f"its default tolerance, {default}" if asked == Tolerance() else \
         f"its default tolerance ({default}) where --atol/--rtol do not say"
     return f"{artifact.path.name} holds {artifact.quantization}-quantized weights: {how}"

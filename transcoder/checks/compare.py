@@ -196,14 +196,16 @@ def magnitude(expected: Any) -> float:
 
 def compare(name: str, actual: Any, expected: Any, atol: float | None = None,
             rtol: float | None = None, *, scaled: bool = False, defaults: Any = None,
-            **labels) -> Comparison:
+            default_atol: float | None = None, **labels) -> Comparison:
     """Compare ``actual`` with the reference ``expected``; tolerances default by the reference's
-    dtype (:func:`resolve_tolerance`), or by the dtype ``defaults`` names. With ``scaled``, a
+    dtype (:func:`resolve_tolerance`), or by the dtype ``defaults`` names; ``default_atol``
+    replaces the dtype's default ``atol`` (a quantized artifact's). With ``scaled``, a
     default ``atol`` is multiplied by :func:`magnitude` (a user's ``atol`` stays absolute).
     ``labels`` fill the other :class:`Comparison` fields."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     user_atol = atol
-    atol, rtol = resolve_tolerance(expected.dtype if defaults is None else defaults, atol, rtol)
+    atol, rtol = resolve_tolerance(expected.dtype if defaults is None else defaults,
+                                   default_atol if atol is None else atol, rtol)
     if atol < 0 or rtol < 0:
         raise ValueError(f"tolerances must not be negative (atol {atol}, rtol {rtol})")
     scale = magnitude(expected) if scaled and user_atol is None else 1.0
@@ -296,4 +298,5 @@ class CompareSettings:
         actual, expected = ((keras_value, torch_value) if self.reference == "torch"
                             else (torch_value, keras_value))
         return compare(name, actual, expected, self.tolerance.atol, self.tolerance.rtol,
-                       scaled=self.scaled, defaults=self.defaults, **labels)
+                       scaled=self.scaled, defaults=self.defaults,
+                       default_atol=self.tolerance.default_atol, **labels)
