@@ -125,6 +125,36 @@ def test_bucket_to_local_and_local_to_bucket_are_the_local_bulk_run(cli, s3, tre
     assert bulk(src, f"s3://{BUCKET}/up").results == []
 
 
+def test_bucket_sources_are_read_by_range_not_downloaded_whole(s3, tree, tmp_path, monkeypatch):
+    """Without --checksums a bucket source is read as a single conversion reads a URL: the
+    header by range, each tensor's bytes by range when written; no object is downloaded whole
+    (the run is in this process: --jobs 1), and the outputs are the local run's."""
+    import s3fs
+
+    _, reference, _ = tree
+    whole, ranged = [], []
+
+    def no_whole_download(self, rpath, lpath, **kwargs):
+        whole.append(rpath)
+        raise AssertionError(f"{rpath} downloaded whole")
+
+    real_cat = s3fs.S3FileSystem._cat_file
+
+    async def counted(self, path, version_id=None, start=None, end=None):
+        data = await real_cat(self, path, version_id=version_id, start=start, end=end)
+        ranged.append((path, start, end, len(data)))
+        return data
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_get_file", no_whole_download)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", counted)
+    local = tmp_path / "ranged"
+    report = bulk(f"s3://{BUCKET}/src", local)
+    assert report.exit_code == 0 and whole == []
+    assert _outputs(local) == _outputs(reference)                   # byte for byte
+    assert ranged and all(start is not None for _, start, _, _ in ranged)
+    assert max(n for *_, n in ranged) <= 4 << 20                      # blocks, not objects
+
+
 def test_checksums_hash_the_objects_bytes_and_decide_when_only_the_time_changed(s3, tree):
     report = bulk(f"s3://{BUCKET}/src", f"s3://{BUCKET}/out", checksums=True)
     assert report.exit_code == 0

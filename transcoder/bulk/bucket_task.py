@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from ..errors import TranscoderError
+from ..formats.remote_source import stand_in
 from ..remote import fetch, info, is_url, join, object_fingerprint, staged_target
 from . import task as tasks
 from .beneath import pinned
@@ -52,6 +53,9 @@ def _source(task: Task) -> Iterator[tuple[Path, list[Path], Fingerprint]]:
     """``(local source file, local files to re-check after converting, fingerprint)``;
     errors raised inside name SRC_DIR's files, not the private copies."""
     folder_of = PurePosixPath(task.source).parent.as_posix()
+    if is_url(task.src_root) and not task.checksums:
+        yield from _read_by_range(task, join(task.src_root, "" if folder_of == "." else folder_of))
+        return
     if is_url(task.src_root):
         folder = Path(tempfile.mkdtemp(prefix="transcoder-bulk-src-"))
         real = join(task.src_root, "" if folder_of == "." else folder_of)
@@ -74,6 +78,21 @@ def _source(task: Task) -> Iterator[tuple[Path, list[Path], Fingerprint]]:
         with _renamed(folder, src_root / folder_of):
             before = tasks.source_fingerprint(files, task.source, task.checksums)
             yield folder / PurePosixPath(task.source).name, files, before
+
+
+def _read_by_range(task: Task, real: str) -> Iterator[tuple[Path, list[Path], Fingerprint]]:
+    """A bucket source read as one conversion reads a URL: by byte range where its format
+    allows (:func:`transcoder.formats.remote_source.stand_in`), the rest copied down; its
+    objects' size, time and ETag taken before and compared after (an object replaced meanwhile
+    is refused: run again). With ``--checksums`` the bytes are downloaded and hashed instead."""
+    urls = [join(task.src_root, f) for f in task.files]
+    before = combined([info(u) for u in urls])
+    with stand_in(join(task.src_root, task.source)) as local:
+        with _renamed(local.parent, real):
+            yield local, [], before
+    if combined([info(u) for u in urls]) != before:
+        raise TranscoderError("changed while it was being converted; run again",
+                              path=join(task.src_root, task.source))
 
 
 def _write(task: Task, source: Path) -> Fingerprint:
