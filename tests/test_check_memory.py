@@ -30,7 +30,7 @@ from transcoder.rules.families.recurrent import GateReorder  # noqa: E402
 from transcoder.rules.ops import Identity, Permute  # noqa: E402
 from transcoder.rules.steps import Step  # noqa: E402
 
-from test_wide_layers import statuses  # noqa: E402
+from test_wide_layers import _edit_kernel as _edit, statuses  # noqa: E402
 
 
 def _step(op, torch_name="fc.weight", keras_name="fc/kernel", rule="Linear"):
@@ -103,15 +103,6 @@ def test_a_wide_class_is_proven_on_its_cut_and_in_float64(cli, tmp_path):
     assert "first 64 of 4096 units" in fc1 and "every written byte is the mapped source" in fc1
     assert float(fc1.split("\t")[3]) < 1e-9          # float64 both sides: rounding, not 1e-4
     assert "same mapping as fc1" in _rows(out)["fc2"]
-
-
-def _edit(path, layer: str, edit) -> None:
-    with h5py.File(path, "r+") as f:
-        found = []
-        f.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset)
-                     and n.split("/")[0] == layer and "kernel" in n.rsplit("/", 1)[-1] else None)
-        assert len(found) == 1, found
-        f[found[0]][...] = edit(f[found[0]][...])
 
 
 def test_an_error_outside_the_cut_of_the_proven_layer_fails(cli, tmp_path):
