@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from transcoder.checkpoint import TensorRef
+from transcoder import pipeline
 from transcoder.pipeline import atomic_output
 from transcoder.errors import FormatError
 from transcoder.formats._io import rawfill
@@ -25,6 +26,51 @@ def test_atomic_output_replaces_only_on_success(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("writer failed")
     assert dst.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["dst"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_force_swaps_the_new_file_in_and_removes_the_old_one(tmp_path, monkeypatch, exchange):
+    """Over an existing file, --force swaps (RENAME_EXCHANGE: ext4 then does not write the new
+    file out first); where the swap is unavailable, a plain rename. Either way: one file of that
+    name, the new bytes, a hard link elsewhere keeps the old ones, nothing left beside."""
+    if not exchange:
+        monkeypatch.setattr(pipeline, "_renameat2", lambda tmp, dst, flags: errno.ENOSYS)
+    dst, other = tmp_path / "dst", tmp_path / "elsewhere"
+    dst.write_bytes(b"old")
+    os.link(dst, other)
+    with atomic_output(dst, force=True) as tmp:
+        tmp.write_bytes(b"new")
+    assert dst.read_bytes() == b"new" and other.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "elsewhere"]
+    assert os.stat(dst).st_nlink == 1 and os.stat(other).st_nlink == 1
+
+
+def test_force_replaces_a_link_not_its_target(tmp_path):
+    target, dst = tmp_path / "target", tmp_path / "dst"
+    target.write_bytes(b"theirs")
+    dst.symlink_to(target)
+    with atomic_output(dst, force=True) as tmp:
+        tmp.write_bytes(b"new")
+    assert not dst.is_symlink() and dst.read_bytes() == b"new"
+    assert target.read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "target"]
+
+
+def test_the_swap_is_what_ran(tmp_path, monkeypatch):
+    """On this machine (Linux, a local file system) the swap runs; it is not silently the
+    fallback."""
+    calls = []
+    real = pipeline._renameat2
+
+    def spy(tmp, dst, flags):
+        calls.append(flags)
+        return real(tmp, dst, flags)
+    monkeypatch.setattr(pipeline, "_renameat2", spy)
+    dst = tmp_path / "dst"
+    dst.write_bytes(b"old")
+    with atomic_output(dst, force=True) as tmp:
+        tmp.write_bytes(b"new")
+    assert calls == [pipeline.RENAME_EXCHANGE] and dst.read_bytes() == b"new"
 
 
 def _ref(i, fail=False):
