@@ -26,8 +26,9 @@ alike. The cases (``--cases``, all by default):
 
 Every case also times the **floor** (``bench/floor.py``): a whole process that starts Python
 and numpy, maps the source read-only and copies it into a ``posix_fallocate``d output mapped
-``MAP_SHARED | MAP_POPULATE`` on two threads (a folder file by file): the bytes moved and
-nothing else. The table gives each time against `cp` and against the floor. ``--mapped-row``
+``MAP_SHARED`` and populated for writing (``MADV_POPULATE_WRITE``; until 2026-12-07 it used
+``MAP_POPULATE``, which on Linux 6.x made the floor 2-5 x too slow: see floor.py) on two
+threads (a folder file by file): the bytes moved and nothing else. The table gives each time against `cp` and against the floor. ``--mapped-row``
 adds the conversion with ``TRANSCODER_NO_MMAP_WRITE=0`` (outputs written through shared
 mappings, not with pwrite, the default) to compare both ways of writing.
 
