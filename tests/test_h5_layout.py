@@ -2,8 +2,8 @@
 keras_h5._strings_attr, the types _allocate caches per file) writes the bytes h5py's high-level
 ``create_group`` and ``attrs[...] = ...`` wrote before, on layers of every kind the writer takes:
 ASCII and non-ASCII names, nested weight paths, a layer without weights, name lists split over
-several attributes, bfloat16, bool, complex, scalars, empty tensors and carried tensors. The
-written file reads back bit-exact.
+several attributes, bfloat16, bool, complex, scalars (written through the low-level calls too),
+empty tensors and carried tensors. The written file reads back bit-exact.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def _checkpoint() -> Checkpoint:
         "empty/e": np.zeros((0, 3), "float32"),
         "many/" + "w" * 300 + "/0": rng.standard_normal(2).astype("float32"),
         "carried.step": np.array([3], "int32"),
+        "carried.count": np.array(2**40 + 7, "int64"),   # a BatchNorm's num_batches_tracked
+        "carried.nan": np.array(0x7C01, "uint16").view("float16"),   # a NaN payload, scalar
     }
     refs = {n: TensorRef.from_array(n, a) for n, a in arrays.items()}
     bf16 = rng.standard_normal(6).astype(DTYPES["bfloat16"])
@@ -54,7 +56,8 @@ def _checkpoint() -> Checkpoint:
         {"name": "long", "class_name": None, "weights": long_names},
     ]
     return Checkpoint(refs, LAYOUT_KERAS, meta={"keras_layers": layers,
-                                                "carried": ["carried.step"]})
+                                                "carried": ["carried.step", "carried.count",
+                                                            "carried.nan"]})
 
 
 def _high_level_group(parent, name):

@@ -454,8 +454,9 @@ def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, 
     """Every dataset, in job order. Those whose bytes HDF5 stores as they are in memory get
     their file space now and their data from ``filler``'s threads, written beside HDF5 (the
     space is HDF5's raw data, which it never touches again: no fill value); so do bfloat16
-    tensors, as the exact float32 that ``h5s.write_array`` stores; the rest (bool, complex,
-    scalars, empty bfloat16) are written here."""
+    tensors, as the exact float32 that ``h5s.write_array`` stores; scalars of those dtypes are
+    written here through the same low-level calls, the rest (bool, complex, bfloat16 scalars
+    and empty ones) through ``h5s.write_array``."""
     plists, group_names = _plists(), {}
     for grp, rel, name in jobs:
         ref = ckpt.tensors[name]
@@ -463,6 +464,9 @@ def _create_datasets(jobs: list[tuple[h5py.Group, str, str]], ckpt: Checkpoint, 
             dsid = _allocate(grp, rel, ref.shape, ref.dtype, plists)
             if ref.nbytes:
                 filler.add(rawfill.Region(dsid.get_offset(), ref))
+        elif ref.dtype in RAW_DTYPES:   # a scalar (a BatchNorm's step count): written here
+            dsid = _allocate(grp, rel, (), ref.dtype, plists)
+            dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(ref.load()))
         elif ref.dtype == "bfloat16" and ref.shape and ref.nbytes:
             dsid = _allocate(grp, rel, ref.shape, "float32", plists)
             h5py.Dataset(dsid).attrs["transcoder_dtype"] = "bfloat16"   # as h5s.write_array does
@@ -548,9 +552,11 @@ def _plists() -> tuple[h5py.h5p.PropDCID, h5py.h5p.PropLCID, dict]:
 def _allocate(grp: h5py.Group, rel: str, shape: tuple[int, ...], dtype: str,
               plists: tuple) -> h5py.h5d.DatasetID:
     """A contiguous dataset whose file space is allocated now and never filled by HDF5.
-    (h5py's low-level calls: ``create_dataset`` costs 0.1 ms more per dataset in Python.)"""
+    ``shape`` ``()``: a scalar. (h5py's low-level calls: ``create_dataset`` costs 0.1 ms more
+    per dataset in Python, 0.4 ms more per scalar, which it writes: a bulk file's 56 BatchNorm
+    step counts took 20 ms of its 220 ms, 4 files x 4 interleaved rounds.)"""
     dcpl, lcpl, types = plists
-    space = h5py.h5s.create_simple(shape)
+    space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
     if dtype not in types:
         types[dtype] = h5py.h5t.py_create(np.dtype(dtype))
     h5type = types[dtype]
