@@ -485,6 +485,49 @@ def test_whole_pickled_module(tmp_path, module_dir):
         assert ckpt.meta["module_kinds"] == {"conv": "Conv2d", "bn": "BatchNorm2d"}
 
 
+def _shared_pairs(levels: int) -> "torch.nn.Module":
+    """Sequential(x, x) nested ``levels`` deep: the leaf Linear is named 2**levels times."""
+    module = torch.nn.Linear(2, 2)
+    for _ in range(levels):
+        module = torch.nn.Sequential(module, module)
+    return module
+
+
+def test_shared_submodules_read_as_state_dict_names_them(tmp_path):
+    """A module named in several places reads as ``state_dict()`` gives it, every path."""
+    net = _shared_pairs(5)
+    torch.save(net, tmp_path / "shared.pt")
+    with read(tmp_path / "shared.pt") as ckpt:
+        assert list(ckpt.tensors) == list(net.state_dict()) and len(ckpt.tensors) == 64
+        for name, t in net.state_dict().items():
+            assert_same(ckpt[name].load(), t)
+
+
+@pytest.mark.parametrize("bound,refused", [(20_000, False), (3_000, True)])
+def test_the_walk_bound_is_counted_before_walking(tmp_path, monkeypatch, bound, refused):
+    """The count before the walk is the walk's own: 8 levels of shared pairs read 10 732
+    entries pickled whole, 3 067 as TorchScript; both under 20 000 and over 3 000. Refused,
+    not one module is visited."""
+    from transcoder.formats._torch import unwrap
+
+    net = _shared_pairs(8)
+    torch.save(net, tmp_path / "whole.pt")
+    torch.jit.script(net).save(str(tmp_path / "script.pt"))
+    monkeypatch.setattr(unwrap, "MAX_WALK_ENTRIES", bound)
+    visited = []
+    real = unwrap._Visits.count
+    monkeypatch.setattr(unwrap._Visits, "count", lambda self, n: (visited.append(n), real(self, n)))
+    for name in ("whole.pt", "script.pt"):
+        visited.clear()
+        if refused:
+            with pytest.raises(FormatError, match="names shared submodules so often"):
+                read(tmp_path / name).__enter__()
+            assert visited == [], name
+        else:
+            with read(tmp_path / name) as ckpt:
+                assert len(ckpt.tensors) == 2 * 2 ** 8 and len(visited) == 2 ** 9 - 1   # every path
+
+
 def test_unsupported_tensors_are_named(tmp_path):
     q = torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)
     for value, word in ((q, "quantized"), (torch.eye(2).to_sparse(), "sparse"),
