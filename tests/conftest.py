@@ -59,7 +59,16 @@ def _is_live(item) -> bool:
     function = getattr(item, "function", None)
     return ((module is not None and _module_imports_a_framework(module))
             or bool(set(getattr(item, "fixturenames", ())) & set(FRAMEWORKS))
-            or (function is not None and _code_imports_a_framework(function)))
+            or (function is not None and _code_imports_a_framework(function))
+            or any(_code_imports_a_framework(f) for f in _fixture_functions(item)))
+
+
+def _fixture_functions(item) -> list:
+    """The functions of the fixtures ``item`` uses (one that imports a framework makes it
+    live: alone, the test would import it in its set-up)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {}) if info is not None else {}
+    return [d.func for fixturedefs in defs.values() for d in fixturedefs]
 
 
 def _module_imports_a_framework(module) -> bool:
