@@ -28,7 +28,9 @@ def test_version_and_short_help(cli):
 
 
 def test_shell_completion_is_typers_own():
-    proc = subprocess.run([sys.executable, "-m", "transcoder", "--show-completion"],
+    """The shell named: typer detects it from the process's ancestors otherwise, and a test
+    run with no shell above it (started in the background) found none."""
+    proc = subprocess.run([sys.executable, "-m", "transcoder", "--show-completion", "bash"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env={"SHELL": "/bin/bash", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
