@@ -28,9 +28,11 @@ def test_version_and_short_help(cli):
 
 
 def test_shell_completion_is_typers_own():
-    """The shell named: typer detects it from the process's ancestors otherwise, and a test
-    run with no shell above it (started in the background) found none."""
-    proc = subprocess.run([sys.executable, "-m", "transcoder", "--show-completion", "bash"],
+    """Run from bash, as a user would: typer finds the shell among the process's ancestors
+    (a suite started in the background has none above it; ``; exit`` keeps bash from
+    replacing itself with the command)."""
+    command = f'"{sys.executable}" -m transcoder --show-completion; exit $?'
+    proc = subprocess.run(["/bin/bash", "-c", command],
                           capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env={"SHELL": "/bin/bash", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
