@@ -328,7 +328,7 @@ def _exchange_file(tmp: Path, dst: Path) -> bool:
     where ``dst`` is anything else or the call is not available: then ``os.replace``. Why: a
     rename over an existing file makes ext4 write the new file's delayed blocks out first
     (``auto_da_alloc``), 0.9-1.2 s for 1 GiB here; the exchange and the old file's removal take
-    0.25-0.33 s (``bench/bench.py`` times ``--force`` over an existing output)."""
+    0.25-0.33 s (docs/performance.md; ``bench/replace_bench.py`` times whole commands)."""
     try:
         kind = os.lstat(dst).st_mode
     except OSError:
