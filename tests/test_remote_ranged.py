@@ -128,6 +128,50 @@ def test_memory_url_is_read_by_range_and_bit_exact(cli, files, memory, tmp_path,
     assert size <= counted.fetched <= size + 256 * 1024   # each byte about once
 
 
+@pytest.mark.parametrize("kind", ["safetensors", "pt"])
+def test_memory_conversion_and_its_check_fetch_each_byte_once(cli, files, memory, tmp_path,
+                                                              kind):
+    """The default check reads every tensor again: from the stub, where the conversion kept
+    what it fetched (last round each byte was fetched twice). `transcode check` of the URL
+    against the written file fetches each byte once too."""
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    fs, counted = memory
+    src = files[kind]
+    fs.pipe_file(f"/ranged/{src.name}", src.read_bytes())
+    size = src.stat().st_size
+    out = tmp_path / "got.h5"
+    for args in (("--verbose", f"memory://ranged/{src.name}", out),
+                 ("--verbose", "check", f"memory://ranged/{src.name}", out)):
+        counted.ranges.clear()
+        code, stdout, err = cli(*args)
+        assert code == 0, stdout + err
+        assert counted.copies == []
+        assert size <= counted.fetched <= size + 256 * 1024, (args, counted.fetched)
+        assert "read again from the local copy" in err, err
+    _assert_same_h5(out, files[f"{kind}.h5"])
+
+
+def test_kept_ranges_merge_and_cover_like_a_set_of_bytes():
+    """``ranged._Ranges`` against the set of bytes it was given, on random ranges."""
+    from transcoder.formats._io.ranged import _Ranges
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        kept, covered = _Ranges(), np.zeros(300, bool)
+        for _ in range(int(rng.integers(1, 12))):
+            start = int(rng.integers(0, 280))
+            end = start + int(rng.integers(1, 20))
+            kept.add(start, end)
+            covered[start:end] = True
+            assert kept._starts == sorted(kept._starts) and all(
+                e < s for e, s in zip(kept._ends, kept._starts[1:]))   # disjoint, not touching
+            for _ in range(40):
+                a = int(rng.integers(0, 299))
+                b = a + int(rng.integers(1, 300 - a))
+                assert kept.cover(a, b) == bool(covered[a:b].all()), (a, b)
+
+
 def test_memory_inspect_reads_only_the_header(cli, files, memory):
     fs, counted = memory
     for kind in ("safetensors", "pt"):

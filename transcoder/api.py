@@ -189,7 +189,7 @@ def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
         result.notes = [_named(note, {local_src: src, local_dst: dst}) for note in result.notes]
         return result
 
-    with _source(src) as given_src, \
+    with _source(src, keep=options.get("check") is not False) as given_src, \
             remote.local_paths(given_src, dst, force=force) as (local_src, local_dst):
         try:   # a URL DST was refused above unless --force, and its stand-in is new
             result = convert(local_src, local_dst, force=force or remote.is_url(dst), **options,
@@ -199,13 +199,14 @@ def _convert_remote(src: PathLike, dst: PathLike, *, force: bool,
     return named(result)
 
 
-def _source(src: PathLike):
-    """A local stand-in for a URL SRC (:func:`.formats.remote_source.stand_in`), else SRC."""
+def _source(src: PathLike, keep: bool = False):
+    """A local stand-in for a URL SRC (:func:`.formats.remote_source.stand_in`), else SRC;
+    ``keep``: what is fetched by range is kept locally for a second read (a check)."""
     if not remote.is_url(src):
         return nullcontext(src)
     from .formats import remote_source   # the readers it needs load with it
 
-    return remote_source.stand_in(src)
+    return remote_source.stand_in(src, keep=keep)
 
 
 def _renamed(exc: TranscoderError, names: dict[Path, PathLike]) -> TranscoderError:
@@ -301,7 +302,7 @@ def check(src: PathLike, dst: PathLike, *, key: str | None = None,
     ``--report`` writes it); raises only for bad input. SRC and DST may be URLs (read by
     range where the format allows, :mod:`.formats.remote_source`)."""
     if remote.is_url(src) or remote.is_url(dst):
-        with _source(src) as local_src, _source(dst) as local_dst:
+        with _source(src, keep=True) as local_src, _source(dst, keep=True) as local_dst:
             try:
                 return check(local_src, local_dst, key=key, rules=rules, model=model,
                              keras_model=keras_model, input_shape=input_shape,

@@ -87,7 +87,7 @@ def _read_by_range(task: Task, real: str) -> Iterator[tuple[Path, list[Path], Fi
     is refused: run again). With ``--checksums`` the bytes are downloaded and hashed instead."""
     urls = [join(task.src_root, f) for f in task.files]
     before = combined([info(u) for u in urls])
-    with stand_in(join(task.src_root, task.source)) as local:
+    with stand_in(join(task.src_root, task.source), keep=task.check) as local:
         with _renamed(local.parent, real):
             yield local, [], before
     if combined([info(u) for u in urls]) != before:

@@ -43,9 +43,10 @@ MAX_ZIP_METADATA = 256 << 20
 
 
 @contextmanager
-def stand_in(url: str) -> Iterator[Path]:
+def stand_in(url: str, keep: bool = False) -> Iterator[Path]:
     """A local path standing in for the remote file or folder at ``url``: stubs read by range
-    where possible, the rest copied down; removed afterwards."""
+    where possible, the rest copied down; removed afterwards. ``keep``: what is fetched by
+    range is kept in the stubs and read from there a second time (a check follows)."""
     fs, path = remote.filesystem(url)
     workdir = Path(tempfile.mkdtemp(prefix="transcoder-src-"))
     name = PurePosixPath(path.rstrip("/")).name or "source"
@@ -58,6 +59,8 @@ def stand_in(url: str) -> Iterator[Path]:
                 if exc.path is not None and str(exc.path).startswith(str(workdir / name)):
                     exc.path = url.rstrip("/") + str(exc.path)[len(str(workdir / name)):]
                 raise
+            if keep:
+                ranged.keep_under(workdir)
             yield local
         finally:
             stubs.close()

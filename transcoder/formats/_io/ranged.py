@@ -14,6 +14,7 @@ inside the kernel fall back to writing it (``pwrite``).
 """
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 import os
@@ -41,7 +42,23 @@ class RangedSource:
         self.fs, self.path, self.size, self.url = fs, path, size, url
         self.fetched = 0
         self.requests = 0
+        self.reread = 0   # bytes read again from the stub (keep_in)
         self._lock = threading.Lock()
+        self._stub: int | None = None   # keep_in: the stub, open read-write
+        self._kept = _Ranges()
+
+    def keep_in(self, stub: Path) -> None:
+        """Keep what :meth:`read` fetches in ``stub`` (the sparse local file standing in for
+        the object, at the same offsets) and serve a later read of the same bytes from there:
+        a conversion's check reads every tensor again. On disk, not in memory: at most the
+        object's size, removed with the stub (a staged object takes as much)."""
+        if self._stub is None:
+            self._stub = os.open(stub, os.O_RDWR)
+
+    def close(self) -> None:
+        if self._stub is not None:
+            os.close(self._stub)
+            self._stub = None
 
     def fetch(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` clipped to the object (fewer at its end)."""
@@ -69,9 +86,15 @@ class RangedSource:
         return list(out)
 
     def read(self, offset: int, nbytes: int, what: object = None) -> np.ndarray:
-        """Exactly ``nbytes`` from ``offset`` as a fresh uint8 array, fetched block by block;
-        FormatError naming the URL if the object ends first (truncated, or replaced since)."""
+        """Exactly ``nbytes`` from ``offset`` as a fresh uint8 array, fetched block by block
+        (or read from the stub if kept there before); FormatError naming the URL if the object
+        ends first (truncated, or replaced since)."""
         buf = np.empty(nbytes, np.uint8)
+        if self._stub is not None and self._kept.cover(offset, offset + nbytes):
+            _pread_all(self._stub, buf, offset)
+            with self._lock:
+                self.reread += nbytes
+            return buf
         done = 0
         while done < nbytes:
             ranges = []
@@ -90,12 +113,48 @@ class RangedSource:
                                       "early (truncated, or replaced while read?)", path=self.url,
                                       tensor=what if isinstance(what, str) else None)
                 buf[start - offset:end - offset] = np.frombuffer(data, np.uint8)
+                if self._stub is not None:
+                    os.pwrite(self._stub, data, start)
+                    self._kept.add(start, end)
             done = ranges[-1][1] - offset
         return buf
 
     def describe(self) -> str:
+        again = f", {self.reread} read again from the local copy" if self.reread else ""
         return (f"{self.url}: {self.fetched} of {self.size} bytes fetched by range "
-                f"({self.requests} requests)")
+                f"({self.requests} requests{again})")
+
+
+class _Ranges:
+    """Disjoint sorted byte ranges ``[start, end)``, merged as they are added; thread-safe."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._lock = threading.Lock()
+
+    def add(self, start: int, end: int) -> None:
+        with self._lock:
+            lo = bisect.bisect_left(self._ends, start)     # first range ending at or after start
+            hi = bisect.bisect_right(self._starts, end)    # ranges starting at or before end
+            if lo < hi:
+                start, end = min(start, self._starts[lo]), max(end, self._ends[hi - 1])
+            self._starts[lo:hi], self._ends[lo:hi] = [start], [end]
+
+    def cover(self, start: int, end: int) -> bool:
+        """Whether ``[start, end)`` lies within one range."""
+        with self._lock:
+            i = bisect.bisect_right(self._starts, start) - 1
+            return i >= 0 and self._ends[i] >= end
+
+
+def _pread_all(fd: int, buf: np.ndarray, offset: int) -> None:
+    view, done = memoryview(buf), 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise FormatError("the local copy of a fetched range ends early")
+        done += got
 
 
 def refused(exc: OSError, url: str) -> Exception:
@@ -171,7 +230,20 @@ def register(stub: Path, source: RangedSource) -> None:
 
 def unregister(stub: Path) -> RangedSource | None:
     with _LOCK:
-        return _SOURCES.pop(_key(stub), None)
+        source = _SOURCES.pop(_key(stub), None)
+    if source is not None:
+        source.close()
+    return source
+
+
+def keep_under(folder: Path) -> None:
+    """Every object standing in under ``folder`` keeps what it fetches (:meth:`RangedSource.keep_in`)."""
+    root = _key(folder)
+    with _LOCK:
+        stubs = [(key, s) for key, s in _SOURCES.items()
+                 if key == root or key.startswith(root + os.sep)]
+    for key, source in stubs:
+        source.keep_in(Path(key))
 
 
 def lookup(path: Path | str) -> RangedSource | None:
