@@ -2,8 +2,9 @@
 ``s3://bucket/prefix`` or ``memory://x`` (``file://`` URLs are local folders).
 
 - A bucket SRC_DIR is listed once (:func:`transcoder.remote.listing`) and planned as a local
-  tree is (:mod:`.tree`: checkpoint suffixes, ``--pattern``, an index with its shards, outputs
-  that would collide); an index is read from a private local copy, with the readers' bound.
+  tree is (:mod:`.tree`: checkpoint suffixes, ``--pattern``, an index with its shards, a
+  Hugging Face model folder as one source, outputs that would collide); an index is read from
+  a private local copy, with the readers' bound.
 - Each worker downloads its source's files into a private folder (the readers then apply
   every bound they apply to local files), converts locally and, for a bucket DST_DIR,
   publishes the output through a temporary key (:mod:`.bucket_task`).
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import TranscoderError, UsageError
-from ..formats import shards as sharding
+from ..formats import hf_folder, shards as sharding
 from ..remote import (fetch, filesystem, is_url, join, listing, local, object_fingerprint,
                       remove_temps, sha256_object)
 from . import tree as trees
@@ -106,31 +107,67 @@ def places(src: str, dst: str) -> BucketPlaces:
 def scan_bucket(src: str, found: dict[str, dict], to: str, pattern: str | None,
                 skip: str | None = None) -> trees.Tree:
     """The plan of a bucket SRC_DIR from its listing, as :func:`.tree.scan` plans a folder
-    (objects under ``skip``, a DST_DIR inside SRC_DIR, are not looked at)."""
-    tree, candidates = trees.Tree(), []
-    for rel in sorted(found):
-        if skip is not None and rel.startswith(skip + "/"):
-            continue
-        name = PurePosixPath(rel).name
-        if _unsafe(rel):
-            tree.skipped.append(trees.Skipped(rel, "", "a key with an empty, '.' or '..' part "
-                                                       "(it could lead out of DST_DIR): not read"))
-            continue
+    (objects under ``skip``, a DST_DIR inside SRC_DIR, are not looked at): a Hugging Face
+    model folder (``config.json`` beside its weights) is one source, as in a local tree."""
+    tree, candidates, suffix = trees.Tree(), [], trees.TARGETS[to]
+    keys = [rel for rel in sorted(found) if skip is None or not rel.startswith(skip + "/")]
+    for rel in [k for k in keys if _unsafe(k)]:
+        tree.skipped.append(trees.Skipped(rel, "", "a key with an empty, '.' or '..' part "
+                                                   "(it could lead out of DST_DIR): not read"))
+    keys = [k for k in keys if not _unsafe(k)]
+    folders = _model_folders(keys)
+    for rel in keys:
+        parent, name = _parent(rel), PurePosixPath(rel).name
+        if parent in folders:
+            continue   # planned with its folder, below
         if (pattern and not trees._matches(rel, pattern)) or trees.checkpoint_suffix(name) is None:
             tree.ignored.append(rel)
         else:
             candidates.append(rel)
     indexes = {rel: _shards(src, rel, found) for rel in candidates if sharding.is_index(rel)}
     shards = {s for listed in indexes.values() for s in listed}
-    suffix = trees.TARGETS[to]
     for rel in candidates:
         if rel not in shards:
             files = (rel, *sorted(indexes.get(rel, ())))
             output = rel[: len(rel) - len(trees.checkpoint_suffix(rel))] + suffix
-            size = sum(int(found.get(f, {}).get("size") or 0) for f in files)
-            tree.sources.append(trees.Source(rel, output, files, size))
+            tree.sources.append(trees.Source(rel, output, files, _size(files, found)))
+    for parent, weights in sorted(folders.items()):
+        _plan_folder(tree, src, found, keys, parent, weights, pattern, suffix)
     tree.sources = trees._refuse_collisions(tree.sources)
     return tree
+
+
+def _parent(rel: str) -> str:
+    return PurePosixPath(rel).parent.as_posix()
+
+
+def _model_folders(keys: list[str]) -> dict[str, str]:
+    """Prefix -> weights file name of each model folder among the keys (``.``: SRC_DIR)."""
+    names: dict[str, list[str]] = {}
+    for rel in keys:
+        names.setdefault(_parent(rel), []).append(PurePosixPath(rel).name)
+    return {parent: weights for parent, listed in names.items()
+            if (weights := trees.model_weights(listed)) is not None}
+
+
+def _plan_folder(tree: trees.Tree, src: str, found: dict[str, dict], keys: list[str],
+                 parent: str, weights: str, pattern: str | None, suffix: str) -> None:
+    """The model folder ``parent`` as one source named after it (config.json, the weights,
+    their shards), unless ``--pattern`` matches neither its path nor its weights' name; its
+    other objects ignored."""
+    inside = PurePosixPath(parent)
+    taken: tuple[str, ...] = ()
+    if not pattern or trees._matches(parent, pattern) or trees._matches(weights, pattern):
+        index = (inside / weights).as_posix()
+        listed = sorted(_shards(src, index, found)) if sharding.is_index(weights) else []
+        taken = ((inside / hf_folder.CONFIG).as_posix(), index, *listed)
+        name = parent if parent != "." else PurePosixPath(src.rstrip("/")).name
+        tree.sources.append(trees.Source(parent, name + suffix, taken, _size(taken, found)))
+    tree.ignored.extend(rel for rel in keys if _parent(rel) == parent and rel not in taken)
+
+
+def _size(files, found: dict[str, dict]) -> int:
+    return sum(int(found.get(f, {}).get("size") or 0) for f in files)
 
 
 def _unsafe(rel: str) -> bool:

@@ -50,15 +50,16 @@ def _run(task: Task, record: dict) -> None:
 
 @contextmanager
 def _source(task: Task) -> Iterator[tuple[Path, list[Path], Fingerprint]]:
-    """``(local source file, local files to re-check after converting, fingerprint)``;
-    errors raised inside name SRC_DIR's files, not the private copies."""
-    folder_of = PurePosixPath(task.source).parent.as_posix()
+    """``(local source file or model folder, local files to re-check after converting,
+    fingerprint)``; errors raised inside name SRC_DIR's files, not the private copies."""
+    parent = PurePosixPath(task.source).parent.as_posix()
+    whole = task.source not in task.files   # a model folder: its files, together, are the source
+    holder = task.source if whole else parent   # the folder of SRC_DIR holding its files
     if is_url(task.src_root) and not task.checksums:
-        yield from _read_by_range(task, join(task.src_root, "" if folder_of == "." else folder_of))
+        yield from _read_by_range(task)
         return
     if is_url(task.src_root):
         folder = Path(tempfile.mkdtemp(prefix="transcoder-bulk-src-"))
-        real = join(task.src_root, "" if folder_of == "." else folder_of)
         try:
             copies = [folder / PurePosixPath(f).name for f in task.files]
             infos = [fetch(join(task.src_root, f), c) for f, c in zip(task.files, copies)]
@@ -66,8 +67,8 @@ def _source(task: Task) -> Iterator[tuple[Path, list[Path], Fingerprint]]:
             if task.checksums:
                 before = Fingerprint(before.size, before.mtime_ns,
                                      tasks.sha256_files(copies), before.etag)
-            with _renamed(folder, real):
-                yield folder / PurePosixPath(task.source).name, [], before
+            with _renamed(folder, join(task.src_root, "" if holder == "." else holder)):
+                yield folder if whole else folder / PurePosixPath(task.source).name, [], before
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
@@ -75,20 +76,21 @@ def _source(task: Task) -> Iterator[tuple[Path, list[Path], Fingerprint]]:
     tasks.still_readable(src_root, task.files)
     with pinned(src_root, task.files) as (folder, _):
         files = [folder / PurePosixPath(f).name for f in task.files]
-        with _renamed(folder, src_root / folder_of):
+        with _renamed(folder, src_root / holder):
             before = tasks.source_fingerprint(files, task.source, task.checksums)
-            yield folder / PurePosixPath(task.source).name, files, before
+            yield folder if whole else folder / PurePosixPath(task.source).name, files, before
 
 
-def _read_by_range(task: Task, real: str) -> Iterator[tuple[Path, list[Path], Fingerprint]]:
+def _read_by_range(task: Task) -> Iterator[tuple[Path, list[Path], Fingerprint]]:
     """A bucket source read as one conversion reads a URL: by byte range where its format
     allows (:func:`transcoder.formats.remote_source.stand_in`), the rest copied down; its
     objects' size, time and ETag taken before and compared after (an object replaced meanwhile
     is refused: run again). With ``--checksums`` the bytes are downloaded and hashed instead."""
     urls = [join(task.src_root, f) for f in task.files]
     before = combined([info(u) for u in urls])
-    with stand_in(join(task.src_root, task.source), keep=task.check) as local:
-        with _renamed(local.parent, real):
+    source = task.src_root if task.source == "." else join(task.src_root, task.source)
+    with stand_in(source, keep=task.check) as local:
+        with _renamed(local, source):
             yield local, [], before
     if combined([info(u) for u in urls]) != before:
         raise TranscoderError("changed while it was being converted; run again",
