@@ -10,6 +10,7 @@ tests/test_remote.py, minimal) and against ``memory://`` (no server).
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -150,6 +151,51 @@ def test_memory_conversion_and_its_check_fetch_each_byte_once(cli, files, memory
         assert size <= counted.fetched <= size + 256 * 1024, (args, counted.fetched)
         assert "read again from the local copy" in err, err
     _assert_same_h5(out, files[f"{kind}.h5"])
+
+
+@pytest.mark.parametrize("disk", ["too small", "fills up"])
+def test_where_the_disk_has_no_room_the_check_fetches_again(cli, files, memory, tmp_path,
+                                                           monkeypatch, disk):
+    """Kept bytes never fail a conversion: with less room than the object plus KEEP_MARGIN
+    nothing is kept; when a write to the stub fails (ENOSPC after a few blocks) keeping
+    stops. Either way the conversion and its check pass, the output is bit-exact, and what
+    was not kept is fetched again (``--verbose`` says why)."""
+    import errno
+    import shutil
+    import types
+
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    from transcoder.formats._io import ranged
+
+    fs, counted = memory
+    src = files["safetensors"]
+    fs.pipe_file(f"/ranged/{src.name}", src.read_bytes())
+    size = src.stat().st_size
+    if disk == "too small":
+        usage = shutil.disk_usage("/")
+        monkeypatch.setattr(ranged.shutil, "disk_usage",
+                            lambda path: usage._replace(free=size + ranged.KEEP_MARGIN - 1))
+        said = "not kept locally for the check"
+    else:
+        calls = []
+
+        def pwrite(fd, data, offset):
+            calls.append(offset)
+            if len(calls) > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return os.pwrite(fd, data, offset)
+        monkeypatch.setattr(ranged, "os", types.SimpleNamespace(
+            **{n: getattr(os, n) for n in dir(os) if n != "pwrite" and not n.startswith("__")},
+            pwrite=pwrite))
+        said = "no longer kept locally (No space left on device)"
+    counted.ranges.clear()
+    out = tmp_path / "got.h5"
+    code, stdout, err = cli("--verbose", f"memory://ranged/{src.name}", out)
+    assert code == 0, stdout + err
+    assert said in err, err
+    _assert_same_h5(out, files["safetensors.h5"])
+    assert 1.5 * size < counted.fetched <= 2.1 * size, counted.fetched   # as before keeping
 
 
 def test_kept_ranges_merge_and_cover_like_a_set_of_bytes():

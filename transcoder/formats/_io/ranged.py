@@ -18,6 +18,7 @@ import bisect
 import io
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class RangedSource:
         self.reread = 0   # bytes read again from the stub (keep_in)
         self._lock = threading.Lock()
         self._stub: int | None = None   # keep_in: the stub, open read-write
+        self._full = False                # the disk refused a write to the stub
         self._kept = _Ranges()
 
     def keep_in(self, stub: Path) -> None:
@@ -59,6 +61,24 @@ class RangedSource:
         if self._stub is not None:
             os.close(self._stub)
             self._stub = None
+
+    def _keep(self, data: bytes, start: int) -> None:
+        """Put fetched bytes in the stub; where the disk refuses them (full), keep no more
+        (the descriptor stays open until :meth:`close`: other threads may be writing): a
+        second read of what is not kept fetches again, the conversion goes on."""
+        if self._full:
+            return
+        try:
+            done = os.pwrite(self._stub, data, start)
+        except OSError as exc:
+            done, why = -1, exc.strerror or str(exc)
+        else:
+            why = "short write"
+        if done == len(data):
+            self._kept.add(start, start + len(data))
+        elif not self._full:
+            self._full = True
+            log.info("%s: fetched bytes no longer kept locally (%s)", self.url, why)
 
     def fetch(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` clipped to the object (fewer at its end)."""
@@ -114,8 +134,7 @@ class RangedSource:
                                       tensor=what if isinstance(what, str) else None)
                 buf[start - offset:end - offset] = np.frombuffer(data, np.uint8)
                 if self._stub is not None:
-                    os.pwrite(self._stub, data, start)
-                    self._kept.add(start, end)
+                    self._keep(data, start)
             done = ranges[-1][1] - offset
         return buf
 
@@ -236,12 +255,24 @@ def unregister(stub: Path) -> RangedSource | None:
     return source
 
 
+#: Fetched bytes are kept only where the disk has this much room beyond them.
+KEEP_MARGIN = 1 << 30
+
+
 def keep_under(folder: Path) -> None:
-    """Every object standing in under ``folder`` keeps what it fetches (:meth:`RangedSource.keep_in`)."""
+    """Every object standing in under ``folder`` keeps what it fetches
+    (:meth:`RangedSource.keep_in`), if the disk holding ``folder`` has room for all of them
+    and :data:`KEEP_MARGIN` more (else a check fetches them again: ``--verbose`` says so)."""
     root = _key(folder)
     with _LOCK:
         stubs = [(key, s) for key, s in _SOURCES.items()
                  if key == root or key.startswith(root + os.sep)]
+    needed = sum(source.size for _, source in stubs)
+    free = shutil.disk_usage(root).free
+    if stubs and free < needed + KEEP_MARGIN:
+        log.info("fetched bytes not kept locally for the check (%d bytes free beside %s, %d "
+                 "needed): the check fetches them again", free, root, needed + KEEP_MARGIN)
+        return
     for key, source in stubs:
         source.keep_in(Path(key))
 
