@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 from ..checkpoint import LAYOUT_KERAS, Checkpoint
 from ..errors import FormatError, UnsafeFileError, UsageError
 from ._guard import jsonsafe, zipsafe
+from ._io.window import Window
 from .base import ZIP, Format, Head, LazyModule, ReadOptions
 
 if TYPE_CHECKING:
@@ -49,27 +50,16 @@ LOCAL_MAGIC = ZIP
 ZIP_ERRORS = zipsafe.ZIP_ERRORS + (zlib.error,)
 
 
-class MemberWindow(io.RawIOBase):
-    """A read-only, seekable view of bytes ``[start, start + size)`` of a file (a stored member)."""
+class MemberWindow(Window):
+    """A read-only, seekable view of bytes ``[start, start + size)`` of a file (a stored member);
+    a seek before its start lands at 0."""
+
+    CLAMP = True
 
     def __init__(self, path: Path, start: int, size: int) -> None:
-        super().__init__()
+        super().__init__(size)
         self._fh = open(path, "rb")
-        self._start, self._size, self._pos = start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
+        self._start = start
 
     def readinto(self, buffer: Any) -> int:
         count = max(0, min(len(buffer), self._size - self._pos))

@@ -15,7 +15,6 @@ inside the kernel fall back to writing it (``pwrite``).
 from __future__ import annotations
 
 import bisect
-import io
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FormatError, UsageError
+from .window import Window
 
 #: Bytes per ranged request, and requests sent together: the bytes in flight for one read.
 BLOCK = 4 << 20
@@ -185,33 +185,17 @@ def refused(exc: OSError, url: str) -> Exception:
     return UsageError(f"reading failed: {exc.strerror or exc}", path=url)
 
 
-class RangedFile(io.RawIOBase):
+class RangedFile(Window):
     """A read-only, seekable file over a :class:`RangedSource` for :mod:`zipfile`: each range
     fetched (at least ``readahead`` bytes) is written at its offset into the stub open as
     ``stub`` (read-write) and later reads of it are served from there; ``budget`` bounds
     the bytes fetched (:class:`TooLarge` past it)."""
 
     def __init__(self, source: RangedSource, stub: int, budget: int, readahead: int) -> None:
-        super().__init__()
-        self._source, self._stub, self._pos = source, stub, 0
+        super().__init__(source.size)
+        self._source, self._stub = source, stub
         self._budget, self._readahead = budget, readahead
         self._have: list[tuple[int, int]] = []   # ranges already in the stub
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._source.size}[whence]
-        if base + offset < 0:
-            raise OSError("negative seek position")
-        self._pos = base + offset
-        return self._pos
 
     def have(self, start: int, end: int) -> None:
         """Bytes ``[start, end)`` are in the stub already."""
