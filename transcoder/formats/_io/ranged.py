@@ -195,11 +195,11 @@ class RangedFile(Window):
         super().__init__(source.size)
         self._source, self._stub = source, stub
         self._budget, self._readahead = budget, readahead
-        self._have: list[tuple[int, int]] = []   # ranges already in the stub
+        self._have = _Ranges()   # what is in the stub already
 
     def have(self, start: int, end: int) -> None:
         """Bytes ``[start, end)`` are in the stub already."""
-        self._have.append((start, end))
+        self._have.add(start, end)
 
     def fetch(self, start: int, end: int) -> None:
         """Fetch ``[start, end)`` into the stub."""
@@ -215,7 +215,7 @@ class RangedFile(Window):
         end = min(self._pos + len(view), self._source.size)
         if end <= self._pos:
             return 0
-        if not any(s <= self._pos and end <= e for s, e in self._have):
+        if not self._have.cover(self._pos, end):
             self.fetch(self._pos, max(end, self._pos + self._readahead))
         got = os.preadv(self._stub, [view[:end - self._pos]], self._pos)
         self._pos += got
